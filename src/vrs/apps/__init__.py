@@ -1,0 +1,7 @@
+"""Hydra apps: train, certify (and later attack, report). Each is also `python -m vrs.<app>`."""
+
+import os
+from pathlib import Path
+
+# conf/ sits at the repository root (editable install / Docker image copy); VRS_CONFIG_DIR overrides it.
+CONFIG_DIR = os.environ.get("VRS_CONFIG_DIR", str(Path(__file__).resolve().parents[3] / "conf"))

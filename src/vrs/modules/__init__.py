@@ -1,0 +1,1 @@
+"""Lightning modules: the noise-augmented base classifier (and, later, the noise-level selector)."""

@@ -1,0 +1,117 @@
+"""Base classifier trained with Gaussian noise augmentation (fresh noise every batch).
+
+The module is built from plain config dicts (network, noise, optimizer, scheduler, data spec) that are
+saved as hyper-parameters, so a checkpoint alone rebuilds the network with its normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vrs.models import with_normalization
+from vrs.smoothing.noise import add_noise
+
+CHECKPOINT_FORMAT = 1
+
+
+def plain(cfg: Any) -> Any:
+    """DictConfig -> plain containers (checkpoints stay loadable with torch.load(weights_only=True))."""
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def build_network(net: dict, data: dict) -> torch.nn.Module:
+    """[0,1] images -> logits: Normalize(data mean/std) followed by the configured backbone."""
+    return with_normalization(instantiate(net), data["mean"], data["std"])
+
+
+class NoisyClassifierModule(pl.LightningModule):
+    def __init__(self, net: dict, noise: dict, optimizer: dict, data: dict, scheduler: dict | None = None,
+                 channels_last: bool | str = "auto", compile: bool = False):
+        super().__init__()
+        net, noise, optimizer, scheduler, data = map(plain, (net, noise, optimizer, scheduler, data))
+        self.save_hyperparameters({"net": net, "noise": noise, "optimizer": optimizer, "scheduler": scheduler,
+                                   "data": data, "channels_last": channels_last, "compile": compile})
+        self.net = build_network(net, data)
+        self.noise = instantiate(noise)
+        self.sigma_grid = self.noise.grid()
+        self._set_forward(self.net)
+        nc = data["num_classes"]
+        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=nc)
+        self.eval_metrics = torch.nn.ModuleDict()
+        for stage in ("val", "test"):
+            self.eval_metrics[f"{stage}_clean"] = torchmetrics.Accuracy(task="multiclass", num_classes=nc)
+            self.eval_metrics[f"{stage}_noisy"] = torchmetrics.Accuracy(task="multiclass", num_classes=nc)
+            for i, _ in enumerate(self.sigma_grid if len(self.sigma_grid) > 1 else []):
+                self.eval_metrics[f"{stage}_sigma{i}"] = torchmetrics.Accuracy(task="multiclass", num_classes=nc)
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        cl = self.hparams.channels_last
+        if cl is True or (cl == "auto" and self.device.type == "cuda"):
+            self.net = self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            self._set_forward(torch.compile(self.net))
+
+    def _set_forward(self, fn) -> None:
+        # Bypass nn.Module.__setattr__: the (possibly compiled) alias must not become a second submodule
+        # with its own copy of the weights in the state dict.
+        object.__setattr__(self, "_forward", fn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x)
+
+    # ---- steps -------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        sigma = self.noise(x.shape[0], x.device)
+        logits = self(add_noise(x, sigma))
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        x, y = batch
+        m = self.eval_metrics
+        clean = self(x)
+        self.log(f"{stage}/loss", torch.nn.functional.cross_entropy(clean, y), sync_dist=True)
+        m[f"{stage}_clean"](clean, y)
+        m[f"{stage}_noisy"](self(add_noise(x, self.noise(x.shape[0], x.device))), y)
+        self.log(f"{stage}/acc_clean", m[f"{stage}_clean"])
+        # val/acc is the accuracy under training noise: what the smoothed classifier is built on.
+        self.log(f"{stage}/acc", m[f"{stage}_noisy"], prog_bar=True)
+        if len(self.sigma_grid) > 1:
+            for i, s in enumerate(self.sigma_grid):
+                m[f"{stage}_sigma{i}"](self(add_noise(x, s)), y)
+                self.log(f"{stage}/acc_sigma_{s:g}", m[f"{stage}_sigma{i}"])
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt = instantiate(self.hparams.optimizer)(self.parameters())  # a _partial_ config
+        sched_cfg = self.hparams.scheduler
+        if not sched_cfg:
+            return opt
+        sched_cfg = dict(sched_cfg)
+        interval = sched_cfg.pop("interval", "epoch")
+        if sched_cfg.get("_target_", "").endswith("CosineAnnealingLR") and sched_cfg.get("T_max") is None:
+            sched_cfg["T_max"] = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
+        sched = instantiate(sched_cfg)(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vrs"] = {"format": CHECKPOINT_FORMAT, "kind": "classifier", "data": self.hparams.data}

@@ -1,0 +1,1 @@
+"""Randomized smoothing: noise levels, the smoothed classifier and its statistics."""

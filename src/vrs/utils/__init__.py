@@ -1,0 +1,1 @@
+"""Small helpers shared by the apps: config printing, loggers, callbacks."""

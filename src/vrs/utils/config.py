@@ -1,0 +1,30 @@
+"""Config helpers: print the resolved tree with rich, instantiate lists of callbacks/loggers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import rich
+import rich.syntax
+import rich.tree
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+
+def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ()) -> None:
+    """Print the resolved config as a rich tree, `order` first, then the rest."""
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        branch = tree.add(str(key), style="bold", guide_style="dim")
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark"))
+    rich.print(tree)
+
+
+def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a dict-of-configs group (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [instantiate(conf) for _, conf in cfg.items() if isinstance(conf, DictConfig) and "_target_" in conf]
