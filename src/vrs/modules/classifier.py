@@ -32,7 +32,7 @@ def build_network(net: dict, data: dict) -> torch.nn.Module:
 
 class NoisyClassifierModule(pl.LightningModule):
     def __init__(self, net: dict, noise: dict, optimizer: dict, data: dict, scheduler: dict | None = None,
-                 channels_last: bool | str = "auto", compile: bool = False):
+                 channels_last: bool | str = "auto", compile: bool | str = False):
         super().__init__()
         net, noise, optimizer, scheduler, data = map(plain, (net, noise, optimizer, scheduler, data))
         self.save_hyperparameters({"net": net, "noise": noise, "optimizer": optimizer, "scheduler": scheduler,
@@ -55,8 +55,11 @@ class NoisyClassifierModule(pl.LightningModule):
         cl = self.hparams.channels_last
         if cl is True or (cl == "auto" and self.device.type == "cuda"):
             self.net = self.net.to(memory_format=torch.channels_last)
-        if self.hparams.compile:
-            self._set_forward(torch.compile(self.net))
+        mode = self.hparams.compile
+        if mode:
+            # True: default inductor; a string is a torch.compile mode ("reduce-overhead" adds CUDA graphs,
+            # which pays off for small, launch-bound networks such as CIFAR ResNets).
+            self._set_forward(torch.compile(self.net, mode=None if mode is True else mode))
 
     def _set_forward(self, fn) -> None:
         # Bypass nn.Module.__setattr__: the (possibly compiled) alias must not become a second submodule
