@@ -31,8 +31,21 @@ def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
     check(value in choices, key, value, "one of " + ", ".join(map(str, choices)))
 
 
+def find_user_error(err: BaseException | None) -> VRSError | None:
+    """The VRSError behind err, if any: Hydra's instantiate() wraps errors raised by a `_target_` in an
+    InstantiationException (`raise ... from err`, nested once per level), so follow the cause chain."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, VRSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def user_errors_exit(fn: Callable) -> Callable:
-    """Decorator for app entry points: a VRSError becomes `error: <message>` on stderr and exit code 2.
+    """Decorator for app entry points: a VRSError, raised directly or from inside Hydra's instantiate(),
+    becomes `error: <message>` on stderr and exit code 2.
 
     Set VRS_FULL_ERROR=1 to see the traceback instead.
     """
@@ -41,8 +54,9 @@ def user_errors_exit(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except VRSError as err:
-            if os.environ.get("VRS_FULL_ERROR"):
+        except Exception as exc:  # noqa: BLE001 - only user errors are caught; the rest is re-raised
+            err = find_user_error(exc)
+            if err is None or os.environ.get("VRS_FULL_ERROR"):
                 raise
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)

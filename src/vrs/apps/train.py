@@ -1,20 +1,22 @@
-"""vrs-train: train a base classifier with Gaussian noise augmentation (and, later, a VRS selector).
+"""vrs-train: train a base classifier with Gaussian noise augmentation, or a VRS noise-level selector.
 
     vrs-train                                   # LeNet on Fashion-MNIST, sigma = 0.25
     vrs-train noise=multi                       # multi-sigma base classifier for VRS
     vrs-train experiment=smoke                  # under a minute on a CPU
     vrs-train -m noise.sigma=0.12,0.25,0.5,1.0  # one run (and W&B run) per sigma
+    vrs-train experiment=vrs_fmnist             # VRS: multi-sigma base classifier, then the selector
+    vrs-train experiment=vrs_fmnist base_ckpt=<base run>/checkpoints/last.ckpt   # the selector stage only
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vrs.apps import CONFIG_DIR
 from vrs.errors import VRSError, user_errors_exit
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the final metrics."""
+    import pytorch_lightning as pl  # here, not at the top: config errors and --help stay fast
+
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise VRSError(f"ckpt_path={cfg.ckpt_path!r} is not a file (resume needs an existing last.ckpt)")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -33,7 +37,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.module, data=datamodule.spec.to_dict())
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -45,13 +49,55 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+# ---- VRS: two stages in one run -------------------------------------------------------------------
+def needs_base_stage(cfg: DictConfig) -> bool:
+    """A selector run (module=selector) without a base classifier checkpoint trains one first."""
+    module = cfg.get("module") or {}
+    return str(module.get("_target_", "")).endswith("SelectorModule") and not module.get("base_ckpt")
+
+
+def train_base_stage(cfg: DictConfig) -> str:
+    """Stage 1: the base classifier, as `vrs-train` with module=classifier would train it, with
+    `base_stage` merged over the config, in <run dir>/base. Returns its best (else last) checkpoint."""
+    out = Path(cfg.paths.output_dir) / "base"
+    base = copy.deepcopy(cfg)
+    with open_dict(base):
+        base.module = OmegaConf.load(Path(CONFIG_DIR) / "module" / "classifier.yaml")
+        base.paths.output_dir = str(out)
+        base.task_name = f"{cfg.task_name}_base"
+        base.ckpt_path = None
+        base.merge_with(cfg.get("base_stage") or {})
+    log.info("VRS stage 1/2: multi-sigma base classifier in %s", out)
+    try:
+        train(base)
+    finally:
+        finish_wandb()
+    ckpts = out / "checkpoints"
+    best = sorted(p for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt")
+    chosen = best[-1] if len(best) == 1 else ckpts / "last.ckpt"
+    if not chosen.is_file():
+        raise VRSError(f"stage 1 wrote no checkpoint in {ckpts} (callbacks=none?); train the base classifier "
+                       "separately and pass base_ckpt=<file>")
+    log.info("VRS stage 2/2: selector on %s", chosen)
+    return str(chosen)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """One training run, or both VRS stages when a selector has no base classifier yet."""
+    if needs_base_stage(cfg):
+        base_ckpt = train_base_stage(cfg)
+        with open_dict(cfg):
+            cfg.module.base_ckpt = base_ckpt
+    return train(cfg)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
     if cfg.get("print_config", True):
         print_config_tree(cfg, order=("data", "model", "noise", "module", "trainer", "logger"))
     try:
-        metrics = train(cfg)
+        metrics = run(cfg)
     finally:
         finish_wandb()
     out = Path(cfg.paths.output_dir)
