@@ -1,0 +1,604 @@
+"""vrs-certify: Cohen's CERTIFY (or PREDICT) of the smoothed classifier on a subset of a data set.
+
+    vrs-certify ckpt_path=outputs/train/runs/<ts>/checkpoints/last.ckpt             # Cohen's settings
+    vrs-certify ckpt_path=... certify.n0=10 certify.n=200 certify.max=5             # a quick look (CPU)
+    vrs-certify ckpt_path=... data=cifar10 certify.skip=20                          # Cohen's 500 CIFAR images
+    vrs-certify ckpt_path=... certify.out_dir=results/c10                           # rerun: resumes there
+    vrs-certify ckpt_path=... certify.world_size=4                                  # 4 processes (GPUs)
+    torchrun --nproc_per_node 4 -m vrs.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
+    vrs-certify ckpt_path=... certify.mode=predict                                  # PREDICT instead
+
+Writes certify.tsv, certify.meta.json, summary.json and certified_accuracy.png in certify.out_dir (the
+Hydra run directory unless set); see vrs.apps.certify_store for the crash-safety rules and
+vrs.smoothing.smoothed for the sampling engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import platform
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vrs.apps import CONFIG_DIR
+from vrs.apps.certify_store import COLUMNS, ResultsDir, RowAppender, atomic_write_json, format_row
+from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
+from vrs.errors import VRSError, check, check_choice, user_errors_exit
+from vrs.smoothing import core
+from vrs.smoothing.smoothed import NOISE_BLOCK, PRECISIONS, SmoothedClassifier, check_sampling, image_seed
+from vrs.utils.config import print_config_tree
+from vrs.utils.loggers import finish_wandb
+
+log = logging.getLogger(__name__)
+SPLITS = ("test", "val", "train")
+
+
+# ---- options -------------------------------------------------------------------------------------------
+@dataclass
+class Options:
+    """certify.* after validation, with the `auto` values resolved (picklable, for worker processes)."""
+
+    mode: str
+    n0: int | None
+    n: int
+    alpha: float
+    batch_size: int
+    sigma: float | None
+    split: str
+    skip: int
+    max: int | None
+    indices: list[int] | None
+    out_dir: str | None
+    device: str
+    precision: str
+    channels_last: bool
+    compile: bool | str
+    images_per_group: int
+    world_size: int
+    noise_block: int
+    radius_grid: list[float]
+    allow_other_dataset: bool
+    progress: bool
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VRSError(f"certify.device={device!r} but no CUDA device is available; use certify.device=cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise VRSError(f"certify.device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+    return device
+
+
+def parse_options(c: DictConfig) -> Options:
+    """Validate certify.*; ConfigError / VRSError name the key and what is allowed."""
+    c = OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c)
+    mode = c.get("mode", "certify")
+    check_choice("certify.mode", mode, ("certify", "predict"))
+    n0 = c.get("n0") if mode == "certify" else None
+    check_sampling(c.get("n"), c.get("alpha"), c.get("batch_size"), n0=n0, prefix="certify.")
+    sigma = c.get("sigma")
+    check(sigma is None or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0),
+          "certify.sigma", sigma, "null (the checkpoint's training sigma) or a number > 0")
+    check_choice("certify.split", c.get("split", "test"), SPLITS)
+    skip, mx, indices = c.get("skip", 1), c.get("max"), c.get("indices")
+    check(_is_int(skip) and skip >= 1, "certify.skip", skip, "an integer >= 1 (every skip-th image)")
+    check(mx is None or (_is_int(mx) and mx >= 1), "certify.max", mx, "null or an integer >= 1 (number of images)")
+    if indices is not None:
+        if isinstance(indices, int):
+            indices = [indices]
+        check(isinstance(indices, list) and len(indices) > 0 and all(_is_int(i) and i >= 0 for i in indices),
+              "certify.indices", indices, "null or a non-empty list of image indices >= 0")
+        check(len(set(indices)) == len(indices), "certify.indices", indices, "a list without repeats")
+    device = resolve_device(str(c.get("device", "auto")))
+    dev_type = torch.device(device).type
+    precision = c.get("precision", "auto")
+    check_choice("certify.precision", precision, ("auto", *PRECISIONS))
+    if precision == "auto":
+        precision = "bf16" if dev_type == "cuda" else "fp32"
+    cl = c.get("channels_last", "auto")
+    check(cl in (True, False, "auto"), "certify.channels_last", cl, "true, false or auto (on for CUDA)")
+    compile_ = c.get("compile", False)
+    check(isinstance(compile_, (bool, str)), "certify.compile", compile_,
+          "false, true, or a torch.compile mode (default, reduce-overhead, max-autotune, ...)")
+    per_group = c.get("images_per_group", "auto")
+    check(per_group == "auto" or (_is_int(per_group) and per_group >= 1), "certify.images_per_group", per_group,
+          "auto or an integer >= 1")
+    total = (n0 or 0) + c["n"]
+    if per_group == "auto":  # enough samples per group for a few full forward batches, at most 256 images
+        per_group = max(1, min(256, math.ceil(4 * c["batch_size"] / total)))
+    world = c.get("world_size", 1)
+    check(_is_int(world) and world >= 1, "certify.world_size", world, "an integer >= 1")
+    block = c.get("noise_block", NOISE_BLOCK)
+    check(_is_int(block) and block >= 1, "certify.noise_block", block, "an integer >= 1")
+    grid = c.get("radius_grid") or [0.0]
+    check(isinstance(grid, list) and all(isinstance(r, (int, float)) and r >= 0 for r in grid),
+          "certify.radius_grid", grid, "a list of radii >= 0")
+    return Options(mode=mode, n0=n0, n=c["n"], alpha=float(c["alpha"]), batch_size=c["batch_size"],
+                   sigma=None if sigma is None else float(sigma), split=c.get("split", "test"), skip=skip, max=mx,
+                   indices=indices, out_dir=c.get("out_dir"), device=device, precision=precision,
+                   channels_last=(dev_type == "cuda") if cl == "auto" else bool(cl), compile=compile_,
+                   images_per_group=per_group, world_size=world, noise_block=block,
+                   radius_grid=[float(r) for r in grid], allow_other_dataset=bool(c.get("allow_other_dataset")),
+                   progress=bool(c.get("progress", True)))
+
+
+def select_indices(num_images: int, opts: Options) -> list[int]:
+    """The images to evaluate: certify.indices, else every skip-th image from 0, at most `max` of them."""
+    if opts.indices is not None:
+        bad = [i for i in opts.indices if i >= num_images]
+        if bad:
+            raise VRSError(f"certify.indices has {bad[:5]} beyond the {opts.split} split's {num_images} images")
+        return list(opts.indices)
+    chosen = list(range(0, num_images, opts.skip))
+    return chosen[: opts.max] if opts.max is not None else chosen
+
+
+def describe_subset(opts: Options, chosen: list[int], num_images: int) -> dict:
+    if opts.indices is not None:
+        rule = f"explicit list of {len(chosen)} indices"
+    else:
+        rule = f"every {opts.skip}th image from index 0" if opts.skip > 1 else "every image"
+        rule += f", the first {opts.max} of them" if opts.max else ""
+    digest = hashlib.sha256(",".join(map(str, chosen)).encode()).hexdigest()[:16]
+    return {"split": opts.split, "split_size": num_images, "rule": rule, "skip": opts.skip, "max": opts.max,
+            "indices": opts.indices, "count": len(chosen), "first": chosen[0] if chosen else None,
+            "last": chosen[-1] if chosen else None, "indices_sha256_16": digest}
+
+
+# ---- set-up shared by every process --------------------------------------------------------------------
+@dataclass
+class Job:
+    """Everything a (worker) process needs, all picklable."""
+
+    opts: Options
+    ckpt_path: str
+    ckpt_sha256: str
+    data_cfg: dict
+    seed: int
+    sigma: float
+    out_dir: str
+    meta: dict
+
+
+def load_data(data_cfg: dict, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    from hydra.utils import instantiate
+
+    dm = instantiate(data_cfg)
+    dm.setup()
+    x, y = dm.splits[split]
+    return x, y, dm.spec.to_dict()
+
+
+def resolve_sigma(opts: Options, loaded: LoadedCheckpoint) -> float:
+    if opts.sigma is not None:
+        return opts.sigma
+    if loaded.train_sigma is None:
+        raise VRSError(f"certify.sigma=null means the checkpoint's training sigma, but {loaded.path.name} was "
+                       f"trained with {loaded.describe_training_noise()}: pass certify.sigma=<value>")
+    return loaded.train_sigma
+
+
+def device_name(device: str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+# ---- the work of one process ---------------------------------------------------------------------------
+def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Path, x_all: torch.Tensor,
+              y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
+              parent_pid: int | None = None) -> int:
+    """Certify (or predict) `indices`, appending one fsync'd row per finished image to tsv_path."""
+    opts = job.opts
+    device = opts.device
+    if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
+        device = f"cuda:{rank % torch.cuda.device_count()}"
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))
+    elif world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    smoothed = SmoothedClassifier(network, num_classes, job.sigma, precision=opts.precision,
+                                  channels_last=opts.channels_last, compile=opts.compile,
+                                  noise_block=opts.noise_block, device=device)
+    if not indices:
+        return 0
+    if opts.compile:
+        smoothed.warmup(opts.batch_size, tuple(x_all.shape[1:]))
+    groups = [indices[i : i + opts.images_per_group] for i in range(0, len(indices), opts.images_per_group)]
+
+    def inputs():
+        for g in groups:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                raise SystemExit(f"rank {rank}: the launching process is gone; stopping")
+            yield x_all[g].float().div_(255.0), [image_seed(job.seed, i) for i in g], None
+
+    if opts.mode == "certify":
+        results = smoothed.certify_groups(inputs(), opts.n0, opts.n, opts.alpha, opts.batch_size)
+    else:
+        results = smoothed.predict_groups(inputs(), opts.n, opts.alpha, opts.batch_size)
+    done = 0
+    with RowAppender(tsv_path, COLUMNS[opts.mode]) as out:
+        t_prev = time.perf_counter()
+        for g, res in zip(groups, results):
+            now = time.perf_counter()
+            per_image = (now - t_prev) / len(g)
+            t_prev = now
+            for j, idx in enumerate(g):
+                label, pred = int(y_all[idx]), int(res.prediction[j])
+                row = {"idx": idx, "label": label, "predict": pred, "correct": int(pred == label),
+                       "time": per_image, "sigma": float(res.sigma[j])}
+                if opts.mode == "certify":
+                    row["radius"] = float(res.radius[j])
+                out.append(format_row(opts.mode, row))
+                done += 1
+                if on_image is not None:
+                    on_image()
+    return done
+
+
+def _worker(job: Job, indices: list[int], rank: int, world: int, counter, parent_pid: int) -> None:
+    """Entry point of a spawned shard process (certify.world_size > 1)."""
+    logging.basicConfig(level=logging.WARNING)
+    loaded = load_checkpoint(job.ckpt_path)
+    if loaded.sha256 != job.ckpt_sha256:
+        raise SystemExit(f"rank {rank}: {job.ckpt_path} changed while certifying; stopping")
+    x_all, y_all, _ = load_data(job.data_cfg, job.opts.split)
+
+    def tick():
+        with counter.get_lock():
+            counter.value += 1
+
+    results = ResultsDir(job.out_dir, job.meta)
+    run_shard(job, indices, rank, world, results.shard_path(rank), x_all, y_all, loaded.network,
+              loaded.num_classes, on_image=tick, parent_pid=parent_pid)
+
+
+# ---- progress ------------------------------------------------------------------------------------------
+class _Progress:
+    """A rich progress bar (images, images/s, ETA), fed by a counter that all shard processes increment."""
+
+    def __init__(self, total: int, enabled: bool, counter=None):
+        self.total, self.counter, self._done, self._stop = total, counter, 0, threading.Event()
+        self.bar = None
+        if not enabled or total == 0:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.text import Text
+
+        # Rows arrive in bursts (one group of images at a time), so rates come from the whole elapsed time,
+        # not from rich's short moving window.
+        def rate(task) -> float | None:
+            return task.completed / task.elapsed if task.completed and task.elapsed else None
+
+        class Speed(ProgressColumn):
+            def render(self, task):
+                r = rate(task)
+                return Text("? img/s" if r is None else f"{r:.3g} img/s")
+
+        class Eta(ProgressColumn):
+            def render(self, task):
+                r = rate(task)
+                if r is None:
+                    return Text("ETA -:--:--")
+                left = int(round((task.total - task.completed) / r))
+                return Text(f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")
+
+        self.bar = Progress(TextColumn("certify"), BarColumn(), MofNCompleteColumn(), Speed(), TimeElapsedColumn(),
+                            Eta(), transient=False)
+        self.task = self.bar.add_task("certify", total=total)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+            if self.counter is not None:
+                threading.Thread(target=self._poll, daemon=True).start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.5):
+            self.bar.update(self.task, completed=self.counter.value)
+
+    def tick(self):
+        if self.counter is not None:
+            with self.counter.get_lock():
+                self.counter.value += 1
+        self._done += 1
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.counter.value if self.counter is not None else self._done)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.bar is not None:
+            if self.counter is not None:
+                self.bar.update(self.task, completed=self.counter.value)
+            self.bar.stop()
+
+
+# ---- summary, plot, loggers ---------------------------------------------------------------------------
+def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
+    opts = job.opts
+    preds = np.array([r["predict"] for r in rows])
+    correct = np.array([bool(r["correct"]) for r in rows])
+    times = np.array([r["time"] for r in rows])
+    summary: dict[str, Any] = {
+        "mode": opts.mode,
+        "num_images": len(rows),
+        "clean_accuracy": float(correct.mean()) if len(rows) else None,  # of the smoothed classifier
+        "abstain_rate": core.abstain_rate(preds) if len(rows) else None,
+    }
+    if opts.mode == "certify":
+        radii = np.array([r["radius"] for r in rows])
+        acc = core.certified_accuracy(radii, correct, opts.radius_grid)
+        summary["certified_accuracy"] = {f"{r:g}": float(a) for r, a in zip(opts.radius_grid, acc)}
+        summary["acr"] = core.average_certified_radius(radii, correct) if len(rows) else None
+        summary["max_radius_possible"] = core.max_certified_radius(opts.n, opts.alpha, job.sigma)
+    summary.update({
+        "metric_convention": "abstentions count as wrong; denominator = all evaluated images; radius >= r",
+        "n0": opts.n0, "n": opts.n, "alpha": opts.alpha, "sigma": job.sigma, "seed": job.seed,
+        "subset": subset,
+        "checkpoint": {"path": job.ckpt_path, "sha256": job.ckpt_sha256},
+        "data": job.meta["data"],
+        "seconds_per_image": float(times.mean()) if len(rows) else None,
+        "seconds_per_image_note": "mean of the TSV time column: wall time of one process per image",
+        "precision": opts.precision, "channels_last": opts.channels_last, "compile": opts.compile,
+        "batch_size": opts.batch_size, "images_per_group": opts.images_per_group,
+        "world_size": extra.pop("world_size", opts.world_size),
+        "torch": torch.__version__,
+    })
+    summary.update(extra)
+    return summary
+
+
+def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    radii = np.array([r["radius"] for r in rows])
+    correct = np.array([bool(r["correct"]) for r in rows])
+    top = max(float(radii.max(initial=0.0)), core.max_certified_radius(job.opts.n, job.opts.alpha, job.sigma), 0.1)
+    grid = np.linspace(0.0, top * 1.02, 400)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot(grid, core.certified_accuracy(radii, correct, grid), drawstyle="steps-post")
+    ax.set_xlabel("L2 radius (pixel units, [0,1] images)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, grid[-1])
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{job.meta['data']} {job.opts.split}, sigma={job.sigma:g}, n={job.opts.n}, "
+                 f"alpha={job.opts.alpha:g} ({len(rows)} images)", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def log_to_loggers(cfg: DictConfig, summary: dict, rows: list[dict], columns: tuple[str, ...], png: Path | None) -> None:
+    """Send the summary (and, to W&B, the table and the plot) to the configured loggers."""
+    if not cfg.get("logger"):
+        return
+    from vrs.utils.config import instantiate_dict
+
+    loggers = instantiate_dict(cfg.logger)
+    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for r, a in (summary.get("certified_accuracy") or {}).items():
+        scalars[f"certified_accuracy/r={r}"] = a
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_metrics({f"certify/{k}": float(v) for k, v in scalars.items() if v is not None})
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            payload = {"certify/table": wandb.Table(columns=list(columns), data=[[r[c] for c in columns] for r in rows])}
+            if png is not None and png.exists():
+                payload["certify/certified_accuracy"] = wandb.Image(str(png))
+            lg.experiment.log(payload)
+        lg.save()
+        lg.finalize("success")
+
+
+# ---- distributed launch ---------------------------------------------------------------------------------
+def torchrun_env() -> tuple[int, int] | None:
+    """(rank, world size) when launched by torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and "RANK" in os.environ:
+        return int(os.environ["RANK"]), world
+    return None
+
+
+def _init_torchrun():
+    import datetime as _dt
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # gloo is only the control plane: nothing but small objects travels
+        dist.init_process_group("gloo", timeout=_dt.timedelta(days=7))
+    return dist
+
+
+# ---- the app ---------------------------------------------------------------------------------------------
+def certify(cfg: DictConfig) -> dict:
+    """Run CERTIFY / PREDICT as configured; returns the summary (rank 0) or {} (other torchrun ranks)."""
+    opts = parse_options(cfg.certify)
+    if not cfg.get("ckpt_path"):
+        raise VRSError("ckpt_path is required: vrs-certify ckpt_path=<run dir>/checkpoints/last.ckpt")
+    seed = cfg.get("seed", 0)
+    check(_is_int(seed) and seed >= 0, "seed", seed, "an integer >= 0")
+    launched = torchrun_env()
+    rank, world = launched if launched else (0, opts.world_size)
+    if launched and opts.device.startswith("cuda") and ":" not in opts.device:
+        opts.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+
+    loaded = load_checkpoint(cfg.ckpt_path)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    x_all, y_all, spec = load_data(data_cfg, opts.split)
+    check_data_matches(loaded, spec, opts.allow_other_dataset)
+    sigma = resolve_sigma(opts, loaded)
+    chosen = select_indices(len(y_all), opts)
+    subset = describe_subset(opts, chosen, len(y_all))
+    problem = core.sample_size_problem(opts.n, opts.alpha, opts.mode)
+    if problem and rank == 0:
+        log.warning(problem)
+
+    meta = {"mode": opts.mode, "n0": opts.n0, "n": opts.n, "alpha": opts.alpha, "sigma": sigma, "seed": seed,
+            "ckpt_sha256": loaded.sha256, "ckpt_path": str(Path(cfg.ckpt_path).resolve()), "data": spec["name"],
+            "split": opts.split, "precision": opts.precision, "noise_block": opts.noise_block,
+            "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[opts.mode]),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    out_dir = Path(opts.out_dir or cfg.paths.output_dir)
+    dist = _init_torchrun() if launched else None
+    if dist is not None:  # every rank writes where rank 0 writes
+        box = [str(out_dir)]
+        dist.broadcast_object_list(box, src=0)
+        out_dir = Path(box[0])
+    results = ResultsDir(out_dir, meta)
+    job = Job(opts, str(cfg.ckpt_path), loaded.sha256, data_cfg, seed, sigma, str(out_dir), meta)
+
+    # rank 0 validates the directory (refusing changes before touching anything) and folds in old shards
+    status: dict[str, Any] = {}
+    if rank == 0:
+        try:
+            results.lock()
+            finished = results.open()
+            status = {"done": sorted(finished)}
+            for idx in chosen:
+                if idx in finished and finished[idx]["label"] != int(y_all[idx]):
+                    raise VRSError(f"{results.tsv} has label {finished[idx]['label']} for image {idx}, the data "
+                                   f"now says {int(y_all[idx])}: the data set changed; use another certify.out_dir")
+        except VRSError as err:
+            status = {"error": str(err)}
+    if dist is not None:
+        box = [status]
+        dist.broadcast_object_list(box, src=0)
+        status = box[0]
+    if "error" in status:
+        results.unlock()
+        raise VRSError(status["error"])
+    done = set(status["done"])
+    todo = [i for i in chosen if i not in done]
+    if rank == 0:
+        log.info("%s: %d images (%s), %d already in %s, %d to go; sigma=%g n0=%s n=%d alpha=%g on %s (%s)",
+                 opts.mode, len(chosen), subset["rule"], len(chosen) - len(todo), out_dir, len(todo), sigma, opts.n0,
+                 opts.n, opts.alpha, device_name(opts.device), opts.precision)
+
+    t0 = time.perf_counter()
+    try:
+        if dist is not None:
+            mine = todo[rank::world]
+            with _Progress(len(mine), opts.progress and rank == 0) as bar:
+                run_shard(job, mine, rank, world, results.shard_path(rank), x_all, y_all, loaded.network,
+                          loaded.num_classes, on_image=bar.tick)
+            dist.barrier()
+        elif world == 1:
+            with _Progress(len(todo), opts.progress) as bar:
+                run_shard(job, todo, 0, 1, results.tsv, x_all, y_all, loaded.network, loaded.num_classes,
+                          on_image=bar.tick)
+        else:
+            _run_spawned(job, todo, world, x_all, y_all, loaded, results)
+    finally:
+        if rank == 0:
+            rows_by_idx = results.merge()
+    wall = time.perf_counter() - t0
+    if rank != 0:
+        dist.destroy_process_group()
+        return {}
+
+    rows = [rows_by_idx[i] for i in sorted(chosen)]
+    extra = {"device": device_name(opts.device), "world_size": world, "images_this_run": len(todo),
+             "wall_seconds_this_run": wall,
+             "wall_seconds_per_image_this_run": wall / len(todo) if todo else None,
+             "rows_in_file": len(rows_by_idx), "out_dir": str(out_dir)}
+    summary = summarize(rows, job, subset, extra)
+    atomic_write_json(out_dir / "summary.json", summary)
+    png = None
+    if opts.mode == "certify":
+        png = out_dir / "certified_accuracy.png"
+        plot_certified_accuracy(rows, job, png)
+    results.unlock()
+    if dist is not None:
+        dist.destroy_process_group()
+    log_to_loggers(cfg, summary, rows, COLUMNS[opts.mode], png)
+    return summary
+
+
+def _run_spawned(job: Job, todo: list[int], world: int, x_all, y_all, loaded: LoadedCheckpoint,
+                 results: ResultsDir) -> None:
+    """Shard `todo` over `world` processes: this one is rank 0, ranks 1.. are spawned."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("q", 0)
+    procs = [ctx.Process(target=_worker, args=(job, todo[r::world], r, world, counter, os.getpid()),
+                         name=f"vrs-certify-rank{r}") for r in range(1, world)]
+    for p in procs:
+        p.start()
+    try:
+        with _Progress(len(todo), job.opts.progress, counter) as bar:
+            run_shard(job, todo[0::world], 0, world, results.shard_path(0), x_all, y_all, loaded.network,
+                      loaded.num_classes, on_image=bar.tick)
+            for p in procs:
+                p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    if failed:
+        raise VRSError(f"shard processes failed: {failed}; finished rows are kept, rerun the same command to resume")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="certify")
+@user_errors_exit
+def main(cfg: DictConfig) -> float | None:
+    launched = torchrun_env()
+    if cfg.get("print_config", True) and (launched is None or launched[0] == 0):
+        print_config_tree(cfg, order=("ckpt_path", "data", "certify", "logger"))
+    try:
+        summary = certify(cfg)
+    finally:
+        finish_wandb()
+    if not summary:
+        return None
+    print(f"Results in {summary['out_dir']}: certify.tsv, summary.json"
+          + (", certified_accuracy.png" if summary["mode"] == "certify" else ""))
+    print(f"  images = {summary['num_images']}  smoothed clean accuracy = {summary['clean_accuracy']:.4f}  "
+          f"abstain rate = {summary['abstain_rate']:.4f}  s/image = {summary['seconds_per_image']:.3f} "
+          f"({summary['device']})")
+    if summary["mode"] == "certify":
+        print(f"  ACR = {summary['acr']:.4f}  certified accuracy: "
+              + "  ".join(f"r={r}: {a:.3f}" for r, a in summary["certified_accuracy"].items()))
+    return summary.get("acr") if summary["mode"] == "certify" else summary.get("clean_accuracy")
+
+
+if __name__ == "__main__":
+    main()
