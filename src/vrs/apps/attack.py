@@ -1,0 +1,350 @@
+"""vrs-attack: empirical robustness of a smoothed classifier (fixed sigma or VRS) under attack.
+
+    vrs-attack ckpt_path=<run>/checkpoints/last.ckpt attack=pgd_l2 attack.eps=0.5 attack.max=8
+    vrs-attack ckpt_path=<vrs ckpt> attack=sigma_down attack.eps=[0.25,0.5,1.0] defense.lam=0.5
+    vrs-attack ckpt_path=<vrs ckpt> defense.sigma=0.25 ...     # fixed-sigma smoothing, same base classifier
+    vrs-attack ckpt_path=... attack.out_dir=<an earlier one>   # resume it (same settings; new eps allowed)
+
+Each attacked image (at every eps) is classified by PREDICT (n, alpha; an abstention counts as an error)
+at the noise level the defence deploys at the adversarial input, and by the soft classifier the attack
+differentiated. Outputs in attack.out_dir (default: the Hydra run directory):
+  attack.csv            one row per (image, eps), appended and fsynced as it goes (resumable);
+  summary.json          robust accuracy per eps, abstain rate, clean accuracy, settings (atomic);
+  settings.json         what a resumed run must match;
+  robust_accuracy.png   accuracy against eps.
+The same metrics go to every configured logger (logger=wandb: W&B, with the plot).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vrs.apps import CONFIG_DIR
+from vrs.errors import ConfigError, VRSError, check, check_choice, user_errors_exit
+from vrs.utils.config import print_config_tree
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val", "train")
+# Settings a resumed run must share with the run it continues (eps and the subset may grow).
+RESUME_KEYS = ("checkpoint_sha256", "data", "split", "attack", "defense", "predict", "seed")
+SUBSET_KEYS = ("eps", "skip", "max", "indices", "batch_size", "out_dir")
+
+
+# ---- config checks (before anything is loaded or written) ----------------------------------------
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def check_config(cfg: DictConfig) -> None:
+    """ConfigError for bad values, before any file is opened or written."""
+    from vrs.attacks.factory import check_attack_config
+
+    check(bool(cfg.get("ckpt_path")), "ckpt_path", cfg.get("ckpt_path"), "the path of a vrs-train checkpoint")
+    check_attack_config(_plain(cfg.attack))
+    a = cfg.attack
+    check_choice("attack.split", a.get("split", "test"), SPLITS)
+    skip, mx, bs = a.get("skip", 1), a.get("max"), a.get("batch_size", 32)
+    check(isinstance(skip, int) and skip >= 1, "attack.skip", skip, "an integer >= 1 (attack every skip-th image)")
+    check(mx is None or (isinstance(mx, int) and mx >= 1), "attack.max", mx, "null or an integer >= 1")
+    check(isinstance(bs, int) and bs >= 1, "attack.batch_size", bs, "an integer >= 1")
+    idx = a.get("indices")
+    if idx is not None:
+        ok = len(idx) > 0 and all(isinstance(i, int) and i >= 0 for i in idx) and len(set(idx)) == len(idx)
+        check(ok, "attack.indices", list(idx), "null or a non-empty list of distinct image indices >= 0")
+    d = cfg.defense
+    sigma = d.get("sigma")
+    check(sigma is None or (isinstance(sigma, (int, float)) and sigma > 0), "defense.sigma", sigma,
+          "null or a number > 0")
+    lam = d.get("lam", 0.5)
+    check(isinstance(lam, (int, float)) and 0 <= lam <= 1, "defense.lam", lam, "a number in [0, 1]")
+    for key in ("m", "n_h"):
+        v = d.get(key)
+        check(isinstance(v, int) and v >= (1 if key == "m" else 0), f"defense.{key}", v,
+              "an integer >= 1" if key == "m" else "an integer >= 0")
+    from vrs.attacks.defended import NOISE_MODES, PRECISIONS, SELECTOR_GRADS
+
+    check_choice("defense.noise", d.get("noise", "fresh"), NOISE_MODES)
+    check_choice("defense.selector_grad", d.get("selector_grad", "straight_through"), SELECTOR_GRADS)
+    check_choice("defense.precision", d.get("precision", "fp32"), PRECISIONS)
+    tau = d.get("tau", 1.0)
+    check(isinstance(tau, (int, float)) and tau > 0, "defense.tau", tau, "a number > 0")
+    p = cfg.predict
+    n, alpha, pbs = p.get("n"), p.get("alpha"), p.get("batch_size")
+    check(isinstance(n, int) and n >= 1, "predict.n", n, "an integer >= 1")
+    check(isinstance(alpha, (int, float)) and 0 < alpha < 1, "predict.alpha", alpha, "a number in (0, 1)")
+    check(isinstance(pbs, int) and pbs >= 1, "predict.batch_size", pbs, "an integer >= 1")
+    check_choice("device", cfg.get("device", "auto"), ("auto", "cpu", "cuda") + tuple(f"cuda:{i}" for i in range(16)))
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """'key: existing X, now Y' for every resume-relevant setting that differs (one level into dicts)."""
+    out = []
+    for k in RESUME_KEYS:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{s}: existing {a.get(s)!r}, now {b.get(s)!r}" for s in sorted(set(a) | set(b))
+                    if a.get(s) != b.get(s)]
+        elif a != b:
+            out.append(f"{k}: existing {a!r}, now {b!r}")
+    return out
+
+
+def select_indices(total: int, skip: int, max_images: int | None, indices) -> list[int]:
+    """The data-set indices to attack: attack.indices when given, else every skip-th image from 0, at
+    most max_images of them."""
+    if indices is not None:
+        bad = [i for i in indices if i >= total]
+        if bad:
+            raise ConfigError("attack.indices", bad, f"indices below the split's size ({total})")
+        return [int(i) for i in indices]
+    chosen = list(range(0, total, skip))
+    return chosen[:max_images] if max_images else chosen
+
+
+# ---- model ---------------------------------------------------------------------------------------
+def load_defense(cfg: DictConfig, device):
+    """(DefendedModel, base network, LoadedCheckpoint, description) from ckpt_path and the defense config.
+
+    A classifier checkpoint (vrs-train) is smoothed at defense.sigma, or at its training sigma when that
+    was fixed. A VRS checkpoint uses its selector (median-smoothed, snapped to its grid) at defense.lam,
+    unless defense.sigma is set: then its base classifier is smoothed at that fixed sigma (the baseline
+    with the same base classifier).
+    """
+    from vrs.attacks.defended import DefendedModel, SelectorSigma
+    from vrs.checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint
+
+    path = Path(cfg.ckpt_path)
+    ckpt, digest = read_checkpoint(path)
+    kind = ckpt["vrs"].get("kind")
+    del ckpt
+    d = cfg.defense
+    common = dict(m=int(d.m), noise=d.noise, tau=float(d.tau), max_batch=d.get("max_batch"),
+                  precision=d.get("precision", "fp32"), seed=int(cfg.seed))
+    if kind == "vrs":
+        from vrs.selection.model import load_vrs
+
+        vrs = load_vrs(path, device=device)
+        loaded = LoadedCheckpoint("vrs", path, digest, vrs.base, dict(vrs.data), (vrs.meta.get("base") or {}).get("noise"),
+                                  meta=vrs.meta)
+        if d.get("sigma") is not None:
+            model = DefendedModel(vrs.base, float(d.sigma), **common)
+            info = {"kind": "vrs", "defense": "fixed_sigma", "sigma": float(d.sigma)}
+        else:
+            lam = float(d.lam)
+            n_dep = int(d.get("deployed_n_h") or vrs.median.n_h)
+            sel = SelectorSigma(vrs.selector, lam, vrs.sigma_min, vrs.sigma_max, n_h=int(d.n_h),
+                                sigma_h=vrs.median.sigma_h, grad=d.selector_grad, grid=vrs.median.grid,
+                                deployed=lambda x: vrs.sigma(x, lam, n_h=n_dep))
+            model = DefendedModel(vrs.base, sel, **common)
+            info = {"kind": "vrs", "defense": "vrs", "lam": lam, "sigma_range": [vrs.sigma_min, vrs.sigma_max],
+                    "median": vrs.median.to_dict(), "deployed_n_h": n_dep, "attack_n_h": int(d.n_h),
+                    "selector_grad": d.selector_grad}
+    else:
+        loaded = load_checkpoint(path)
+        sigma = d.get("sigma")
+        if sigma is None:
+            if loaded.train_sigma is None:
+                raise VRSError(f"defense.sigma=null means the checkpoint's training sigma, but {path.name} was trained "
+                               f"with {loaded.describe_training_noise()}: pass defense.sigma=<value>")
+            sigma = loaded.train_sigma
+        model = DefendedModel(loaded.network, float(sigma), **common)
+        info = {"kind": "classifier", "defense": "fixed_sigma", "sigma": float(sigma)}
+    info["noise"] = d.noise
+    info["m"] = int(d.m)
+    return model.to(device), loaded.network.to(device), loaded, info
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = sorted(summary["per_eps"], key=lambda p: p["eps"])
+    clean = summary["clean"].get("acc")
+    if not per or per[0]["eps"] > 0:  # the clean accuracy is the curve's value at eps = 0
+        per = [{"eps": 0.0, "robust_acc": clean, "soft_acc": summary["clean"].get("soft_acc")}] + per
+    eps = [p["eps"] for p in per]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(eps, [p["robust_acc"] for p in per], "o-", label="PREDICT (abstain = wrong)")
+    ax.plot(eps, [p["soft_acc"] for p in per], "s--", label="soft classifier")
+    if clean == clean:  # not NaN
+        ax.axhline(clean, color="grey", lw=0.8, ls=":", label=f"clean PREDICT ({clean:.3f})")
+    ax.set_xlabel("eps")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def metric_dict(summary: dict, attack_name: str) -> dict[str, float]:
+    """Flat metrics for loggers: robust/acc@<attack>_<eps>, robust/soft_acc@..., robust/abstain@...,
+    clean/acc, clean/abstain_rate."""
+    out = {"clean/acc": summary["clean"]["acc"], "clean/abstain_rate": summary["clean"]["abstain_rate"],
+           "clean/soft_acc": summary["clean"]["soft_acc"]}
+    for p in summary["per_eps"]:
+        tag = f"{attack_name}_{p['eps']:g}"
+        out[f"robust/acc@{tag}"] = p["robust_acc"]
+        out[f"robust/soft_acc@{tag}"] = p["soft_acc"]
+        out[f"robust/abstain@{tag}"] = p["abstain_rate"]
+    return {k: float(v) for k, v in out.items() if v == v}
+
+
+def log_to_loggers(loggers: list, metrics: dict, plot: Path, cfg: DictConfig) -> None:
+    for lg in loggers:
+        try:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            lg.log_metrics(metrics, step=0)
+            if hasattr(lg, "log_image") and plot.is_file():
+                lg.log_image(key="robust/accuracy_vs_eps", images=[str(plot)])
+            lg.save()
+        except Exception as err:  # noqa: BLE001 - a logger failing must not lose the run's files
+            log.warning("logger %s failed: %s", type(lg).__name__, err)
+
+
+# ---- the run -------------------------------------------------------------------------------------
+def run(cfg: DictConfig) -> dict:
+    """Attack, classify, write; returns the summary (also in summary.json)."""
+    check_config(cfg)
+    import numpy as np
+    import torch
+
+    from vrs.attacks.evaluate import ROW_COLUMNS, attack_batch, smoothed_predict_fn, summarize
+    from vrs.attacks.factory import build_attack, eps_list
+    from vrs.checkpoint import check_data_matches
+    from vrs.data.datamodule import to_float
+    from vrs.utils.config import instantiate_dict
+    from vrs.utils.io import RowWriter, lock_dir, read_json, write_json_atomic
+
+    dev = cfg.get("device", "auto")
+    device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
+    attack_cfg = _plain(cfg.attack)
+    out = Path(attack_cfg.get("out_dir") or cfg.paths.output_dir)
+    eps_values = eps_list(attack_cfg)
+    name = attack_cfg["name"]
+
+    torch.manual_seed(int(cfg.seed))
+    model, base, loaded, info = load_defense(cfg, device)
+    data_cfg = _plain(cfg.data)
+    check_data_matches(loaded, data_cfg, allow_other_dataset=bool(cfg.get("allow_other_dataset", False)))
+    split = attack_cfg.get("split", "test")
+    attack_settings = {k: v for k, v in attack_cfg.items() if k not in SUBSET_KEYS}
+    settings = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": loaded.sha256,
+                "data": data_cfg.get("name"), "split": split, "attack": attack_settings,
+                "defense": _plain(cfg.defense), "predict": _plain(cfg.predict), "seed": int(cfg.seed)}
+
+    # Refuse an out_dir holding another run's rows before anything in it changes.
+    settings_path = out / "settings.json"
+    if settings_path.is_file():
+        old = read_json(settings_path)
+        diff = settings_diff(old, settings)
+        if diff:
+            raise VRSError(f"{out} holds a run with other settings ({'; '.join(diff)}); refusing to mix them: use "
+                           "another attack.out_dir, or the same settings to resume it")
+    elif (out / "attack.csv").is_file():
+        raise VRSError(f"{out}/attack.csv exists without settings.json; use another attack.out_dir")
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    xs, ys = datamodule.splits[split]
+    indices = select_indices(len(ys), int(attack_cfg.get("skip", 1)), attack_cfg.get("max"),
+                             attack_cfg.get("indices"))
+
+    lock = lock_dir(out, "vrs-attack")
+    try:
+        write_json_atomic(settings_path, settings)
+        writer = RowWriter(out / "attack.csv", ROW_COLUMNS, delimiter=",", key=("idx", "eps"))
+        done = writer.done_keys()
+        resumed = len(done)
+        num_classes = loaded.num_classes
+        predict = smoothed_predict_fn(base, num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
+                                      int(cfg.predict.batch_size), seed=int(cfg.seed),
+                                      precision=cfg.predict.get("precision", "fp32"))
+        bs = int(attack_cfg.get("batch_size", 32))
+        t0 = time.perf_counter()
+        log.info("attack %s (%s) eps=%s on %d %s images of %s; defense %s; %d rows already done", name,
+                 attack_cfg.get("norm"), eps_values, len(indices), split, data_cfg.get("name"), info, resumed)
+        for start in range(0, len(indices), bs):
+            idx = indices[start:start + bs]
+            todo = [e for e in eps_values if any(writer.key_of({"idx": i, "eps": e}) not in done for i in idx)]
+            if not todo:
+                continue
+            sel = torch.as_tensor(idx)
+            x = to_float(xs[sel]).to(device)
+            y = ys[sel].to(device)
+            clean = None
+            for e in todo:
+                # One seed per (run seed, batch, eps): a rerun of this batch repeats it exactly.
+                batch_seed = int(np.random.SeedSequence([int(cfg.seed), idx[0], round(e * 1e7)]).generate_state(1)[0])
+                torch.manual_seed(batch_seed)  # the attacks' random starts
+                model.seed(batch_seed)         # the soft-smoothing and selector noise
+                attack = build_attack(attack_cfg, model, e, num_classes, seed=batch_seed)
+                rows, clean = attack_batch(attack, model, x, y, idx, e, predict, model.defended_sigma, clean)
+                writer.write([r for r in rows if writer.key_of(r) not in done])
+            log.info("%d/%d images (%.1f s)", min(start + bs, len(indices)), len(indices), time.perf_counter() - t0)
+        writer.close()
+
+        wanted = {str(i) for i in indices}
+        summary = summarize([r for r in writer.rows if r["idx"] in wanted], eps_values)
+        summary.update({
+            "attack": name, "norm": attack_cfg.get("norm"), "eps": eps_values,
+            "complete": all(p["n"] == len(indices) for p in summary["per_eps"]),
+            "subset": {"split": split, "split_size": len(ys), "skip": attack_cfg.get("skip", 1),
+                       "max": attack_cfg.get("max"), "indices": attack_cfg.get("indices"), "count": len(indices),
+                       "first": indices[0] if indices else None, "last": indices[-1] if indices else None},
+            "defense": info, "device": str(device), "torch": torch.__version__,
+            "seconds": round(time.perf_counter() - t0, 2), "rows_resumed": resumed,
+            "note": "robust_acc: PREDICT on the adversarial input over ALL attacked images; an abstention (-1) "
+                    "counts as wrong. soft_acc: argmax of the soft-smoothed classifier the attack differentiated.",
+            "settings": settings, "config": OmegaConf.to_container(cfg, resolve=True),
+        })
+        write_json_atomic(out / "summary.json", summary)
+        what = f"sigma={info['sigma']:g}" if "sigma" in info else f"VRS lambda={info.get('lam')}"
+        plot = out / "robust_accuracy.png"
+        plot_robust_accuracy(summary, plot, f"{name} ({attack_cfg.get('norm')}) vs {what}, m={info['m']}")
+    finally:
+        os.close(lock)
+    log_to_loggers(instantiate_dict(cfg.get("logger")), metric_dict(summary, name), plot, cfg)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="attack")
+@user_errors_exit
+def main(cfg: DictConfig) -> float | None:
+    if cfg.get("print_config", True):
+        print_config_tree(cfg, order=("attack", "defense", "predict", "data"))
+    from vrs.utils.loggers import finish_wandb
+
+    try:
+        summary = run(cfg)
+    finally:
+        finish_wandb()
+    out = Path(cfg.attack.get("out_dir") or cfg.paths.output_dir)
+    print(f"Results: {out}")
+    print(f"  clean: PREDICT acc {summary['clean']['acc']:.4f} (abstain {summary['clean']['abstain_rate']:.4f}), "
+          f"soft acc {summary['clean']['soft_acc']:.4f}, {summary['clean']['n']} images")
+    for p in summary["per_eps"]:
+        print(f"  {summary['attack']} eps={p['eps']:g}: robust acc {p['robust_acc']:.4f} "
+              f"(abstain {p['abstain_rate']:.4f}), soft acc {p['soft_acc']:.4f}")
+    first = summary["per_eps"][0]["robust_acc"] if summary["per_eps"] else None
+    return first
+
+
+if __name__ == "__main__":
+    main()
