@@ -84,6 +84,10 @@ def train_base_stage(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """One training run, or both VRS stages when a selector has no base classifier yet."""
+    if str((cfg.get("module") or {}).get("_target_", "")).endswith("SelectorModule"):
+        from vrs.modules.selector import SelectorModule  # config errors before any training
+
+        SelectorModule.check_config(**OmegaConf.to_container(cfg.module, resolve=True))
     if needs_base_stage(cfg):
         base_ckpt = train_base_stage(cfg)
         with open_dict(cfg):

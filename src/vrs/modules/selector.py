@@ -1,0 +1,235 @@
+"""Stage 2 of VRS: train the noise-level selector h(x, lambda) against a frozen multi-sigma base classifier.
+
+Loss (method.md section 4): L = (1 - lambda) * L_CE(soft smoothed classifier) + lambda * KL(p || q), with
+lambda drawn per batch (or per sample) and fed to h; soft smoothing over `n_trf` reparameterised noise
+draws at temperature `tau`; h sees its inputs with its own smoothing noise eta ~ N(0, sigma_h^2 I), as at
+test time under median smoothing. An optional last stage (`finetune.epochs` > 0) unfreezes the base
+classifier at a low learning rate (joint fine-tune; its batch-norm statistics stay frozen).
+
+Validation at a few fixed lambdas (`val_lams`): the selector's test-time sigma is the median over
+`val_n_h` noisy copies, the soft smoothed classifier's accuracy at that sigma is `val/acc_lam<l>`, with
+`val/sigma_mean_lam<l>` and `val/kl_lam<l>`; the unsuffixed `val/acc`, `val/sigma_mean`, `val/kl`,
+`val/loss` are their means over the lambdas (`val/acc` drives checkpoint selection).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from vrs.errors import VRSError, check
+from vrs.modules.classifier import build_network, plain
+from vrs.selection.lam import LambdaSampler, check_lambda
+from vrs.selection.median import MedianSmoothing, snap
+from vrs.selection.model import VRS_FORMAT, check_same_data, load_base_classifier
+from vrs.selection.networks import build_selector, check_sigma_range
+from vrs.selection.priors import build_prior
+from vrs.selection.soft import soft_smooth, soft_smooth_nll
+
+log = logging.getLogger(__name__)
+
+
+class SelectorModule(pl.LightningModule):
+    def __init__(self, selector: dict, prior: dict, optimizer: dict, data: dict, base_ckpt: str | None = None,
+                 base: dict | None = None, scheduler: dict | None = None, lam: dict | None = None, n_trf: int = 4,
+                 tau: float = 1.0, median: dict | None = None, val_lams: list[float] = (0.0, 0.5, 1.0),
+                 val_n_h: int = 8, finetune: dict | None = None, diagnostics: dict | None = None,
+                 channels_last: bool | str = "auto"):
+        super().__init__()
+        selector, prior, optimizer, data, scheduler, lam, median, finetune, diagnostics = map(
+            plain, (selector, prior, optimizer, data, scheduler, lam, median, finetune, diagnostics))
+        median_cfg, val_lams, finetune = self.check_config(selector, prior, lam, n_trf, tau, median, val_lams,
+                                                           val_n_h, finetune)
+        # The frozen base classifier: from its checkpoint (training), or rebuilt from the stored spec when
+        # this module is reloaded from its own checkpoint (the weights then come from its state dict).
+        if base is None:
+            if not base_ckpt:
+                raise VRSError("module.base_ckpt is not set: the selector needs a multi-sigma base classifier "
+                               "checkpoint (from `vrs-train noise=multi`), or run `vrs-train experiment=vrs_<dataset>` "
+                               "to train both stages")
+            net, base = load_base_classifier(base_ckpt, expect_data=data)
+        else:
+            check_same_data(data, base["data"], "the stored base classifier")
+            net = build_network(base["net"], base["data"])
+        self.save_hyperparameters({"selector": selector, "prior": prior, "optimizer": optimizer, "data": data,
+                                   "base_ckpt": base_ckpt, "base": base, "scheduler": scheduler, "lam": lam,
+                                   "n_trf": n_trf, "tau": tau, "median": median_cfg.to_dict(),
+                                   "val_lams": val_lams, "val_n_h": val_n_h, "finetune": finetune,
+                                   "diagnostics": diagnostics, "channels_last": channels_last})
+        self.base = net
+        self.base.requires_grad_(False)
+        self.selector = build_selector(selector, data)
+        self.prior = build_prior(prior, self.selector.posterior)
+        self.lam_sampler = LambdaSampler(**(lam or {}))
+        self.median_cfg = median_cfg
+        self.d = data["channels"] * data["size"] ** 2
+        self._warn_range(base)
+
+    @staticmethod
+    def check_config(selector, prior, lam=None, n_trf=4, tau=1.0, median=None, val_lams=(0.0, 0.5, 1.0),
+                     val_n_h=8, finetune=None, **_):
+        """Validate the selector-stage settings (ConfigError naming the key), before any training starts.
+        Returns (MedianSmoothing, val_lams as floats, finetune with defaults)."""
+        if not isinstance(selector, dict) or "net" not in selector:
+            raise VRSError("no selector network configured: choose one with selector=cnn or selector=resnet20")
+        if not isinstance(prior, dict) or "name" not in prior:
+            raise VRSError("no noise prior configured: choose one with prior=gaussian|lognormal|uniform")
+        check_sigma_range(selector.get("sigma_min"), selector.get("sigma_max"))
+        build_prior(prior, selector.get("posterior", "point"))
+        LambdaSampler(**(lam or {}))
+        check(isinstance(n_trf, int) and n_trf >= 1, "module.n_trf", n_trf, "an integer >= 1")
+        check(isinstance(tau, (int, float)) and tau > 0, "module.tau", tau, "a number > 0")
+        check(isinstance(val_n_h, int) and val_n_h >= 1, "module.val_n_h", val_n_h, "an integer >= 1")
+        check(val_lams is not None and len(val_lams) >= 1, "module.val_lams", val_lams,
+              "a non-empty list of numbers in [0, 1]")
+        val_lams = [check_lambda(v, "module.val_lams") for v in val_lams]
+        finetune = {"epochs": 0, "lr": 1e-4, **(finetune or {})}
+        check(isinstance(finetune["epochs"], int) and finetune["epochs"] >= 0, "module.finetune.epochs",
+              finetune["epochs"], "an integer >= 0")
+        check(isinstance(finetune["lr"], (int, float)) and finetune["lr"] > 0, "module.finetune.lr",
+              finetune["lr"], "a number > 0")
+        return MedianSmoothing(**(median or {})), val_lams, finetune
+
+    def _warn_range(self, base: dict) -> None:
+        noise = base.get("noise") or {}
+        lo, hi = noise.get("sigma_min", noise.get("sigma")), noise.get("sigma_max", noise.get("sigma"))
+        if lo is None:
+            return
+        if not str(noise.get("_target_", "")).endswith("LogUniformSigma"):
+            log.warning("the base classifier was trained with one fixed sigma=%s; VRS needs a multi-sigma base "
+                        "classifier (vrs-train noise=multi)", lo)
+        elif self.selector.sigma_min < lo * 0.999 or self.selector.sigma_max > hi * 1.001:
+            log.warning("selector range [%g, %g] exceeds the base classifier's training range [%g, %g]",
+                        self.selector.sigma_min, self.selector.sigma_max, lo, hi)
+
+    # ---- modes ---------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.base.eval()  # frozen batch-norm statistics and no dropout, also while fine-tuning
+        return self
+
+    def setup(self, stage: str) -> None:
+        cl = self.hparams.channels_last
+        if cl is True or (cl == "auto" and self.device.type == "cuda"):
+            self.base.to(memory_format=torch.channels_last)
+            self.selector.to(memory_format=torch.channels_last)
+
+    @property
+    def finetuning(self) -> bool:
+        ft = self.hparams.finetune["epochs"]
+        return ft > 0 and self.trainer is not None and self.current_epoch >= self.trainer.max_epochs - ft
+
+    def on_train_epoch_start(self) -> None:
+        if self.finetuning and not next(self.base.parameters()).requires_grad:
+            log.info("epoch %d: joint fine-tune, base classifier unfrozen at lr=%g", self.current_epoch,
+                     self.hparams.finetune["lr"])
+            self.base.requires_grad_(True)
+
+    # ---- loss ----------------------------------------------------------------------------------
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, sample: bool):
+        """(loss (B,), ce (B,), kl (B,), SelectorOutput) of the variational objective at per-sample lam."""
+        eta = self.median_cfg.sigma_h * torch.randn_like(x)
+        out = self.selector(x + eta, lam, sample=sample)
+        probs = soft_smooth(self.base, x, out.sigma, self.hparams.n_trf, self.hparams.tau)
+        ce = soft_smooth_nll(probs, y)
+        kl = self.prior.kl(out)
+        return (1 - lam) * ce + lam * kl, ce, kl, out, probs
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        lam = self.lam_sampler(x.shape[0], x.device)
+        loss, ce, kl, out, _ = self.loss_terms(x, y, lam, sample=True)
+        loss = loss.mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite selector loss {loss.item()} at step {self.global_step}")
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/ce", ce.mean(), batch_size=bs)
+        self.log("train/kl", kl.mean(), batch_size=bs)
+        self.log("train/sigma_mean", out.sigma.mean(), prog_bar=True, batch_size=bs)
+        return loss
+
+    @torch.no_grad()
+    def test_time_sigma(self, x: torch.Tensor, lam: float, n_h: int) -> torch.Tensor:
+        """Median over n_h noisy copies of the selector's test-time sigma, snapped to the grid."""
+        b = x.shape[0]
+        xs = x.unsqueeze(1).expand(b, n_h, *x.shape[1:]).reshape(b * n_h, *x.shape[1:])
+        s = self.selector.test_sigma(xs + self.median_cfg.sigma_h * torch.randn_like(xs), lam).view(b, n_h)
+        return snap(s.median(dim=1).values, self.median_cfg.grid)
+
+    def _eval_step(self, batch, stage: str) -> None:
+        x, y = batch
+        bs = x.shape[0]
+        accs, sigmas, kls, losses = [], [], [], []
+        for lam in self.hparams.val_lams:
+            lam_t = torch.full((bs,), lam, device=x.device)
+            out = self.selector(x + self.median_cfg.sigma_h * torch.randn_like(x), lam_t, sample=False)
+            sigma = self.test_time_sigma(x, lam, self.hparams.val_n_h)
+            probs = soft_smooth(self.base, x, sigma, self.hparams.n_trf, self.hparams.tau)
+            acc = (probs.argmax(1) == y).float().mean()
+            kl_all = self.prior.kl(out)
+            kl = kl_all.mean()
+            loss = ((1 - lam) * soft_smooth_nll(probs, y) + lam * kl_all).mean()
+            self.log(f"{stage}/acc_lam{lam:g}", acc, batch_size=bs)
+            self.log(f"{stage}/sigma_mean_lam{lam:g}", sigma.mean(), batch_size=bs)
+            self.log(f"{stage}/kl_lam{lam:g}", kl, batch_size=bs)
+            accs.append(acc), sigmas.append(sigma.mean()), kls.append(kl), losses.append(loss)
+        mean = lambda v: torch.stack(v).mean()  # noqa: E731
+        self.log(f"{stage}/acc", mean(accs), prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/sigma_mean", mean(sigmas), prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/kl", mean(kls), batch_size=bs)
+        self.log(f"{stage}/loss", mean(losses), batch_size=bs)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    # ---- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        groups = [{"params": list(self.selector.parameters())}]
+        if self.hparams.finetune["epochs"] > 0:
+            groups.append({"params": list(self.base.parameters()), "lr": self.hparams.finetune["lr"]})
+        opt = instantiate(self.hparams.optimizer)(groups)
+        sched_cfg = self.hparams.scheduler
+        if not sched_cfg:
+            return opt
+        sched_cfg = dict(sched_cfg)
+        interval = sched_cfg.pop("interval", "epoch")
+        if sched_cfg.get("_target_", "").endswith("CosineAnnealingLR") and sched_cfg.get("T_max") is None:
+            sched_cfg["T_max"] = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
+        sched = instantiate(sched_cfg)(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+
+    # ---- checkpoint and diagnostics ------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        hp = self.hparams
+        checkpoint["vrs"] = {"format": VRS_FORMAT, "kind": "vrs", "data": hp.data, "base": hp.base,
+                             "selector": hp.selector, "sigma_min": self.selector.sigma_min,
+                             "sigma_max": self.selector.sigma_max, "median": hp.median, "prior": hp.prior,
+                             "lam": hp.lam, "n_trf": hp.n_trf, "tau": hp.tau}
+
+    def on_fit_end(self) -> None:
+        cfg = self.hparams.diagnostics or {}
+        if not cfg.get("enabled", True) or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "splits") or "val" not in dm.splits:
+            return
+        from vrs.data.datamodule import to_float
+        from vrs.selection.diagnostics import collect, write_diagnostics
+
+        n = int(cfg.get("num_images", 512))
+        x, _ = dm.splits["val"]
+        x = to_float(x[:n].to(self.device))
+        lams = cfg.get("lams") or [i / 10 for i in range(11)]
+        data = collect(self.base, self.selector, x, lams, sigma_h=self.median_cfg.sigma_h,
+                       n_h=int(cfg.get("n_h", 16)), grid=self.median_cfg.grid)
+        out_dir = Path(self.trainer.default_root_dir) / "diagnostics"
+        write_diagnostics(data, out_dir, self.trainer.loggers)
+        log.info("selector diagnostics in %s", out_dir)

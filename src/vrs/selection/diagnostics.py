@@ -1,0 +1,117 @@
+"""Selector diagnostics: which noise level does h pick, and how does lambda move it?
+
+`collect` evaluates the smoothed selector (median over n_h noisy copies, snapped to the grid) on a batch
+of images at several lambdas, together with the base classifier's clean confidence (max softmax
+probability). `write_diagnostics` draws three figures (matplotlib, Agg backend) as PNG files and, when a
+WandbLogger is among the loggers, logs them as W&B images:
+
+* sigma_hist.png: histogram of the chosen sigma for a few lambdas;
+* sigma_vs_lambda.png: mean (and 10-90% band) of the chosen sigma against lambda;
+* sigma_vs_confidence.png: chosen sigma against the base classifier's clean confidence, per lambda.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vrs.selection.median import snap
+
+
+@torch.no_grad()
+def collect(base, selector, x: torch.Tensor, lams, sigma_h: float, n_h: int = 16,
+            grid: list[float] | None = None, batch_size: int = 256) -> dict:
+    """{"lams": [...], "sigma": (L, N) array, "confidence": (N,) array} for images x (N, C, H, W) in [0,1]."""
+    was_training = selector.training
+    selector.eval()
+    sigmas = np.zeros((len(lams), len(x)))
+    conf = np.zeros(len(x))
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        b = xb.shape[0]
+        conf[start:start + b] = torch.softmax(base(xb).float(), dim=-1).max(dim=-1).values.cpu().numpy()
+        xs = xb.unsqueeze(1).expand(b, n_h, *xb.shape[1:]).reshape(b * n_h, *xb.shape[1:])
+        noisy = xs + sigma_h * torch.randn_like(xs)
+        for i, lam in enumerate(lams):
+            s = selector.test_sigma(noisy, float(lam)).view(b, n_h).median(dim=1).values
+            sigmas[i, start:start + b] = snap(s, grid).cpu().numpy()
+    selector.train(was_training)
+    return {"lams": [float(v) for v in lams], "sigma": sigmas, "confidence": conf}
+
+
+def figures(data: dict) -> dict:
+    """name -> matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    lams, sig, conf = np.asarray(data["lams"]), data["sigma"], data["confidence"]
+    show = sorted({0, len(lams) // 2, len(lams) - 1})
+    out = {}
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    bins = np.geomspace(max(sig.min(), 1e-3) * 0.95, sig.max() * 1.05, 30) if sig.max() > sig.min() else 10
+    for i in show:
+        ax.hist(sig[i], bins=bins, alpha=0.5, label=f"lambda={lams[i]:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("chosen sigma")
+    ax.set_ylabel("images")
+    ax.legend()
+    ax.set_title("Chosen noise level")
+    fig.tight_layout()
+    out["sigma_hist"] = fig
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(lams, sig.mean(axis=1), "o-", label="mean")
+    ax.fill_between(lams, np.quantile(sig, 0.1, axis=1), np.quantile(sig, 0.9, axis=1), alpha=0.25,
+                    label="10-90%")
+    ax.set_xlabel("lambda")
+    ax.set_ylabel("chosen sigma")
+    ax.legend()
+    ax.set_title("Noise level against the trade-off knob")
+    fig.tight_layout()
+    out["sigma_vs_lambda"] = fig
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i in show:
+        ax.scatter(conf, sig[i], s=6, alpha=0.5, label=f"lambda={lams[i]:g}")
+    ax.set_xlabel("base classifier clean confidence")
+    ax.set_ylabel("chosen sigma")
+    ax.legend()
+    ax.set_title("Noise level against confidence")
+    fig.tight_layout()
+    out["sigma_vs_confidence"] = fig
+    return out
+
+
+def write_diagnostics(data: dict, out_dir: str | Path, loggers=()) -> list[Path]:
+    """Save the figures as PNG files under out_dir (plus the raw numbers as an .npz); log them to W&B
+    when a WandbLogger is present. Returns the PNG paths."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / "selector_diagnostics.npz", lams=np.asarray(data["lams"]), sigma=data["sigma"],
+             confidence=data["confidence"])
+    paths = []
+    for name, fig in figures(data).items():
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    _log_wandb(paths, loggers)
+    return paths
+
+
+def _log_wandb(paths: list[Path], loggers) -> None:
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+    except ImportError:  # pragma: no cover - Lightning always has it
+        return
+    for lg in loggers or ():
+        if isinstance(lg, WandbLogger):
+            lg.log_image(key="diagnostics/selector", images=[str(p) for p in paths],
+                         caption=[p.stem for p in paths])
