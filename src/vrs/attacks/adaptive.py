@@ -98,6 +98,17 @@ class AdaptivePGD(Attack):
             loss = loss + self.beta * (torch.log(sigma) - log_sigma0) ** 2
         return loss
 
+    def gradient(self, x_adv: torch.Tensor, labels: torch.Tensor,
+                 log_sigma0: torch.Tensor | None = None) -> torch.Tensor:
+        """The EOT gradient: the mean over `eot_iter` forward passes (fresh noise each, in `fresh` mode)
+        of d objective / d x_adv."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        grad = torch.zeros_like(x_adv)
+        for _ in range(self.eot_iter):
+            loss = self.objective(x_adv, labels, log_sigma0).sum()
+            grad += torch.autograd.grad(loss, x_adv)[0]
+        return grad / self.eot_iter
+
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
@@ -109,11 +120,7 @@ class AdaptivePGD(Attack):
                 log_sigma0 = torch.log(self.model.sigma_of(images))
         adv = random_start(images, self.eps, self.norm) if self.random_start else images.clone()
         for _ in range(self.steps):
-            adv.requires_grad_(True)
-            grad = torch.zeros_like(adv)
-            for _ in range(self.eot_iter):
-                loss = self.objective(adv, labels, log_sigma0).sum()
-                grad += torch.autograd.grad(loss, adv)[0]
+            grad = self.gradient(adv, labels, log_sigma0)
             with torch.no_grad():
                 if self.norm == "linf":
                     step = grad.sign()

@@ -7,7 +7,7 @@
 | `eot_pgd`         | torchattacks.EOTPGD (linf); here (l2)    | linf, l2   | `eot`            | wrapper      |
 | `apgd_eot`        | torchattacks.APGD(eot_iter=eot)          | linf, l2   | `eot`            | APGD's own   |
 | `autoattack_rand` | torchattacks.AutoAttack(version="rand")  | linf, l2   | `eot` (20)       | -            |
-| `cw_l2`           | torchattacks.CW, then projected on the ball | l2      | via m only       | wrapper      |
+| `cw_l2`           | torchattacks.CW (margin fixed), projected | l2        | via m only       | wrapper      |
 | `fgsm`            | torchattacks.FGSM                        | linf       | via m only       | wrapper      |
 | `sigma_down`      | here (`AdaptivePGD`): CE - beta log sigma | linf, l2  | `eot`            | wrapper      |
 | `none`            | the clean input                          | -          | -                | -            |
@@ -107,6 +107,22 @@ def step_size(cfg: Mapping, eps: float) -> float:
     return float(s) if s is not None else 2.5 * eps / int(cfg.get("steps", 1))
 
 
+class CW(torchattacks.CW):
+    """torchattacks.CW with its margin computed correctly for any logits.
+
+    torchattacks 3.5.1 takes the best other class as max((1 - onehot) * logits): the label's slot becomes
+    0, so when every other logit is negative (always, for the log-probabilities a DefendedModel returns)
+    the margin is the constant 0 and CW never moves. Here the label's slot is masked with -inf instead.
+    """
+
+    def f(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        one_hot = torch.nn.functional.one_hot(labels, outputs.shape[1]).bool()
+        other = outputs.masked_fill(one_hot, float("-inf")).amax(dim=1)
+        real = outputs.gather(1, labels.view(-1, 1)).squeeze(1)
+        margin = other - real if self.targeted else real - other
+        return torch.clamp(margin, min=-self.kappa)
+
+
 def _inner(cfg: Mapping, model: torch.nn.Module, eps: float, num_classes: int, seed: int) -> Callable:
     name, norm = cfg["name"], cfg.get("norm", "l2")
     steps, eot = int(cfg.get("steps", 1)), int(cfg.get("eot", 1))
@@ -129,7 +145,7 @@ def _inner(cfg: Mapping, model: torch.nn.Module, eps: float, num_classes: int, s
             sub.eot_iter, sub.steps = eot, steps
         return atk
     if name == "cw_l2":
-        return torchattacks.CW(model, c=float(cfg.get("c", 1.0)), kappa=float(cfg.get("kappa", 0.0)), steps=steps,
+        return CW(model, c=float(cfg.get("c", 1.0)), kappa=float(cfg.get("kappa", 0.0)), steps=steps,
                                lr=float(cfg.get("lr", 0.01)))
     if name == "fgsm":
         return torchattacks.FGSM(model, eps=eps)
@@ -155,6 +171,10 @@ class BoundedAttack:
         x, y = x.detach(), y.detach()
         if self.inner is None or self.eps == 0:
             return x.clone()
+        with torch.enable_grad():  # gradient attacks, also when called under no_grad (e.g. in validation)
+            return self._attack(x, y)
+
+    def _attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = x.clone()
         todo = torch.arange(x.shape[0], device=x.device)
         for r in range(self.restarts):
