@@ -203,3 +203,14 @@ def test_python_m_vrs_train_help(tmp_path):
     proc = run_app("train", "--help", root=tmp_path)
     assert proc.returncode == 0 and "data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic" in proc.stdout
     assert shutil.which("vrs-train", path=str(Path(sys.executable).parent))
+
+
+def test_non_finite_loss_stops_training(tmp_path):
+    cfg = compose_config("data=digits", "optimizer.lr=1e6", *QUIET, output_dir=tmp_path)
+    dm = instantiate(cfg.data)
+    module = instantiate(cfg.module, data=dm.spec.to_dict())
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        trainer.fit(module, datamodule=dm)
+    assert trainer.current_epoch == 0  # stopped within the first epoch

@@ -41,20 +41,27 @@ class NoisyClassifierModule(pl.LightningModule):
         self.noise = instantiate(noise)
         self.sigma_grid = self.noise.grid()
         self._set_forward(self.net)
+        self._channels_last = False
+        self._nonfinite: torch.Tensor | None = None  # device-side flag: a non-finite training loss was seen
         nc = data["num_classes"]
-        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=nc)
+
+        def accuracy():  # validate_args=False: the argument checks read values back from the GPU every batch
+            return torchmetrics.Accuracy(task="multiclass", num_classes=nc, validate_args=False)
+
+        self.train_acc = accuracy()
         self.eval_metrics = torch.nn.ModuleDict()
         for stage in ("val", "test"):
-            self.eval_metrics[f"{stage}_clean"] = torchmetrics.Accuracy(task="multiclass", num_classes=nc)
-            self.eval_metrics[f"{stage}_noisy"] = torchmetrics.Accuracy(task="multiclass", num_classes=nc)
+            self.eval_metrics[f"{stage}_clean"] = accuracy()
+            self.eval_metrics[f"{stage}_noisy"] = accuracy()
             for i, _ in enumerate(self.sigma_grid if len(self.sigma_grid) > 1 else []):
-                self.eval_metrics[f"{stage}_sigma{i}"] = torchmetrics.Accuracy(task="multiclass", num_classes=nc)
+                self.eval_metrics[f"{stage}_sigma{i}"] = accuracy()
 
     # ---- set-up ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         cl = self.hparams.channels_last
         if cl is True or (cl == "auto" and self.device.type == "cuda"):
             self.net = self.net.to(memory_format=torch.channels_last)
+            self._channels_last = True
         mode = self.hparams.compile
         if mode:
             # True: default inductor; a string is a torch.compile mode ("reduce-overhead" adds CUDA graphs,
@@ -67,6 +74,8 @@ class NoisyClassifierModule(pl.LightningModule):
         object.__setattr__(self, "_forward", fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self._forward(x)
 
     # ---- steps -------------------------------------------------------------------------------
@@ -75,12 +84,30 @@ class NoisyClassifierModule(pl.LightningModule):
         sigma = self.noise(x.shape[0], x.device)
         logits = self(add_noise(x, sigma))
         loss = torch.nn.functional.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self._check_finite(loss)
         self.train_acc(logits, y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop on a non-finite loss without a GPU->CPU sync every step: the flag accumulates on the device
+        and is read every `log_every_n_steps` steps (when Lightning reads metrics anyway) and at epoch end."""
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        trainer = self._trainer
+        every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1) if trainer is not None else 1
+        if loss.device.type == "cpu" or (self.global_step + 1) % every == 0:
+            self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self) -> None:
+        if self._nonfinite is not None and bool(self._nonfinite):
+            self._nonfinite = None
+            raise FloatingPointError(f"non-finite training loss before step {self.global_step + 1} "
+                                     "(lower the learning rate, or check the data and noise settings)")
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_nonfinite()
 
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch
