@@ -130,9 +130,17 @@ def _load_classifier(ckpt: dict, path: Path, digest: str) -> LoadedCheckpoint:
     return LoadedCheckpoint("classifier", path, digest, network.eval(), dict(data), hp.get("noise"), hp, meta)
 
 
-# kind -> loader(checkpoint dict, path, sha256). A VRS selector kind registers its own loader here.
-LOADERS: dict[str, Callable[[dict, Path, str], LoadedCheckpoint]] = {"classifier": _load_classifier}
-FORMATS = {"classifier": 1}
+def _load_vrs(ckpt: dict, path: Path, digest: str) -> LoadedCheckpoint:
+    """Kind 'vrs' (a VRS selector checkpoint): its network is the stored base classifier."""
+    from vrs.selection.model import loaded_checkpoint
+
+    return loaded_checkpoint(ckpt, path, digest)
+
+
+# kind -> loader(checkpoint dict, path, sha256).
+LOADERS: dict[str, Callable[[dict, Path, str], LoadedCheckpoint]] = {"classifier": _load_classifier,
+                                                                     "vrs": _load_vrs}
+FORMATS = {"classifier": 1, "vrs": 1}
 
 
 def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = ("classifier",)) -> LoadedCheckpoint:

@@ -7,6 +7,7 @@
     vrs-certify ckpt_path=... certify.world_size=4                                  # 4 processes (GPUs)
     torchrun --nproc_per_node 4 -m vrs.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
     vrs-certify ckpt_path=... certify.mode=predict                                  # PREDICT instead
+    vrs-certify ckpt_path=<VRS selector checkpoint> [certify=vrs_c1|vrs_c2] [certify.lam=0.5]  # VRS (certify_vrs)
 
 Writes certify.tsv, certify.meta.json, summary.json and certified_accuracy.png in certify.out_dir (the
 Hydra run directory unless set); see vrs.apps.certify_store for the crash-safety rules and
@@ -34,6 +35,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, RowAppender, atomic_write_json, format_row
+from vrs.apps.certify_vrs import TABLE as VRS_TABLE
+from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
 from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
 from vrs.errors import VRSError, check, check_choice, user_errors_exit
 from vrs.smoothing import core
@@ -43,6 +46,7 @@ from vrs.utils.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train")
+CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector checkpoint (vrs.apps.certify_vrs)
 
 
 # ---- options -------------------------------------------------------------------------------------------
@@ -64,7 +68,7 @@ class Options:
     device: str
     precision: str
     channels_last: bool
-    compile: bool | str
+    compile: bool | str | dict
     images_per_group: int
     world_size: int
     noise_block: int
@@ -118,8 +122,9 @@ def parse_options(c: DictConfig) -> Options:
     cl = c.get("channels_last", "auto")
     check(cl in (True, False, "auto"), "certify.channels_last", cl, "true, false or auto (on for CUDA)")
     compile_ = c.get("compile", False)
-    check(isinstance(compile_, (bool, str)), "certify.compile", compile_,
-          "false, true, or a torch.compile mode (default, reduce-overhead, max-autotune, ...)")
+    check(isinstance(compile_, (bool, str, dict)), "certify.compile", compile_,
+          "false, true, a torch.compile mode (default, reduce-overhead, max-autotune, ...) or a dict of "
+          "torch.compile arguments")
     per_group = c.get("images_per_group", "auto")
     check(per_group == "auto" or (_is_int(per_group) and per_group >= 1), "certify.images_per_group", per_group,
           "auto or an integer >= 1")
@@ -178,6 +183,7 @@ class Job:
     sigma: float
     out_dir: str
     meta: dict
+    vrs: dict | None = None  # VRS certification settings (certify_vrs.VRSOptions); None: Cohen's path
 
 
 def load_data(data_cfg: dict, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -216,9 +222,12 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
               y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
               parent_pid: int | None = None) -> int:
     """Certify (or predict) `indices`, appending one fsync'd row per finished image to tsv_path."""
+    if job.vrs is not None:
+        return run_shard_vrs(job, indices, rank, world, tsv_path, x_all, y_all, network, num_classes, on_image,
+                             parent_pid)
     opts = job.opts
     device = opts.device
-    if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
+    if torch.device(device).type == "cuda" and torch.device(device).index is None:  # set_device needs an index
         device = f"cuda:{rank % torch.cuda.device_count()}"
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
@@ -266,7 +275,7 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
 def _worker(job: Job, indices: list[int], rank: int, world: int, counter, parent_pid: int) -> None:
     """Entry point of a spawned shard process (certify.world_size > 1)."""
     logging.basicConfig(level=logging.WARNING)
-    loaded = load_checkpoint(job.ckpt_path)
+    loaded = load_checkpoint(job.ckpt_path, kinds=CKPT_KINDS)
     if loaded.sha256 != job.ckpt_sha256:
         raise SystemExit(f"rank {rank}: {job.ckpt_path} changed while certifying; stopping")
     x_all, y_all, _ = load_data(job.data_cfg, job.opts.split)
@@ -393,7 +402,8 @@ def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_xlim(0, grid[-1])
     ax.grid(alpha=0.3)
-    ax.set_title(f"{job.meta['data']} {job.opts.split}, sigma={job.sigma:g}, n={job.opts.n}, "
+    what = f"VRS {job.vrs['certificate']} lambda={job.vrs['lam']:g}" if job.vrs else f"sigma={job.sigma:g}"
+    ax.set_title(f"{job.meta['data']} {job.opts.split}, {what}, n={job.opts.n}, "
                  f"alpha={job.opts.alpha:g} ({len(rows)} images)", fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
@@ -458,22 +468,38 @@ def certify(cfg: DictConfig) -> dict:
     if launched and opts.device.startswith("cuda") and ":" not in opts.device:
         opts.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
 
-    loaded = load_checkpoint(cfg.ckpt_path)
+    loaded = load_checkpoint(cfg.ckpt_path, kinds=CKPT_KINDS)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     x_all, y_all, spec = load_data(data_cfg, opts.split)
     check_data_matches(loaded, spec, opts.allow_other_dataset)
-    sigma = resolve_sigma(opts, loaded)
+    vrs_cfg = vrs_options(cfg.certify, loaded.kind, opts.sigma)  # None: Cohen's fixed-sigma path
+    vopts = None
+    if vrs_cfg is not None:
+        from vrs.selection.median import MedianSmoothing
+
+        if opts.mode != "certify":
+            raise VRSError("certify=vrs_c1/vrs_c2 certifies (certify.mode=certify); PREDICT of a VRS model is "
+                           "not part of vrs-certify")
+        vopts = resolve_vrs_options(vrs_cfg, MedianSmoothing(**loaded.meta["median"]), loaded.meta["sigma_min"],
+                                    loaded.meta["sigma_max"])
+        sigma = vopts.sigma_max  # the largest sigma any image can get (bounds the possible radius)
+    else:
+        sigma = resolve_sigma(opts, loaded)
     chosen = select_indices(len(y_all), opts)
     subset = describe_subset(opts, chosen, len(y_all))
     problem = core.sample_size_problem(opts.n, opts.alpha, opts.mode)
     if problem and rank == 0:
         log.warning(problem)
 
-    meta = {"mode": opts.mode, "n0": opts.n0, "n": opts.n, "alpha": opts.alpha, "sigma": sigma, "seed": seed,
+    table = VRS_TABLE if vopts else opts.mode
+    meta = {"mode": table, "n0": opts.n0, "n": opts.n, "alpha": opts.alpha,
+            "sigma": "selector" if vopts else sigma, "seed": seed,
             "ckpt_sha256": loaded.sha256, "ckpt_path": str(Path(cfg.ckpt_path).resolve()), "data": spec["name"],
             "split": opts.split, "precision": opts.precision, "noise_block": opts.noise_block,
-            "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[opts.mode]),
+            "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[table]),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if vopts:
+        meta.update(meta_keys(vopts))
     out_dir = Path(opts.out_dir or cfg.paths.output_dir)
     dist = _init_torchrun() if launched else None
     if dist is not None:  # every rank writes where rank 0 writes
@@ -481,7 +507,8 @@ def certify(cfg: DictConfig) -> dict:
         dist.broadcast_object_list(box, src=0)
         out_dir = Path(box[0])
     results = ResultsDir(out_dir, meta)
-    job = Job(opts, str(cfg.ckpt_path), loaded.sha256, data_cfg, seed, sigma, str(out_dir), meta)
+    job = Job(opts, str(cfg.ckpt_path), loaded.sha256, data_cfg, seed, sigma, str(out_dir), meta,
+              vopts.to_dict() if vopts else None)
 
     # rank 0 validates the directory (refusing changes before touching anything) and folds in old shards
     status: dict[str, Any] = {}
@@ -509,6 +536,11 @@ def certify(cfg: DictConfig) -> dict:
         log.info("%s: %d images (%s), %d already in %s, %d to go; sigma=%g n0=%s n=%d alpha=%g on %s (%s)",
                  opts.mode, len(chosen), subset["rule"], len(chosen) - len(todo), out_dir, len(todo), sigma, opts.n0,
                  opts.n, opts.alpha, device_name(opts.device), opts.precision)
+        if vopts:
+            log.info("VRS certificate %s at lambda=%g: sigma per image from the median-smoothed selector "
+                     "(sigma_h=%g, n_h0=%d, n_h=%d, alpha_h=%g, grid=%s); total failure probability alpha + "
+                     "alpha_h = %g", vopts.certificate, vopts.lam, vopts.sigma_h, vopts.n_h0, vopts.n_h,
+                     vopts.alpha_h, vopts.grid, opts.alpha + vopts.alpha_h)
 
     t0 = time.perf_counter()
     try:
@@ -538,6 +570,8 @@ def certify(cfg: DictConfig) -> dict:
              "wall_seconds_per_image_this_run": wall / len(todo) if todo else None,
              "rows_in_file": len(rows_by_idx), "out_dir": str(out_dir)}
     summary = summarize(rows, job, subset, extra)
+    if vopts:
+        summary.update(summary_extras(rows, vopts, opts.alpha))
     atomic_write_json(out_dir / "summary.json", summary)
     png = None
     if opts.mode == "certify":
@@ -546,7 +580,7 @@ def certify(cfg: DictConfig) -> dict:
     results.unlock()
     if dist is not None:
         dist.destroy_process_group()
-    log_to_loggers(cfg, summary, rows, COLUMNS[opts.mode], png)
+    log_to_loggers(cfg, summary, rows, COLUMNS[table], png)
     return summary
 
 

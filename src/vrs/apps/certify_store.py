@@ -32,10 +32,15 @@ RESULTS_FORMAT = 1
 COLUMNS = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time", "sigma"),
     "predict": ("idx", "label", "predict", "correct", "time", "sigma"),
+    # VRS certification (vrs.apps.certify_vrs): sigma chosen per image, the selector's interval, Cohen's
+    # radius at that sigma, and the certificate used (c1 / c2 / abstain / sigma_undetermined)
+    "vrs": ("idx", "label", "predict", "radius", "correct", "time", "sigma", "sigma_lo", "sigma_hi",
+            "radius_cohen", "cert"),
 }
-# Keys of the meta file that must agree before new rows may be added to existing ones.
+# Keys of the meta file that must agree before new rows may be added to existing ones (the VRS keys are
+# absent, so equal, in Cohen's meta files).
 MATCH_KEYS = ("mode", "n0", "n", "alpha", "sigma", "seed", "ckpt_sha256", "data", "split", "precision",
-              "noise_block", "device_type")
+              "noise_block", "device_type", "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid")
 
 
 # ---- atomic files ------------------------------------------------------------------------------------
@@ -78,10 +83,15 @@ def format_row(mode: str, row: dict) -> str:
     if mode == "certify":
         return (f"{row['idx']}\t{row['label']}\t{row['predict']}\t{floor6(row['radius']):.6f}\t{row['correct']}\t"
                 f"{row['time']:.4f}\t{row['sigma']:.6g}\n")
+    if mode == "vrs":
+        return (f"{row['idx']}\t{row['label']}\t{row['predict']}\t{floor6(row['radius']):.6f}\t{row['correct']}\t"
+                f"{row['time']:.4f}\t{row['sigma']:.6g}\t{row['sigma_lo']:.6g}\t{row['sigma_hi']:.6g}\t"
+                f"{floor6(row['radius_cohen']):.6f}\t{row['cert']}\n")
     return f"{row['idx']}\t{row['label']}\t{row['predict']}\t{row['correct']}\t{row['time']:.4f}\t{row['sigma']:.6g}\n"
 
 
-_TYPES = {"idx": int, "label": int, "predict": int, "radius": float, "correct": int, "time": float, "sigma": float}
+_TYPES = {"idx": int, "label": int, "predict": int, "radius": float, "correct": int, "time": float, "sigma": float,
+          "sigma_lo": float, "sigma_hi": float, "radius_cohen": float, "cert": str}
 
 
 def parse_row(line: str, columns: tuple[str, ...]) -> dict:

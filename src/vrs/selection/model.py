@@ -144,3 +144,18 @@ def load_vrs(path: str | Path, base_ckpt: str | Path | None = None, device: str 
         raise VRSError(f"{path}: the stored selector weights do not fit its config: {err}") from None
     median = MedianSmoothing(**meta["median"])
     return VRSModel(base, selector, median, data, meta).to(device)
+
+
+def loaded_checkpoint(ckpt: dict, path, digest: str):
+    """vrs.checkpoint's loader for kind 'vrs': a LoadedCheckpoint whose network is the stored base
+    classifier (certify / attack build the selector with `load_vrs`)."""
+    from vrs.checkpoint import LoadedCheckpoint, _check_data_spec
+
+    meta = ckpt["vrs"]
+    for key in ("data", "base", "selector", "median"):
+        if key not in meta:
+            raise VRSError(f"{path}: checkpoint['vrs'] lacks {key!r}")
+    data = _check_data_spec(meta["data"], Path(path))
+    network, spec = _base_from_vrs(ckpt, path)
+    return LoadedCheckpoint("vrs", Path(path), digest, network, dict(data), spec.get("noise"),
+                            ckpt.get("hyper_parameters") or {}, meta)

@@ -1,0 +1,150 @@
+"""vrs-certify on VRS selector checkpoints: C1 (default) and C2 rows, their agreement with the pure
+certificate functions on the same seeded draws, the alpha budget, the Cohen path on the same base
+classifier, the lambda sweep with -m, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import compose_config, run_app
+from test_vrs_train import datamodule, fit_base, selector_module, trainer
+from vrs.apps.certify_store import COLUMNS
+from vrs.errors import ConfigError, VRSError
+from vrs.selection.median import cell_bounds, cell_radius, empirical_median, grid_cell, selector_samples, snap
+from vrs.selection.model import load_vrs
+from vrs.smoothing.smoothed import image_seed, stream_seed
+
+FAST = ["data=digits", "certify.n0=10", "certify.n=100", "certify.max=8", "certify.progress=false",
+        "print_config=false", "logger=none"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def vrs_ckpt(tmp_path_factory) -> Path:
+    """A VRS checkpoint on digits: multi-sigma LeNet + a briefly trained selector (sigma_h 0.1, n_h 50)."""
+    root = tmp_path_factory.mktemp("vrs_certify")
+    base = fit_base(root, epochs=4)
+    pl.seed_everything(0, verbose=False)
+    module = selector_module(base, diagnostics={"enabled": False})
+    t = trainer(root, 1, limit_train_batches=5, limit_val_batches=1)
+    t.fit(module, datamodule=datamodule())
+    path = root / "vrs.ckpt"
+    t.save_checkpoint(path)
+    return path
+
+
+def certify_run(ckpt, out_dir, *overrides):
+    from vrs.apps.certify import certify
+
+    cfg = compose_config(f"ckpt_path={ckpt}", *FAST, f"certify.out_dir={out_dir}", *overrides,
+                         config_name="certify", output_dir=out_dir)
+    summary = certify(cfg)
+    lines = (Path(out_dir) / "certify.tsv").read_text().splitlines()
+    header = tuple(lines[0].split("\t"))
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    return summary, header, rows
+
+
+def test_c1_is_the_default_for_vrs_checkpoints_and_matches_the_pure_certificate(vrs_ckpt, tmp_path):
+    summary, header, rows = certify_run(vrs_ckpt, tmp_path)
+    assert header == COLUMNS["vrs"] and len(rows) == 8
+    assert summary["certificate"] == "c1" and summary["lam"] == 0.5
+    budget = summary["alpha_budget"]
+    assert budget["alpha"] == 0.001 and budget["alpha_h"] == 0.01 and budget["alpha_total"] == pytest.approx(0.011)
+    assert sum(summary["cert_counts"].values()) == 8 and summary["cert_counts"]["c1"] >= 4, summary["cert_counts"]
+    meta = json.loads((tmp_path / "certify.meta.json").read_text())
+    assert meta["mode"] == "vrs" and meta["certificate"] == "c1" and meta["lam"] == 0.5
+
+    # Recompute every row's selector part from the same seeded draws with the pure functions.
+    model = load_vrs(vrs_ckpt)
+    grid, clip = model.median.grid, (model.sigma_min, model.sigma_max)
+    dm = datamodule()
+    dm.setup()
+    x_test = dm.splits["test"][0].float() / 255
+    for r in rows:
+        idx, key = int(r["idx"]), image_seed(0, int(r["idx"]))
+
+        def draws(stream, n):
+            gen = torch.Generator().manual_seed(stream_seed(key, stream))
+            return selector_samples(model.selector, x_test[idx : idx + 1], 0.5, n, model.median.sigma_h,
+                                    model.median.batch_size, gen)[0]
+
+        sigma0 = float(snap(float(empirical_median(draws(3, model.median.n_h0))), grid))
+        assert float(r["sigma"]) == pytest.approx(sigma0, rel=1e-5)
+        eps_star = cell_radius(draws(4, model.median.n_h).numpy(), grid, int(grid_cell(sigma0, grid)),
+                               model.median.sigma_h, model.median.alpha_h, clip)
+        radius, cohen = float(r["radius"]), float(r["radius_cohen"])
+        if r["cert"] == "c1":
+            assert int(r["predict"]) >= 0
+            assert radius == pytest.approx(min(cohen, eps_star), abs=2e-6)
+            lo, hi = cell_bounds(grid, int(grid_cell(sigma0, grid)))
+            assert lo <= float(r["sigma_lo"]) <= float(r["sigma_hi"]) < hi  # interval at R stays in the cell
+        elif r["cert"] == "sigma_undetermined":
+            assert eps_star < 0 and int(r["predict"]) == -1 and radius == 0
+        else:
+            assert r["cert"] == "abstain" and int(r["predict"]) == -1 and cohen == 0
+    assert summary["abstain_rate"] == pytest.approx(np.mean([int(r["predict"]) == -1 for r in rows]))
+
+    # the same command again resumes (nothing left to do); other VRS settings are refused
+    again, _, rows2 = certify_run(vrs_ckpt, tmp_path)
+    assert again["images_this_run"] == 0 and rows2 == rows
+    with pytest.raises(VRSError, match="other settings"):
+        certify_run(vrs_ckpt, tmp_path, "certify=vrs_c1", "certify.lam=0.25")
+
+
+def test_c2_with_continuous_sigma(vrs_ckpt, tmp_path):
+    summary, header, rows = certify_run(vrs_ckpt, tmp_path, "certify=vrs_c2", "certify.grid=null",
+                                        "certify.lam=1.0")
+    assert summary["certificate"] == "c2" and summary["lam"] == 1.0 and summary["selector"]["grid"] is None
+    certs = {r["cert"] for r in rows}
+    assert "c2" in certs and certs <= {"c2", "abstain", "sigma_undetermined"}
+    for r in rows:
+        assert float(r["sigma_lo"]) <= float(r["sigma_hi"])
+        if r["cert"] == "c2":  # sigma0 lies in the interval, so C2 cannot beat Cohen at sigma0
+            assert 0 <= float(r["radius"]) <= float(r["radius_cohen"]) + 1e-6
+    # unsnapped sigma: not restricted to the grid
+    assert any(float(r["sigma"]) not in (0.12, 0.25, 0.5, 1.0) for r in rows)
+
+
+def test_fixed_sigma_cohen_on_the_same_base_classifier(vrs_ckpt, tmp_path):
+    summary, header, rows = certify_run(vrs_ckpt, tmp_path, "certify.sigma=0.25")
+    assert header == COLUMNS["certify"] and summary["sigma"] == 0.25 and "certificate" not in summary
+    assert {r["sigma"] for r in rows} == {"0.25"}
+
+
+def test_vrs_certify_bad_inputs(vrs_ckpt, tmp_path, digits_ckpt):
+    with pytest.raises(VRSError, match="needs a VRS selector checkpoint"):
+        certify_run(digits_ckpt, tmp_path / "a", "certify=vrs_c1")
+    with pytest.raises(ConfigError, match="certify.lam"):
+        certify_run(vrs_ckpt, tmp_path / "b", "certify=vrs_c1", "certify.lam=1.5")
+    with pytest.raises(ConfigError, match="certify.sigma"):
+        certify_run(vrs_ckpt, tmp_path / "c", "certify=vrs_c1", "certify.sigma=0.5")
+    with pytest.raises(VRSError, match="needs a sigma grid"):
+        certify_run(vrs_ckpt, tmp_path / "d", "certify=vrs_c1", "certify.grid=null")
+    with pytest.raises(ConfigError, match="certify.certificate"):
+        certify_run(vrs_ckpt, tmp_path / "e", "certify=vrs_c1", "certify.certificate=c3")
+    with pytest.raises(VRSError, match="different data set|trained on"):
+        certify_run(vrs_ckpt, tmp_path / "f", "certify=vrs_c1", "data=synthetic", "data.channels=1",
+                    "data.size=8", "data.mean=[0.3]", "data.std=[0.4]")
+
+
+def test_lambda_sweep_with_multirun(vrs_ckpt, tmp_path):
+    proc = run_app("certify", "-m", f"ckpt_path={vrs_ckpt}", *FAST[:-1], "certify.max=3", "certify=vrs_c1",
+                   "certify.lam=0,1", root=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("outputs/certify/multiruns/*/*/summary.json"))]
+    assert sorted(s["lam"] for s in summaries) == [0.0, 1.0]
+    assert all(s["certificate"] == "c1" and s["num_images"] == 3 for s in summaries)
