@@ -163,6 +163,18 @@ def load_defense(cfg: DictConfig, device):
     return model.to(device), loaded.network.to(device), loaded, info
 
 
+def reseed(model, seed: int, first_idx: int, tag: int) -> int:
+    """Seed torch's global RNG (the attacks' random starts, the deployed selector's noise) and the model's
+    noise generator from (seed, first image of the batch, tag); returns the seed."""
+    import numpy as np
+    import torch
+
+    s = int(np.random.SeedSequence([seed, int(first_idx), int(tag) & ((1 << 62) - 1)]).generate_state(1)[0])
+    torch.manual_seed(s)
+    model.seed(s)
+    return s
+
+
 # ---- outputs -------------------------------------------------------------------------------------
 def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
     import matplotlib
@@ -222,10 +234,9 @@ def log_to_loggers(loggers: list, metrics: dict, plot: Path, cfg: DictConfig) ->
 def run(cfg: DictConfig) -> dict:
     """Attack, classify, write; returns the summary (also in summary.json)."""
     check_config(cfg)
-    import numpy as np
     import torch
 
-    from vrs.attacks.evaluate import ROW_COLUMNS, attack_batch, smoothed_predict_fn, summarize
+    from vrs.attacks.evaluate import ROW_COLUMNS, attack_batch, clean_batch, smoothed_predict_fn, summarize
     from vrs.attacks.factory import build_attack, eps_list
     from vrs.checkpoint import check_data_matches
     from vrs.data.datamodule import to_float
@@ -288,12 +299,12 @@ def run(cfg: DictConfig) -> dict:
             sel = torch.as_tensor(idx)
             x = to_float(xs[sel]).to(device)
             y = ys[sel].to(device)
-            clean = None
+            # One seed for the clean pass and one per eps, from (run seed, first image, eps): a rerun of a
+            # batch (resume) repeats its rows exactly, whichever eps were already done.
+            reseed(model, int(cfg.seed), idx[0], -1)
+            clean = clean_batch(model, x, idx, predict, model.defended_sigma)
             for e in todo:
-                # One seed per (run seed, batch, eps): a rerun of this batch repeats it exactly.
-                batch_seed = int(np.random.SeedSequence([int(cfg.seed), idx[0], round(e * 1e7)]).generate_state(1)[0])
-                torch.manual_seed(batch_seed)  # the attacks' random starts
-                model.seed(batch_seed)         # the soft-smoothing and selector noise
+                batch_seed = reseed(model, int(cfg.seed), idx[0], round(e * 1e7))
                 attack = build_attack(attack_cfg, model, e, num_classes, seed=batch_seed)
                 rows, clean = attack_batch(attack, model, x, y, idx, e, predict, model.defended_sigma, clean)
                 writer.write([r for r in rows if writer.key_of(r) not in done])

@@ -51,19 +51,24 @@ def perturbation_norms(x_adv: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tens
     return d.norm(p=2, dim=1), d.abs().amax(dim=1)
 
 
+@torch.no_grad()
+def clean_batch(model: torch.nn.Module, x: torch.Tensor, idx: Sequence[int], predict_fn: PredictFn,
+                sigma_fn: SigmaFn) -> dict:
+    """PREDICT, the deployed sigma and the soft prediction on the clean inputs (CPU tensors)."""
+    sigma = sigma_fn(x).float()
+    return {"predict": predict_fn(x, sigma, idx).cpu(), "sigma": sigma.cpu(), "soft": model(x).argmax(dim=1).cpu()}
+
+
 def attack_batch(attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], model: torch.nn.Module,
                  x: torch.Tensor, y: torch.Tensor, idx: Sequence[int], eps: float, predict_fn: PredictFn,
                  sigma_fn: SigmaFn, clean: dict | None = None) -> tuple[list[dict], dict]:
-    """Attack one batch at one eps; returns (rows, clean) where rows follow ROW_COLUMNS and `clean` holds
-    the clean predictions and sigmas (pass it back for the next eps of the same batch to skip recomputing).
+    """Attack one batch at one eps; returns (rows, clean) where rows follow ROW_COLUMNS and `clean` is
+    `clean_batch(...)` (computed here when not given; pass it back for the next eps of the same batch).
 
     attack: (x, y) -> x_adv; model: the soft-smoothed DefendedModel (its argmax is the soft prediction).
     """
     if clean is None:
-        with torch.no_grad():
-            sigma_clean = sigma_fn(x).float()
-            clean = {"predict": predict_fn(x, sigma_clean, idx).cpu(), "sigma": sigma_clean.cpu(),
-                     "soft": model(x).argmax(dim=1).cpu()}
+        clean = clean_batch(model, x, idx, predict_fn, sigma_fn)
     start = time.perf_counter()
     if hasattr(model, "resample_noise"):
         model.resample_noise()
