@@ -33,8 +33,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def vrs_ckpt(tmp_path_factory) -> Path:
-    """A VRS checkpoint on digits: multi-sigma LeNet + a briefly trained selector (sigma_h 0.1, n_h 50)."""
+def vrs_files(tmp_path_factory) -> tuple[Path, Path]:
+    """(VRS checkpoint, its base classifier checkpoint) on digits: a multi-sigma LeNet and a briefly
+    trained selector (sigma_h 0.1, n_h 50, alpha_h 0.01)."""
     root = tmp_path_factory.mktemp("vrs_certify")
     base = fit_base(root, epochs=4)
     pl.seed_everything(0, verbose=False)
@@ -43,7 +44,12 @@ def vrs_ckpt(tmp_path_factory) -> Path:
     t.fit(module, datamodule=datamodule())
     path = root / "vrs.ckpt"
     t.save_checkpoint(path)
-    return path
+    return path, base
+
+
+@pytest.fixture(scope="module")
+def vrs_ckpt(vrs_files) -> Path:
+    return vrs_files[0]
 
 
 def certify_run(ckpt, out_dir, *overrides):
@@ -125,9 +131,10 @@ def test_fixed_sigma_cohen_on_the_same_base_classifier(vrs_ckpt, tmp_path):
     assert {r["sigma"] for r in rows} == {"0.25"}
 
 
-def test_vrs_certify_bad_inputs(vrs_ckpt, tmp_path, digits_ckpt):
+def test_vrs_certify_bad_inputs(vrs_files, tmp_path):
+    vrs_ckpt, base_ckpt = vrs_files
     with pytest.raises(VRSError, match="needs a VRS selector checkpoint"):
-        certify_run(digits_ckpt, tmp_path / "a", "certify=vrs_c1")
+        certify_run(base_ckpt, tmp_path / "a", "certify=vrs_c1")
     with pytest.raises(ConfigError, match="certify.lam"):
         certify_run(vrs_ckpt, tmp_path / "b", "certify=vrs_c1", "certify.lam=1.5")
     with pytest.raises(ConfigError, match="certify.sigma"):

@@ -58,7 +58,8 @@ def needs_base_stage(cfg: DictConfig) -> bool:
 
 def train_base_stage(cfg: DictConfig) -> str:
     """Stage 1: the base classifier, as `vrs-train` with module=classifier would train it, with
-    `base_stage` merged over the config, in <run dir>/base. Returns its best (else last) checkpoint."""
+    `base_stage` merged over the config, in <run dir>/base. Returns its last checkpoint (the final model:
+    fixed-sigma baselines certified from <run dir>/base/checkpoints/last.ckpt use the same f)."""
     out = Path(cfg.paths.output_dir) / "base"
     base = copy.deepcopy(cfg)
     with open_dict(base):
@@ -73,8 +74,7 @@ def train_base_stage(cfg: DictConfig) -> str:
     finally:
         finish_wandb()
     ckpts = out / "checkpoints"
-    best = sorted(p for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt")
-    chosen = best[-1] if len(best) == 1 else ckpts / "last.ckpt"
+    chosen = ckpts / "last.ckpt"
     if not chosen.is_file():
         raise VRSError(f"stage 1 wrote no checkpoint in {ckpts} (callbacks=none?); train the base classifier "
                        "separately and pass base_ckpt=<file>")

@@ -67,6 +67,8 @@ class SelectorModule(pl.LightningModule):
         self.lam_sampler = LambdaSampler(**(lam or {}))
         self.median_cfg = median_cfg
         self.d = data["channels"] * data["size"] ** 2
+        self._channels_last = False
+        self._nonfinite: torch.Tensor | None = None  # device-side flag: a non-finite training loss was seen
         self._warn_range(base)
 
     @staticmethod
@@ -117,6 +119,13 @@ class SelectorModule(pl.LightningModule):
         if cl is True or (cl == "auto" and self.device.type == "cuda"):
             self.base.to(memory_format=torch.channels_last)
             self.selector.to(memory_format=torch.channels_last)
+            self._channels_last = True
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The base classifier's logits (channels_last inputs when the networks are channels_last)."""
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.base(x)
 
     @property
     def finetuning(self) -> bool:
@@ -134,7 +143,7 @@ class SelectorModule(pl.LightningModule):
         """(loss (B,), ce (B,), kl (B,), SelectorOutput) of the variational objective at per-sample lam."""
         eta = self.median_cfg.sigma_h * torch.randn_like(x)
         out = self.selector(x + eta, lam, sample=sample)
-        probs = soft_smooth(self.base, x, out.sigma, self.hparams.n_trf, self.hparams.tau)
+        probs = soft_smooth(self.base_forward, x, out.sigma, self.hparams.n_trf, self.hparams.tau)
         ce = soft_smooth_nll(probs, y)
         kl = self.prior.kl(out)
         return (1 - lam) * ce + lam * kl, ce, kl, out, probs
@@ -144,14 +153,32 @@ class SelectorModule(pl.LightningModule):
         lam = self.lam_sampler(x.shape[0], x.device)
         loss, ce, kl, out, _ = self.loss_terms(x, y, lam, sample=True)
         loss = loss.mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite selector loss {loss.item()} at step {self.global_step}")
+        self._check_finite(loss)
         bs = x.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/ce", ce.mean(), batch_size=bs)
         self.log("train/kl", kl.mean(), batch_size=bs)
         self.log("train/sigma_mean", out.sigma.mean(), prog_bar=True, batch_size=bs)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop on a non-finite loss without a GPU->CPU sync every step: the flag accumulates on the device
+        and is read every `log_every_n_steps` steps and at the end of each epoch."""
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        trainer = self._trainer
+        every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1) if trainer is not None else 1
+        if loss.device.type == "cpu" or (self.global_step + 1) % every == 0:
+            self._raise_if_nonfinite()
+
+    def _raise_if_nonfinite(self) -> None:
+        if self._nonfinite is not None and bool(self._nonfinite):
+            self._nonfinite = None
+            raise FloatingPointError(f"non-finite selector loss before step {self.global_step + 1} "
+                                     "(lower the learning rate, or check the prior and noise settings)")
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_nonfinite()
 
     @torch.no_grad()
     def test_time_sigma(self, x: torch.Tensor, lam: float, n_h: int) -> torch.Tensor:
@@ -169,7 +196,7 @@ class SelectorModule(pl.LightningModule):
             lam_t = torch.full((bs,), lam, device=x.device)
             out = self.selector(x + self.median_cfg.sigma_h * torch.randn_like(x), lam_t, sample=False)
             sigma = self.test_time_sigma(x, lam, self.hparams.val_n_h)
-            probs = soft_smooth(self.base, x, sigma, self.hparams.n_trf, self.hparams.tau)
+            probs = soft_smooth(self.base_forward, x, sigma, self.hparams.n_trf, self.hparams.tau)
             acc = (probs.argmax(1) == y).float().mean()
             kl_all = self.prior.kl(out)
             kl = kl_all.mean()
