@@ -266,3 +266,35 @@ def test_vrs_train_rejects_bad_settings_before_training(tmp_path, override, matc
     with pytest.raises(ConfigError, match=match):
         run(cfg)
     assert not (tmp_path / "base").exists()
+
+
+@pytest.mark.parametrize("selector,prior,posterior,per_sample", [
+    ("cnn", "gaussian", "point", True), ("cnn", "lognormal", "lognormal", False),
+    ("cnn", "uniform", "lognormal", True), ("resnet20", "gaussian", "lognormal", False)])
+def test_every_selector_prior_and_posterior_trains(base_ckpt, selector, prior, posterior, per_sample):
+    """The config groups compose into a working module: a few steps with finite losses that move the
+    selector, for each prior / posterior pairing (lambda per batch or per sample)."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_config
+
+    cfg = compose_config("experiment=vrs_smoke", f"selector={selector}", f"prior={prior}", "data=digits",
+                         f"selector.posterior={posterior}", f"module.lam.per_sample={str(per_sample).lower()}",
+                         f"base_ckpt={base_ckpt}", output_dir=Path("/nonexistent"))
+    m = OmegaConf.to_container(cfg.module, resolve=True)
+    module = SelectorModule(**{k: v for k, v in m.items() if not k.startswith("_")}, data=datamodule().spec.to_dict())
+    assert module.selector.posterior == posterior and type(module.prior).__name__.lower().startswith(prior)
+    pl.seed_everything(0, verbose=False)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    opt = torch.optim.Adam(module.selector.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in module.selector.parameters()]
+    module.train()
+    for _ in range(3):
+        lam = module.lam_sampler(16)
+        assert (lam.unique().numel() > 1) == per_sample
+        loss = module.loss_terms(x, y, lam, sample=True)[0].mean()
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.selector.parameters()))
