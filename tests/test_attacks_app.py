@@ -209,3 +209,29 @@ def test_multi_sigma_classifier_needs_a_sigma(vrs_ckpt, tmp_path):
     assert not (tmp_path / "o").exists()
     s = run(attack_cfg(base, tmp_path / "o", "attack.max=2", "defense.sigma=0.5", hydra_dir=tmp_path / "h"))
     assert s["defense"]["sigma"] == 0.5 and torch.isfinite(torch.tensor(s["per_eps"][0]["robust_acc"]))
+
+
+def test_robustness_callbacks_on_a_vrs_selector_module(vrs_ckpt):
+    """The callbacks on a SelectorModule: the median-smoothed selector at each lambda, certificate C1."""
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from conftest import DIGITS_OVERRIDES
+    from vrs.callbacks.robustness import CertifiedRobustness, EmpiricalRobustness
+    from vrs.modules.selector import SelectorModule
+
+    module = SelectorModule.load_from_checkpoint(vrs_ckpt, map_location="cpu", base_ckpt="unused.ckpt")
+    dm = instantiate(compose_config(*DIGITS_OVERRIDES).data)
+    dm.setup()
+    trainer = SimpleNamespace(global_rank=0, current_epoch=0, sanity_checking=False, datamodule=dm)
+    emp = EmpiricalRobustness(attacks=[{"name": "sigma_down", "norm": "l2", "eps": [0.5], "steps": 3, "eot": 1}],
+                              num_images=6, lams=[0.25, 0.75], m=2, n_h=4, deployed_n_h=16, predict_n=50)
+    cert = CertifiedRobustness(num_images=6, n0=10, n=100, radii=[0.0, 0.1], lams=[0.25, 0.75], n_h0=8, n_h=50)
+    with pytest.warns(UserWarning, match="self.log"):
+        emp.on_test_epoch_end(trainer, module)
+        cert.on_test_epoch_end(trainer, module)
+    for lam in ("0.25", "0.75"):
+        assert 0 <= emp.last_metrics[f"test/robust/acc@sigma_down_0.5_lam{lam}"] <= 1
+        acc0, acc1 = cert.last_metrics[f"test/cert/acc@0_lam{lam}"], cert.last_metrics[f"test/cert/acc@0.1_lam{lam}"]
+        assert 0 <= acc1 <= acc0 <= 1 and cert.last_metrics[f"test/cert/acr_lam{lam}"] >= 0
