@@ -162,6 +162,24 @@ def test_precision_and_memory_format_options(precision, channels_last):
     assert diff <= (0 if precision == "fp32" else 25), diff
 
 
+def test_compiled_network_pads_to_one_shape():
+    """With torch.compile the last batch is padded to batch_size; padding rows are never counted."""
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain = next(SmoothedClassifier(conv, 3, 0.3).certify_groups([(x, [1, 2, 3])], 20, 130, 0.01, 64))
+    shapes = []
+
+    def backend(gm, example_inputs):  # records the shapes the compiled code sees
+        shapes.append(tuple(example_inputs[-1].shape) if example_inputs else None)
+        return gm.forward
+
+    compiled = SmoothedClassifier(conv, 3, 0.3, compile={"backend": backend})
+    got = next(compiled.certify_groups([(x, [1, 2, 3])], 20, 130, 0.01, 64))
+    np.testing.assert_array_equal(got.counts_estimation, plain.counts_estimation)
+    np.testing.assert_array_equal(got.counts_selection, plain.counts_selection)
+    assert len(shapes) == 1  # 450 samples in batches of 64: 7 full, 1 padded, one compiled graph
+
+
 @pytest.mark.parametrize("kwargs,key", [(dict(n0=0), "n0"), (dict(n0=20, n=10), "n0"), (dict(n=0), "n"),
                                         (dict(alpha=0.0), "alpha"), (dict(alpha=1.0), "alpha"),
                                         (dict(batch_size=0), "batch_size")])

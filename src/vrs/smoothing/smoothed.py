@@ -2,9 +2,9 @@
 PREDICT and CERTIFY (statistics in `vrs.smoothing.core`).
 
 How the engine spends the device's time:
-- The Monte-Carlo samples of many images share one forward batch of exactly `batch_size` inputs (the last
-  one is padded, so shapes never change: good for torch.compile and CUDA graphs). An image's samples may
-  straddle two batches.
+- The Monte-Carlo samples of many images share one forward batch of `batch_size` inputs; an image's
+  samples may straddle two batches. With torch.compile the last batch of a group is padded, so the shape
+  never changes (no recompiles; CUDA graphs can replay).
 - Noise is drawn on the device, in float32, from one torch.Generator per (image, stream), seeded from the
   image's seed. Each stream draws its noise in fixed blocks of `noise_block` samples in order, however the
   samples are packed into forward batches, so an image's noise depends only on its seed (and the device
@@ -131,14 +131,15 @@ class SmoothedClassifier:
             to predict / certify (the data-dependent case). A call's own `sigma` argument overrides it.
         precision: "fp32" (true float32: TF32 off), "tf32", "bf16" or "fp16" (autocast).
         channels_last: run the network in channels_last memory format.
-        compile: False, True (torch.compile default mode) or a torch.compile mode string, e.g.
-            "max-autotune-no-cudagraphs" or "reduce-overhead" (CUDA graphs).
+        compile: False, True (torch.compile default mode), a torch.compile mode string, e.g.
+            "max-autotune-no-cudagraphs" or "reduce-overhead" (CUDA graphs), or a dict of torch.compile
+            keyword arguments (e.g. {"backend": "eager"}).
         noise_block: samples per noise draw of one stream (part of what fixes the random stream).
         device: where to sample; default: the network's device.
     """
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma, *, precision: str = "fp32",
-                 channels_last: bool = False, compile: bool | str = False, noise_block: int = NOISE_BLOCK,
+                 channels_last: bool = False, compile: bool | str | dict = False, noise_block: int = NOISE_BLOCK,
                  device: torch.device | str | None = None):
         check(isinstance(num_classes, int) and num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
         check_choice("precision", precision, PRECISIONS)
@@ -155,10 +156,17 @@ class SmoothedClassifier:
         self.noise_block = noise_block
         if self.channels_last:
             self.base_classifier = self.base_classifier.to(memory_format=torch.channels_last)
-        self.compile_mode = None if compile is False or compile is None else ("default" if compile is True else str(compile))
+        if compile is False or compile is None:
+            self.compile_mode, kwargs = None, None
+        elif isinstance(compile, dict):
+            kwargs = dict(compile)
+            self.compile_mode = str(kwargs.get("mode") or kwargs.get("backend") or "default")
+        else:
+            self.compile_mode = "default" if compile is True else str(compile)
+            kwargs = {"mode": self.compile_mode}
         self._forward = self.base_classifier
-        if self.compile_mode is not None:
-            self._forward = torch.compile(self.base_classifier, mode=self.compile_mode, dynamic=False)
+        if kwargs is not None:
+            self._forward = torch.compile(self.base_classifier, dynamic=False, **kwargs)
         self._buffers: dict = {}
 
     # ---- public API --------------------------------------------------------------------------------
@@ -314,8 +322,11 @@ class SmoothedClassifier:
                     self._forward_count(buf, segments, counts, ones)
                     fill, segments = 0, []
         if fill:
-            segments.append((trash, batch_size - fill))
-            self._forward_count(buf, segments, counts, ones)
+            if self.compile_mode is not None:  # keep one shape for compiled code (and CUDA graphs): pad
+                segments.append((trash, batch_size - fill))
+                self._forward_count(buf, segments, counts, ones)
+            else:
+                self._forward_count(buf[:fill], segments, counts, ones)
         return counts.view(len(jobs) + 1, k)[:-1]
 
     def _forward_count(self, buf, segments, counts, ones) -> None:
@@ -328,7 +339,7 @@ class SmoothedClassifier:
         if logits.shape != (buf.shape[0], k):
             raise ValueError(f"base classifier returned logits of shape {tuple(logits.shape)}, expected "
                              f"({buf.shape[0]}, {k})")
-        counts.index_add_(0, logits.argmax(1) + offsets, ones)
+        counts.index_add_(0, logits.argmax(1) + offsets, ones[: buf.shape[0]])
 
     @contextlib.contextmanager
     def _precision_context(self):
