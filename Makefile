@@ -16,7 +16,6 @@ help:
 # Exact pins (requirements.lock); torchattacks with --no-deps so it cannot pull a CUDA torch.
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	$(PY) -m pip install -q --no-deps -e .
