@@ -105,10 +105,13 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()
     out = Path(cfg.paths.output_dir)
-    log.info("outputs in %s (checkpoints: %s)", out, out / "checkpoints")
-    print(f"Run directory: {out}")
-    for key in sorted(k for k in metrics if k.startswith(("val/", "test/"))):
-        print(f"  {key} = {metrics[key]:.4f}")
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP, once
+        log.info("outputs in %s (checkpoints: %s)", out, out / "checkpoints")
+        print(f"Run directory: {out}")
+        for key in sorted(k for k in metrics if k.startswith(("val/", "test/"))):
+            print(f"  {key} = {metrics[key]:.4f}")
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 
