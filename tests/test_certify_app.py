@@ -179,8 +179,8 @@ def test_sigkill_at_a_random_point_then_resume(reference, digits_ckpt, tmp_path)
             if tsv.exists() and tsv.read_bytes().count(b"\n") - 1 >= target:
                 break
             assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.1))
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.02))  # somewhere inside the next image's work
         assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -285,9 +285,6 @@ def test_bad_input_from_the_command_line(reference, digits_ckpt, tmp_path):
     base = [*RUN, f"certify.out_dir={out}"]
     line = one_error_line(run_app("certify", f"ckpt_path={digits_ckpt}", *base, "certify.n0=5000", root=tmp_path))
     assert "certify.n0=5000" in line and "certify.n=1000" in line
-    corrupt = tmp_path / "corrupt.ckpt"
-    corrupt.write_bytes(digits_ckpt.read_bytes()[:3000])
-    assert "corrupt or truncated" in one_error_line(run_app("certify", f"ckpt_path={corrupt}", *base, root=tmp_path))
     line = one_error_line(run_app("certify", f"ckpt_path={digits_ckpt}", *base, "certify.alpha=0.01", root=tmp_path))
     assert "alpha: existing 0.001, now 0.01" in line
     assert snapshot(out) == before
@@ -309,3 +306,23 @@ def test_smoke_checkpoint_certifies_in_under_a_minute(smoke_ckpt, tmp_path):
     assert summary["num_images"] == 5 and summary["data"] == "fashion_mnist" and summary["sigma"] == 0.25
     assert (out / "certified_accuracy.png").exists() and (out / "csv" / "metrics.csv").exists()
     assert "ACR =" in proc.stdout
+
+
+def test_wandb_gets_the_table_and_the_plot(digits_ckpt, tmp_path, monkeypatch):
+    """logger=wandb (offline): the summary, the per-image table and the certified-accuracy plot are logged."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_config("data=digits", f"ckpt_path={digits_ckpt}", "certify.n0=10", "certify.n=200", "certify.max=4",
+                         "logger=wandb", "logger.wandb.name=certify-test", "certify.progress=false",
+                         config_name="certify", output_dir=tmp_path)
+    try:
+        certify(cfg)
+    finally:
+        from vrs.utils.loggers import finish_wandb
+
+        finish_wandb()
+    files = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
+    assert any("media/table/certify/table" in f for f in files), files
+    assert any("media/images/certify/certified_accuracy" in f for f in files), files
