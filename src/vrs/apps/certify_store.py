@@ -173,7 +173,12 @@ class ResultsDir:
     # -- locking --
     def lock(self) -> None:
         """Exclusive lock on the directory (VRSError if another vrs-certify holds it); released on exit."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise VRSError(f"certify.out_dir={str(self.path)!r} is a file, not a directory")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise VRSError(f"cannot create the results directory {self.path}: {err.strerror or err}") from None
         fd = os.open(self.path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
