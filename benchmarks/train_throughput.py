@@ -251,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     for model in models:
         ref = None if args.skip_reference else run_reference(model, args)
         variants = [False] + [True if m == "default" else m for m in compile_modes]
-        group = ([ref] if ref else []) + [run_ours(model, args, compile_mode=c) for c in variants]
-        for r in group:
+        runs = ([lambda: ref] if ref else []) + [lambda c=c: run_ours(model, args, compile_mode=c) for c in variants]
+        for run in runs:  # print each result as soon as it exists: a time limit may stop the rest
+            r = run()
             r["ratio"] = r["images_per_s"] / ref["images_per_s"] if ref and r is not ref else None
-            print(f"{r['model']:>9}  {r['pipeline']:<52} {r['images_per_s']:>10,.0f} images/s", flush=True)
-        rows += group
+            print(f"{r['model']:>9}  {r['pipeline']:<52} {r['images_per_s']:>10,.0f} images/s"
+                  + (f"  ({r['ratio']:.2f}x reference)" if r["ratio"] else ""), flush=True)
+            rows.append(r)
     table = markdown(rows)
     env = environment(args.device)
     print(f"\n{table}\n\n{json.dumps(env)}")
