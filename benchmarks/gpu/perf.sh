@@ -13,11 +13,11 @@ bench() {  # name, limit_s, command...
   timeout "$limit" "$@" > "$WORK/$name.log" 2>&1; echo "$name: rc=$? $(( $(date +%s) - t0 )) s" | tee -a "$WORK/times.txt"
   tail -n 25 "$WORK/$name.log"
 }
-for b in ${BENCHES:-train certify}; do
+for b in ${BENCHES:-certify train}; do
   case $b in
-    train) bench train_throughput "${TRAIN_LIMIT:-240}" python3 benchmarks/train_throughput.py --device cuda \
+    train) bench train_throughput "${TRAIN_LIMIT:-270}" python3 benchmarks/train_throughput.py --device cuda \
              --compile --compile-mode reduce-overhead --out "$WORK/train_throughput.json" ;;
-    certify) bench certify_throughput "${CERT_LIMIT:-300}" python3 benchmarks/certify_throughput.py --device cuda \
+    certify) bench certify_throughput "${CERT_LIMIT:-270}" python3 benchmarks/certify_throughput.py --device cuda \
              --images 20 --out "$WORK/certify_throughput.json" ;;
     attack) bench attack_throughput "${ATTACK_LIMIT:-120}" python3 benchmarks/attack_throughput.py --device cuda \
              --out "$WORK/attack_throughput.json" ;;

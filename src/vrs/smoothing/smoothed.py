@@ -236,6 +236,8 @@ class SmoothedClassifier:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"expected a (B, C, H, W) image tensor, got {type(x).__name__} "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory()  # a copy from pageable memory could wait for the work queued before it
         x = x.to(self.device, torch.float32, non_blocking=True)
         b = x.shape[0]
         if seeds is None:
