@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device(args.device)
     if device.type == "cuda":
+        if device.index is None:  # torch 2.11's set_device needs an index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     configs = (args.configs.split(",") if args.configs else
                [c for c in ENGINE_CONFIGS if c != "tf32"] if device.type == "cuda" else ["fp32"])

@@ -16,7 +16,7 @@ bench() {  # name, limit_s, command...
 for b in ${BENCHES:-certify train}; do
   case $b in
     train) bench train_throughput "${TRAIN_LIMIT:-270}" python3 benchmarks/train_throughput.py --device cuda \
-             --compile --compile-mode reduce-overhead --out "$WORK/train_throughput.json" ;;
+             --compile reduce-overhead --out "$WORK/train_throughput.json" ;;
     certify) bench certify_throughput "${CERT_LIMIT:-270}" python3 benchmarks/certify_throughput.py --device cuda \
              --images 20 --out "$WORK/certify_throughput.json" ;;
     attack) bench attack_throughput "${ATTACK_LIMIT:-120}" python3 benchmarks/attack_throughput.py --device cuda \
