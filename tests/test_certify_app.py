@@ -276,6 +276,15 @@ def test_bad_checkpoints_in_process_leave_results_untouched(reference, digits_ck
     assert snapshot(out) == before
 
 
+def test_class_count_mismatch(digits_ckpt, tmp_path):
+    cfg = compose_config("data=synthetic", "data.channels=1", "data.size=8", "data.num_classes=5", "data.mean=[0.5]",
+                         "data.std=[0.25]", f"ckpt_path={digits_ckpt}", "certify.n0=10", "certify.n=100", "logger=none",
+                         config_name="certify", output_dir=tmp_path / "out")
+    with pytest.raises(VRSError, match=re.escape("(1x8x8, 10 classes), but data=synthetic gives synthetic (1x8x8, 5 classes)")):
+        certify(cfg)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_input_from_the_command_line(reference, digits_ckpt, tmp_path):
     out = tmp_path / "existing"
     out.mkdir()
