@@ -5,7 +5,8 @@ Files in the results directory (`certify.out_dir`):
 - certify.tsv: Cohen's columns `idx label predict radius correct time` plus `sigma` (PREDICT: without
   radius). One row per image, appended with one write() and fsync'd as soon as the image is finished, so
   a killed run loses at most the images in flight and never leaves half a row behind (a torn last line
-  from a power cut is cut off on the next run).
+  from a power cut is cut off on the next run). `radius` is rounded down to 6 decimals (never up); `time`
+  is the wall time per image in seconds (a float, not Cohen's H:MM:SS string); predict = -1 on abstain.
 - certify.meta.json: what the rows mean (mode, n0, n, alpha, sigma, seed, checkpoint hash, data, split,
   precision, ...). A run whose settings differ from an existing meta file is refused before anything in
   the directory changes: results made with different settings are never mixed.
