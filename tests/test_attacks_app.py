@@ -128,6 +128,27 @@ def test_abstentions_count_as_errors_end_to_end(digits_ckpt, tmp_path):
     assert all(r["adv_predict"] == "-1" and r["correct"] == "0" for r in rows)
 
 
+def test_metrics_and_plot_reach_csv_and_wandb_loggers(digits_ckpt, tmp_path, monkeypatch):
+    from vrs.apps.attack import run
+    from vrs.utils.loggers import finish_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "out"
+    try:
+        s = run(attack_cfg(digits_ckpt, out, "attack.eps=[0.5,1.0]", "attack.max=4", "logger=many",
+                           hydra_dir=tmp_path / "h"))
+    finally:
+        finish_wandb()
+    with open(tmp_path / "h" / "csv" / "metrics.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert math.isclose(float(row["robust/acc@pgd_l2_1"]), s["per_eps"][1]["robust_acc"])
+    assert float(row["clean/acc"]) == s["clean"]["acc"] and "robust/abstain@pgd_l2_0.5" in row
+    (wandb_run,) = (tmp_path / "h" / "wandb").glob("offline-run-*")
+    data = next(wandb_run.glob("run-*.wandb")).read_bytes()
+    assert b"robust/acc@pgd_l2_0.5" in data and b"robust/accuracy_vs_eps" in data
+
+
 @pytest.mark.parametrize("override,error,key", [
     ("attack.eps=-0.5", ConfigError, "attack.eps"),
     ("attack.name=bogus", ConfigError, "attack.name"),
