@@ -144,9 +144,11 @@ def test_metrics_and_plot_reach_csv_and_wandb_loggers(digits_ckpt, tmp_path, mon
         (row,) = list(csv.DictReader(fh))
     assert math.isclose(float(row["robust/acc@pgd_l2_1"]), s["per_eps"][1]["robust_acc"])
     assert float(row["clean/acc"]) == s["clean"]["acc"] and "robust/abstain@pgd_l2_0.5" in row
-    (wandb_run,) = (tmp_path / "h" / "wandb").glob("offline-run-*")
-    data = next(wandb_run.glob("run-*.wandb")).read_bytes()
-    assert b"robust/acc@pgd_l2_0.5" in data and b"robust/accuracy_vs_eps" in data
+    from test_attacks_callbacks import wandb_bytes
+
+    keys = (b"robust/acc@pgd_l2_0.5", b"robust/accuracy_vs_eps")
+    data = wandb_bytes(tmp_path / "h" / "wandb", *keys)
+    assert all(k in data for k in keys)
 
 
 @pytest.mark.parametrize("override,error,key", [

@@ -62,9 +62,24 @@ def test_callbacks_during_training_log_to_every_logger(tmp_path, monkeypatch):
     logged = [r for r in rows if r.get("robust/acc@pgd_l2_0.5")]
     assert [int(r["epoch"]) for r in logged] == [1]  # once, at the end of the second epoch
     assert any(r.get("test/cert/acr") for r in rows)
-    (run,) = (tmp_path / "wandb").glob("offline-run-*")
-    data = next(run.glob("run-*.wandb")).read_bytes()
-    assert b"robust/acc@pgd_l2_0.5" in data and b"cert/acr" in data and b"test/cert/acc@0.5" in data
+    keys = (b"robust/acc@pgd_l2_0.5", b"cert/acr", b"test/cert/acc@0.5")
+    data = wandb_bytes(tmp_path / "wandb", *keys)
+    assert all(k in data for k in keys)
+
+
+def wandb_bytes(run_root, *keys: bytes, timeout: float = 60.0) -> bytes:
+    """The offline W&B run file under run_root once it holds every key: wandb-core may still be writing it
+    for a moment after wandb.finish() returns, so poll (up to `timeout` seconds) instead of reading once."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = list(run_root.glob("offline-run-*/run-*.wandb"))
+        data = runs[0].read_bytes() if len(runs) == 1 else b""
+        if (len(runs) == 1 and all(k in data for k in keys)) or time.monotonic() > deadline:
+            assert len(runs) == 1, runs
+            return data
+        time.sleep(0.2)
 
 
 class FakeTrainer(SimpleNamespace):
