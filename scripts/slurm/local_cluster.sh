@@ -11,6 +11,13 @@ need_packages() {
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null
 }
 
+stop() {
+  pkill -x slurmd 2>/dev/null || true
+  pkill -x slurmctld 2>/dev/null || true
+  for _ in $(seq 20); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 0.5; done
+  echo "Slurm stopped"
+}
+
 start() {
   [ "$(id -u)" = 0 ] || { echo "error: run as root (starts munged, slurmctld, slurmd)" >&2; exit 1; }
   if ! need_packages; then
@@ -54,9 +61,11 @@ NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CFG
   export SLURM_CONF=$CONF
-  pgrep -x slurmctld >/dev/null || slurmctld -f "$CONF"
-  pgrep -x slurmd >/dev/null || slurmd -f "$CONF"
-  for _ in $(seq 30); do
+  # A throw-away test cluster: daemons of an earlier start (possibly with another state folder) are replaced.
+  stop >/dev/null
+  slurmctld -f "$CONF"
+  slurmd -f "$CONF"
+  for _ in $(seq 90); do
     if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
       echo "Slurm is up: export SLURM_CONF=$CONF"; sinfo; return 0
     fi
@@ -67,11 +76,6 @@ CFG
   exit 1
 }
 
-stop() {
-  pkill -x slurmd 2>/dev/null || true
-  pkill -x slurmctld 2>/dev/null || true
-  echo "Slurm stopped"
-}
 
 case $action in
   start) start ;;
