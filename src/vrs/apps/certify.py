@@ -23,7 +23,7 @@ import os
 import platform
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, RowAppender, atomic_write_json, format_row
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
@@ -226,13 +227,7 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
         return run_shard_vrs(job, indices, rank, world, tsv_path, x_all, y_all, network, num_classes, on_image,
                              parent_pid)
     opts = job.opts
-    device = opts.device
-    if torch.device(device).type == "cuda" and torch.device(device).index is None:  # set_device needs an index
-        device = f"cuda:{rank % torch.cuda.device_count()}"
-    if torch.device(device).type == "cuda":
-        torch.cuda.set_device(torch.device(device))
-    elif world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    device = shard_device(opts.device, rank, world)
     smoothed = SmoothedClassifier(network, num_classes, job.sigma, precision=opts.precision,
                                   channels_last=opts.channels_last, compile=opts.compile,
                                   noise_block=opts.noise_block, device=device)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import RowAppender, format_row
 from vrs.errors import VRSError, check, check_choice
@@ -156,13 +157,7 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
     from vrs.selection.model import load_vrs
 
     opts, v = job.opts, VRSOptions(**job.vrs)
-    device = opts.device
-    if torch.device(device).type == "cuda" and torch.device(device).index is None:  # set_device needs an index
-        device = f"cuda:{rank % torch.cuda.device_count()}"
-    if torch.device(device).type == "cuda":
-        torch.cuda.set_device(torch.device(device))
-    elif world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    device = shard_device(opts.device, rank, world)
     smoothed = SmoothedClassifier(network, num_classes, v.sigma_max, precision=opts.precision,
                                   channels_last=opts.channels_last, compile=opts.compile,
                                   noise_block=opts.noise_block, device=device)

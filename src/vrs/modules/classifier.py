@@ -14,6 +14,7 @@ import torchmetrics
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vrs.modules.guards import NonFiniteLossGuard
 from vrs.models import with_normalization
 from vrs.smoothing.noise import add_noise
 
@@ -30,7 +31,10 @@ def build_network(net: dict, data: dict) -> torch.nn.Module:
     return with_normalization(instantiate(net), data["mean"], data["std"])
 
 
-class NoisyClassifierModule(pl.LightningModule):
+class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
+    nonfinite_what = "training loss"
+    nonfinite_hint = "lower the learning rate, or check the data and noise settings"
+
     def __init__(self, net: dict, noise: dict, optimizer: dict, data: dict, scheduler: dict | None = None,
                  channels_last: bool | str = "auto", compile: bool | str = False):
         super().__init__()
@@ -89,25 +93,6 @@ class NoisyClassifierModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        """Stop on a non-finite loss without a GPU->CPU sync every step: the flag accumulates on the device
-        and is read every `log_every_n_steps` steps (when Lightning reads metrics anyway) and at epoch end."""
-        bad = ~torch.isfinite(loss.detach())
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        trainer = self._trainer
-        every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1) if trainer is not None else 1
-        if loss.device.type == "cpu" or (self.global_step + 1) % every == 0:
-            self._raise_if_nonfinite()
-
-    def _raise_if_nonfinite(self) -> None:
-        if self._nonfinite is not None and bool(self._nonfinite):
-            self._nonfinite = None
-            raise FloatingPointError(f"non-finite training loss before step {self.global_step + 1} "
-                                     "(lower the learning rate, or check the data and noise settings)")
-
-    def on_train_epoch_end(self) -> None:
-        self._raise_if_nonfinite()
 
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch

@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
+from vrs.modules.guards import NonFiniteLossGuard
 from vrs.errors import VRSError, check
 from vrs.modules.classifier import build_network, plain
 from vrs.selection.lam import LambdaSampler, check_lambda
@@ -33,7 +34,10 @@ from vrs.selection.soft import soft_smooth, soft_smooth_nll
 log = logging.getLogger(__name__)
 
 
-class SelectorModule(pl.LightningModule):
+class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
+    nonfinite_what = "selector loss"
+    nonfinite_hint = "lower the learning rate, or check the prior and noise settings"
+
     def __init__(self, selector: dict, prior: dict, optimizer: dict, data: dict, base_ckpt: str | None = None,
                  base: dict | None = None, scheduler: dict | None = None, lam: dict | None = None, n_trf: int = 4,
                  tau: float = 1.0, median: dict | None = None, val_lams: list[float] = (0.0, 0.5, 1.0),
@@ -160,25 +164,6 @@ class SelectorModule(pl.LightningModule):
         self.log("train/kl", kl.mean(), batch_size=bs)
         self.log("train/sigma_mean", out.sigma.mean(), prog_bar=True, batch_size=bs)
         return loss
-
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        """Stop on a non-finite loss without a GPU->CPU sync every step: the flag accumulates on the device
-        and is read every `log_every_n_steps` steps and at the end of each epoch."""
-        bad = ~torch.isfinite(loss.detach())
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
-        trainer = self._trainer
-        every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1) if trainer is not None else 1
-        if loss.device.type == "cpu" or (self.global_step + 1) % every == 0:
-            self._raise_if_nonfinite()
-
-    def _raise_if_nonfinite(self) -> None:
-        if self._nonfinite is not None and bool(self._nonfinite):
-            self._nonfinite = None
-            raise FloatingPointError(f"non-finite selector loss before step {self.global_step + 1} "
-                                     "(lower the learning rate, or check the prior and noise settings)")
-
-    def on_train_epoch_end(self) -> None:
-        self._raise_if_nonfinite()
 
     @torch.no_grad()
     def test_time_sigma(self, x: torch.Tensor, lam: float, n_h: int) -> torch.Tensor:
