@@ -14,6 +14,7 @@ import torchmetrics
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vrs.modules.optim import optimizers_from_config
 from vrs.modules.guards import NonFiniteLossGuard
 from vrs.models import with_normalization
 from vrs.smoothing.noise import add_noise
@@ -117,16 +118,7 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        opt = instantiate(self.hparams.optimizer)(self.parameters())  # a _partial_ config
-        sched_cfg = self.hparams.scheduler
-        if not sched_cfg:
-            return opt
-        sched_cfg = dict(sched_cfg)
-        interval = sched_cfg.pop("interval", "epoch")
-        if sched_cfg.get("_target_", "").endswith("CosineAnnealingLR") and sched_cfg.get("T_max") is None:
-            sched_cfg["T_max"] = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
-        sched = instantiate(sched_cfg)(opt)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+        return optimizers_from_config(self.hparams.optimizer, self.hparams.scheduler, self.parameters(), self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vrs"] = {"format": CHECKPOINT_FORMAT, "kind": "classifier", "data": self.hparams.data}

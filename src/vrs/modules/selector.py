@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 
+from vrs.modules.optim import optimizers_from_config
 from vrs.modules.guards import NonFiniteLossGuard
 from vrs.errors import VRSError, check
 from vrs.modules.classifier import build_network, plain
@@ -207,16 +207,7 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         groups = [{"params": list(self.selector.parameters())}]
         if self.hparams.finetune["epochs"] > 0:
             groups.append({"params": list(self.base.parameters()), "lr": self.hparams.finetune["lr"]})
-        opt = instantiate(self.hparams.optimizer)(groups)
-        sched_cfg = self.hparams.scheduler
-        if not sched_cfg:
-            return opt
-        sched_cfg = dict(sched_cfg)
-        interval = sched_cfg.pop("interval", "epoch")
-        if sched_cfg.get("_target_", "").endswith("CosineAnnealingLR") and sched_cfg.get("T_max") is None:
-            sched_cfg["T_max"] = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
-        sched = instantiate(sched_cfg)(opt)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+        return optimizers_from_config(self.hparams.optimizer, self.hparams.scheduler, groups, self.trainer)
 
     # ---- checkpoint and diagnostics ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
