@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -104,3 +105,13 @@ def digits_run(tmp_path_factory) -> TrainedRun:
 def digits_ckpt(digits_run: TrainedRun) -> Path:
     """Path of a trained digits classifier checkpoint (Lightning .ckpt of NoisyClassifierModule)."""
     return digits_run.ckpt
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is as fast, and does not collapse when other jobs share the CPU.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,13 +24,7 @@ from vrs.errors import ConfigError
 SMIN, SMAX = 0.12, 1.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and does not collapse when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 L2_EPS, LINF_EPS = 0.5, 8 / 255
 
 

@@ -15,13 +15,7 @@ from conftest import QUIET, compose_config, run_app
 from vrs.errors import ConfigError, VRSError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and does not collapse when other jobs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 BASE = ["data=digits", "attack.batch_size=6", "predict.n=200", "logger=none", "print_config=false", "defense.m=4"]
 PGD = ["attack=pgd_l2", "attack.steps=5"]  # the default attack here (unless a test names another)

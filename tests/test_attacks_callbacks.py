@@ -24,12 +24,7 @@ SMALL = ["callbacks=[default,robustness]", "callbacks.empirical_robustness.num_i
          "callbacks.certified_robustness.every_n_epochs=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def merged(*overrides: str) -> list[str]:

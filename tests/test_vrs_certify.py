@@ -24,12 +24,7 @@ FAST = ["data=digits", "certify.n0=10", "certify.n=100", "certify.max=8", "certi
         "print_config=false", "logger=none"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
