@@ -19,6 +19,10 @@ for b in ${BENCHES:-certify train}; do
              --compile reduce-overhead --out "$WORK/train_throughput.json" ;;
     certify) bench certify_throughput "${CERT_LIMIT:-270}" python3 benchmarks/certify_throughput.py --device cuda \
              --images 20 --out "$WORK/certify_throughput.json" ;;
+    forward) bench forward_sweep "${FORWARD_LIMIT:-270}" python3 benchmarks/forward_sweep.py --device cuda \
+             ${FORWARD_CONFIGS:+--configs "$FORWARD_CONFIGS"} --out "$WORK/forward_sweep.json" ;;
+    profile) bench train_profile "${PROFILE_LIMIT:-300}" python3 benchmarks/train_profile.py --device cuda \
+             --out-dir "$WORK/train_profile" ;;
     attack) bench attack_throughput "${ATTACK_LIMIT:-120}" python3 benchmarks/attack_throughput.py --device cuda \
              --out "$WORK/attack_throughput.json" ;;
   esac
