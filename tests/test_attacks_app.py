@@ -137,7 +137,7 @@ def test_metrics_and_plot_reach_csv_and_wandb_loggers(digits_ckpt, tmp_path, mon
     with open(tmp_path / "h" / "csv" / "metrics.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert math.isclose(float(row["robust/acc@pgd_l2_1"]), s["per_eps"][1]["robust_acc"])
-    assert float(row["clean/acc"]) == s["clean"]["acc"] and "robust/abstain@pgd_l2_0.5" in row
+    assert float(row["robust/clean_acc"]) == s["clean"]["acc"] and "robust/abstain@pgd_l2_0.5" in row
     from test_attacks_callbacks import wandb_bytes
 
     keys = (b"robust/acc@pgd_l2_0.5", b"robust/accuracy_vs_eps")

@@ -47,7 +47,7 @@ def test_callbacks_during_training_log_to_every_logger(tmp_path, monkeypatch):
     finally:
         finish_wandb()
     keys = ["robust/acc@pgd_l2_0.5", "robust/soft_acc@pgd_l2_0.5", "robust/clean_acc", "cert/acc@0",
-            "cert/acc@0.5", "cert/acr", "cert/abstain_rate"]
+            "cert/acc@0.5", "cert/acr", "cert/abstain"]
     for key in keys:  # validation end (epoch 2 of 3, every_n_epochs=2) and test end
         assert key in metrics and "test/" + key in metrics, key
         assert 0.0 <= metrics[key] <= (1.0 if "acr" not in key else 10.0)
@@ -131,7 +131,7 @@ def test_abstentions_are_errors_in_callback_metrics(digits_module):
     assert emp.last_metrics["test/robust/acc@none_0"] == 0.0 and emp.last_metrics["test/robust/clean_acc"] == 0.0
     assert emp.last_metrics["test/robust/soft_acc@none_0"] > 0.5
     assert cert.last_metrics["test/cert/acc@0"] == 0.0 and cert.last_metrics["test/cert/acr"] == 0.0
-    assert cert.last_metrics["test/cert/abstain_rate"] == 1.0
+    assert cert.last_metrics["test/cert/abstain"] == 1.0
 
 
 def test_certified_callback_matches_cohen_metrics(digits_module):

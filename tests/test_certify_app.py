@@ -333,5 +333,5 @@ def test_wandb_gets_the_table_and_the_plot(digits_ckpt, tmp_path, monkeypatch):
 
         finish_wandb()
     files = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
-    assert any("media/table/certify/table" in f for f in files), files
-    assert any("media/images/certify/certified_accuracy" in f for f in files), files
+    assert any("media/table/cert/table" in f for f in files), files
+    assert any("media/images/cert/certified_accuracy" in f for f in files), files

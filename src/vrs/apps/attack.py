@@ -206,16 +206,25 @@ def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
 
 
 def metric_dict(summary: dict, attack_name: str) -> dict[str, float]:
-    """Flat metrics for loggers: robust/acc@<attack>_<eps>, robust/soft_acc@..., robust/abstain@...,
-    clean/acc, clean/abstain_rate."""
-    out = {"clean/acc": summary["clean"]["acc"], "clean/abstain_rate": summary["clean"]["abstain_rate"],
-           "clean/soft_acc": summary["clean"]["soft_acc"]}
+    """Flat metrics for loggers, in the robust/ namespace shared with the training callbacks (docs/wandb.md):
+    robust/acc@<attack>_<eps>, robust/soft_acc@..., robust/abstain@..., robust/clean_acc, robust/clean_soft_acc,
+    robust/clean_abstain."""
+    out = {"robust/clean_acc": summary["clean"]["acc"], "robust/clean_abstain": summary["clean"]["abstain_rate"],
+           "robust/clean_soft_acc": summary["clean"]["soft_acc"]}
     for p in summary["per_eps"]:
         tag = f"{attack_name}_{p['eps']:g}"
         out[f"robust/acc@{tag}"] = p["robust_acc"]
         out[f"robust/soft_acc@{tag}"] = p["soft_acc"]
         out[f"robust/abstain@{tag}"] = p["abstain_rate"]
     return {k: float(v) for k, v in out.items() if v == v}
+
+
+def run_facts(summary: dict) -> dict:
+    """W&B tags of this run (vrs.utils.loggers.run_tags): data, method (a fixed sigma is Cohen's smoothing,
+    also on a VRS checkpoint's base classifier), sigma or lambda, and the attack."""
+    info = summary["defense"]
+    return {"data": summary["settings"]["data"], "method": "vrs" if info["defense"] == "vrs" else "cohen",
+            "sigma": info.get("sigma"), "lam": info.get("lam"), "attack": summary["attack"]}
 
 
 def log_to_loggers(loggers: list, metrics: dict, plot: Path, cfg: DictConfig) -> None:
@@ -240,7 +249,7 @@ def run(cfg: DictConfig) -> dict:
     from vrs.attacks.factory import build_attack, eps_list
     from vrs.checkpoint import check_data_matches
     from vrs.data.datamodule import to_float
-    from vrs.utils.config import instantiate_dict
+    from vrs.utils.loggers import build_loggers
     from vrs.utils.io import RowWriter, lock_dir, read_json, write_json_atomic
 
     dev = cfg.get("device", "auto")
@@ -331,7 +340,7 @@ def run(cfg: DictConfig) -> dict:
         plot_robust_accuracy(summary, plot, f"{name} ({attack_cfg.get('norm')}) vs {what}, m={info['m']}")
     finally:
         os.close(lock)
-    log_to_loggers(instantiate_dict(cfg.get("logger")), metric_dict(summary, name), plot, cfg)
+    log_to_loggers(build_loggers(cfg, **run_facts(summary)), metric_dict(summary, name), plot, cfg)
     return summary
 
 

@@ -407,25 +407,45 @@ def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# summary.json key -> logger metric cert/<name> (docs/wandb.md); certified accuracy is cert/acc@<r>.
+CERT_METRICS = {"acr": "acr", "abstain_rate": "abstain", "clean_accuracy": "clean_acc", "num_images": "num_images",
+                "seconds_per_image": "seconds_per_image", "max_radius_possible": "max_radius",
+                "mean_sigma": "mean_sigma", "mean_radius_cohen_at_sigma0": "mean_radius_cohen"}
+
+
+def metric_dict(summary: dict) -> dict[str, float]:
+    """The summary as flat logger metrics in the cert/ namespace shared with the training callbacks:
+    cert/acc@<r>, cert/acr, cert/abstain, cert/clean_acc, ... (PREDICT mode: no radii, no acr)."""
+    out = {f"cert/{name}": summary[key] for key, name in CERT_METRICS.items()
+           if isinstance(summary.get(key), (int, float)) and not isinstance(summary.get(key), bool)}
+    out.update({f"cert/acc@{r}": a for r, a in (summary.get("certified_accuracy") or {}).items()})
+    return {k: float(v) for k, v in out.items()}
+
+
+def run_facts(summary: dict) -> dict:
+    """W&B tags of this run (vrs.utils.loggers.run_tags): data, method, and sigma or lambda."""
+    if "certificate" in summary:
+        return {"data": summary["data"], "method": "vrs", "lam": summary["lam"], "certificate": summary["certificate"]}
+    return {"data": summary["data"], "method": "cohen", "sigma": summary["sigma"],
+            "mode": "predict" if summary["mode"] == "predict" else None}
+
+
 def log_to_loggers(cfg: DictConfig, summary: dict, rows: list[dict], columns: tuple[str, ...], png: Path | None) -> None:
     """Send the summary (and, to W&B, the table and the plot) to the configured loggers."""
     if not cfg.get("logger"):
         return
-    from vrs.utils.config import instantiate_dict
+    from vrs.utils.loggers import build_loggers
 
-    loggers = instantiate_dict(cfg.logger)
-    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for r, a in (summary.get("certified_accuracy") or {}).items():
-        scalars[f"certified_accuracy/r={r}"] = a
+    loggers = build_loggers(cfg, **run_facts(summary))
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        lg.log_metrics({f"certify/{k}": float(v) for k, v in scalars.items() if v is not None})
+        lg.log_metrics(metric_dict(summary))
         if type(lg).__name__ == "WandbLogger":
             import wandb
 
-            payload = {"certify/table": wandb.Table(columns=list(columns), data=[[r[c] for c in columns] for r in rows])}
+            payload = {"cert/table": wandb.Table(columns=list(columns), data=[[r[c] for c in columns] for r in rows])}
             if png is not None and png.exists():
-                payload["certify/certified_accuracy"] = wandb.Image(str(png))
+                payload["cert/certified_accuracy"] = wandb.Image(str(png))
             lg.experiment.log(payload)
         lg.save()
         lg.finalize("success")

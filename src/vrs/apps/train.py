@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vrs.apps import CONFIG_DIR
 from vrs.errors import VRSError, user_errors_exit
 from vrs.utils.config import instantiate_dict, print_config_tree
-from vrs.utils.loggers import finish_wandb
+from vrs.utils.loggers import build_loggers, finish_wandb, train_facts
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, data=datamodule.spec.to_dict())
     callbacks = instantiate_dict(cfg.get("callbacks"))
-    loggers = instantiate_dict(cfg.get("logger"))
+    loggers = build_loggers(cfg, **train_facts(cfg))  # W&B: grouped, typed and tagged (docs/wandb.md)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -66,6 +66,8 @@ def train_base_stage(cfg: DictConfig) -> str:
         base.module = OmegaConf.load(Path(CONFIG_DIR) / "module" / "classifier.yaml")
         base.paths.output_dir = str(out)
         base.task_name = f"{cfg.task_name}_base"
+        if "wandb" in (base.get("logger") or {}):  # both stages in the experiment's W&B group
+            base.logger.wandb.group = cfg.logger.wandb.group
         base.ckpt_path = None
         base.merge_with(cfg.get("base_stage") or {})
     log.info("VRS stage 1/2: multi-sigma base classifier in %s", out)

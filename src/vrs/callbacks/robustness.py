@@ -7,7 +7,7 @@ logger, W&B included, gets the numbers).
   counts as an error). Logs `robust/acc@<attack>_<eps>` (PREDICT) and `robust/soft_acc@<attack>_<eps>`.
 - `CertifiedRobustness`: Cohen's CERTIFY (small n) on the subset; for a VRS selector module the C1
   certificate of `vrs-certify` (sigma snapped to the grid, radius capped where the selector's interval
-  leaves sigma's grid cell). Logs `cert/acc@<r>` for each radius r, `cert/acr` and `cert/abstain_rate`.
+  leaves sigma's grid cell). Logs `cert/acc@<r>` for each radius r, `cert/acr` and `cert/abstain`.
 
 Key names: as above at validation end; at test end they get a `test/` prefix (`test/robust/acc@...`,
 `test/cert/acr`). When several noise levels (classifier) or lambdas (VRS) are evaluated, the key ends with
@@ -316,5 +316,5 @@ class CertifiedRobustness(_RobustnessCallback):
             for r, a in zip(self.radii, acc):
                 out[f"cert/acc@{r:g}{d.suffix}"] = float(a)
             out[f"cert/acr{d.suffix}"] = core.average_certified_radius(radius, correct)
-            out[f"cert/abstain_rate{d.suffix}"] = core.abstain_rate(pred)
+            out[f"cert/abstain{d.suffix}"] = core.abstain_rate(pred)
         return out

@@ -19,4 +19,5 @@ def optimizers_from_config(optimizer_cfg: dict, scheduler_cfg: dict | None, para
     if sched_cfg.get("_target_", "").endswith("CosineAnnealingLR") and sched_cfg.get("T_max") is None:
         sched_cfg["T_max"] = trainer.max_epochs if interval == "epoch" else trainer.estimated_stepping_batches
     sched = instantiate(sched_cfg)(opt)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
+    # name: LearningRateMonitor logs the rate as train/lr (the train/ namespace, docs/wandb.md)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "name": "train/lr"}}

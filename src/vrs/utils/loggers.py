@@ -1,13 +1,27 @@
 """Logger factories. W&B must never block or fail a run: offline when no API key is configured, and a
-logger that cannot start falls back to offline with a warning."""
+logger that cannot start falls back to offline with a warning.
+
+Every app builds its loggers with `build_loggers(cfg, **facts)`: W&B runs are grouped by experiment
+(`group: ${task_name}`, which each experiment preset sets), typed by app (`job_type`: train | certify |
+attack) and tagged with `run_tags(**facts)` (data set, method, sigma or lambda, ...) on top of the config's
+`tags`, so runs of all three apps filter the same way. The dashboard that uses them: docs/wandb.md.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
+
+# Targets whose config gets the run tags (our factory below, or Lightning's class used directly).
+WANDB_TARGETS = ("vrs.utils.loggers.wandb_logger", "pytorch_lightning.loggers.WandbLogger",
+                 "lightning.pytorch.loggers.WandbLogger", "pytorch_lightning.loggers.wandb.WandbLogger")
 
 
 def wandb_has_credentials() -> bool:
@@ -56,3 +70,57 @@ def finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+# ---- run tags ----------------------------------------------------------------------------------------------
+def _value(v: Any) -> str:
+    """0.25 -> '0.25'; a (low, high) range -> '0.12-1'."""
+    if isinstance(v, (tuple, list)):
+        return "-".join(_value(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def run_tags(data: str | None = None, method: str | None = None, sigma: Any = None, lam: Any = None,
+             **more: Any) -> list[str]:
+    """`key=value` tags, the same vocabulary in every app: data=<data set>, method=cohen|vrs,
+    sigma=<s> (or a range <lo>-<hi>), lam=<lambda>, plus any extra (stage, prior, certificate, attack).
+    None values are left out."""
+    facts = {"data": data, "method": method, "sigma": sigma, "lam": lam, **more}
+    return [f"{k}={_value(v)}" for k, v in facts.items() if v is not None]
+
+
+def train_facts(cfg: DictConfig) -> dict[str, Any]:
+    """run_tags() facts of a vrs-train run, from its config: a fixed-sigma classifier is Cohen's method;
+    a multi-sigma classifier is VRS's stage 1 (stage=base); a selector run is VRS's stage 2."""
+    module = str((cfg.get("module") or {}).get("_target_", ""))
+    facts: dict[str, Any] = {"data": (cfg.get("data") or {}).get("name")}
+    if module.endswith("SelectorModule"):
+        sel = cfg.get("selector") or {}
+        facts.update(method="vrs", stage="selector", sigma=(sel.get("sigma_min"), sel.get("sigma_max")),
+                     prior=(cfg.get("prior") or {}).get("name"))
+        return facts
+    noise = cfg.get("noise") or {}
+    if "sigma_min" in noise:
+        facts.update(method="vrs", stage="base", sigma=(noise.sigma_min, noise.sigma_max))
+    elif "sigma" in noise:
+        facts.update(method="cohen", sigma=float(noise.sigma))
+    return facts
+
+
+def is_wandb(conf: Any) -> bool:
+    return isinstance(conf, DictConfig) and conf.get("_target_") in WANDB_TARGETS
+
+
+def build_loggers(cfg: DictConfig, **facts: Any) -> list[Any]:
+    """Instantiate every `_target_` entry of cfg.logger; W&B loggers get the config's `tags` plus
+    run_tags(**facts) (duplicates dropped, order kept)."""
+    out = []
+    for _, conf in (cfg.get("logger") or {}).items():
+        if not (isinstance(conf, DictConfig) and "_target_" in conf):
+            continue
+        if is_wandb(conf):
+            tags = list(dict.fromkeys([*(conf.get("tags") or []), *run_tags(**facts)]))
+            out.append(instantiate(conf, tags=tags))
+        else:
+            out.append(instantiate(conf))
+    return out
