@@ -157,6 +157,35 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = ("classifier",)) 
     return LOADERS[kind](ckpt, path, digest)
 
 
+def check_resume_checkpoint(path: str | Path, module: nn.Module) -> None:
+    """VRSError unless vrs-train can resume `module` from checkpoint `path`: a full training checkpoint of
+    this project (not only weights), made on the same data (name, shape, classes, normalisation) with the
+    same network (every weight present, of the same shape)."""
+    path = Path(path)
+    ckpt, _ = read_checkpoint(path)
+    if "optimizer_states" not in ckpt or "loops" not in ckpt:
+        raise VRSError(f"ckpt_path={str(path)!r} holds no optimizer and loop state, so training cannot resume "
+                       "from it; resume from <run dir>/checkpoints/last.ckpt")
+    have = ckpt["vrs"].get("data") or (ckpt.get("hyper_parameters") or {}).get("data") or {}
+    want = dict(getattr(module, "hparams", {}).get("data") or {})
+    keys = ("name", *SHAPE_KEYS, "mean", "std")
+    diffs = [f"{k} {have.get(k)!r} there, {want.get(k)!r} here" for k in keys if have.get(k) != want.get(k)]
+    if want and diffs:
+        raise VRSError(f"ckpt_path={str(path)!r} was trained on other data ({'; '.join(diffs)}): resume with the "
+                       "data settings it was trained with")
+    stored, own = ckpt["state_dict"], module.state_dict()
+    missing = [k for k in own if k not in stored]
+    extra = [k for k in stored if k not in own]
+    shapes = [f"{k} {tuple(stored[k].shape)} there, {tuple(own[k].shape)} here" for k in own
+              if k in stored and tuple(stored[k].shape) != tuple(own[k].shape)]
+    if missing or extra or shapes:
+        what = "; ".join(filter(None, [f"missing {missing[:3]}" if missing else "",
+                                       f"unexpected {extra[:3]}" if extra else "", "; ".join(shapes[:3])]))
+        hint = " (the normalisation layer)" if any(k.endswith(("0.mean", "0.std")) for k in missing) else ""
+        raise VRSError(f"ckpt_path={str(path)!r} does not fit this run's network{hint}: {what}; resume with the "
+                       "model settings it was trained with")
+
+
 def check_data_matches(loaded: LoadedCheckpoint, data: dict, allow_other_dataset: bool = False) -> None:
     """VRSError unless the data config gives inputs the network was built for: same channels, size and
     class count, and (unless allow_other_dataset) the same data set."""

@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.errors import ConfigError, VRSError, check, check_choice, user_errors_exit
+from vrs.errors import ConfigError, VRSError, check, check_choice, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import print_config_tree
 
 log = logging.getLogger(__name__)
@@ -199,10 +199,10 @@ def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    from vrs.utils.io import save_figure
+
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def metric_dict(summary: dict, attack_name: str) -> dict[str, float]:
@@ -344,9 +344,13 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
+@hydra_errors_exit
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="attack")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
+    from vrs.config_schema import validate_app_config
+
+    validate_app_config(cfg, "attack")  # before any compute or output: one clear error line
     if cfg.get("print_config", True):
         print_config_tree(cfg, order=("attack", "defense", "predict", "data"))
     from vrs.utils.loggers import finish_wandb

@@ -39,7 +39,7 @@ from vrs.apps.certify_store import COLUMNS, ResultsDir, RowAppender, atomic_writ
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
 from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
 from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
-from vrs.errors import VRSError, check, check_choice, user_errors_exit
+from vrs.errors import VRSError, check, check_choice, hydra_errors_exit, user_errors_exit
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import NOISE_BLOCK, PRECISIONS, SmoothedClassifier, check_sampling, image_seed
 from vrs.utils.config import print_config_tree
@@ -401,10 +401,10 @@ def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
     ax.set_title(f"{job.meta['data']} {job.opts.split}, {what}, n={job.opts.n}, "
                  f"alpha={job.opts.alpha:g} ({len(rows)} images)", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    from vrs.utils.io import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # summary.json key -> logger metric cert/<name> (docs/wandb.md); certified accuracy is cert/acc@<r>.
@@ -626,9 +626,13 @@ def _run_spawned(job: Job, todo: list[int], world: int, x_all, y_all, loaded: Lo
         raise VRSError(f"shard processes failed: {failed}; finished rows are kept, rerun the same command to resume")
 
 
+@hydra_errors_exit
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="certify")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
+    from vrs.config_schema import validate_app_config
+
+    validate_app_config(cfg, "certify")  # before any compute or output: one clear error line
     launched = torchrun_env()
     if cfg.get("print_config", True) and (launched is None or launched[0] == 0):
         print_config_tree(cfg, order=("ckpt_path", "data", "certify", "logger"))

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from vrs.errors import VRSError
+from vrs.utils.io import RowAppender, atomic_write, atomic_write_json, fsync_dir  # noqa: F401 - used by the apps
 
 TSV_NAME = "certify.tsv"
 META_NAME = "certify.meta.json"
@@ -42,36 +43,6 @@ COLUMNS = {
 # absent, so equal, in Cohen's meta files).
 MATCH_KEYS = ("mode", "n0", "n", "alpha", "sigma", "seed", "ckpt_sha256", "data", "split", "precision",
               "noise_block", "device_type", "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid")
-
-
-# ---- atomic files ------------------------------------------------------------------------------------
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers (and a crash) see either the old or the complete new content."""
-    path = Path(path)
-    data = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 # ---- rows --------------------------------------------------------------------------------------------
@@ -126,33 +97,6 @@ def read_rows(path: Path, columns: tuple[str, ...]) -> tuple[dict[int, str], int
             raise VRSError(f"{path} holds two different rows for idx {idx}")
         rows[idx] = line
     return rows, end, torn
-
-
-class RowAppender:
-    """Appends complete rows to a TSV: one os.write per row, fsync'd before the next image counts as done."""
-
-    def __init__(self, path: Path, columns: tuple[str, ...]):
-        self.path = Path(path)
-        if not self.path.exists():
-            atomic_write(self.path, "\t".join(columns) + "\n")
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-
-    def append(self, line: str) -> None:
-        data = line.encode()
-        if os.write(self.fd, data) != len(data):
-            raise VRSError(f"could not write a whole row to {self.path} (disk full?)")
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # ---- the directory -------------------------------------------------------------------------------------

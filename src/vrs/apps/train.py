@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vrs.apps import CONFIG_DIR
-from vrs.errors import VRSError, user_errors_exit
+from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import instantiate_dict, print_config_tree
 from vrs.utils.loggers import build_loggers, finish_wandb, train_facts
 
@@ -35,12 +35,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, data=datamodule.spec.to_dict())
+    if cfg.get("ckpt_path"):  # one clear error for a corrupt, truncated or mismatched checkpoint
+        from vrs.checkpoint import check_resume_checkpoint
+
+        check_resume_checkpoint(cfg.ckpt_path, module)
     callbacks = instantiate_dict(cfg.get("callbacks"))
     loggers = build_loggers(cfg, **train_facts(cfg))  # W&B: grouped, typed and tagged (docs/wandb.md)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test") and not trainer.fast_dev_run:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -97,9 +101,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     return train(cfg)
 
 
+@hydra_errors_exit
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
+    from vrs.config_schema import validate_app_config
+
+    validate_app_config(cfg, "train")  # before any compute or output: one clear error line
     if cfg.get("print_config", True):
         print_config_tree(cfg, order=("data", "model", "noise", "module", "trainer", "logger"))
     try:

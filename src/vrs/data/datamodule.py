@@ -40,14 +40,26 @@ class TensorBatches:
 
     The permutation depends only on (seed, epoch), so every DDP rank agrees on it and a resumed run
     sees the same order; each rank takes every world_size-th index.
+
+    Resumable (Lightning's state_dict / load_state_dict protocol for loaders): a mid-epoch checkpoint
+    records (epoch, batches done), which `done_fn` reads from the trainer, and the restarted run skips
+    those batches instead of replaying the epoch from its start.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
                  epoch_fn: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False):
+                 drop_last: bool = False, done_fn: Callable[[], int] = lambda: 0):
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch_fn, self.rank, self.world_size, self.drop_last = epoch_fn, rank, world_size, drop_last
+        self.done_fn = done_fn
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.epoch_fn()), "batches_done": int(self.done_fn())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
 
     def _indices(self) -> torch.Tensor:
         n = len(self.y)
@@ -64,8 +76,13 @@ class TensorBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skip = 0
+        if self._resume_at is not None:  # the first epoch after a restart: skip what the checkpoint trained on
+            epoch, done = self._resume_at
+            self._resume_at = None
+            skip = done if epoch == self.epoch_fn() else 0
         idx = self._indices().to(self.x.device)
-        for b in range(len(self)):
+        for b in range(skip, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.x[sel], self.y[sel]
 
@@ -167,8 +184,10 @@ class ImageDataModule(pl.LightningDataModule):
         if self.loader == "device":
             dev = self._device()
             epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0)
+            done_fn = (lambda: 0) if not train or trainer is None else \
+                (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # batches trained this epoch
             return TensorBatches(x.to(dev), y.to(dev), bs, shuffle=train, seed=self.seed, epoch_fn=epoch_fn,
-                                 rank=rank, world_size=world, drop_last=False)
+                                 rank=rank, world_size=world, drop_last=False, done_fn=done_fn)
         return DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=train, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
 

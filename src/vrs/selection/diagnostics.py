@@ -92,14 +92,16 @@ def write_diagnostics(data: dict, out_dir: str | Path, loggers=()) -> list[Path]
     when a WandbLogger is present. Returns the PNG paths."""
     import matplotlib.pyplot as plt
 
+    from vrs.utils.io import atomic_path, save_figure
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / "selector_diagnostics.npz", lams=np.asarray(data["lams"]), sigma=data["sigma"],
-             confidence=data["confidence"])
+    with atomic_path(out_dir / "selector_diagnostics.npz") as tmp:
+        np.savez(tmp, lams=np.asarray(data["lams"]), sigma=data["sigma"], confidence=data["confidence"])
     paths = []
     for name, fig in figures(data).items():
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         paths.append(path)
     _log_wandb(paths, loggers)

@@ -1,19 +1,23 @@
-"""Crash-safe, resumable row files keyed by several columns (vrs-attack's attack.csv: one row per
-(image, eps)), built on the primitives of the certification results store (`vrs.apps.certify_store`:
-atomic writes, fsync'd appends). certify.tsv itself stays with that store: its rows are keyed by idx
-alone and typed column by column.
+"""Crash-safe files: every file the apps write goes through here, so that a process killed at any moment
+leaves each file either as it was or complete, never half-written.
 
-- `RowWriter`: a delimited text file (CSV or TSV) with a header. New files get their header by an
-  atomic write; rows are appended with one write() per batch and fsynced before they count as done, so
-  a crash loses at most the rows in flight; a torn last line (no newline) is cut off when the file is
-  opened again. `done_keys()` says what earlier runs finished, so a resumed run skips it. A file with
-  another header is refused (VRSError) and left as it is.
-- `lock_dir`: an exclusive flock on a results directory (no lock file), released when the process ends.
-- `write_json_atomic` / `read_json`: JSON that readers see whole or not at all.
+Two kinds of file:
+- whole files (summary.json, meta files, plots, .npz arrays, checkpoints, hparams.yaml, reports): written
+  to a temporary file in the same directory, fsync'd, then renamed over the target (`atomic_write`,
+  `atomic_path` for writers that need a file name, `save_figure`, `AtomicCheckpointIO` for Lightning's
+  checkpoints). A rename within one directory is atomic on POSIX file systems: readers see the old or the
+  new file. The temporary file is named `.<stem>.tmp-<pid><suffix>` and removed when the write fails.
+- append-only tables (certify.tsv, attack.csv): `RowAppender` appends complete rows with one write() and
+  fsyncs before a row counts as done; `RowWriter` adds a header, reading back and resuming. A torn last
+  line (a power cut between write and fsync) is cut off when the file is opened again.
+
+Also here: `CSVLogger`, Lightning's CSV logger with a crash-safe metrics.csv that survives a resume;
+`lock_dir`, an exclusive flock on a results directory; `write_json_atomic` / `read_json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import fcntl
@@ -22,10 +26,111 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from vrs.apps.certify_store import RowAppender, atomic_write, atomic_write_json
 from vrs.errors import VRSError
+
+
+# ---- whole files -------------------------------------------------------------------------------------
+def fsync_dir(path: Path) -> None:
+    """Make a rename in directory `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_name(path: Path) -> Path:
+    # same directory (so the rename stays on one file system), same suffix (matplotlib and numpy pick the
+    # format from it), hidden, and unique per process
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; when the block ends without an error, the file written
+    there is fsync'd and renamed to `path`. On an error the temporary file is removed and `path` keeps
+    its old content (or stays absent)."""
+    path = Path(path)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write a file so that readers (and a crash) see either the old or the complete new content."""
+    data = data.encode() if isinstance(data, str) else data
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """fig.savefig(path) atomically (the format follows the suffix)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return obj.tolist()
+    return obj
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """JSON to path (parent directories created), atomically; numpy / torch values become lists."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(path), _json_safe(obj))
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# ---- append-only tables --------------------------------------------------------------------------------
+class RowAppender:
+    """Appends complete rows to a text table: one os.write per call, fsync'd before the next row counts as
+    done. A new file gets its header by an atomic write."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...], delimiter: str = "\t"):
+        self.path = Path(path)
+        if not self.path.exists():
+            atomic_write(self.path, delimiter.join(columns) + "\n")
+        self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
+    def append(self, line: str) -> None:
+        data = line.encode()
+        if os.write(self.fd, data) != len(data):
+            raise VRSError(f"could not write a whole row to {self.path} (disk full?)")
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _format(value: Any) -> str:
@@ -37,11 +142,12 @@ def _format(value: Any) -> str:
 
 
 class RowWriter:
-    """Append-only rows with a fixed header in `path`.
+    """Append-only rows with a fixed header in `path` (vrs-attack's attack.csv: one row per (image, eps)).
 
     columns: the header; delimiter: "," (CSV) or "\\t" (TSV); key: the columns that identify a row for
-    `done_keys` (default: the first column). Floats are written with 6 significant digits, so keys made
-    from floats (eps) compare as written.
+    `done_keys` (default: the first column), so a resumed run skips what earlier runs finished. Floats are
+    written with 6 significant digits, so keys made from floats (eps) compare as written. A file with
+    another header is refused (VRSError) and left as it is.
     """
 
     def __init__(self, path: str | Path, columns: Sequence[str], delimiter: str = ",",
@@ -88,10 +194,7 @@ class RowWriter:
                                "fix or delete that line")
             rows.append(dict(zip(self.columns, line)))
         if cut < len(data):  # a torn last line from a crash: drop it (only after the checks above)
-            with open(self.path, "r+b") as fh:
-                fh.truncate(cut)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _truncate(self.path, cut)
         return rows
 
     @property
@@ -124,6 +227,14 @@ class RowWriter:
         self._rows.extend({c: _format(row[c]) for c in self.columns} for row in rows)
 
 
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# ---- results directories --------------------------------------------------------------------------------
 def lock_dir(path: str | Path, what: str = "run") -> int:
     """Exclusive, non-blocking flock on directory `path` (created if missing); VRSError when another
     process holds it. Returns the descriptor: the lock lasts until it is closed or the process ends."""
@@ -140,24 +251,140 @@ def lock_dir(path: str | Path, what: str = "run") -> int:
     return fd
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return obj.tolist()
-    return obj
+# ---- Lightning: checkpoints and the CSV log ----------------------------------------------------------------
+# `AtomicCheckpointIO` and `CSVLogger` subclass Lightning classes; they are built on first use (module
+# __getattr__), so that importing this module does not import Lightning (vrs-certify never needs it).
+def _lightning_classes() -> dict[str, type]:
+    import torch
+    from lightning_fabric.loggers.logger import rank_zero_experiment
+    from pytorch_lightning.core.saving import save_hparams_to_yaml
+    from pytorch_lightning.loggers import CSVLogger as LightningCSVLogger
+    from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """Lightning's checkpoint writer, made atomic on every file system.
+
+        Lightning 2.6 writes through an fsspec transaction whose temporary file lives in the system temp
+        directory: when that is another file system than the run directory (a local /tmp and outputs on
+        NFS or Lustre, the usual cluster set-up), the final move is a copy onto the checkpoint itself, so
+        a kill during it leaves a truncated last.ckpt; nothing is fsync'd either. Here the checkpoint is
+        written next to its target, fsync'd and renamed (`atomic_path`). Local paths only.
+        """
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+            if storage_options is not None:
+                raise TypeError(f"{type(self).__name__} takes no storage_options")
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                torch.save(checkpoint, tmp)
+
+    class MetricsWriter(ExperimentWriter):
+        """metrics.csv and hparams.yaml of `CSVLogger`.
+
+        Rows are appended and fsync'd as they are logged (one write per row); when a new column appears
+        the whole file is rewritten atomically with the new header (Lightning's writer rewrites it in
+        place, and buffers 100 steps). An existing metrics.csv is read back, its torn last line cut off,
+        instead of being deleted: a run resumed into its own directory keeps its history.
+        """
+
+        def __init__(self, log_dir: str) -> None:  # no super().__init__(): it deletes an existing metrics.csv
+            self.log_dir = log_dir
+            self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+            self.hparams: dict[str, Any] = {}
+            self.metrics: list[dict[str, Any]] = []  # logged, not written yet
+            self.rows: list[dict[str, str]] = []     # written
+            self.metrics_keys: list[str] = []
+            os.makedirs(log_dir, exist_ok=True)
+            path = Path(self.metrics_file_path)
+            if path.is_file():
+                data = path.read_bytes()
+                cut = data.rfind(b"\n") + 1
+                if cut < len(data):  # a torn last line from a crash
+                    _truncate(path, cut)
+                reader = csv.DictReader(io.StringIO(data[:cut].decode("utf-8")))
+                self.metrics_keys = list(reader.fieldnames or [])
+                self.rows = list(reader)
+
+        def save(self) -> None:
+            if not self.metrics:
+                return
+            new = [{k: "" if v is None else str(v) for k, v in row.items()} for row in self.metrics]
+            self.metrics = []
+            keys = sorted(set(self.metrics_keys).union(*new))
+            self.rows.extend(new)
+            if keys != self.metrics_keys or not os.path.isfile(self.metrics_file_path):
+                self.metrics_keys = keys
+                self._rewrite()
+            else:
+                with RowAppender(Path(self.metrics_file_path), tuple(keys), delimiter=",") as out:
+                    out.append(self._lines(new))
+
+        def truncate_for_resume(self, n_rows: int, global_step: int) -> None:
+            """Forget what a killed run logged after its checkpoint (the resumed run logs it again): keep the
+            first n_rows rows (those written when the checkpoint was saved) and, after them, the rows of
+            steps before the checkpoint's global_step (Lightning logs a batch's metrics after the
+            checkpoint of that batch is saved)."""
+            def step(row) -> float:
+                try:
+                    return float(row.get("step") or "inf")
+                except ValueError:
+                    return float("inf")
+
+            keep = self.rows[:n_rows] + [r for r in self.rows[n_rows:] if step(r) < global_step]
+            if len(keep) < len(self.rows):
+                self.rows = keep
+                self._rewrite()
+
+        def _lines(self, rows: list[dict[str, str]], header: bool = False) -> str:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=self.metrics_keys, lineterminator="\n")
+            if header:
+                writer.writeheader()
+            writer.writerows(rows)
+            return buf.getvalue()
+
+        def _rewrite(self) -> None:
+            atomic_write(self.metrics_file_path, self._lines(self.rows, header=True))
+
+        def log_hparams(self, params: dict[str, Any]) -> None:
+            self.hparams.update(params)
+            with atomic_path(Path(self.log_dir) / self.NAME_HPARAMS_FILE) as tmp:
+                save_hparams_to_yaml(tmp, self.hparams)
+
+    class CSVLogger(LightningCSVLogger):
+        """Lightning's CSVLogger (same arguments) with a crash-safe metrics.csv, written row by row
+        (`MetricsWriter`). `vrs.callbacks.resume.ExactResume` records the log's length in every
+        checkpoint and cuts the log back to it on resume, so the log of a killed and resumed run equals
+        the log of an uninterrupted one."""
+
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> MetricsWriter:
+            if self._experiment is None:
+                self._experiment = MetricsWriter(log_dir=self.log_dir)
+            return self._experiment
+
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            super().log_metrics(metrics, step)
+            self.save()  # per row: a kill loses nothing that was logged
+
+        def rows_written(self) -> int:
+            """Rows in metrics.csv (0 on processes other than rank 0, which write no log)."""
+            self.save()
+            rows = getattr(self.experiment, "rows", None)
+            return len(rows) if isinstance(rows, list) else 0
+
+    return {"AtomicCheckpointIO": AtomicCheckpointIO, "CSVLogger": CSVLogger}
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """JSON to path, atomically (the certification store's atomic write)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(path), _json_safe(obj))
+_LAZY: dict[str, type] = {}
 
 
-def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def __getattr__(name: str):
+    if name in ("AtomicCheckpointIO", "CSVLogger"):
+        if not _LAZY:
+            _LAZY.update(_lightning_classes())
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
