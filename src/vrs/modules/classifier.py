@@ -91,7 +91,7 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
         loss = torch.nn.functional.cross_entropy(logits, y)
         self._check_finite(loss)
         self.train_acc(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

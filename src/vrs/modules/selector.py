@@ -159,10 +159,10 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         loss = loss.mean()
         self._check_finite(loss)
         bs = x.shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/loss", loss, batch_size=bs)
         self.log("train/ce", ce.mean(), batch_size=bs)
         self.log("train/kl", kl.mean(), batch_size=bs)
-        self.log("train/sigma_mean", out.sigma.mean(), prog_bar=True, batch_size=bs)
+        self.log("train/sigma_mean", out.sigma.mean(), batch_size=bs)  # not prog_bar: no per-step sync
         return loss
 
     @torch.no_grad()
