@@ -31,6 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torchmetrics import Metric
 
 from vrs.errors import check
+from vrs.modules.guards import NonFiniteError
 
 TRAIN, VAL, TEST = 0, 1, 2  # phases: each gets its own random streams
 _MASK = (1 << 62) - 1
@@ -126,7 +127,7 @@ def _csv_loggers(trainer: pl.Trainer) -> list:
 
 
 def raise_if_nonfinite_weights(pl_module: pl.LightningModule) -> None:
-    """FloatingPointError instead of writing a checkpoint with NaN / Inf weights, so last.ckpt stays the last
+    """NonFiniteError (a FloatingPointError) instead of writing a checkpoint with NaN / Inf weights, so last.ckpt stays the last
     good state. On a GPU the loss guard (vrs.modules.guards) reads its flag only every log_every_n_steps,
     and a non-finite gradient spoils the weights one step before the loss shows it."""
     if hasattr(pl_module, "_raise_if_nonfinite"):
@@ -136,7 +137,7 @@ def raise_if_nonfinite_weights(pl_module: pl.LightningModule) -> None:
         return
     bad = [name for name, p in params if not bool(torch.isfinite(p).all())]
     if bad:
-        raise FloatingPointError(f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at "
+        raise NonFiniteError(f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at "
                                  f"step {pl_module.global_step}: checkpoint not written, the last one is kept "
                                  "(lower the learning rate, or check the data and noise settings)")
 
