@@ -208,9 +208,10 @@ def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
 def metric_dict(summary: dict, attack_name: str) -> dict[str, float]:
     """Flat metrics for loggers, in the robust/ namespace shared with the training callbacks (docs/wandb.md):
     robust/acc@<attack>_<eps>, robust/soft_acc@..., robust/abstain@..., robust/clean_acc, robust/clean_soft_acc,
-    robust/clean_abstain."""
+    robust/clean_abstain, and the defence's robust/sigma (fixed sigma) or robust/lam (VRS) as a plot axis."""
     out = {"robust/clean_acc": summary["clean"]["acc"], "robust/clean_abstain": summary["clean"]["abstain_rate"],
            "robust/clean_soft_acc": summary["clean"]["soft_acc"]}
+    out.update({f"robust/{k}": summary["defense"][k] for k in ("sigma", "lam") if k in summary["defense"]})
     for p in summary["per_eps"]:
         tag = f"{attack_name}_{p['eps']:g}"
         out[f"robust/acc@{tag}"] = p["robust_acc"]

@@ -407,10 +407,11 @@ def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
     plt.close(fig)
 
 
-# summary.json key -> logger metric cert/<name> (docs/wandb.md); certified accuracy is cert/acc@<r>.
+# summary.json key -> logger metric cert/<name> (docs/wandb.md); certified accuracy is cert/acc@<r>. sigma (a
+# fixed-sigma run) and lam (VRS) are there too, as x axes of dashboard plots.
 CERT_METRICS = {"acr": "acr", "abstain_rate": "abstain", "clean_accuracy": "clean_acc", "num_images": "num_images",
-                "seconds_per_image": "seconds_per_image", "max_radius_possible": "max_radius",
-                "mean_sigma": "mean_sigma", "mean_radius_cohen_at_sigma0": "mean_radius_cohen"}
+                "seconds_per_image": "seconds_per_image", "max_radius_possible": "max_radius", "sigma": "sigma",
+                "lam": "lam", "mean_sigma": "mean_sigma", "mean_radius_cohen_at_sigma0": "mean_radius_cohen"}
 
 
 def metric_dict(summary: dict) -> dict[str, float]:

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vrs.apps import CONFIG_DIR
-from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.errors import ConfigError, VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import instantiate_dict, print_config_tree
 from vrs.utils.loggers import build_loggers, finish_wandb, train_facts
 
@@ -122,8 +122,16 @@ def main(cfg: DictConfig) -> float | None:
         print(f"Run directory: {out}")
         for key in sorted(k for k in metrics if k.startswith(("val/", "test/"))):
             print(f"  {key} = {metrics[key]:.4f}")
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
+    return optimized_value(metrics, cfg.get("optimized_metric"))
+
+
+def optimized_value(metrics: dict[str, float], metric: str | None) -> float | None:
+    """What a Hydra sweeper (hparams_search=optuna) optimises: the final value of `optimized_metric`."""
+    if not metric:
+        return None
+    if metric not in metrics:
+        raise ConfigError("optimized_metric", metric, "a metric this run logs: " + ", ".join(sorted(metrics)))
+    return metrics[metric]
 
 
 if __name__ == "__main__":

@@ -35,14 +35,20 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = None, **kwargs):
+def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = None, name: str | None = None,
+                 group: str | None = None, **kwargs):
     """A Lightning WandbLogger whose run files live under save_dir (the Hydra run directory).
 
     offline=None picks offline mode when no API key is configured; WANDB_MODE, if set, wins.
+    name=None names the run <group>-<run directory name>: the timestamp of a run, the job number in a
+    multirun, `base` for VRS's stage 1.
     """
     from pytorch_lightning.loggers import WandbLogger
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if name is None:
+        name = f"{group}-{Path(save_dir).name}" if group else Path(save_dir).name
+    kwargs.update(name=name, group=group)
     if offline is None:
         offline = os.environ.get("WANDB_MODE", "") in ("offline", "dryrun") or not wandb_has_credentials()
     if offline:
