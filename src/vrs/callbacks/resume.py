@@ -37,9 +37,14 @@ TRAIN, VAL, TEST = 0, 1, 2  # phases: each gets its own random streams
 _MASK = (1 << 62) - 1
 
 
-def seed_all(seed: int) -> None:
-    """Seed torch (CPU and every GPU), numpy's global generator and python's `random`."""
-    torch.manual_seed(seed)
+def seed_all(seed: int, device: torch.device | None = None) -> None:
+    """Seed torch's CPU generator and that of `device` (a GPU), numpy's global generator and python's
+    `random`. Not torch.manual_seed: it also seeds every other device type, lazily, which costs ~0.3 ms a
+    call without them; this costs ~0.05 ms."""
+    torch.default_generator.manual_seed(seed)
+    if device is not None and device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
+                                      ].manual_seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
     random.seed(seed)
 
@@ -61,8 +66,8 @@ class ExactResume(pl.Callback):
     """Reseed every random generator per training batch; carry the epoch's metric states over a restart.
 
     The seeds mix the run's `seed`, the process rank (so data-parallel processes draw independent noise),
-    the phase and the number of training batches done, through numpy's SeedSequence. Costs a few
-    microseconds per batch on the host; no device synchronisation.
+    the phase and the number of training batches done, through numpy's SeedSequence. Costs about
+    0.05 ms per batch on the host (measured on a 2-core CPU); no device synchronisation.
     """
 
     def __init__(self, seed: int = 0):
@@ -72,7 +77,8 @@ class ExactResume(pl.Callback):
 
     def _reseed(self, trainer: pl.Trainer, phase: int) -> None:
         parts = [self.seed & _MASK, trainer.global_rank, phase, self.batches]
-        seed_all(int(np.random.SeedSequence(parts).generate_state(2, np.uint64)[0] & _MASK))
+        seed_all(int(np.random.SeedSequence(parts).generate_state(2, np.uint64)[0] & _MASK),
+                 trainer.strategy.root_device)
 
     # Reseed before the batch is fetched and augmented (on_after_batch_transfer runs before
     # on_train_batch_start), so crop and flip draws are covered too: at the start (a run restarted
