@@ -9,7 +9,8 @@ CIFAR-shaped ResNet (random weights, behind the Normalize layer), bf16 autocast,
 
 A configuration is `<mode>@<batch>`: mode is `eager`, `eager_bench` (torch.backends.cudnn.benchmark on), or a
 torch.compile mode (`default`, `reduce-overhead`, `max-autotune`, `max-autotune-no-cudagraphs`) with
-Inductor's freezing (conv + BN folding) and cudnn.benchmark on. Small batches keep the activations in the
+Inductor's freezing (conv + BN folding) and cudnn.benchmark on; a compile mode ending in `~nobench` runs
+with cudnn.benchmark off. Small batches keep the activations in the
 GPU's L2 cache (50 MB on an H100) but need CUDA graphs to hide the launch cost; large ones do not.
 Each result is appended to the JSON as soon as it is measured, so a time limit loses only the one in flight.
 """
@@ -55,7 +56,8 @@ def measure(net: torch.nn.Module, mode: str, batch: int, device: torch.device, s
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
-    torch.backends.cudnn.benchmark = mode != "eager"
+    torch.backends.cudnn.benchmark = mode != "eager" and not mode.endswith("~nobench")
+    mode = mode.removesuffix("~nobench")
     x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16), \
@@ -65,7 +67,7 @@ def measure(net: torch.nn.Module, mode: str, batch: int, device: torch.device, s
         sync(device)
         compile_s = time.perf_counter() - t0
         rate, iters = time_forward(fn, x, seconds, device, mark_step="autotune" in mode or "overhead" in mode)
-    return {"mode": mode, "batch": batch, "samples_per_s": rate, "tflop_per_s": rate * flops / 1e12,
+    return {"mode": mode, "cudnn_benchmark": torch.backends.cudnn.benchmark, "batch": batch, "samples_per_s": rate, "tflop_per_s": rate * flops / 1e12,
             "seconds_per_100k": 1e5 / rate, "compile_s": compile_s, "iters": iters}
 
 
