@@ -227,3 +227,45 @@ def test_same_seed_gives_the_same_certify_tsv_whatever_the_batching(digits_ckpt,
     assert run("b", "certify.batch_size=97", "certify.images_per_group=5") == first  # bit-identical text
     other_seed = run("c", "certify.batch_size=500", "certify.images_per_group=1", "seed=1")
     assert other_seed != first  # the comparison can tell runs apart
+
+
+# ---- checkpoints: every app that loads one gives one clear error -------------------------------------------
+def bad_model_checkpoints(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
+    """Cases test_certify_app does not cover for vrs-certify, and none of them was tried on vrs-attack."""
+    ckpt = torch.load(good, weights_only=True)
+    raw = good.read_bytes()
+    (tmp / "truncated.ckpt").write_bytes(raw[: len(raw) - 100])
+    (tmp / "empty.ckpt").write_bytes(b"")
+    wider = dict(ckpt, hyper_parameters={**ckpt["hyper_parameters"], "net": {**ckpt["hyper_parameters"]["net"],
+                                                                          "width": 32}})
+    torch.save(wider, tmp / "other_architecture.ckpt")  # its config now asks for a wider LeNet than its weights
+    no_norm = dict(ckpt, vrs={**ckpt["vrs"], "data": {**ckpt["vrs"]["data"], "mean": [], "std": []}},
+                   hyper_parameters={**ckpt["hyper_parameters"], "data": {}})
+    torch.save(no_norm, tmp / "no_constants.ckpt")
+    torch.save(dict(ckpt, vrs={**ckpt["vrs"], "format": 99}), tmp / "future_format.ckpt")
+    return {"truncated": (tmp / "truncated.ckpt", "is corrupt or truncated"),
+            "empty": (tmp / "empty.ckpt", "is empty"),
+            "other architecture": (tmp / "other_architecture.ckpt", "the stored weights do not fit the stored network"),
+            "no normalisation constants": (tmp / "no_constants.ckpt", "has no normalisation constants"),
+            "future format": (tmp / "future_format.ckpt", "checkpoint format 99 of kind 'classifier' is not supported")}
+
+
+@pytest.mark.parametrize("app", ["certify", "attack"])
+def test_bad_checkpoints_give_one_clear_error_in_every_app(app, digits_ckpt, tmp_path):
+    from vrs.errors import VRSError
+
+    if app == "certify":
+        from vrs.apps.certify import certify as run_app_fn
+
+        extra = ["certify.n0=10", "certify.n=100", "logger=none", "print_config=false"]
+    else:
+        from vrs.apps.attack import run as run_app_fn
+
+        extra = ["attack=pgd_l2", "logger=none", "print_config=false"]
+    out = tmp_path / "out"
+    for name, (path, message) in bad_model_checkpoints(digits_ckpt, tmp_path).items():
+        cfg = compose_config("data=digits", f"ckpt_path={path}", *extra, f"{app}.out_dir={out}", config_name=app,
+                             output_dir=tmp_path / "hydra")
+        with pytest.raises(VRSError, match=message.replace("(", r"\(")):
+            run_app_fn(cfg)
+        assert not out.exists(), f"{app}, {name}: files were written before the error"

@@ -48,6 +48,17 @@ class StallAt(pl.Callback):
             time.sleep(600)
 
 
+class RaiseAt(pl.Callback):
+    """Stop the run with an exception at training step `step` (an in-process stand-in for a kill)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")
+
+
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -130,6 +141,27 @@ def test_without_reseeding_the_resumed_run_differs(killed_run, uninterrupted, tm
     final, ref = load(tmp_path / "r" / "checkpoints" / "last.ckpt"), load(ref_dir / "checkpoints" / "last.ckpt")
     assert final["global_step"] == ref["global_step"]
     assert not same_tensors(final["state_dict"], ref["state_dict"])
+
+
+def test_resume_from_an_epoch_end_checkpoint_is_bit_identical(uninterrupted, tmp_path):
+    """Checkpoints every 21 steps coincide with epoch ends: the step checkpoint of an epoch's last batch is
+    left to the epoch end (after validation, which a resumed run would otherwise skip). Stopped in epoch 2,
+    the run restarts from the end of epoch 1."""
+    ref_dir, ref_metrics = uninterrupted
+    every_epoch = [o for o in RUN if "every_n_train_steps" not in o] + [
+        f"callbacks.last_checkpoint.every_n_train_steps={STEPS_PER_EPOCH}"]
+    stop = 2 * STEPS_PER_EPOCH + 3
+    with pytest.raises(RuntimeError, match=f"stopped at step {stop}"):
+        train(compose_config(*every_epoch, "+callbacks.stop._target_=test_resume.RaiseAt", f"+callbacks.stop.step={stop}",
+                             output_dir=tmp_path))
+    ckpt_path = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt = load(ckpt_path)
+    assert ckpt["global_step"] == 2 * STEPS_PER_EPOCH and "vrs_metric_states" not in ckpt  # epoch 1's end
+    metrics = train(compose_config(*every_epoch, f"ckpt_path={ckpt_path}", output_dir=tmp_path))
+    assert metrics == ref_metrics  # a skipped validation would show here and in the log
+    final, ref = load(ckpt_path), load(ref_dir / "checkpoints" / "last.ckpt")
+    assert same_tensors(final["state_dict"], ref["state_dict"])
+    assert (tmp_path / "csv" / "metrics.csv").read_bytes() == (ref_dir / "csv" / "metrics.csv").read_bytes()
 
 
 def test_device_loader_resumes_inside_an_epoch():
