@@ -167,8 +167,8 @@ def test_bad_input_leaves_existing_results_untouched(first_run, digits_ckpt, tmp
 
 
 def test_bad_input_from_the_command_line(first_run, digits_ckpt, tmp_path):
-    """Through the real console app: one `error:` line and exit code 2 (or Hydra's own message and exit 1 for
-    an attack that has no config file); the existing results are untouched."""
+    """Through the real console app: one `error:` line and exit code 2 (also for an attack that has no config
+    file, where the line lists the attacks there are); the existing results are untouched."""
     out, _ = first_run
     before = snapshot(out)
     args = [f"ckpt_path={digits_ckpt}", *BASE, *PGD, f"attack.out_dir={out}", "attack.max=12"]
@@ -178,8 +178,9 @@ def test_bad_input_from_the_command_line(first_run, digits_ckpt, tmp_path):
     assert "Traceback" not in proc.stderr
     proc = run_app("attack", *merged(*[a for a in args if a not in PGD], "attack=unknown_attack"), root=tmp_path,
                    OMP_NUM_THREADS="1")
-    assert proc.returncode != 0 and "Could not find 'attack/unknown_attack'" in proc.stderr, proc.stderr[-2000:]
-    assert "pgd_l2" in proc.stderr  # Hydra lists the attacks there are
+    assert proc.returncode == 2 and "error: attack='unknown_attack' is not allowed: one of" in proc.stderr, \
+        proc.stderr[-2000:]
+    assert "pgd_l2" in proc.stderr and "Traceback" not in proc.stderr
     assert snapshot(out) == before
 
 

@@ -199,3 +199,11 @@ def check_data_matches(loaded: LoadedCheckpoint, data: dict, allow_other_dataset
     if data.get("name") != loaded.data["name"] and not allow_other_dataset:
         raise VRSError(f"checkpoint {loaded.path} was trained on {loaded.data['name']}, not {data.get('name')}: "
                        f"pass data={loaded.data['name']}, or certify.allow_other_dataset=true if this is intended")
+    # The network normalises with its own stored constants; other data.mean / data.std mean this data config
+    # is not the one the network was trained with.
+    for key in ("mean", "std"):
+        ours, theirs = data.get(key), loaded.data.get(key)
+        if (ours is not None and theirs is not None and not allow_other_dataset
+                and (len(ours) != len(theirs) or any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs)))):
+            raise VRSError(f"checkpoint {loaded.path} was trained with data.{key}={list(theirs)}, but the data config "
+                           f"says data.{key}={list(ours)}: pass the data.* settings of its training run")

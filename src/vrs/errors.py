@@ -1,9 +1,19 @@
-"""One kind of user-facing error, and the wrapper that turns it into one clear line and exit code 2."""
+"""One kind of user-facing error, and the wrappers that turn it (and Hydra's own errors) into one clear line
+and exit code 2.
+
+An app's entry point is decorated as
+
+    @hydra_errors_exit                      # Hydra's errors: unknown group option or key, bad override syntax
+    @hydra.main(...)
+    @user_errors_exit                       # VRSError / ConfigError raised by the app
+    def main(cfg): ...
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from typing import Any, Callable, Iterable
 
@@ -60,5 +70,86 @@ def user_errors_exit(fn: Callable) -> Callable:
                 raise
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+
+    _APP_FRAMES.add(wrapper.__code__)
+    return wrapper
+
+
+_APP_FRAMES: set = set()  # code objects of user_errors_exit wrappers: a traceback through one comes from an app
+
+
+def _raised_in_app(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in _APP_FRAMES:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def describe_hydra_error(exc: BaseException) -> str:
+    """One line for an error Hydra raises while composing the config, naming the key, the bad value and what
+    is allowed where Hydra's exception says so."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    text = str(exc)
+    if isinstance(exc, MissingConfigException):
+        missing = re.search(r"Could not find '([^']+)'", text)
+        group = re.search(r"Available options in '([^']+)'", text)
+        if missing and group and exc.options:
+            option = missing.group(1)[len(group.group(1)) + 1:]
+            return f"{group.group(1)}={option!r} is not allowed: one of {', '.join(exc.options)} (conf/{group.group(1)}/)"
+        if missing:
+            return f"config {missing.group(1)!r} not found ({text.splitlines()[0]})"
+    if isinstance(exc, OverrideParseException):
+        why = (exc.message or text).splitlines()
+        why = [w for w in why if not w.startswith("See https://")]
+        return (f"cannot parse the override {exc.override!r}: {'; '.join(why)} (overrides are key=value, "
+                "+key=value to add a key, ~key to delete one)")
+    cause = exc.__cause__
+    if isinstance(exc, ConfigCompositionException) and cause is not None and getattr(cause, "full_key", None):
+        key = cause.full_key
+        add = re.search(r"use \+(\S+)", text)
+        value = add.group(1).split("=", 1)[1] if add and "=" in add.group(1) else None
+        parent = getattr(cause, "parent_node", None)
+        keys = ", ".join(str(k) for k in parent.keys() if k != "hydra") if hasattr(parent, "keys") else None
+        where = key.rpartition(".")[0] or "the config"
+        allowed = f"a key of {where}" + (f": one of {keys}" if keys else "")
+        if add:
+            allowed += f" (to add a new key write +{add.group(1)})"
+        return f"{key}{'=' + value if value is not None else ''} is not allowed: {allowed}"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot write {exc.filename}: {exc.strerror or exc}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if isinstance(exc, ConfigCompositionException) and cause is not None:
+        lines += [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+    message = "; ".join(lines) or type(exc).__name__
+    args = " ".join(sys.argv[1:])
+    return f"{message} (while composing the config{f' from: {args}' if args else ''})"
+
+
+def hydra_errors_exit(hydra_main: Callable) -> Callable:
+    """Outermost decorator of an app's entry point: an error Hydra raises before the app starts (an unknown
+    config group option or key, an override it cannot parse, a run directory it cannot create) becomes one
+    `error: <message>` line on stderr and exit code 2, like a VRSError. Errors from inside the app are
+    left as they are (user_errors_exit has dealt with the user's ones; the rest are bugs: full traceback).
+
+    Set VRS_FULL_ERROR=1 or HYDRA_FULL_ERROR=1 to see Hydra's own report instead.
+    """
+
+    @functools.wraps(hydra_main)
+    def wrapper(*args, **kwargs):
+        if os.environ.get("VRS_FULL_ERROR") or os.environ.get("HYDRA_FULL_ERROR"):
+            return hydra_main(*args, **kwargs)
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its multi-line report
+        try:
+            return hydra_main(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - errors from the app itself are re-raised untouched
+            if _raised_in_app(exc):
+                raise
+            print(f"error: {describe_hydra_error(exc)}", file=sys.stderr)
+            sys.exit(2)
+        finally:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
     return wrapper

@@ -28,12 +28,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.errors import ConfigError, VRSError, check, check_choice, hydra_errors_exit, user_errors_exit
+from vrs.errors import ConfigError, VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import print_config_tree
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("test", "val", "train")
 # Settings a resumed run must share with the run it continues (eps and the subset may grow).
 RESUME_KEYS = ("checkpoint_sha256", "data", "split", "attack", "defense", "predict", "seed")
 SUBSET_KEYS = ("eps", "skip", "max", "indices", "batch_size", "out_dir")
@@ -45,44 +44,10 @@ def _plain(node: Any) -> Any:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """ConfigError for bad values, before any file is opened or written."""
-    from vrs.attacks.factory import check_attack_config
+    """ConfigError for bad values, before any file is opened or written (vrs.config_schema)."""
+    from vrs.config_schema import check_values
 
-    check(bool(cfg.get("ckpt_path")), "ckpt_path", cfg.get("ckpt_path"), "the path of a vrs-train checkpoint")
-    check_attack_config(_plain(cfg.attack))
-    a = cfg.attack
-    check_choice("attack.split", a.get("split", "test"), SPLITS)
-    skip, mx, bs = a.get("skip", 1), a.get("max"), a.get("batch_size", 32)
-    check(isinstance(skip, int) and skip >= 1, "attack.skip", skip, "an integer >= 1 (attack every skip-th image)")
-    check(mx is None or (isinstance(mx, int) and mx >= 1), "attack.max", mx, "null or an integer >= 1")
-    check(isinstance(bs, int) and bs >= 1, "attack.batch_size", bs, "an integer >= 1")
-    idx = a.get("indices")
-    if idx is not None:
-        ok = len(idx) > 0 and all(isinstance(i, int) and i >= 0 for i in idx) and len(set(idx)) == len(idx)
-        check(ok, "attack.indices", list(idx), "null or a non-empty list of distinct image indices >= 0")
-    d = cfg.defense
-    sigma = d.get("sigma")
-    check(sigma is None or (isinstance(sigma, (int, float)) and sigma > 0), "defense.sigma", sigma,
-          "null or a number > 0")
-    lam = d.get("lam", 0.5)
-    check(isinstance(lam, (int, float)) and 0 <= lam <= 1, "defense.lam", lam, "a number in [0, 1]")
-    for key in ("m", "n_h"):
-        v = d.get(key)
-        check(isinstance(v, int) and v >= (1 if key == "m" else 0), f"defense.{key}", v,
-              "an integer >= 1" if key == "m" else "an integer >= 0")
-    from vrs.attacks.defended import NOISE_MODES, PRECISIONS, SELECTOR_GRADS
-
-    check_choice("defense.noise", d.get("noise", "fresh"), NOISE_MODES)
-    check_choice("defense.selector_grad", d.get("selector_grad", "straight_through"), SELECTOR_GRADS)
-    check_choice("defense.precision", d.get("precision", "fp32"), PRECISIONS)
-    tau = d.get("tau", 1.0)
-    check(isinstance(tau, (int, float)) and tau > 0, "defense.tau", tau, "a number > 0")
-    p = cfg.predict
-    n, alpha, pbs = p.get("n"), p.get("alpha"), p.get("batch_size")
-    check(isinstance(n, int) and n >= 1, "predict.n", n, "an integer >= 1")
-    check(isinstance(alpha, (int, float)) and 0 < alpha < 1, "predict.alpha", alpha, "a number in (0, 1)")
-    check(isinstance(pbs, int) and pbs >= 1, "predict.batch_size", pbs, "an integer >= 1")
-    check_choice("device", cfg.get("device", "auto"), ("auto", "cpu", "cuda") + tuple(f"cuda:{i}" for i in range(16)))
+    check_values(cfg, "attack")
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:

@@ -39,14 +39,13 @@ from vrs.apps.certify_store import COLUMNS, ResultsDir, RowAppender, atomic_writ
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
 from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
 from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
-from vrs.errors import VRSError, check, check_choice, hydra_errors_exit, user_errors_exit
+from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.smoothing import core
-from vrs.smoothing.smoothed import NOISE_BLOCK, PRECISIONS, SmoothedClassifier, check_sampling, image_seed
+from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
 from vrs.utils.config import print_config_tree
 from vrs.utils.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
-SPLITS = ("test", "val", "train")
 CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector checkpoint (vrs.apps.certify_vrs)
 
 
@@ -78,10 +77,6 @@ class Options:
     progress: bool
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,50 +90,31 @@ def resolve_device(device: str) -> str:
 
 
 def parse_options(c: DictConfig) -> Options:
-    """Validate certify.*; ConfigError / VRSError name the key and what is allowed."""
+    """certify.* as Options, the `auto` values resolved; vrs.config_schema validates every key first."""
+    from vrs.config_schema import check_certify
+
     c = OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c)
+    check_certify(c)
     mode = c.get("mode", "certify")
-    check_choice("certify.mode", mode, ("certify", "predict"))
     n0 = c.get("n0") if mode == "certify" else None
-    check_sampling(c.get("n"), c.get("alpha"), c.get("batch_size"), n0=n0, prefix="certify.")
     sigma = c.get("sigma")
-    check(sigma is None or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma > 0),
-          "certify.sigma", sigma, "null (the checkpoint's training sigma) or a number > 0")
-    check_choice("certify.split", c.get("split", "test"), SPLITS)
     skip, mx, indices = c.get("skip", 1), c.get("max"), c.get("indices")
-    check(_is_int(skip) and skip >= 1, "certify.skip", skip, "an integer >= 1 (every skip-th image)")
-    check(mx is None or (_is_int(mx) and mx >= 1), "certify.max", mx, "null or an integer >= 1 (number of images)")
-    if indices is not None:
-        if isinstance(indices, int):
-            indices = [indices]
-        check(isinstance(indices, list) and len(indices) > 0 and all(_is_int(i) and i >= 0 for i in indices),
-              "certify.indices", indices, "null or a non-empty list of image indices >= 0")
-        check(len(set(indices)) == len(indices), "certify.indices", indices, "a list without repeats")
+    if isinstance(indices, int):
+        indices = [indices]
     device = resolve_device(str(c.get("device", "auto")))
     dev_type = torch.device(device).type
     precision = c.get("precision", "auto")
-    check_choice("certify.precision", precision, ("auto", *PRECISIONS))
     if precision == "auto":
         precision = "bf16" if dev_type == "cuda" else "fp32"
     cl = c.get("channels_last", "auto")
-    check(cl in (True, False, "auto"), "certify.channels_last", cl, "true, false or auto (on for CUDA)")
     compile_ = c.get("compile", False)
-    check(isinstance(compile_, (bool, str, dict)), "certify.compile", compile_,
-          "false, true, a torch.compile mode (default, reduce-overhead, max-autotune, ...) or a dict of "
-          "torch.compile arguments")
     per_group = c.get("images_per_group", "auto")
-    check(per_group == "auto" or (_is_int(per_group) and per_group >= 1), "certify.images_per_group", per_group,
-          "auto or an integer >= 1")
     total = (n0 or 0) + c["n"]
     if per_group == "auto":  # enough samples per group for a few full forward batches, at most 256 images
         per_group = max(1, min(256, math.ceil(4 * c["batch_size"] / total)))
     world = c.get("world_size", 1)
-    check(_is_int(world) and world >= 1, "certify.world_size", world, "an integer >= 1")
     block = c.get("noise_block", NOISE_BLOCK)
-    check(_is_int(block) and block >= 1, "certify.noise_block", block, "an integer >= 1")
     grid = c.get("radius_grid") or [0.0]
-    check(isinstance(grid, list) and all(isinstance(r, (int, float)) and r >= 0 for r in grid),
-          "certify.radius_grid", grid, "a list of radii >= 0")
     return Options(mode=mode, n0=n0, n=c["n"], alpha=float(c["alpha"]), batch_size=c["batch_size"],
                    sigma=None if sigma is None else float(sigma), split=c.get("split", "test"), skip=skip, max=mx,
                    indices=indices, out_dir=c.get("out_dir"), device=device, precision=precision,
@@ -474,11 +450,11 @@ def _init_torchrun():
 # ---- the app ---------------------------------------------------------------------------------------------
 def certify(cfg: DictConfig) -> dict:
     """Run CERTIFY / PREDICT as configured; returns the summary (rank 0) or {} (other torchrun ranks)."""
+    from vrs.config_schema import check_values
+
+    check_values(cfg, "certify")  # every key, before anything is loaded
     opts = parse_options(cfg.certify)
-    if not cfg.get("ckpt_path"):
-        raise VRSError("ckpt_path is required: vrs-certify ckpt_path=<run dir>/checkpoints/last.ckpt")
     seed = cfg.get("seed", 0)
-    check(_is_int(seed) and seed >= 0, "seed", seed, "an integer >= 0")
     launched = torchrun_env()
     rank, world = launched if launched else (0, opts.world_size)
     if launched and opts.device.startswith("cuda") and ":" not in opts.device:

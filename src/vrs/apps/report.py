@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, META_NAME, TSV_NAME, atomic_write, parse_row
-from vrs.errors import VRSError, check, user_errors_exit
+from vrs.errors import VRSError, check, hydra_errors_exit, user_errors_exit
 from vrs.smoothing import core
 
 log = logging.getLogger(__name__)
@@ -721,9 +721,13 @@ def print_summary(rep: Report) -> None:
     Console(width=max(120, 11 * len(shown) + 30)).print(t)
 
 
+@hydra_errors_exit
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
+    from vrs.config_schema import validate_app_config
+
+    validate_app_config(cfg, "report")  # before any compute or output: one clear error line
     rep = build_report(cfg)
     print_summary(rep)
     for s in rep.skipped:

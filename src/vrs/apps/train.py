@@ -30,8 +30,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the final metrics."""
     import pytorch_lightning as pl  # here, not at the top: config errors and --help stay fast
 
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise VRSError(f"ckpt_path={cfg.ckpt_path!r} is not a file (resume needs an existing last.ckpt)")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, data=datamodule.spec.to_dict())
@@ -90,10 +88,9 @@ def train_base_stage(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """One training run, or both VRS stages when a selector has no base classifier yet."""
-    if str((cfg.get("module") or {}).get("_target_", "")).endswith("SelectorModule"):
-        from vrs.modules.selector import SelectorModule  # config errors before any training
+    from vrs.config_schema import check_values
 
-        SelectorModule.check_config(**OmegaConf.to_container(cfg.module, resolve=True))
+    check_values(cfg, "train")  # config errors (the selector stage's too) before any training
     if needs_base_stage(cfg):
         base_ckpt = train_base_stage(cfg)
         with open_dict(cfg):

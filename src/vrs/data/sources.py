@@ -57,6 +57,8 @@ FOLDERS = {"fashion_mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar
 SYSTEM_COPIES = {"fashion_mnist": [Path("/usr/share/datasets/fashion-mnist")]}
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "digits", "synthetic")
+# Images in each training split (before data.val_size is split off); synthetic: data.synthetic.num_train.
+TRAIN_SIZES = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000, "digits": 1497}
 
 
 def _is_complete(name: str, folder: Path) -> bool:

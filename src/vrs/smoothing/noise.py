@@ -33,8 +33,8 @@ class LogUniformSigma:
 
     def __init__(self, sigma_min: float, sigma_max: float):
         check(isinstance(sigma_min, (int, float)) and sigma_min > 0, "noise.sigma_min", sigma_min, "a number > 0")
-        check(isinstance(sigma_max, (int, float)) and sigma_max >= sigma_min, "noise.sigma_max", sigma_max,
-              f"a number >= noise.sigma_min ({sigma_min})")
+        check(isinstance(sigma_max, (int, float)) and sigma_max > sigma_min, "noise.sigma_max", sigma_max,
+              f"a number > noise.sigma_min ({sigma_min})")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
     def __call__(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -1,0 +1,559 @@
+"""Config schemas: what every key of every config group may be, checked before any compute.
+
+    validate_config(cfg, "certify")   # every app's main calls this first; a Hydra callback
+                                      # (ValidateBeforeRun) calls it even before the run directory exists
+
+Three layers, in this order, each raising a ConfigError / VRSError that names the key, the bad value and
+what is allowed (`certify.alpha=1.5 is not allowed: a number in (0, 1)`):
+
+1. `check_values`: the tables below (SCHEMA, one per config node, one `Rule` per key, the rule phrasing
+   what is allowed), the rules that tie keys together (`cross_checks`), unknown keys of `_target_` nodes
+   (against the target's signature), and the constructors that already validate their own arguments.
+   Where a class checks its arguments (noise levels, the data module's shape and normalisation, network
+   depths, callbacks, the VRS selector stage, attack settings, n0 / n / alpha), the schema runs that code
+   (building the object: no data is loaded, nothing is computed) instead of repeating its rules, so each
+   rule has one home. The tables hold the rest.
+2. `check_checkpoints`: ckpt_path / module.base_ckpt exist, load (weights only), are of the kind the app
+   needs and were trained on the configured data set: shape, classes, normalisation
+   (vrs.checkpoint.check_data_matches).
+3. `check_output_dirs`: every directory the app writes into is a directory, can be written (a real test
+   write), and has at least paths.min_free_mb MB free.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vrs.errors import ConfigError, VRSError, check, find_user_error
+
+APPS = ("train", "certify", "attack", "report")
+
+
+# ---- rules: a test and what it allows, in words ---------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    ok: Callable[[Any], bool]
+    allowed: str
+    required: bool = False  # the key must be present (keys of the apps' own nodes)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v: Any) -> str:
+    return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v)
+
+
+def integer(min: int | None = None) -> Rule:
+    return Rule(lambda v: _is_int(v) and (min is None or v >= min), "an integer" + ("" if min is None else f" >= {min}"))
+
+
+def number(gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None) -> Rule:
+    def ok(v):
+        return (_is_num(v) and (gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt)
+                and (le is None or v <= le))
+
+    lo, hi = gt if gt is not None else ge, lt if lt is not None else le
+    if lo is not None and hi is not None:
+        text = f"a number in {'(' if gt is not None else '['}{lo:g}, {hi:g}{')' if lt is not None else ']'}"
+    elif lo is not None:
+        text = f"a number {'>' if gt is not None else '>='} {lo:g}"
+    elif hi is not None:
+        text = f"a number {'<' if lt is not None else '<='} {hi:g}"
+    else:
+        text = "a finite number"
+    return Rule(ok, text)
+
+
+def one_of(*choices: Any) -> Rule:
+    """Exactly one of the choices (true is not 1, "1" is not 1)."""
+    return Rule(lambda v: any(type(v) is type(c) and v == c for c in choices), "one of " + ", ".join(map(_show, choices)))
+
+
+def optional(rule: Rule, null_means: str = "") -> Rule:
+    return Rule(lambda v: v is None or rule.ok(v), f"null{null_means} or {rule.allowed}")
+
+
+def either(*rules: Rule) -> Rule:
+    return Rule(lambda v: any(r.ok(v) for r in rules), " or ".join(r.allowed for r in rules))
+
+
+def list_of(rule: Rule, nonempty: bool = True, distinct: bool = False, length: str | None = None) -> Rule:
+    def ok(v):
+        return (isinstance(v, list) and (len(v) > 0 or not nonempty) and all(rule.ok(x) for x in v)
+                and (not distinct or len(set(map(repr, v))) == len(v)))
+
+    kind = ("a non-empty list" if nonempty else "a list") + (" without repeats" if distinct else "")
+    return Rule(ok, f"{kind}{length or ''}, each {rule.allowed}")
+
+
+def required(rule: Rule) -> Rule:
+    return replace(rule, required=True)
+
+
+ANY = Rule(lambda v: True, "any value")  # checked elsewhere (check_sampling, check_attack_config, ...)
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+DICT = Rule(lambda v: isinstance(v, dict), "a mapping")
+PROBABILITY = number(gt=0, lt=1)
+LAMBDA = number(ge=0, le=1)
+SPLIT = one_of("test", "val", "train")
+AUTO_BOOL = one_of("auto", True, False)
+COMPILE = Rule(lambda v: isinstance(v, (bool, str, dict)), "false, true, a torch.compile mode "
+               "(default, reduce-overhead, max-autotune, ...) or a dict of torch.compile arguments")
+# Whether the file exists and fits is check_checkpoints' (vrs.checkpoint's) business.
+CKPT_PATH = Rule(lambda v: isinstance(v, str) and v != "", "the path of a vrs-train checkpoint "
+                 "(<run dir>/checkpoints/last.ckpt)")
+DEVICE = Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
+                                                (v.startswith("cuda:") and v[5:].isdigit())),
+              "auto, cpu, cuda or cuda:<index>")
+INDICES = list_of(integer(0), distinct=True)
+# Lightning's precision flags (lightning_fabric.connector._PRECISION_INPUT).
+TRAINER_PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
+                      "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
+BATCH_LIMIT = either(integer(0), number(ge=0, le=1))
+
+
+# ---- the tables --------------------------------------------------------------------------------------
+# Each node's keys that no constructor checks. `CLOSED` nodes may hold no other keys (a typo added with
+# `+` is caught); the other nodes take what their `_target_` takes (checked against its signature).
+TOP = {"seed": integer(0), "task_name": TEXT, "tags": list_of(either(TEXT, number()), nonempty=False),
+       "print_config": BOOL}
+APP_TOP = {
+    "train": {"test": BOOL, "optimized_metric": optional(TEXT), "ckpt_path": optional(CKPT_PATH, " (a new run)"),
+              "base_ckpt": optional(CKPT_PATH, " (stage 1 trains one)")},
+    "certify": {"ckpt_path": CKPT_PATH},
+    "attack": {"ckpt_path": CKPT_PATH, "device": DEVICE, "allow_other_dataset": BOOL},
+    "report": {},
+}
+SCHEMA: dict[str, dict[str, Rule]] = {
+    "paths": {"root_dir": TEXT, "data_dir": TEXT, "log_dir": TEXT, "output_dir": TEXT,
+              "min_free_mb": number(ge=0)},
+    # ImageDataModule checks name, channels, size, num_classes, mean / std, batch sizes, loader,
+    # val_size >= 0, crop_padding; the data set's size is checked in cross_checks.
+    "data": {"root": optional(TEXT), "data_dir": optional(TEXT), "download": BOOL, "val_size": integer(0),
+             "train_subset": optional(integer(1), " (all)"), "test_subset": optional(integer(1), " (all)"),
+             "crop_padding": integer(0), "hflip": BOOL, "num_workers": integer(0), "seed": integer(0)},
+    "data.synthetic": {"num_train": integer(1), "num_test": integer(1), "seed": integer(0)},
+    # Network depths are checked by the networks (6n+2 for ResNets, ...); the input shape in cross_checks.
+    "model": {"width": integer(1), "hidden": integer(1), "dropout": number(ge=0, lt=1)},
+    "module": {"channels_last": AUTO_BOOL, "compile": COMPILE},
+    "optimizer": {"lr": required(number(gt=0)), "weight_decay": number(ge=0), "momentum": number(ge=0, lt=1),
+                  "nesterov": BOOL, "eps": number(gt=0), "betas": list_of(number(ge=0, lt=1), length=" of 2"),
+                  "dampening": number(ge=0, le=1)},
+    "scheduler": {"T_max": optional(integer(1), " (the number of epochs)"), "step_size": integer(1),
+                  "gamma": number(gt=0), "eta_min": number(ge=0), "interval": one_of("epoch", "step")},
+    "trainer": {"max_epochs": integer(1), "min_epochs": integer(0), "max_steps": either(integer(1), one_of(-1)),
+                "accelerator": one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+                "devices": either(integer(1), one_of("auto", -1), list_of(integer(0)), TEXT),
+                "num_nodes": integer(1), "precision": one_of(*TRAINER_PRECISIONS),
+                "check_val_every_n_epoch": optional(integer(1)), "log_every_n_steps": integer(1),
+                "deterministic": either(BOOL, one_of("warn")), "benchmark": optional(BOOL),
+                "accumulate_grad_batches": integer(1), "gradient_clip_val": optional(number(ge=0)),
+                "limit_train_batches": BATCH_LIMIT, "limit_val_batches": BATCH_LIMIT,
+                "limit_test_batches": BATCH_LIMIT, "fast_dev_run": either(BOOL, integer(0)),
+                "enable_progress_bar": BOOL, "enable_model_summary": BOOL, "enable_checkpointing": BOOL,
+                "sync_batchnorm": BOOL, "use_distributed_sampler": BOOL, "default_root_dir": TEXT},
+    # certify=cohen (and the VRS keys of certify=vrs_c1 / vrs_c2); n0, n, alpha, batch_size: check_sampling.
+    "certify": {"mode": one_of("certify", "predict"), "n0": required(ANY),
+                "n": required(ANY), "alpha": required(ANY),
+                "batch_size": required(ANY),
+                "sigma": optional(number(gt=0), " (the checkpoint's training sigma)"), "split": SPLIT,
+                "skip": integer(1), "max": optional(integer(1), " (all images)"),
+                "indices": optional(either(integer(0), INDICES)), "out_dir": optional(TEXT, " (the run directory)"),
+                "device": DEVICE, "precision": one_of("auto", "fp32", "tf32", "bf16", "fp16"),
+                "channels_last": AUTO_BOOL, "compile": COMPILE,
+                "images_per_group": either(one_of("auto"), integer(1)), "noise_block": integer(1),
+                "world_size": integer(1), "radius_grid": list_of(number(ge=0)), "allow_other_dataset": BOOL,
+                "progress": BOOL,
+                "certificate": one_of("c1", "c2"), "lam": LAMBDA,
+                "n_h0": optional(integer(1), " (the checkpoint's)"), "n_h": optional(integer(1), " (the checkpoint's)"),
+                "alpha_h": optional(PROBABILITY, " (the checkpoint's)"),
+                "sigma_h": optional(number(gt=0), " (the checkpoint's)"),
+                "grid": either(one_of("checkpoint", None), list_of(number(gt=0))),
+                "selector_batch_size": optional(integer(1), " (the checkpoint's)"), "c2_tol": number(gt=0)},
+    # vrs-attack's images; the attack's own keys (name, norm, eps, steps, ...): check_attack_config.
+    "attack": {"split": SPLIT, "skip": integer(1), "max": optional(integer(1), " (all images)"),
+               "indices": optional(INDICES), "batch_size": integer(1), "out_dir": optional(TEXT, " (the run directory)"),
+               **{k: ANY for k in ("name", "norm", "eps", "steps", "step_size", "restarts",
+                                                        "random_start", "eot", "loss", "rho", "c", "kappa", "lr",
+                                                        "beta", "sigma_target")}},
+    "defense": {"sigma": optional(number(gt=0), " (the training sigma, or the VRS selector)"), "lam": LAMBDA,
+                "m": integer(1), "noise": one_of("fresh", "fixed"), "tau": number(gt=0),
+                "selector_grad": one_of("straight_through", "mean", "median"), "n_h": integer(0),
+                "deployed_n_h": optional(integer(1), " (the checkpoint's)"),
+                "max_batch": optional(integer(1), " (all at once)"), "precision": one_of("fp32", "bf16", "fp16")},
+    "predict": {"n": required(ANY), "alpha": required(ANY),
+                "batch_size": required(ANY), "precision": one_of("fp32", "tf32", "bf16", "fp16")},
+    "report": {"inputs": required(ANY), "out_dir": TEXT, "radii": list_of(number(ge=0)),
+               "title": optional(TEXT), "hide_overrides": list_of(TEXT, nonempty=False)},
+}
+CLOSED = ("paths", "data.synthetic", "certify", "attack", "defense", "predict", "report")
+# Keys a `_target_` node may hold beyond its target's parameters (read by our code, not the target).
+EXTRA_KEYS = {"scheduler": ("interval",)}
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+# The output directories each app writes into (key -> the files there that are appended to in place).
+OUTPUT_DIRS = {"train": {"paths.output_dir": ()},
+               "certify": {"paths.output_dir": (), "certify.out_dir": ("certify.tsv",)},
+               "attack": {"paths.output_dir": (), "attack.out_dir": ("attack.csv",)},
+               "report": {"paths.output_dir": (), "report.out_dir": ()}}
+DEFAULT_MIN_FREE_MB = 100
+# The nodes each app cannot run without.
+APP_NODES = {"train": ("data", "model", "module", "trainer", "paths"), "certify": ("data", "certify", "paths"),
+             "attack": ("data", "attack", "defense", "predict", "paths"), "report": ("report", "paths")}
+
+
+# ---- layer 1: values ---------------------------------------------------------------------------------
+def _node(cfg: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return None
+        cfg = cfg[part]
+    return cfg
+
+
+def check_node(name: str, node: Any, table: dict[str, Rule] | None = None, closed: bool | None = None) -> None:
+    """Check one config node (a dict) against its table: types and ranges, required and unknown keys."""
+    table = SCHEMA[name] if table is None else table
+    closed = name in CLOSED if closed is None else closed
+    if not isinstance(node, dict):
+        raise ConfigError(name, node, f"a config node with keys {', '.join(table)}")
+    def label(key: str) -> str:
+        return f"{name}.{key}" if name else key
+
+    for key, rule in table.items():
+        if key not in node:
+            if rule.required:
+                raise VRSError(f"{label(key)} is missing: the {name} node needs it (restore it, or pick a {name} "
+                               "option that sets it)")
+            continue
+        check(rule.ok(node[key]), label(key), node[key], rule.allowed)
+    if closed:
+        for key in node:
+            if key not in table and key not in HYDRA_KEYS:
+                raise ConfigError(label(key), node[key], f"a key of {name}: one of {', '.join(table)}")
+
+
+def resolved(cfg: DictConfig | dict) -> dict:
+    """The config as plain containers with every interpolation resolved (a VRSError when one does not)."""
+    if isinstance(cfg, dict):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as err:  # noqa: BLE001 - omegaconf's InterpolationResolutionError, MissingMandatoryValue, ...
+        key = getattr(err, "full_key", None)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VRSError(f"the config does not resolve{f' at {key}' if key else ''}: {first}") from None
+
+
+def _target_nodes(node: Any, path: str = "") -> Iterable[tuple[str, dict]]:
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node
+        for key, value in node.items():
+            if path == "" and key == "hydra":
+                continue
+            yield from _target_nodes(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _target_nodes(value, f"{path}[{i}]")
+
+
+def check_targets(cfg: dict) -> None:
+    """Every `_target_` imports, and every key of its node is one of its parameters (unless it takes **kwargs)."""
+    for path, node in _target_nodes(cfg):
+        target = node["_target_"]
+        if not isinstance(target, str) or "." not in target:
+            raise ConfigError(f"{path}._target_", target, "a dotted import path (package.module.Name)")
+        module, _, name = target.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"{path}._target_", target, f"an importable class or function ({err})") from None
+        try:
+            params = inspect.signature(obj).parameters
+        except (TypeError, ValueError):
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            continue
+        allowed = set(params) | set(EXTRA_KEYS.get(path.rpartition(".")[2], ()))
+        for key in node:
+            if key not in allowed and key not in HYDRA_KEYS:
+                names = ", ".join(k for k in params if k not in ("self", "params"))
+                raise ConfigError(f"{path}.{key}", node[key], f"a parameter of {target}: one of {names}")
+
+
+def train_split_size(data: dict) -> int | None:
+    from vrs.data.sources import TRAIN_SIZES
+
+    if data.get("name") == "synthetic":
+        return (data.get("synthetic") or {}).get("num_train")
+    return TRAIN_SIZES.get(data.get("name"))
+
+
+def cross_checks(cfg: dict, app: str) -> None:
+    """Rules between keys, and the constructors that validate their own arguments."""
+    from hydra.utils import instantiate
+
+    from vrs.smoothing.smoothed import check_sampling
+
+    data = cfg.get("data")
+    if isinstance(data, dict):
+        _construct(data)  # ImageDataModule: name, shape, classes, normalisation, batch sizes (no loading)
+        size, val = train_split_size(data), data.get("val_size", 0)
+        if size is not None and _is_int(size) and val >= size:
+            raise ConfigError("data.val_size", val, f"an integer below the {data['name']} training split's size "
+                              f"({size}), so that training images are left")
+    model = cfg.get("model")
+    if isinstance(model, dict) and isinstance(data, dict):
+        for key, data_key in (("in_channels", "channels"), ("num_classes", "num_classes"), ("input_size", "size")):
+            if key in model:
+                check(model[key] == data[data_key], f"model.{key}", model[key],
+                      f"data.{data_key} ({data[data_key]}): the network takes the data set's images")
+        _construct(model)  # networks check their own depth / width rules
+    if isinstance(cfg.get("noise"), dict):
+        _construct(cfg["noise"])  # FixedSigma / LogUniformSigma: sigma > 0, sigma_min < sigma_max
+    opt = cfg.get("optimizer")
+    if isinstance(opt, dict) and opt.get("nesterov"):
+        check(_is_num(opt.get("momentum")) and opt["momentum"] > 0, "optimizer.momentum", opt.get("momentum"),
+              "a number > 0 with optimizer.nesterov=true")
+    trainer = cfg.get("trainer")
+    if isinstance(trainer, dict) and _is_int(trainer.get("min_epochs")) and _is_int(trainer.get("max_epochs")):
+        check(trainer["min_epochs"] <= trainer["max_epochs"], "trainer.min_epochs", trainer["min_epochs"],
+              f"at most trainer.max_epochs ({trainer['max_epochs']})")
+    if app == "train" and not cfg.get("logger") and "lr_monitor" in (cfg.get("callbacks") or {}):
+        raise ConfigError("logger", cfg.get("logger") or "none", "a logger (csv, wandb, ...) while callbacks.lr_monitor is on: "
+                          "Lightning's LearningRateMonitor needs one (or drop it: ~callbacks.lr_monitor)")
+    module = cfg.get("module")
+    if isinstance(module, dict) and str(module.get("_target_", "")).endswith("SelectorModule"):
+        from vrs.modules.selector import SelectorModule
+
+        SelectorModule.check_config(**module)  # selector, prior, lambda sampling, median smoothing, ...
+    if isinstance(cfg.get("callbacks"), dict):
+        for conf in cfg["callbacks"].values():  # the robustness callbacks check their settings when built
+            if isinstance(conf, dict) and "_target_" in conf:
+                instantiate(conf)
+    if app == "certify":
+        check_certify(cfg["certify"])
+    if app == "attack":
+        from vrs.attacks.factory import check_attack_config
+
+        check_attack_config(cfg["attack"])
+        p = cfg["predict"]
+        check_sampling(p["n"], p["alpha"], p["batch_size"], prefix="predict.")
+    if app == "report":
+        from vrs.apps.report import parse_inputs
+
+        parse_inputs(cfg["report"]["inputs"])
+
+
+def check_certify(c: dict) -> None:
+    """The certify node: its table, then n0 <= n and the rest of check_sampling, and no PREDICT for VRS."""
+    from vrs.smoothing.smoothed import check_sampling
+
+    check_node("certify", c)
+    certify_mode = c.get("mode", "certify") == "certify"
+    check_sampling(c["n"], c["alpha"], c["batch_size"], n0=c["n0"] if certify_mode else None, prefix="certify.")
+    if "certificate" in c:
+        check(certify_mode, "certify.mode", c.get("mode"),
+              "certify with certify=vrs_c1 / vrs_c2 (PREDICT of a VRS model is not part of vrs-certify)")
+
+
+def _construct(node: dict, **kwargs: Any) -> Any:
+    """Build a `_target_` node to run its constructor's checks; its ConfigError comes out unwrapped."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's error in InstantiationException
+        user = find_user_error(err)
+        if user is not None:
+            raise user from None
+        raise
+
+
+def check_values(cfg: DictConfig | dict, app: str) -> dict:
+    """Layer 1 (no files read): the tables, unknown keys, cross-key rules, constructors. Returns the
+    resolved config."""
+    check(app in APPS, "app", app, "one of " + ", ".join(APPS))
+    plain = resolved(cfg)
+    check_node("", plain, {**TOP, **APP_TOP[app]}, closed=False)
+    for name, table in SCHEMA.items():
+        node = _node(plain, name)
+        if node is None and name in APP_NODES[app]:
+            raise VRSError(f"the config has no {name} node: vrs-{app} needs it")
+        if node is not None:
+            check_node(name, node, table)
+    check_targets(plain)
+    cross_checks(plain, app)
+    return plain
+
+
+# ---- layer 2: checkpoints ------------------------------------------------------------------------------
+def data_spec(data: dict) -> dict:
+    return {k: data.get(k) for k in ("name", "channels", "size", "num_classes", "mean", "std")}
+
+
+def _naming(key: str, fn: Callable[[], Any]) -> Any:
+    """fn(), its VRSError prefixed with the key that led to it (vrs.checkpoint's messages name the file)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - only user errors get the prefix; Hydra may wrap them
+        err = find_user_error(exc)
+        if err is None:
+            raise
+        if isinstance(err, ConfigError) or str(err).startswith(key):
+            raise err from None
+        raise VRSError(f"{key}: {err}") from None
+
+
+def check_checkpoints(cfg: dict, app: str) -> None:
+    """The checkpoints the run reads load (weights only), are of the kind the app needs and were trained on the
+    configured data set (vrs.checkpoint: shape, classes, normalisation; a resumed run: the same network)."""
+    from vrs.checkpoint import check_data_matches, check_resume_checkpoint, load_checkpoint
+
+    data = cfg.get("data")
+    if app in ("certify", "attack"):
+        allow = (cfg["certify"] if app == "certify" else cfg).get("allow_other_dataset")
+        _naming("ckpt_path", lambda: check_data_matches(load_checkpoint(cfg["ckpt_path"], kinds=("classifier", "vrs")),
+                                                        data_spec(data), allow_other_dataset=bool(allow)))
+    elif app == "train":
+        module = cfg.get("module") or {}
+        selector = str(module.get("_target_", "")).endswith("SelectorModule")
+        if selector and not module.get("base_ckpt"):
+            return  # stage 1 trains the base classifier; stage 2's module is built (and checked) after it
+        # Building the module loads (and checks) the selector's base classifier, module.base_ckpt.
+        built = _naming("module.base_ckpt" if selector else "module",
+                        lambda: _construct(module, data=_construct(data).spec.to_dict()))
+        if cfg.get("ckpt_path"):
+            _naming("ckpt_path", lambda: check_resume_checkpoint(cfg["ckpt_path"], built))
+
+
+# ---- layer 3: output directories -------------------------------------------------------------------------
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_dir(key: str, path: str | Path, min_free_mb: float = DEFAULT_MIN_FREE_MB,
+                       appended: Iterable[str] = ()) -> None:
+    """ConfigError unless `path` is (or can be created as) a directory we can write into with at least
+    min_free_mb MB free. The test is a real write (an unnamed temporary file, gone when closed): permission
+    bits, read-only mounts and root's privileges all count as they will for the run."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(key, str(path), "a directory (this is a file)")
+    where = _existing_ancestor(path)
+    if not where.is_dir():
+        raise ConfigError(key, str(path), f"a directory ({where} is a file, so it cannot be created)")
+    try:
+        with tempfile.TemporaryFile(dir=where, prefix=".vrs-write-test-"):
+            pass
+    except OSError as err:
+        what = "write into it" if where == path.absolute() else f"create it in {where}"
+        raise ConfigError(key, str(path), f"a writable directory: cannot {what} ({err.strerror or err})") from None
+    for name in appended:  # rows are appended to these in place (the rest is replaced atomically)
+        f = path / name
+        if f.is_file() and not os.access(f, os.W_OK):
+            raise ConfigError(key, str(path), f"a directory whose {name} can be appended to (it is read-only)")
+    free_mb = shutil.disk_usage(where).free / 2**20
+    if free_mb < min_free_mb:
+        raise ConfigError(key, str(path), f"a directory with at least {min_free_mb:g} MB free (paths.min_free_mb); "
+                                          f"{where} has {free_mb:.0f} MB free")
+
+
+def check_output_dirs(cfg: dict, app: str) -> None:
+    min_free = (cfg.get("paths") or {}).get("min_free_mb", DEFAULT_MIN_FREE_MB)
+    seen = set()
+    for key, appended in OUTPUT_DIRS[app].items():
+        path = _node(cfg, key)
+        if key != "paths.output_dir" and path is None:
+            continue  # null: the run directory, checked as paths.output_dir
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        check_writable_dir(key, path, min_free, appended)
+
+
+# ---- all of it -------------------------------------------------------------------------------------------
+def validate_config(cfg: DictConfig | dict, app: str) -> dict:
+    """Everything a run relies on, before any compute: values, checkpoints, output directories. Returns
+    the resolved config."""
+    plain = check_values(cfg, app)
+    check_output_dirs(plain, app)
+    check_checkpoints(plain, app)
+    return plain
+
+
+# Runs the Hydra callback validated (app, mode, overrides), so the app's main does not repeat the work.
+_validated_runs: set[tuple] = set()
+
+
+def _run_key(app: str, hydra_cfg: Any) -> tuple:
+    return app, str(hydra_cfg.mode), tuple(hydra_cfg.overrides.task)
+
+
+def validate_app_config(cfg: DictConfig, app: str) -> None:
+    """The first call of every app's main: validate_config, unless the Hydra callback just did it for this
+    very run (it runs before Hydra creates the run directory; multirun jobs and direct calls get here)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        key = _run_key(app, HydraConfig.get())
+        if key in _validated_runs:
+            _validated_runs.discard(key)
+            return
+    validate_config(cfg, app)
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - Hydra < 1.1
+    _HydraCallback = object
+
+
+class ValidateBeforeRun(_HydraCallback):
+    """Hydra callback (conf/hydra/default.yaml): validate_config before Hydra creates the run directory and
+    writes its .hydra/ files, so a bad config changes nothing on disk, not even a reused run directory."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        app = kwargs.get("config_name")
+        if app not in APPS:
+            return
+        cfg = copy.deepcopy(config)
+        with open_dict(cfg):  # what Hydra's run_job sets next: `${hydra:runtime.output_dir}` resolves
+            cfg.hydra.runtime.output_dir = os.path.abspath(str(cfg.hydra.run.dir))
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(cfg)
+        task = copy.deepcopy(cfg)
+        with open_dict(task):
+            del task["hydra"]
+        try:
+            validate_config(task, app)
+        except Exception as exc:  # noqa: BLE001 - user errors end the run here; anything else is left to main
+            err = find_user_error(exc)
+            if err is None or os.environ.get("VRS_FULL_ERROR"):
+                raise  # Hydra turns it into a warning; the app's main validates again and reports it
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        _validated_runs.add(_run_key(app, cfg.hydra))
