@@ -55,6 +55,11 @@ def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = Non
         os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    unreachable = None if offline else wandb_unreachable()
+    if unreachable:  # wandb.init would retry for 90 s per attempt before failing
+        log.warning("W&B server %s; continuing offline (sync later with `wandb sync`)", unreachable)
+        offline = True
+        os.environ["WANDB_MODE"] = "offline"
     try:
         logger = WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
         _ = logger.experiment  # start the run now, so failures show here and not mid-training
@@ -62,11 +67,30 @@ def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = Non
     except Exception as err:  # noqa: BLE001 - any W&B trouble must degrade to offline, never stop the run
         if offline:
             raise
-        log.warning("W&B online logging failed (%s); continuing offline", err)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.warning("W&B online logging failed (%s); continuing offline", first)
+        import wandb
+
+        wandb.teardown()  # the failed session keeps its online settings (and would log in again)
         os.environ["WANDB_MODE"] = "offline"
         logger = WandbLogger(save_dir=save_dir, project=project, offline=True, **kwargs)
         _ = logger.experiment
         return logger
+
+
+def wandb_unreachable(timeout: float = 5.0) -> str | None:
+    """None when the W&B server (WANDB_BASE_URL, default api.wandb.ai) accepts a connection within timeout
+    seconds, else why not."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return None
+    except OSError as err:
+        return f"{host}:{port} is unreachable ({err.strerror or err})"
 
 
 def finish_wandb() -> None:
