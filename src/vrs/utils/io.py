@@ -100,8 +100,13 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """A JSON file; VRSError when it does not parse (every write here is atomic, so it was damaged or
+    written by something else)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise VRSError(f"{path} is not valid JSON ({err}); move it away or use another output directory") from None
 
 
 # ---- append-only tables --------------------------------------------------------------------------------

@@ -1,0 +1,326 @@
+"""Malformed overrides, configs, paths and checkpoints against every app's entry point (vrs-train, vrs-certify
+incl. certify=vrs_c1, vrs-attack, vrs-report): each gives exit code 2, exactly one `error:` line and no
+traceback, and leaves the existing output files byte-identical. Most cases call the app's `main` in this
+process (argv patched, SystemExit caught); a few run as real console processes. Then trouble from outside
+the config: a read-only output directory, and W&B unreachable or refusing the key (no network needed).
+
+Every train case reuses one existing run directory (hydra.run.dir): a bad config must not even let Hydra
+rewrite its .hydra/ files. Cases marked in_task fail only once the app has started (the data set or the
+checkpoint's kind decide); Hydra has then made a fresh run directory of its own, but the app's output
+directory is still untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from conftest import REPO_ROOT, app_command, app_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@dataclass(frozen=True)
+class Case:
+    app: str
+    args: tuple[str, ...]
+    expect: str            # in the error line
+    in_task: bool = False  # found once the app runs (not by the config check before Hydra's run directory)
+
+
+def case(app: str, args: str, expect: str, in_task: bool = False) -> Case:
+    return Case(app, tuple(args.split()), expect, in_task)
+
+
+CASES = [
+    # vrs-train: Hydra's errors, bad values, cross-key rules, bad checkpoints, bad paths
+    case("train", "data=foo", "data='foo' is not allowed: one of cifar10, cifar100, digits"),
+    case("train", "experiment=nope", "experiment='nope' is not allowed: one of"),
+    case("train", "noise.sgima=0.3", "noise.sgima=0.3 is not allowed: a key of noise"),
+    case("train", "+trainer.max_epoch=3", "trainer.max_epoch=3 is not allowed: a parameter of pytorch_lightning.Trainer"),
+    case("train", "+foo=[1", "cannot parse the override '+foo=[1'"),
+    case("train", "trainer", "cannot parse the override 'trainer'"),
+    case("train", "noise.sigma=0", "noise.sigma=0 is not allowed: a number > 0"),
+    case("train", "noise.sigma=abc", "noise.sigma='abc' is not allowed"),
+    case("train", "noise.sigma=${{oops}}", "the config does not resolve at noise.sigma"),
+    case("train", "noise=multi noise.sigma_min=0.5 noise.sigma_max=0.25", "noise.sigma_max=0.25 is not allowed"),
+    case("train", "optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed: a number > 0"),
+    case("train", "trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed: an integer >= 1"),
+    case("train", "data.val_size=5000", "data.val_size=5000 is not allowed"),
+    case("train", "model.in_channels=3", "model.in_channels=3 is not allowed: data.channels (1)"),
+    case("train", "model=resnet20 model.depth=21", "model.depth=21 is not allowed"),
+    case("train", "seed=-1", "seed=-1 is not allowed: an integer >= 0"),
+    case("train", "module=selector", "the config does not resolve at module.selector"),  # no selector group
+    case("train", "ckpt_path={tmp}/nope.ckpt", "ckpt_path: checkpoint not found"),
+    case("train", "ckpt_path={truncated}", "corrupt or truncated"),
+    case("train", "ckpt_path={empty}", "is empty"),
+    case("train", "data=synthetic data.channels=1 data.size=8 data.mean=[0.3] data.std=[0.4] model.width=16 "
+                  "model.hidden=64 ckpt_path={ckpt}", "was trained on other data"),
+    case("train", "hydra.run.dir={file}", "paths.output_dir='{file}' is not allowed: a directory (this is a file)"),
+    case("train", "paths.min_free_mb=1000000000000", "MB free (paths.min_free_mb)"),
+    # vrs-certify (Cohen's and VRS's certification)
+    case("certify", "certify=nope", "certify='nope' is not allowed: one of cohen"),
+    case("certify", "certify.n0=0", "certify.n0=0 is not allowed"),
+    case("certify", "certify.n0=5000 certify.n=1000", "certify.n0=5000 is not allowed: at most certify.n=1000"),
+    case("certify", "certify.alpha=1.5", "certify.alpha=1.5 is not allowed"),
+    case("certify", "certify.split=dev", "certify.split='dev' is not allowed: one of test, val, train"),
+    case("certify", "+certify.nn=10", "certify.nn=10 is not allowed: a key of certify"),
+    case("certify", "certify=vrs_c1 certify.lam=1.5", "certify.lam=1.5 is not allowed: a number in [0, 1]"),
+    case("certify", "certify=vrs_c1", "needs a VRS selector checkpoint", in_task=True),
+    case("certify", "ckpt_path={garbage}", "corrupt or truncated"),
+    case("certify", "ckpt_path=null", "ckpt_path=None is not allowed"),
+    case("certify", "data=synthetic", "was trained on digits (1x8x8, 10 classes)"),
+    case("certify", "data.mean=[0.5]", "data.mean=[0.5]"),
+    case("certify", "certify.indices=[5000]", "certify.indices", in_task=True),
+    case("certify", "certify.out_dir={file}", "certify.out_dir='{file}' is not allowed: a directory (this is a file)"),
+    case("certify", "certify.out_dir={corrupt_certify}", "certify.meta.json is unreadable", in_task=True),
+    # vrs-attack
+    case("attack", "attack=nope", "attack='nope' is not allowed: one of"),
+    case("attack", "attack.eps=-1", "attack.eps=-1 is not allowed"),
+    case("attack", "attack=pgd_linf attack.eps=2", "at most 1 for the L-inf norm"),
+    case("attack", "attack.steps=0", "attack.steps=0 is not allowed"),
+    case("attack", "attack.norm=l3", "attack.norm"),
+    case("attack", "attack=fgsm attack.eot=4", "attack.eot=4 is not allowed"),
+    case("attack", "defense.lam=2", "defense.lam=2 is not allowed: a number in [0, 1]"),
+    case("attack", "+defense.foo=1", "defense.foo=1 is not allowed: a key of defense"),
+    case("attack", "predict.alpha=0", "predict.alpha=0 is not allowed"),
+    case("attack", "device=tpu", "device='tpu' is not allowed"),
+    case("attack", "ckpt_path={truncated}", "corrupt or truncated"),
+    case("attack", "attack.indices=[5000]", "attack.indices=[5000] is not allowed", in_task=True),
+    case("attack", "attack.out_dir={corrupt_attack}", "settings.json is not valid JSON", in_task=True),
+    # vrs-report
+    case("report", "report.inputs=[]", "report.inputs=[] is not allowed"),
+    case("report", "report.inputs=[{tmp}/missing]", "does not exist"),
+    case("report", "report.inputs=[{file}]", "not files"),
+    case("report", "report.radii=[-1]", "report.radii=[-1] is not allowed"),
+    case("report", "+report.foo=1", "report.foo=1 is not allowed: a key of report"),
+    case("report", "report.out_dir={file}", "report.out_dir='{file}' is not allowed: a directory (this is a file)"),
+    case("report", "report.inputs=[{empty_dir}]", "holds no runs", in_task=True),
+    case("report", "report.inputs=[{corrupt_certify}]", "unreadable (JSONDecodeError", in_task=True),
+]
+
+
+def key_of(arg: str) -> str:
+    return arg.lstrip("+~").split("=", 1)[0]
+
+
+def merged(base: list[str], extra: list[str]) -> list[str]:
+    """base with extra's keys replaced (Hydra refuses a group given twice)."""
+    keys = {key_of(a) for a in extra}
+    return [a for a in base if key_of(a) not in keys] + extra
+
+
+def snapshot(*folders: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(digits_ckpt, tmp_path_factory) -> dict:
+    """Existing outputs of every app, bad checkpoints and stray paths; the base arguments per app."""
+    root = tmp_path_factory.mktemp("fuzz")
+    run = root / "train_run"  # a finished vrs-train run directory, reused as hydra.run.dir
+    for name, data in {".hydra/config.yaml": b"seed: 0\n", ".hydra/overrides.yaml": b"- data=digits\n",
+                       "train.log": b"[log]\n", "csv/metrics.csv": b"epoch,val/acc\n0,0.9\n",
+                       "checkpoints/last.ckpt": digits_ckpt.read_bytes()}.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(data)
+    outs = {}
+    # (attack_out holds no settings.json / attack.csv, so a valid config gets as far as choosing the images;
+    # the corrupt_* directories hold damaged files of an earlier run.)
+    for name, files in {"certify_out": ("certify.tsv", "certify.meta.json", "summary.json"),
+                        "attack_out": ("summary.json", "robust_accuracy.png"), "report_out": ("report.md", "report.csv"),
+                        "corrupt_certify": ("certify.tsv", "certify.meta.json"),
+                        "corrupt_attack": ("attack.csv", "settings.json")}.items():
+        outs[name] = root / name
+        outs[name].mkdir()
+        for file in files:
+            (outs[name] / file).write_bytes(f"existing {file}\n".encode())
+    paths = {"tmp": root, "ckpt": digits_ckpt, "file": root / "a_file", "empty_dir": root / "empty_dir",
+             "corrupt_certify": outs["corrupt_certify"], "corrupt_attack": outs["corrupt_attack"],
+             "truncated": root / "truncated.ckpt", "garbage": root / "garbage.ckpt", "empty": root / "empty.ckpt"}
+    paths["file"].write_text("not a directory\n")
+    paths["empty_dir"].mkdir()
+    paths["truncated"].write_bytes(digits_ckpt.read_bytes()[:5000])
+    paths["garbage"].write_bytes(b"\x00garbage" * 64)
+    paths["empty"].write_bytes(b"")
+    common = ["print_config=false", "logger=none"]
+    base = {"train": ["data=digits", "trainer=cpu", "print_config=false", f"hydra.run.dir={run}"],
+            "certify": ["data=digits", f"ckpt_path={digits_ckpt}", f"certify.out_dir={outs['certify_out']}", "certify.n=100",
+                        "certify.n0=10", *common],
+            "attack": ["data=digits", f"ckpt_path={digits_ckpt}", f"attack.out_dir={outs['attack_out']}", *common],
+            "report": [f"report.inputs=[{outs['certify_out']}]", f"report.out_dir={outs['report_out']}"]}
+    return {"root": root, "run": run, "outs": [run, *outs.values()], "paths": paths, "base": base}
+
+
+def call_main(app: str, argv: list[str], capsys) -> tuple[int | str | None, str]:
+    """`vrs-<app> argv...` in this process: (exit code, stderr)."""
+    module = importlib.import_module(f"vrs.apps.{app}")
+    GlobalHydra.instance().clear()
+    old = sys.argv
+    sys.argv = [f"vrs-{app}", *argv]
+    try:
+        module.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+def one_error_line(code, err: str) -> str:
+    assert code == 2, (code, err[-3000:])
+    assert "Traceback" not in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("c", CASES, ids=[f"{c.app}:{' '.join(c.args)}" for c in CASES])
+def test_malformed_input_gives_one_line_and_changes_nothing(c, world, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    fmt = {k: str(v) for k, v in world["paths"].items()}
+    fresh_run = tmp_path / "hydra_run"
+    base = world["base"][c.app] + ([] if c.app == "train" else [f"hydra.run.dir={fresh_run}"])
+    argv = merged(base, [a.format(**fmt) for a in c.args])
+    before = snapshot(*world["outs"])
+    code, err = call_main(c.app, argv, capsys)
+    line = one_error_line(code, err)
+    assert c.expect.format(**fmt) in line, line
+    assert snapshot(*world["outs"]) == before  # existing outputs byte-identical
+    if not c.in_task:  # stopped before Hydra made (or wrote into) a run directory
+        assert not fresh_run.exists()
+
+
+def test_the_table_covers_every_app_with_thirty_cases_or_more():
+    assert len(CASES) >= 30 and {c.app for c in CASES} == {"train", "certify", "attack", "report"}
+    assert any("certify=vrs_c1" in c.args for c in CASES)
+
+
+# ---- as real console processes (exit code and stderr of the process itself); test_train.py,
+# test_certify_app.py and test_attacks_app.py run more of them ------------------------------------------------
+def test_real_processes(world, tmp_path):
+    p = world["paths"]
+    runs = {"train": ["data=digits", "noise.sigma=-1", f"hydra.run.dir={world['run']}"],
+            "report": [f"report.inputs=[{p['tmp']}/missing]", f"hydra.run.dir={tmp_path}/r"]}
+    expect = {"train": "error: noise.sigma=-1 is not allowed: a number > 0", "report": "does not exist"}
+    before = snapshot(*world["outs"])
+    procs = {app: subprocess.Popen(app_command(app, *args), cwd=REPO_ROOT, env=app_env(tmp_path, OMP_NUM_THREADS="1"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for app, args in runs.items()}
+    for app, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert expect[app] in one_error_line(proc.returncode, err), err
+    assert snapshot(*world["outs"]) == before
+    assert not (tmp_path / "r").exists()
+
+
+# ---- a read-only output directory -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def unprivileged():
+    """As root, permission bits do not stop writes: run the block with the effective ids of `nobody`."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def test_read_only_output_dir(world, capsys, monkeypatch):
+    top = Path(tempfile.mkdtemp(prefix="vrs-ro-"))  # under /tmp: reachable for `nobody`, unlike pytest's tmp_path
+    try:
+        top.chmod(0o755)
+        writable, ro = top / "writable", top / "ro"
+        writable.mkdir(mode=0o777)
+        writable.chmod(0o777)
+        ro.mkdir()
+        (ro / "certify.tsv").write_text("idx\tlabel\n")
+        ro.chmod(0o555)
+        with unprivileged():
+            try:
+                (ro / "probe").write_text("x")
+                blocked = False
+            except PermissionError:
+                blocked = True
+        if not blocked:
+            (ro / "probe").unlink()
+            pytest.skip("this user can write into a 0555 directory (and cannot switch to `nobody`)")
+        monkeypatch.setenv("VRS_ROOT", str(writable))
+        before = snapshot(ro)
+        certify_args = merged(world["base"]["certify"], [f"certify.out_dir={ro}", f"hydra.run.dir={writable}/c"])
+        with unprivileged():
+            certify = call_main("certify", certify_args, capsys)
+            train = call_main("train", ["data=digits", f"hydra.run.dir={ro}/run"], capsys)
+        assert "certify.out_dir=" in (line := one_error_line(*certify)) and "a writable directory" in line, line
+        assert "Permission denied" in line
+        assert "paths.output_dir=" in (line := one_error_line(*train)) and "a writable directory" in line, line
+        assert snapshot(ro) == before and not (writable / "c").exists()
+    finally:
+        (top / "ro").chmod(0o755)
+        shutil.rmtree(top)
+
+
+# ---- W&B trouble: continue offline with a warning ---------------------------------------------------------------
+def _wandb_env(monkeypatch, tmp_path, key: str, url: str) -> None:
+    for name in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no settings of the machine
+    monkeypatch.setenv("WANDB_MODE", "")  # unset below, but recorded: the logger's fallback sets it, and
+    monkeypatch.delenv("WANDB_MODE")      # monkeypatch puts the original state back afterwards
+
+
+def _offline_run(tmp_path, caplog, warning: str):
+    import wandb
+
+    from vrs.utils.loggers import finish_wandb, wandb_logger
+
+    wandb.teardown()  # a fresh W&B session, as in a new process (an earlier one keeps its settings)
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="vrs.utils.loggers"):
+        logger = wandb_logger(str(tmp_path / "run"), project="vrs-test")
+        logger.log_metrics({"x": 1.0})
+    finish_wandb()
+    assert logger.experiment.settings.mode in ("offline", "dryrun")  # wandb calls offline runs "dryrun"
+    assert any(warning in r.getMessage() and "continuing offline" in r.getMessage() for r in caplog.records), \
+        caplog.text
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "no offline run files"
+    return time.perf_counter() - start
+
+
+def test_wandb_unreachable_continues_offline(tmp_path, monkeypatch, caplog):
+    with socket.socket() as s:  # a port nobody listens on: connection refused, no network needed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _wandb_env(monkeypatch, tmp_path, "a" * 40, f"http://127.0.0.1:{port}")
+    seconds = _offline_run(tmp_path, caplog, f"127.0.0.1:{port} is unreachable")
+    assert seconds < 60  # not wandb's 90 s of retries
+
+
+def test_wandb_invalid_key_continues_offline(tmp_path, monkeypatch, caplog):
+    with socket.socket() as server:  # a server that accepts connections, so only the key is wrong
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        _wandb_env(monkeypatch, tmp_path, "too-short-key", f"http://127.0.0.1:{server.getsockname()[1]}")
+        _offline_run(tmp_path, caplog, "W&B online logging failed (WANDB_API_KEY invalid")
