@@ -18,8 +18,10 @@ Configurations of our engine (--configs):
   tf32                    TF32 convolutions / matmuls, NCHW
   bf16_cl                 bf16 autocast + channels_last
   bf16_cl_compile         the same, torch.compile'd (--compile-mode, default "default")
-  bf16_cl_compile_freeze  the same with Inductor's freezing (weights as constants: conv+BN folding)
-  bf16_cl_graphs          freezing + CUDA graphs (compile mode reduce-overhead), batch 2048
+  bf16_cl_graphs          CUDA graphs (compile mode reduce-overhead), batch 2048
+  bf16_cl_autotune        compile mode max-autotune-no-cudagraphs (Triton convolutions), batch 2048
+  bf16_cl_autotune_graphs compile mode max-autotune (the same + CUDA graphs), batch 2048
+Compiled configurations run with Inductor's freezing (weights as constants: conv+BN folding).
 A configuration that fails (e.g. a compiler problem) is reported in the JSON and the others still run.
 The reference runs with PyTorch's default flags (cuDNN may use TF32 for fp32 convolutions on Ampere and
 later, as Cohen's code would today); the JSON records the flags.
@@ -28,7 +30,6 @@ later, as Cohen's code would today); the JSON records the flags.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -48,28 +49,18 @@ from vrs.models.resnet import CifarResNet  # noqa: E402
 from vrs.smoothing.smoothed import SmoothedClassifier, image_seed  # noqa: E402
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
-ENGINE_CONFIGS = {
+ENGINE_CONFIGS = {  # compiled configurations run with Inductor's freezing (SmoothedClassifier does it)
     "fp32": dict(precision="fp32", channels_last=False, compile=False),
     "tf32": dict(precision="tf32", channels_last=False, compile=False),
     "bf16_cl": dict(precision="bf16", channels_last=True, compile=False),
     "bf16_cl_compile": dict(precision="bf16", channels_last=True, compile=True),
-    "bf16_cl_compile_freeze": dict(precision="bf16", channels_last=True, compile=True, freezing=True),
     # CUDA graphs at a batch whose activations stay in the H100's L2 cache (benchmarks/forward_sweep.py)
-    "bf16_cl_graphs": dict(precision="bf16", channels_last=True, compile="reduce-overhead", freezing=True,
-                           batch_size=2048),
+    "bf16_cl_graphs": dict(precision="bf16", channels_last=True, compile="reduce-overhead", batch_size=2048),
+    # Inductor's Triton convolutions, autotuned (vrs-certify's default on CUDA)
+    "bf16_cl_autotune": dict(precision="bf16", channels_last=True, compile="max-autotune-no-cudagraphs",
+                             batch_size=2048),
+    "bf16_cl_autotune_graphs": dict(precision="bf16", channels_last=True, compile="max-autotune", batch_size=2048),
 }
-
-
-@contextlib.contextmanager
-def inductor_freezing(on: bool):
-    """Inductor's freezing flag for the compile that happens inside (it is read when the graph compiles)."""
-    if not on:
-        yield
-        return
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(freezing=True):
-        yield
 
 
 # ---- (a) the reference: locuslab/smoothing core.py, one image at a time --------------------------------------
@@ -146,8 +137,7 @@ def forward_throughput(net: torch.nn.Module, device: torch.device, cfg: dict, ba
     if engine.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    with inductor_freezing(cfg.get("freezing", False)):
-        engine.warmup(batch_size, (3, 32, 32))  # compiles when asked to
+    engine.warmup(batch_size, (3, 32, 32))  # compiles when asked to
     with torch.inference_mode(), engine._precision_context():
         engine._forward(x).argmax(1)
         sync(device)
@@ -168,7 +158,7 @@ def forward_throughput(net: torch.nn.Module, device: torch.device, cfg: dict, ba
 
 
 def cfg_for(cfg: dict, compile_mode: str) -> dict:
-    out = {k: v for k, v in cfg.items() if k not in ("freezing", "batch_size")}
+    out = {k: v for k, v in cfg.items() if k != "batch_size"}
     if out.get("compile") is True:
         out["compile"] = compile_mode
     return out
@@ -278,8 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         engine = SmoothedClassifier(net, 10, args.sigma, device=device, **cfg)
         batch = batch_of(name, args)
         t0 = time.perf_counter()
-        with inductor_freezing(ENGINE_CONFIGS[name].get("freezing", False)):
-            engine.warmup(batch, (3, 32, 32))
+        engine.warmup(batch, (3, 32, 32))
         warm = time.perf_counter() - t0
         groups = [list(range(i, min(i + args.group, args.images))) for i in range(0, args.images, args.group)]
         # one untimed group (allocator, cuDNN autotuning), then the timed run over all images
@@ -329,8 +318,7 @@ def markdown_table(r: dict) -> str:
         fw = r["forward"][name]
         cfg = e["config"]
         desc = f"{cfg['precision']}{', channels_last' if cfg['channels_last'] else ''}" + \
-               (f", torch.compile({cfg['compile']})" if cfg["compile"] else "") + \
-               (" + freezing" if cfg.get("freezing") else "")
+               (f", torch.compile({cfg['compile']}) + freezing" if cfg["compile"] else "")
         speed = f"{e['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in e else "-"
         lines.append(f"| vrs engine ({name}) | {desc} | {e['batch_size']} | {e['seconds_per_image']:.3f} | {speed} | "
                      f"{e['forward_only_seconds_per_image']:.3f} | {fw['samples_per_s']:,.0f} | {fw['tflop_per_s']:.2f} |")

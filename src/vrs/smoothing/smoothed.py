@@ -53,6 +53,19 @@ def stream_seed(key: int, stream: int) -> int:
     return (int(state[0]) << 31 ^ int(state[1])) & _SEED_MASK
 
 
+def with_freezing(compiled):
+    """Call a torch.compile'd network with Inductor's freezing on: when it compiles, the weights become
+    constants, so BatchNorm folds into the convolutions. Sound here because certification never changes the
+    weights (a network trained further needs a new SmoothedClassifier)."""
+    import torch._inductor.config as inductor_config
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return forward
+
+
 def check_sampling(n: int, alpha: float, batch_size: int, n0: int | None = None, prefix: str = "") -> None:
     """Raise ConfigError (naming `<prefix>n` etc.) for n < 1, n0 < 1, n0 > n, alpha outside (0, 1),
     batch_size < 1."""
@@ -132,8 +145,9 @@ class SmoothedClassifier:
         precision: "fp32" (true float32: TF32 off), "tf32", "bf16" or "fp16" (autocast).
         channels_last: run the network in channels_last memory format.
         compile: False, True (torch.compile default mode), a torch.compile mode string, e.g.
-            "max-autotune-no-cudagraphs" or "reduce-overhead" (CUDA graphs), or a dict of torch.compile
-            keyword arguments (e.g. {"backend": "eager"}).
+            "max-autotune-no-cudagraphs" (the fastest on an H100 for CIFAR ResNets: docs/performance.md) or
+            "reduce-overhead" (CUDA graphs), or a dict of torch.compile keyword arguments (e.g.
+            {"backend": "eager"}). Compiled networks run with Inductor's freezing (`with_freezing`).
         noise_block: samples per noise draw of one stream (part of what fixes the random stream).
         device: where to sample; default: the network's device.
     """
@@ -166,7 +180,7 @@ class SmoothedClassifier:
             kwargs = {"mode": self.compile_mode}
         self._forward = self.base_classifier
         if kwargs is not None:
-            self._forward = torch.compile(self.base_classifier, dynamic=False, **kwargs)
+            self._forward = with_freezing(torch.compile(self.base_classifier, dynamic=False, **kwargs))
         self._buffers: dict = {}
 
     # ---- public API --------------------------------------------------------------------------------
