@@ -214,10 +214,9 @@ def test_the_table_covers_every_app_with_thirty_cases_or_more():
 # ---- as real console processes (exit code and stderr of the process itself); test_train.py,
 # test_certify_app.py and test_attacks_app.py run more of them ------------------------------------------------
 def test_real_processes(world, tmp_path):
-    p = world["paths"]
     runs = {"train": ["data=digits", "noise.sigma=-1", f"hydra.run.dir={world['run']}"],
-            "report": [f"report.inputs=[{p['tmp']}/missing]", f"hydra.run.dir={tmp_path}/r"]}
-    expect = {"train": "error: noise.sigma=-1 is not allowed: a number > 0", "report": "does not exist"}
+            "certify": merged(world["base"]["certify"], ["certify.alpha=2", f"hydra.run.dir={tmp_path}/r"])}
+    expect = {"train": "error: noise.sigma=-1 is not allowed: a number > 0", "certify": "certify.alpha=2"}
     before = snapshot(*world["outs"])
     procs = {app: subprocess.Popen(app_command(app, *args), cwd=REPO_ROOT, env=app_env(tmp_path, OMP_NUM_THREADS="1"),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
