@@ -83,7 +83,7 @@ CASES = [
     case("certify", "ckpt_path={garbage}", "corrupt or truncated"),
     case("certify", "ckpt_path=null", "ckpt_path=None is not allowed"),
     case("certify", "data=synthetic", "was trained on digits (1x8x8, 10 classes)"),
-    case("certify", "data.mean=[0.5]", "data.mean=[0.5]"),
+    case("certify", "data.mean=[0.5]", "other normalisation constants (mean [0.3] there, [0.5] here)"),
     case("certify", "certify.indices=[5000]", "certify.indices", in_task=True),
     case("certify", "certify.out_dir={file}", "certify.out_dir='{file}' is not allowed: a directory (this is a file)"),
     case("certify", "certify.out_dir={corrupt_certify}", "certify.meta.json is unreadable", in_task=True),

@@ -24,6 +24,18 @@ from torch import nn
 from vrs.errors import VRSError
 
 SHAPE_KEYS = ("channels", "size", "num_classes")
+SPEC_KEYS = ("name", *SHAPE_KEYS, "mean", "std")  # a DataSpec: what a checkpoint records of its data
+
+
+def data_differences(there: dict, here: dict, keys: tuple[str, ...] = SPEC_KEYS) -> list[str]:
+    """`<key> <there> there, <here> here` for each key on which a checkpoint's data spec (there) and the
+    data config (here) differ: the one comparison behind every checkpoint-versus-data check."""
+    def same(a, b) -> bool:
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):  # normalisation constants
+            return len(a) == len(b) and all(abs(float(x) - float(y)) <= 1e-6 for x, y in zip(a, b))
+        return a == b
+
+    return [f"{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in keys if not same(there.get(k), here.get(k))]
 
 
 @dataclass
@@ -168,8 +180,7 @@ def check_resume_checkpoint(path: str | Path, module: nn.Module) -> None:
                        "from it; resume from <run dir>/checkpoints/last.ckpt")
     have = ckpt["vrs"].get("data") or (ckpt.get("hyper_parameters") or {}).get("data") or {}
     want = dict(getattr(module, "hparams", {}).get("data") or {})
-    keys = ("name", *SHAPE_KEYS, "mean", "std")
-    diffs = [f"{k} {have.get(k)!r} there, {want.get(k)!r} here" for k in keys if have.get(k) != want.get(k)]
+    diffs = data_differences(have, want)
     if want and diffs:
         raise VRSError(f"ckpt_path={str(path)!r} was trained on other data ({'; '.join(diffs)}): resume with the "
                        "data settings it was trained with")
@@ -201,9 +212,7 @@ def check_data_matches(loaded: LoadedCheckpoint, data: dict, allow_other_dataset
                        f"pass data={loaded.data['name']}, or certify.allow_other_dataset=true if this is intended")
     # The network normalises with its own stored constants; other data.mean / data.std mean this data config
     # is not the one the network was trained with.
-    for key in ("mean", "std"):
-        ours, theirs = data.get(key), loaded.data.get(key)
-        if (ours is not None and theirs is not None and not allow_other_dataset
-                and (len(ours) != len(theirs) or any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs)))):
-            raise VRSError(f"checkpoint {loaded.path} was trained with data.{key}={list(theirs)}, but the data config "
-                           f"says data.{key}={list(ours)}: pass the data.* settings of its training run")
+    diffs = data_differences(loaded.data, data, ("mean", "std")) if not allow_other_dataset else []
+    if diffs:
+        raise VRSError(f"checkpoint {loaded.path} was trained with other normalisation constants ({'; '.join(diffs)}): "
+                       "pass the data.* settings of its training run")

@@ -111,7 +111,6 @@ def required(rule: Rule) -> Rule:
 ANY = Rule(lambda v: True, "any value")  # checked elsewhere (check_sampling, check_attack_config, ...)
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
-DICT = Rule(lambda v: isinstance(v, dict), "a mapping")
 PROBABILITY = number(gt=0, lt=1)
 LAMBDA = number(ge=0, le=1)
 SPLIT = one_of("test", "val", "train")

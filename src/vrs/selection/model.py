@@ -43,10 +43,11 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def check_same_data(ours: dict, theirs: dict, what: str) -> None:
     """VRSError unless two data specs describe the same data set (name, shape, classes)."""
-    a = {k: ours.get(k) for k in DATA_KEYS}
-    b = {k: theirs.get(k) for k in DATA_KEYS}
-    if a != b:
-        raise VRSError(f"{what} was trained on a different data set: {b} (expected {a})")
+    from vrs.checkpoint import data_differences
+
+    diffs = data_differences(theirs, ours, DATA_KEYS)
+    if diffs:
+        raise VRSError(f"{what} was trained on a different data set ({'; '.join(diffs)})")
 
 
 def load_base_classifier(path: str | Path, expect_data: dict | None = None) -> tuple[nn.Module, dict]:
