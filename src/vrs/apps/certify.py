@@ -108,8 +108,8 @@ def parse_options(c: DictConfig) -> Options:
         precision = "bf16" if dev_type == "cuda" else "fp32"
     cl = c.get("channels_last", "auto")
     compile_ = c.get("compile", False)
-    if compile_ == "auto":  # autotuned Triton convolutions: the fastest measured on an H100 (docs/performance.md)
-        compile_ = "max-autotune-no-cudagraphs" if dev_type == "cuda" else False
+    if compile_ == "auto":  # autotuned Triton convolutions + CUDA graphs: the fastest on an H100 (docs/performance.md)
+        compile_ = "max-autotune" if dev_type == "cuda" else False
     per_group = c.get("images_per_group", "auto")
     total = (n0 or 0) + c["n"]
     if per_group == "auto":  # enough samples per group for a few full forward batches, at most 256 images

@@ -38,6 +38,7 @@ from vrs.smoothing import core
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 NOISE_BLOCK = 1024
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
 _SEED_MASK = (1 << 63) - 1
 
 
@@ -349,7 +350,7 @@ class SmoothedClassifier:
         k = self.num_classes
         offsets = torch.cat([torch.full((m,), slot * k, dtype=torch.int64, device=self.device)
                              for slot, m in segments])
-        if self.compile_mode == "reduce-overhead" and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+        if self.compile_mode in CUDA_GRAPH_MODES and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
             torch.compiler.cudagraph_mark_step_begin()
         logits = self._forward(buf)
         if logits.shape != (buf.shape[0], k):
