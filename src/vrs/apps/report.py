@@ -181,7 +181,8 @@ def attack_setup(settings: dict) -> dict:
     """What makes two attacks on the same defended model different attacks (beyond name and norm)."""
     attack = {k: v for k, v in settings.get("attack", {}).items() if k not in ("name", "norm", "split")}
     d = settings.get("defense", {})
-    attack.update({f"defense.{k}": d.get(k) for k in ("m", "noise", "tau", "selector_grad", "n_h") if k in d})
+    attack.update({f"defense.{k}": d.get(k) for k in ("m", "noise", "tau", "selector_grad", "n_h", "deployed_n_h")
+                   if k in d})
     attack["predict.n"] = settings.get("predict", {}).get("n")
     return attack
 
@@ -220,17 +221,23 @@ def read_attack(path: Path) -> tuple[Row, dict]:
     return row, {"name": name, **attack_setup(settings)}
 
 
-def last_logged(metrics_csv: Path) -> dict[str, float]:
-    """The last logged value of every column of a Lightning CSVLogger metrics.csv."""
+def last_logged(metrics_csv: Path) -> tuple[dict[str, float], int | None]:
+    """The last logged value of every column of a Lightning CSVLogger metrics.csv, and the number of
+    epochs trained (the test after fitting logs one epoch more than was trained: not counted)."""
     out: dict[str, float] = {}
+    last_epoch = None
     with open(metrics_csv, newline="") as fh:
         for rec in csv.DictReader(fh):
+            logged = {}
             for k, v in rec.items():
                 try:
-                    out[k] = float(v)
+                    logged[k] = float(v)
                 except (TypeError, ValueError):
                     pass  # empty cell: not logged at this step
-    return out
+            out.update(logged)
+            if "epoch" in logged and any(k.startswith(("train/", "val/")) for k in logged):
+                last_epoch = int(logged["epoch"])
+    return out, None if last_epoch is None else last_epoch + 1
 
 
 def first_of(metrics: dict[str, float], *keys: str) -> float | None:
@@ -239,7 +246,7 @@ def first_of(metrics: dict[str, float], *keys: str) -> float | None:
 
 def read_train(path: Path, cfg: DictConfig, base_stage: bool = False) -> Row:
     """A vrs-train run (or the base classifier stage, <run>/base, of a VRS run)."""
-    m = last_logged(path / "csv" / "metrics.csv")
+    m, epochs = last_logged(path / "csv" / "metrics.csv")
     selector = str(value(cfg, "module._target_", "")).endswith("SelectorModule") and not base_stage
     noise = value(cfg, "noise") or {}
     multi = "sigma_min" in noise
@@ -259,7 +266,7 @@ def read_train(path: Path, cfg: DictConfig, base_stage: bool = False) -> Row:
                       clean_acc=first_of(m, "test/acc_clean", "val/acc_clean"),
                       noisy_acc=first_of(m, "test/acc", "val/acc"))
         label = f"train {what} sigma={sigma if multi else fmt_num(sigma)}" + (" (VRS stage 1)" if base_stage else "")
-    values["epochs"] = int(m["epoch"]) + 1 if "epoch" in m else None
+    values["epochs"] = epochs
     return Row("train", "train", label, values, None, [str(path)])
 
 
