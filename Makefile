@@ -31,8 +31,9 @@ data: $(STAMP)
 	     echo "Fashion-MNIST: installed Debian's dataset-fashion-mnist into $(FMNIST_SYSTEM)"; \
 	else $(PY) -m vrs.data.download fashion_mnist data; fi
 
+# VRS vs fixed sigma end to end on the CPU (src/vrs/demo.py); DEMO_ARGS: Hydra overrides for its training.
 demo: data
-	$(PY) -m vrs.demo
+	$(PY) -m vrs.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
