@@ -309,7 +309,11 @@ def collect(inputs: list[Path], radii: list[float]) -> Found:
                 row, setup = read_attack(d)
                 setups[id(row)] = setup
                 new.append(row)
-            elif app == "train" and (d / "csv" / "metrics.csv").is_file():
+            elif app == "train":
+                if not (d / "csv" / "metrics.csv").is_file():
+                    skipped.append(f"{d}: a vrs-train run without csv/metrics.csv (logger=csv or logger=many "
+                                   "writes it; debug=fdr writes none)")
+                    continue
                 new.append(read_train(d, cfg))
                 if (d / "base" / "csv" / "metrics.csv").is_file():
                     new.append(read_train(d / "base", cfg, base_stage=True))
