@@ -188,3 +188,32 @@ def test_interrupted_attack_is_listed_as_skipped(runs, tmp_path):
     assert [r["config"] for r in rep.records] == ["fixed sigma=0.25"] and rep.records[0]["kind"] == "certify"
     assert len(rep.skipped) == 1 and "attack.csv without summary.json" in rep.skipped[0]
     assert "## Skipped" in rep.markdown
+
+
+def test_every_make_demo_step_composes(tmp_path):
+    """`make demo` (src/vrs/demo.py) takes minutes, so the suite does not run it; this checks that each of
+    its commands still composes with the app's config (the first value of each sweep) and sets what the
+    demo relies on."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vrs.demo import steps
+
+    parser = OverridesParser.create()
+    apps = []
+    for _, app, args in steps(tmp_path / "demo", []):
+        parsed = parser.parse_overrides([a for a in args if a != "-m"])
+        first = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
+                 for o in parsed]
+        cfg = compose_config(*first, config_name=app)
+        apps.append(app)
+        if app == "train":
+            assert cfg.task_name == "demo" and cfg.data.name == "fashion_mnist"
+            assert cfg.module._target_.endswith("SelectorModule")
+        elif app == "certify":
+            assert cfg.certify.n == 500 and cfg.certify.max == 50
+            assert cfg.ckpt_path.endswith("train/checkpoints/last.ckpt")
+        elif app == "attack":
+            assert cfg.defense.sigma is None and cfg.attack.norm == "l2" and list(cfg.attack.eps) == [0.25, 0.5, 1.0]
+        else:
+            assert cfg.report.inputs == str(tmp_path / "demo") and cfg.report.title.startswith("make demo")
+    assert apps == ["train", "certify", "certify", "attack", "report"]

@@ -54,32 +54,42 @@ def run(step: str, app: str, *args: str) -> float:
     return took
 
 
+def steps(root: Path, train_overrides: list[str]) -> list[tuple[str, str, list[str]]]:
+    """The demo: (step, app, arguments) for each app run, in order, writing under root."""
+    ckpt = root / "train" / "checkpoints" / "last.ckpt"  # the final selector (its base classifier inside)
+    return [
+        ("1/4 train", "train", ["experiment=demo", f"hydra.run.dir={root / 'train'}", *QUIET,
+                                "~callbacks.progress_bar", *train_overrides]),
+        ("2/4 certify (VRS)", "certify", ["-m", f"ckpt_path={ckpt}", "certify=vrs_c1", f"certify.lam={LAMBDAS}",
+                                          *CERTIFY, f"hydra.sweep.dir={root / 'certify_vrs'}", *QUIET]),
+        ("2/4 certify (fixed sigma)", "certify", ["-m", f"ckpt_path={ckpt}", "certify=cohen",
+                                                  f"certify.sigma={SIGMAS}", *CERTIFY,
+                                                  f"hydra.sweep.dir={root / 'certify_fixed'}", *QUIET]),
+        # one sweep, three defences: defense.sigma=null is VRS (at the first lambda), the others fixed sigma
+        ("3/4 attack", "attack", ["-m", f"ckpt_path={ckpt}", f"defense.sigma=null,{SIGMAS}",
+                                  f"defense.lam={LAMBDAS.split(',')[0]}", *ATTACK,
+                                  f"hydra.sweep.dir={root / 'attack'}", *QUIET]),
+        ("4/4 report", "report", [f"report.inputs={root}", "report.title='make demo: VRS vs fixed sigma on "
+                                  "Fashion-MNIST (CPU, small settings)'", f"hydra.run.dir={root / 'report'}"]),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     train_overrides = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in train_overrides):
         print(__doc__)
         return 0
     root = Path("outputs") / "demo" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    ckpt = root / "train" / "checkpoints" / "last.ckpt"  # the final selector (its base classifier inside)
     start = time.perf_counter()
-
-    run("1/4 train", "train", "experiment=demo", f"hydra.run.dir={root / 'train'}", *QUIET,
-        "~callbacks.progress_bar", *train_overrides)
-    run("2/4 certify (VRS)", "certify", "-m", f"ckpt_path={ckpt}", "certify=vrs_c1", f"certify.lam={LAMBDAS}",
-        *CERTIFY, f"hydra.sweep.dir={root / 'certify_vrs'}", *QUIET)
-    run("2/4 certify (fixed sigma)", "certify", "-m", f"ckpt_path={ckpt}", "certify=cohen", f"certify.sigma={SIGMAS}",
-        *CERTIFY, f"hydra.sweep.dir={root / 'certify_fixed'}", *QUIET)
-    # one sweep, three defences: defense.sigma=null is VRS (at the first lambda), the others fixed sigma
-    run("3/4 attack", "attack", "-m", f"ckpt_path={ckpt}", f"defense.sigma=null,{SIGMAS}",
-        f"defense.lam={LAMBDAS.split(',')[0]}", *ATTACK, f"hydra.sweep.dir={root / 'attack'}", *QUIET)
-    run("4/4 report", "report", f"report.inputs={root}", "report.title='make demo: VRS vs fixed sigma on "
-        "Fashion-MNIST (CPU, small settings)'", f"hydra.run.dir={root / 'report'}")
+    for step, app, args in steps(root, train_overrides):
+        run(step, app, *args)
 
     report = (root / "report").resolve()
     print(f"\ndemo: done in {time.perf_counter() - start:.0f} s. Everything is in {root.resolve()}:")
     print(f"  report           {report / 'report.md'} (+ report.csv and the plots next to it)")
     print(f"  training run     {root / 'train'} (checkpoints/last.ckpt: the VRS model; base/: its base classifier)")
-    print(f"  certification    {root / 'certify_vrs'}/<job>/, {root / 'certify_fixed'}/<job>/ (certify.tsv, summary.json)")
+    print(f"  certification    {root / 'certify_vrs'}/<job>/, {root / 'certify_fixed'}/<job>/ "
+          "(certify.tsv, summary.json)")
     print(f"  attacks          {root / 'attack'}/<job>/ (attack.csv, summary.json)")
     print("Next: the same steps with the paper's settings are in README.md (experiment=vrs_fmnist, certify.n=100000).")
     return 0
