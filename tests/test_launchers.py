@@ -58,7 +58,7 @@ def certify_sweep(root, digits_ckpt) -> Path:
 def train_sweep(root) -> Path:
     """vrs-train -m noise.sigma=0.25,0.5 through hydra/launcher=submitit_local (one process per job)."""
     sweep = root / "submitit"
-    proc = run_app("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+    proc = run_app("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
                    "data=digits", "model.width=8", "logger=many", f"noise.sigma={','.join(map(str, SIGMAS))}",
                    "debug=limit", "trainer.max_epochs=1", "test=false", "trainer=cpu", "print_config=false",
                    "~callbacks.progress_bar", "~callbacks.model_summary", f"hydra.sweep.dir={sweep}", root=root)
