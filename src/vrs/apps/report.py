@@ -411,7 +411,8 @@ LEGEND = {
     "kind": "train: a vrs-train run; certify / attack: a vrs-certify / vrs-attack run; certify+attack: both "
             "on the same defended model (same checkpoint file, data, and sigma or lambda)",
     "method": "fixed-sigma: Cohen's smoothing at one sigma; vrs-c1 / vrs-c2: VRS with certificate C1 / C2; "
-              "vrs: VRS under attack; train: ... the training run's kind",
+              "vrs: VRS under attack; train: <what>: what a vrs-train run trained (a fixed- or multi-sigma base "
+              "classifier, the VRS selector)",
     "sigma": "the fixed noise level (train: the training noise; [a, b]: log-uniform multi-sigma)",
     "lambda": "VRS's test-time trade-off knob (train: the distribution lambda was drawn from)",
     "prior": "the selector's KL prior (from the training run's config, when it is still there)",
