@@ -190,7 +190,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "selector_batch_size": optional(integer(1), " (the checkpoint's)"), "c2_tol": number(gt=0)},
     # vrs-attack's images; the attack's own keys (name, norm, eps, steps, ...): check_attack_config.
     "attack": {"split": SPLIT, "skip": integer(1), "max": optional(integer(1), " (all images)"),
-               "indices": optional(INDICES), "batch_size": integer(1), "out_dir": optional(TEXT, " (the run directory)"),
+               "indices": optional(INDICES), "batch_size": integer(1), "world_size": integer(1),
+               "out_dir": optional(TEXT, " (the run directory)"),
                **{k: ANY for k in ("name", "norm", "eps", "steps", "step_size", "restarts",
                                                         "random_start", "eot", "loss", "rho", "c", "kappa", "lr",
                                                         "beta", "sigma_target")}},

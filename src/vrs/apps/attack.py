@@ -4,6 +4,8 @@
     vrs-attack ckpt_path=<vrs ckpt> attack=sigma_down attack.eps=[0.25,0.5,1.0] defense.lam=0.5
     vrs-attack ckpt_path=<vrs ckpt> defense.sigma=0.25 ...     # fixed-sigma smoothing, same base classifier
     vrs-attack ckpt_path=... attack.out_dir=<an earlier one>   # resume it (same settings; new eps allowed)
+    vrs-attack ckpt_path=... attack.world_size=4               # 4 processes (GPUs), one merged attack.csv
+    torchrun --nproc_per_node 4 -m vrs.attack ckpt_path=... attack.out_dir=...  # the same via torchrun
 
 Each attacked image (at every eps) is classified by PREDICT (n, alpha; an abstention counts as an error)
 at the noise level the defence deploys at the adversarial input, and by the soft classifier the attack
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # Settings a resumed run must share with the run it continues (eps and the subset may grow).
 RESUME_KEYS = ("checkpoint_sha256", "data", "split", "attack", "defense", "predict", "seed")
-SUBSET_KEYS = ("eps", "skip", "max", "indices", "batch_size", "out_dir")
+SUBSET_KEYS = ("eps", "skip", "max", "indices", "batch_size", "world_size", "out_dir")
 
 
 # ---- config checks (before anything is loaded or written) ----------------------------------------
@@ -206,27 +208,166 @@ def log_to_loggers(loggers: list, metrics: dict, plot: Path, cfg: DictConfig) ->
 
 
 # ---- the run -------------------------------------------------------------------------------------
+SHARD_GLOB = "attack.rank*.csv"  # rows of process r while a sharded run goes; merged into attack.csv
+
+
+def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """Process `rank`'s batches: every world-th batch of `indices`, each batch as a one-process run forms
+    it, so every image is attacked with the same seeds (reseed: from the run seed, the batch's first image
+    and eps) whatever the number of processes."""
+    batches = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
+    return batches[rank::world]
+
+
+def _device(cfg: DictConfig, rank: int, world: int):
+    import torch
+
+    from vrs.utils.device import shard_device
+
+    dev = cfg.get("device", "auto")
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
+    return torch.device(shard_device(dev, rank, world))
+
+
+def _prepare(cfg: DictConfig, device):
+    """(model, base, loaded, info, images, labels, PREDICT function): what every process needs."""
+    import torch
+
+    from vrs.attacks.evaluate import smoothed_predict_fn
+
+    torch.manual_seed(int(cfg.seed))
+    model, base, loaded, info = load_defense(cfg, device)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    xs, ys = datamodule.splits[cfg.attack.get("split", "test")]
+    predict = smoothed_predict_fn(base, loaded.num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
+                                  int(cfg.predict.batch_size), seed=int(cfg.seed),
+                                  precision=cfg.predict.get("precision", "fp32"))
+    return model, base, loaded, info, xs, ys, predict
+
+
+def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer, device, prepared,
+                    total: int, t0: float) -> None:
+    """Attack `batches` at every eps, appending the rows not in `done` to `writer`."""
+    import torch
+
+    from vrs.attacks.evaluate import attack_batch, clean_batch
+    from vrs.attacks.factory import build_attack, eps_list
+    from vrs.data.datamodule import to_float
+
+    model, _, loaded, _, xs, ys, predict = prepared
+    attack_cfg = _plain(cfg.attack)
+    eps_values = eps_list(attack_cfg)
+    for n_batch, idx in enumerate(batches, start=1):
+        todo = [e for e in eps_values if any(writer.key_of({"idx": i, "eps": e}) not in done for i in idx)]
+        if not todo:
+            continue
+        sel = torch.as_tensor(idx)
+        x = to_float(xs[sel]).to(device)
+        y = ys[sel].to(device)
+        # One seed for the clean pass and one per eps, from (run seed, first image, eps): a rerun of a
+        # batch (resume, or another number of processes) repeats its rows exactly.
+        reseed(model, int(cfg.seed), idx[0], -1)
+        clean = clean_batch(model, x, idx, predict, model.defended_sigma)
+        for e in todo:
+            batch_seed = reseed(model, int(cfg.seed), idx[0], round(e * 1e7))
+            attack = build_attack(attack_cfg, model, e, loaded.num_classes, seed=batch_seed)
+            rows, clean = attack_batch(attack, model, x, y, idx, e, predict, model.defended_sigma, clean)
+            writer.write([r for r in rows if writer.key_of(r) not in done])
+        log.info("%d/%d batches of %d images (%.1f s)", n_batch, len(batches), total, time.perf_counter() - t0)
+
+
+def _shard_writer(out: Path, rank: int):
+    from vrs.attacks.evaluate import ROW_COLUMNS
+    from vrs.utils.io import RowWriter
+
+    return RowWriter(out / f"attack.rank{rank}.csv", ROW_COLUMNS, delimiter=",", key=("idx", "eps"))
+
+
+def merge_shards(writer, out: Path, sort_key=None) -> None:
+    """Fold the rows of the shard files (this run's, or those a killed run left) into attack.csv, sorted by
+    `sort_key` (a row -> a sort key; the one-process order), then delete the shards."""
+    shards = sorted(out.glob(SHARD_GLOB))
+    if not shards:
+        return
+    rows, done = [], writer.done_keys()
+    for shard in shards:
+        w = _shard_writer(out, int(shard.name[len("attack.rank"):-len(".csv")]))
+        w.close()
+        rows += [r for r in w.rows if writer.key_of(r) not in done]
+    if sort_key is not None:
+        rows.sort(key=sort_key)
+    writer.write(rows)
+    for shard in shards:
+        shard.unlink()
+
+
+def _attack_worker(cfg_dict: dict, batches: list[list[int]], done: set, rank: int, world: int, out: str,
+                   total: int) -> None:
+    """Entry point of a spawned shard process (attack.world_size > 1)."""
+    logging.basicConfig(level=logging.WARNING)
+    cfg = OmegaConf.create(cfg_dict)
+    device = _device(cfg, rank, world)
+    writer = _shard_writer(Path(out), rank)
+    try:
+        _attack_batches(cfg, batches, done, writer, device, _prepare(cfg, device), total, time.perf_counter())
+    finally:
+        writer.close()
+
+
+def _run_spawned(cfg: DictConfig, todo: list[list[int]], done: set, world: int, out: Path, prepared, device,
+                 total: int, t0: float) -> None:
+    """Rank 0 is this process; ranks 1.. are spawned (as vrs-certify's certify.world_size)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    procs = [ctx.Process(target=_attack_worker, args=(cfg_dict, todo[r::world], done, r, world, str(out), total),
+                         name=f"vrs-attack-rank{r}") for r in range(1, world)]
+    for p in procs:
+        p.start()
+    try:
+        with _shard_writer(out, 0) as writer:
+            _attack_batches(cfg, todo[0::world], done, writer, device, prepared, total, t0)
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    if failed:
+        raise VRSError(f"shard processes failed: {failed}; finished rows are kept, rerun the same command to resume")
+
+
 def run(cfg: DictConfig) -> dict:
-    """Attack, classify, write; returns the summary (also in summary.json)."""
+    """Attack, classify, write; returns the summary (also in summary.json); {} on torchrun ranks > 0.
+
+    attack.world_size = k > 1 spawns k - 1 more processes (one per GPU, or CPU processes); under torchrun
+    (WORLD_SIZE > 1) every rank takes part. Process r attacks every k-th batch into attack.rank<r>.csv;
+    rank 0 merges the shards into attack.csv, so the rows are those of a one-process run.
+    """
     check_config(cfg)
     import torch
 
-    from vrs.attacks.evaluate import ROW_COLUMNS, attack_batch, clean_batch, smoothed_predict_fn, summarize
-    from vrs.attacks.factory import build_attack, eps_list
+    from vrs.apps.certify import _init_torchrun, torchrun_env
+    from vrs.attacks.evaluate import ROW_COLUMNS, summarize
+    from vrs.attacks.factory import eps_list
     from vrs.checkpoint import check_data_matches
-    from vrs.data.datamodule import to_float
     from vrs.utils.loggers import build_loggers
     from vrs.utils.io import RowWriter, lock_dir, read_json, write_json_atomic
 
-    dev = cfg.get("device", "auto")
-    device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else ("cpu" if dev == "auto" else dev))
     attack_cfg = _plain(cfg.attack)
+    launched = torchrun_env()
+    rank, world = launched if launched else (0, int(attack_cfg.get("world_size", 1)))
     out = Path(attack_cfg.get("out_dir") or cfg.paths.output_dir)
     eps_values = eps_list(attack_cfg)
     name = attack_cfg["name"]
 
-    torch.manual_seed(int(cfg.seed))
-    model, base, loaded, info = load_defense(cfg, device)
+    device = _device(cfg, rank, world)
+    prepared = _prepare(cfg, device)
+    model, base, loaded, info, xs, ys, _ = prepared
     data_cfg = _plain(cfg.data)
     check_data_matches(loaded, data_cfg, allow_other_dataset=bool(cfg.get("allow_other_dataset", False)))
     split = attack_cfg.get("split", "test")
@@ -234,58 +375,76 @@ def run(cfg: DictConfig) -> dict:
     settings = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": loaded.sha256,
                 "data": data_cfg.get("name"), "split": split, "attack": attack_settings,
                 "defense": _plain(cfg.defense), "predict": _plain(cfg.predict), "seed": int(cfg.seed)}
-
-    # Refuse an out_dir holding another run's rows before anything in it changes.
-    settings_path = out / "settings.json"
-    if settings_path.is_file():
-        old = read_json(settings_path)
-        diff = settings_diff(old, settings)
-        if diff:
-            raise VRSError(f"{out} holds a run with other settings ({'; '.join(diff)}); refusing to mix them: use "
-                           "another attack.out_dir, or the same settings to resume it")
-    elif (out / "attack.csv").is_file():
-        raise VRSError(f"{out}/attack.csv exists without settings.json; use another attack.out_dir")
-
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    xs, ys = datamodule.splits[split]
     indices = select_indices(len(ys), int(attack_cfg.get("skip", 1)), attack_cfg.get("max"),
                              attack_cfg.get("indices"))
+    bs = int(attack_cfg.get("batch_size", 32))
+    position = {str(i): n for n, i in enumerate(indices)}
 
-    lock = lock_dir(out, "vrs-attack")
+    def one_process_order(row: dict) -> tuple:  # batch by batch, eps by eps, image by image
+        n = position.get(row["idx"], len(indices))
+        return n // bs, float(row["eps"]), n
+
+    dist = _init_torchrun() if launched else None
+
+    # rank 0 refuses an out_dir holding another run's rows before anything in it changes, locks it and
+    # folds in the shards a killed run left
+    lock, writer, status = None, None, {}
+    if rank == 0:
+        try:
+            settings_path = out / "settings.json"
+            if settings_path.is_file():
+                diff = settings_diff(read_json(settings_path), settings)
+                if diff:
+                    raise VRSError(f"{out} holds a run with other settings ({'; '.join(diff)}); refusing to mix them: "
+                                   "use another attack.out_dir, or the same settings to resume it")
+            elif (out / "attack.csv").is_file():
+                raise VRSError(f"{out}/attack.csv exists without settings.json; use another attack.out_dir")
+            lock = lock_dir(out, "vrs-attack")
+            write_json_atomic(settings_path, settings)
+            writer = RowWriter(out / "attack.csv", ROW_COLUMNS, delimiter=",", key=("idx", "eps"))
+            merge_shards(writer, out)
+            status = {"out": str(out), "done": writer.done_keys()}
+        except VRSError as err:
+            status = {"error": str(err)}
+    if dist is not None:
+        box = [status]
+        dist.broadcast_object_list(box, src=0)
+        status = box[0]
+    if "error" in status:
+        if lock is not None:
+            os.close(lock)
+        raise VRSError(status["error"])
+    out, done = Path(status["out"]), status["done"]
+    resumed = len(done)
+    todo = [b for b in shard_batches(indices, bs, 0, 1)
+            if any(writer_key(i, e) not in done for i in b for e in eps_values)]
+    t0 = time.perf_counter()
+    if rank == 0:
+        log.info("attack %s (%s) eps=%s on %d %s images of %s; defense %s; %d rows already done; %d process(es)",
+                 name, attack_cfg.get("norm"), eps_values, len(indices), split, data_cfg.get("name"), info, resumed,
+                 world)
     try:
-        write_json_atomic(settings_path, settings)
-        writer = RowWriter(out / "attack.csv", ROW_COLUMNS, delimiter=",", key=("idx", "eps"))
-        done = writer.done_keys()
-        resumed = len(done)
-        num_classes = loaded.num_classes
-        predict = smoothed_predict_fn(base, num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
-                                      int(cfg.predict.batch_size), seed=int(cfg.seed),
-                                      precision=cfg.predict.get("precision", "fp32"))
-        bs = int(attack_cfg.get("batch_size", 32))
-        t0 = time.perf_counter()
-        log.info("attack %s (%s) eps=%s on %d %s images of %s; defense %s; %d rows already done", name,
-                 attack_cfg.get("norm"), eps_values, len(indices), split, data_cfg.get("name"), info, resumed)
-        for start in range(0, len(indices), bs):
-            idx = indices[start:start + bs]
-            todo = [e for e in eps_values if any(writer.key_of({"idx": i, "eps": e}) not in done for i in idx)]
-            if not todo:
-                continue
-            sel = torch.as_tensor(idx)
-            x = to_float(xs[sel]).to(device)
-            y = ys[sel].to(device)
-            # One seed for the clean pass and one per eps, from (run seed, first image, eps): a rerun of a
-            # batch (resume) repeats its rows exactly, whichever eps were already done.
-            reseed(model, int(cfg.seed), idx[0], -1)
-            clean = clean_batch(model, x, idx, predict, model.defended_sigma)
-            for e in todo:
-                batch_seed = reseed(model, int(cfg.seed), idx[0], round(e * 1e7))
-                attack = build_attack(attack_cfg, model, e, num_classes, seed=batch_seed)
-                rows, clean = attack_batch(attack, model, x, y, idx, e, predict, model.defended_sigma, clean)
-                writer.write([r for r in rows if writer.key_of(r) not in done])
-            log.info("%d/%d images (%.1f s)", min(start + bs, len(indices)), len(indices), time.perf_counter() - t0)
-        writer.close()
-
+        try:
+            if dist is not None:
+                with _shard_writer(out, rank) as shard:
+                    _attack_batches(cfg, todo[rank::world], done, shard, device, prepared, len(indices), t0)
+                dist.barrier()
+            elif world == 1:
+                _attack_batches(cfg, todo, done, writer, device, prepared, len(indices), t0)
+            else:
+                _run_spawned(cfg, todo, done, world, out, prepared, device, len(indices), t0)
+        finally:  # the finished rows of every process, also after a failure
+            if rank == 0:
+                merge_shards(writer, out, one_process_order)
+                writer.close()
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
+    if rank != 0:
+        dist.destroy_process_group()
+        return {}
+    try:
         wanted = {str(i) for i in indices}
         summary = summarize([r for r in writer.rows if r["idx"] in wanted], eps_values)
         summary.update({
@@ -294,7 +453,7 @@ def run(cfg: DictConfig) -> dict:
             "subset": {"split": split, "split_size": len(ys), "skip": attack_cfg.get("skip", 1),
                        "max": attack_cfg.get("max"), "indices": attack_cfg.get("indices"), "count": len(indices),
                        "first": indices[0] if indices else None, "last": indices[-1] if indices else None},
-            "defense": info, "device": str(device), "torch": torch.__version__,
+            "defense": info, "device": str(device), "world_size": world, "torch": torch.__version__,
             "seconds": round(time.perf_counter() - t0, 2), "rows_resumed": resumed,
             "note": "robust_acc: PREDICT on the adversarial input over ALL attacked images; an abstention (-1) "
                     "counts as wrong. soft_acc: argmax of the soft-smoothed classifier the attack differentiated.",
@@ -306,8 +465,17 @@ def run(cfg: DictConfig) -> dict:
         plot_robust_accuracy(summary, plot, f"{name} ({attack_cfg.get('norm')}) vs {what}, m={info['m']}")
     finally:
         os.close(lock)
+        if dist is not None:
+            dist.destroy_process_group()
     log_to_loggers(build_loggers(cfg, **run_facts(summary)), metric_dict(summary, name), plot, cfg)
     return summary
+
+
+def writer_key(idx: int, eps: float) -> tuple[str, str]:
+    """The (idx, eps) key of a row as attack.csv writes it (vrs.utils.io.RowWriter.key_of)."""
+    from vrs.utils.io import _format
+
+    return (_format(int(idx)), _format(float(eps)))
 
 
 @hydra_errors_exit
@@ -317,7 +485,10 @@ def main(cfg: DictConfig) -> float | None:
     from vrs.config_schema import validate_app_config
 
     validate_app_config(cfg, "attack")  # before any compute or output: one clear error line
-    if cfg.get("print_config", True):
+    from vrs.apps.certify import torchrun_env
+
+    launched = torchrun_env()
+    if cfg.get("print_config", True) and (launched is None or launched[0] == 0):
         print_config_tree(cfg, order=("attack", "defense", "predict", "data"))
     from vrs.utils.loggers import finish_wandb
 
@@ -325,6 +496,8 @@ def main(cfg: DictConfig) -> float | None:
         summary = run(cfg)
     finally:
         finish_wandb()
+    if not summary:  # a torchrun rank other than 0
+        return None
     out = Path(cfg.attack.get("out_dir") or cfg.paths.output_dir)
     print(f"Results: {out}")
     print(f"  clean: PREDICT acc {summary['clean']['acc']:.4f} (abstain {summary['clean']['abstain_rate']:.4f}), "
