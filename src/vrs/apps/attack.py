@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
+from vrs.apps.sharding import init_torchrun, spawn_ranks, torchrun_env
 from vrs.errors import ConfigError, VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import print_config_tree
 
@@ -318,27 +319,14 @@ def _attack_worker(cfg_dict: dict, batches: list[list[int]], done: set, rank: in
 def _run_spawned(cfg: DictConfig, todo: list[list[int]], done: set, world: int, out: Path, prepared, device,
                  total: int, t0: float) -> None:
     """Rank 0 is this process; ranks 1.. are spawned (as vrs-certify's certify.world_size)."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    procs = [ctx.Process(target=_attack_worker, args=(cfg_dict, todo[r::world], done, r, world, str(out), total),
-                         name=f"vrs-attack-rank{r}") for r in range(1, world)]
-    for p in procs:
-        p.start()
-    try:
+
+    def rank0():
         with _shard_writer(out, 0) as writer:
             _attack_batches(cfg, todo[0::world], done, writer, device, prepared, total, t0)
-        for p in procs:
-            p.join()
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join()
-    failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
-    if failed:
-        raise VRSError(f"shard processes failed: {failed}; finished rows are kept, rerun the same command to resume")
+
+    spawn_ranks(world, _attack_worker, lambda r: (cfg_dict, todo[r::world], done, r, world, str(out), total),
+                rank0, "vrs-attack")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -351,7 +339,6 @@ def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     import torch
 
-    from vrs.apps.certify import _init_torchrun, torchrun_env
     from vrs.attacks.evaluate import ROW_COLUMNS, summarize
     from vrs.attacks.factory import eps_list
     from vrs.checkpoint import check_data_matches
@@ -384,7 +371,7 @@ def run(cfg: DictConfig) -> dict:
         n = position.get(row["idx"], len(indices))
         return n // bs, float(row["eps"]), n
 
-    dist = _init_torchrun() if launched else None
+    dist = init_torchrun() if launched else None
 
     # rank 0 refuses an out_dir holding another run's rows before anything in it changes, locks it and
     # folds in the shards a killed run left
@@ -485,8 +472,6 @@ def main(cfg: DictConfig) -> float | None:
     from vrs.config_schema import validate_app_config
 
     validate_app_config(cfg, "attack")  # before any compute or output: one clear error line
-    from vrs.apps.certify import torchrun_env
-
     launched = torchrun_env()
     if cfg.get("print_config", True) and (launched is None or launched[0] == 0):
         print_config_tree(cfg, order=("attack", "defense", "predict", "data"))

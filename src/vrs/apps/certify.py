@@ -38,6 +38,7 @@ from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, RowAppender, atomic_write_json, format_row
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
 from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
+from vrs.apps.sharding import init_torchrun, spawn_ranks, torchrun_env
 from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.smoothing import core
@@ -75,6 +76,12 @@ class Options:
     radius_grid: list[float]
     allow_other_dataset: bool
     progress: bool
+
+    def smoothed_classifier(self, network: torch.nn.Module, num_classes: int, sigma, device) -> SmoothedClassifier:
+        """The sampling engine with this run's speed settings (precision, layout, compile, noise blocks)."""
+        return SmoothedClassifier(network, num_classes, sigma, precision=self.precision,
+                                  channels_last=self.channels_last, compile=self.compile,
+                                  noise_block=self.noise_block, device=device)
 
 
 def resolve_device(device: str) -> str:
@@ -206,9 +213,7 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
                              parent_pid)
     opts = job.opts
     device = shard_device(opts.device, rank, world)
-    smoothed = SmoothedClassifier(network, num_classes, job.sigma, precision=opts.precision,
-                                  channels_last=opts.channels_last, compile=opts.compile,
-                                  noise_block=opts.noise_block, device=device)
+    smoothed = opts.smoothed_classifier(network, num_classes, job.sigma, device)
     if not indices:
         return 0
     if opts.compile:
@@ -430,25 +435,6 @@ def log_to_loggers(cfg: DictConfig, summary: dict, rows: list[dict], columns: tu
         lg.finalize("success")
 
 
-# ---- distributed launch ---------------------------------------------------------------------------------
-def torchrun_env() -> tuple[int, int] | None:
-    """(rank, world size) when launched by torchrun with more than one process, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1 and "RANK" in os.environ:
-        return int(os.environ["RANK"]), world
-    return None
-
-
-def _init_torchrun():
-    import datetime as _dt
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():  # gloo is only the control plane: nothing but small objects travels
-        dist.init_process_group("gloo", timeout=_dt.timedelta(days=7))
-    return dist
-
-
 # ---- the app ---------------------------------------------------------------------------------------------
 def certify(cfg: DictConfig) -> dict:
     """Run CERTIFY / PREDICT as configured; returns the summary (rank 0) or {} (other torchrun ranks)."""
@@ -495,7 +481,7 @@ def certify(cfg: DictConfig) -> dict:
     if vopts:
         meta.update(meta_keys(vopts))
     out_dir = Path(opts.out_dir or cfg.paths.output_dir)
-    dist = _init_torchrun() if launched else None
+    dist = init_torchrun() if launched else None
     if dist is not None:  # every rank writes where rank 0 writes
         box = [str(out_dir)]
         dist.broadcast_object_list(box, src=0)
@@ -585,24 +571,14 @@ def _run_spawned(job: Job, todo: list[int], world: int, x_all, y_all, loaded: Lo
 
     ctx = mp.get_context("spawn")
     counter = ctx.Value("q", 0)
-    procs = [ctx.Process(target=_worker, args=(job, todo[r::world], r, world, counter, os.getpid()),
-                         name=f"vrs-certify-rank{r}") for r in range(1, world)]
-    for p in procs:
-        p.start()
-    try:
+
+    def rank0():
         with _Progress(len(todo), job.opts.progress, counter) as bar:
             run_shard(job, todo[0::world], 0, world, results.shard_path(0), x_all, y_all, loaded.network,
                       loaded.num_classes, on_image=bar.tick)
-            for p in procs:
-                p.join()
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join()
-    failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
-    if failed:
-        raise VRSError(f"shard processes failed: {failed}; finished rows are kept, rerun the same command to resume")
+
+    spawn_ranks(world, _worker, lambda r: (job, todo[r::world], r, world, counter, os.getpid()), rank0,
+                "vrs-certify", ctx)
 
 
 @hydra_errors_exit

@@ -39,7 +39,7 @@ from vrs.selection.certificates import c1_radius, c2_radius
 from vrs.selection.lam import check_lambda
 from vrs.selection.median import (MedianSmoothing, cell_radius, check_grid, empirical_median, grid_cell,
                                   median_bounds, selector_samples, snap)
-from vrs.smoothing.smoothed import SmoothedClassifier, image_seed, stream_seed
+from vrs.smoothing.smoothed import image_seed, stream_seed
 
 log = logging.getLogger(__name__)
 TABLE = "vrs"  # the results table (columns) of VRS rows in certify_store.COLUMNS
@@ -158,9 +158,7 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
 
     opts, v = job.opts, VRSOptions(**job.vrs)
     device = shard_device(opts.device, rank, world)
-    smoothed = SmoothedClassifier(network, num_classes, v.sigma_max, precision=opts.precision,
-                                  channels_last=opts.channels_last, compile=opts.compile,
-                                  noise_block=opts.noise_block, device=device)
+    smoothed = opts.smoothed_classifier(network, num_classes, v.sigma_max, device)
     if not indices:
         return 0
     selector = load_vrs(job.ckpt_path, device=device).selector

@@ -228,12 +228,7 @@ def last_logged(metrics_csv: Path) -> tuple[dict[str, float], int | None]:
     last_epoch = None
     with open(metrics_csv, newline="") as fh:
         for rec in csv.DictReader(fh):
-            logged = {}
-            for k, v in rec.items():
-                try:
-                    logged[k] = float(v)
-                except (TypeError, ValueError):
-                    pass  # empty cell: not logged at this step
+            logged = {k: float(v) for k, v in rec.items() if v not in (None, "")}  # empty: not logged at this step
             out.update(logged)
             if "epoch" in logged and any(k.startswith(("train/", "val/")) for k in logged):
                 last_epoch = int(logged["epoch"])
