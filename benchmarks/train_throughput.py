@@ -56,7 +56,8 @@ def sync(device: torch.device) -> None:
 
 
 # ---- (a) ours ------------------------------------------------------------------------------------
-def compose(model: str, images: int, batch_size: int, sigma: float, device: str, compile_mode, precision):
+def compose(model: str, images: int, batch_size: int, sigma: float, device: str, compile_mode, precision,
+            cuda_graph: str = "auto"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -72,7 +73,7 @@ def compose(model: str, images: int, batch_size: int, sigma: float, device: str,
         "data.synthetic.num_test=16", f"data.batch_size={batch_size}", "noise=fixed", f"noise.sigma={sigma}",
         "optimizer=sgd", "scheduler=step", "trainer=gpu" if device == "cuda" else "trainer=cpu",
         f"module.compile={json.dumps(compile_mode) if isinstance(compile_mode, str) else str(bool(compile_mode)).lower()}",
-        "logger=none", "callbacks=none",
+        "logger=none", "callbacks=none", f"module.cuda_graph={cuda_graph}",
     ]
     if precision:
         overrides.append(f"trainer.precision={precision}")
@@ -81,11 +82,12 @@ def compose(model: str, images: int, batch_size: int, sigma: float, device: str,
         return hydra_compose("train", overrides=overrides)
 
 
-def run_ours(model: str, args, compile_mode=False) -> dict:
+def run_ours(model: str, args, compile_mode=False, cuda_graph: str = "auto") -> dict:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    cfg = compose(model, args.images, args.batch_size, args.sigma, args.device, compile_mode, args.precision)
+    cfg = compose(model, args.images, args.batch_size, args.sigma, args.device, compile_mode, args.precision,
+                  cuda_graph)
     device = torch.device(args.device)
     pl.seed_everything(0, verbose=False)
     dm = instantiate(cfg.data)
@@ -112,8 +114,10 @@ def run_ours(model: str, args, compile_mode=False) -> dict:
     trainer.fit(module, datamodule=dm)
     n = len(dm.splits["train"][1])
     timed = timer.times[args.warmup_epochs:]
-    label = "ours (Lightning, device loader" + (f", compile={compile_mode}" if compile_mode else "") + ")"
-    return dict(model=model, pipeline=label, precision=str(trainer.precision),
+    graphed = module._graphed is not None
+    label = ("ours (Lightning, device loader" + (", whole-step CUDA graph" if graphed else ", eager steps")
+             + (f", compile={compile_mode}" if compile_mode else "") + ")")
+    return dict(model=model, pipeline=label, cuda_graph=graphed, precision=str(trainer.precision),
                 channels_last=bool(module._channels_last), images=n, epochs=len(timed), seconds=sum(timed),
                 images_per_s=n * len(timed) / sum(timed), warmup_seconds=sum(timer.times[: args.warmup_epochs]))
 
@@ -232,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", nargs="?", const="default", default="",
                    help='also time ours with module.compile, one row per comma-separated torch.compile mode: '
                         '"default", "reduce-overhead" (CUDA graphs), "max-autotune"; bare --compile = default')
+    p.add_argument("--cuda-graph", default="auto",
+                   help="ours' module.cuda_graph, one row per comma-separated value (auto, true, false); "
+                        "auto = the whole training step in one CUDA graph on a GPU")
     p.add_argument("--precision", default=None, help="override ours' trainer.precision (default: trainer=gpu/cpu's)")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--tmp", default="/tmp/vrs-train-throughput")
@@ -242,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup_epochs is None:  # on the CPU there is no autotuning to warm up, and ResNet-110 is slow there
         args.warmup_epochs = 1 if args.device == "cuda" or args.compile else 0
     compile_modes = [m.strip() for m in args.compile.split(",") if m.strip()]
+    cuda_graphs = [g.strip() for g in args.cuda_graph.split(",") if g.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -250,12 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in models:
         ref = None if args.skip_reference else run_reference(model, args)
-        variants = [False] + [True if m == "default" else m for m in compile_modes]
-        runs = ([lambda: ref] if ref else []) + [lambda c=c: run_ours(model, args, compile_mode=c) for c in variants]
+        variants = [(c, g) for c in [False] + [True if m == "default" else m for m in compile_modes]
+                    for g in cuda_graphs]
+        runs = ([lambda: ref] if ref else []) + [lambda c=c, g=g: run_ours(model, args, compile_mode=c, cuda_graph=g)
+                                                 for c, g in variants]
         for run in runs:  # print each result as soon as it exists: a time limit may stop the rest
             r = run()
             r["ratio"] = r["images_per_s"] / ref["images_per_s"] if ref and r is not ref else None
-            print(f"{r['model']:>9}  {r['pipeline']:<52} {r['images_per_s']:>10,.0f} images/s"
+            print(f"{r['model']:>9}  {r['pipeline']:<70} {r['images_per_s']:>10,.0f} images/s"
                   + (f"  ({r['ratio']:.2f}x reference)" if r["ratio"] else ""), flush=True)
             rows.append(r)
     table = markdown(rows)

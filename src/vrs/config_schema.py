@@ -153,7 +153,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     "data.synthetic": {"num_train": integer(1), "num_test": integer(1), "seed": integer(0)},
     # Network depths are checked by the networks (6n+2 for ResNets, ...); the input shape in cross_checks.
     "model": {"width": integer(1), "hidden": integer(1), "dropout": number(ge=0, lt=1)},
-    "module": {"channels_last": AUTO_BOOL, "compile": COMPILE},
+    "module": {"channels_last": AUTO_BOOL, "compile": COMPILE, "cuda_graph": AUTO_BOOL},
     "optimizer": {"lr": required(number(gt=0)), "weight_decay": number(ge=0), "momentum": number(ge=0, lt=1),
                   "nesterov": BOOL, "eps": number(gt=0), "betas": list_of(number(ge=0, lt=1), length=" of 2"),
                   "dampening": number(ge=0, le=1)},

@@ -6,18 +6,23 @@ saved as hyper-parameters, so a checkpoint alone rebuilds the network with its n
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
 import torch
 import torchmetrics
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vrs.modules.optim import optimizers_from_config
+from vrs.errors import ConfigError
 from vrs.modules.guards import NonFiniteLossGuard
+from vrs.modules.optim import optimizers_from_config
+from vrs.modules.step_graph import CUDAGraphCapture, GraphedStep, make_capturable
 from vrs.models import with_normalization
 from vrs.smoothing.noise import add_noise
+from vrs.smoothing.smoothed import CUDA_GRAPH_MODES
 
 CHECKPOINT_FORMAT = 1
 
@@ -32,21 +37,52 @@ def build_network(net: dict, data: dict) -> torch.nn.Module:
     return with_normalization(instantiate(net), data["mean"], data["std"])
 
 
+def optimizer_is_capturable(optimizer_cfg: dict) -> bool:
+    """Whether an optimizer config can run inside a CUDA graph with a tensor learning rate: fused, or with a
+    `capturable` mode (Adam, AdamW). Unfused SGD calls .item() on a tensor learning rate every step."""
+    if optimizer_cfg.get("fused"):
+        return True
+    try:
+        cls = get_class(optimizer_cfg["_target_"])
+    except Exception:  # noqa: BLE001 - an unknown target is reported when the optimizer is built
+        return False
+    return "capturable" in inspect.signature(cls).parameters
+
+
+def plain_learning_rates(checkpoint: dict) -> None:
+    """Store learning rates as floats: a captured step keeps them in device tensors (make_capturable), but a
+    checkpoint must load anywhere, eager or captured, on any device (the capture makes them tensors again)."""
+    def as_float(v):
+        return float(v) if isinstance(v, torch.Tensor) else v
+
+    for state in checkpoint.get("optimizer_states", []):
+        for group in state.get("param_groups", []):
+            for key in ("lr", "initial_lr"):
+                if key in group:
+                    group[key] = as_float(group[key])
+    for state in checkpoint.get("lr_schedulers", []):
+        for key in ("base_lrs", "_last_lr"):
+            if isinstance(state.get(key), list):
+                state[key] = [as_float(v) for v in state[key]]
+
+
 class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
     nonfinite_what = "training loss"
     nonfinite_hint = "lower the learning rate, or check the data and noise settings"
 
     def __init__(self, net: dict, noise: dict, optimizer: dict, data: dict, scheduler: dict | None = None,
-                 channels_last: bool | str = "auto", compile: bool | str = False):
+                 channels_last: bool | str = "auto", compile: bool | str = False, cuda_graph: bool | str = "auto"):
         super().__init__()
         net, noise, optimizer, scheduler, data = map(plain, (net, noise, optimizer, scheduler, data))
         self.save_hyperparameters({"net": net, "noise": noise, "optimizer": optimizer, "scheduler": scheduler,
-                                   "data": data, "channels_last": channels_last, "compile": compile})
+                                   "data": data, "channels_last": channels_last, "compile": compile,
+                                   "cuda_graph": cuda_graph})
         self.net = build_network(net, data)
         self.noise = instantiate(noise)
         self.sigma_grid = self.noise.grid()
         self._set_forward(self.net)
         self._channels_last = False
+        self._graphed: GraphedStep | None = None  # the captured training step (module.cuda_graph)
         self._nonfinite: torch.Tensor | None = None  # device-side flag: a non-finite training loss was seen
         nc = data["num_classes"]
 
@@ -72,6 +108,38 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
             # True: default inductor; a string is a torch.compile mode ("reduce-overhead" adds CUDA graphs,
             # which pays off for small, launch-bound networks such as CIFAR ResNets).
             self._set_forward(torch.compile(self.net, mode=None if mode is True else mode))
+        if stage == "fit" and self._wants_cuda_graph():
+            rank_zero_info("module.cuda_graph: each training step (noise, forward, backward, optimizer) "
+                           "runs as one CUDA graph after 3 warm-up steps")
+            self._graphed = GraphedStep(self._graph_body, self._zero_grad, capture=self.graph_capture,
+                                        before_capture=lambda: make_capturable(self.trainer.optimizers[0]))
+
+    graph_capture: type = CUDAGraphCapture  # tests swap in step_graph.CallCapture to run the logic on a CPU
+
+    def _wants_cuda_graph(self) -> bool:
+        """module.cuda_graph: true, false, or auto (on where it applies: one CUDA device, no gradient
+        accumulation or clipping, no torch.compile mode with its own CUDA graphs)."""
+        setting = self.hparams.get("cuda_graph", False)
+        if setting is False:
+            return False
+        trainer, mode = self.trainer, self.hparams.compile
+        conflicts = [why for bad, why in [
+            (self.device.type != "cuda" and self.graph_capture is CUDAGraphCapture, "it needs a CUDA device"),
+            (trainer.world_size > 1, "it runs on one device (not with DDP)"),
+            (trainer.accumulate_grad_batches != 1, "trainer.accumulate_grad_batches must be 1"),
+            (bool(trainer.gradient_clip_val), "gradient clipping (trainer.gradient_clip_val) is not captured"),
+            (str(trainer.precision).startswith("16"), "fp16 needs a GradScaler, which is not captured (use "
+                                                       "trainer.precision=bf16-mixed)"),
+            (mode in CUDA_GRAPH_MODES, f"module.compile={mode} brings its own CUDA graphs (use true or "
+                                       "max-autotune-no-cudagraphs with it)"),
+            (not optimizer_is_capturable(self.hparams.optimizer), "the optimizer's step reads the learning rate "
+                                                                  "back on the host (set optimizer.fused=true)"),
+        ] if bad]
+        if conflicts and setting is True:
+            raise ConfigError("module.cuda_graph", True, "; ".join(conflicts) + " (or set module.cuda_graph=auto)")
+        if conflicts and self.device.type == "cuda":
+            rank_zero_info(f"module.cuda_graph=auto: eager training steps ({'; '.join(conflicts)})")
+        return not conflicts
 
     def _set_forward(self, fn) -> None:
         # Bypass nn.Module.__setattr__: the (possibly compiled) alias must not become a second submodule
@@ -84,11 +152,17 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
         return self._forward(x)
 
     # ---- steps -------------------------------------------------------------------------------
+    def _noisy_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(add_noise(x, self.noise(x.shape[0], x.device)))
+        return logits, torch.nn.functional.cross_entropy(logits, y)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
-        sigma = self.noise(x.shape[0], x.device)
-        logits = self(add_noise(x, sigma))
-        loss = torch.nn.functional.cross_entropy(logits, y)
+        if self._graphed is not None:  # forward, backward and optimizer step in one graph replay
+            logits, loss = self._graphed(x, y)
+            loss = loss.clone()  # the loggers keep it; the next replay overwrites the static tensor
+        else:
+            logits, loss = self._noisy_loss(x, y)
         self._check_finite(loss)
         self.train_acc(logits, y)
         self.log("train/loss", loss)
@@ -118,7 +192,37 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        return optimizers_from_config(self.hparams.optimizer, self.hparams.scheduler, self.parameters(), self.trainer)
+        prepare = make_capturable if self._graphed is not None else None
+        return optimizers_from_config(self.hparams.optimizer, self.hparams.scheduler, self.parameters(), self.trainer,
+                                      prepare=prepare)
+
+    # With module.cuda_graph the replay in training_step already ran backward and the optimizer step, so
+    # Lightning's own calls become no-ops (its step counting, schedulers and logging stay as they are).
+    def _graph_body(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Lightning's autocast region is active here; its weight cache must be off while capturing.
+        enabled, dtype = torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=enabled, cache_enabled=False):
+            logits, loss = self._noisy_loss(x, y)
+        loss.backward()
+        self.trainer.optimizers[0].step()
+        return logits.detach(), loss.detach()
+
+    def _zero_grad(self, set_to_none: bool = True) -> None:
+        self.trainer.optimizers[0].zero_grad(set_to_none=set_to_none)
+
+    def backward(self, loss, *args, **kwargs):
+        if self._graphed is None:
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+        if self._graphed is None:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        if self._graphed is None:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer_closure()  # runs training_step, whose replay includes the optimizer step
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        plain_learning_rates(checkpoint)
         checkpoint["vrs"] = {"format": CHECKPOINT_FORMAT, "kind": "classifier", "data": self.hparams.data}
