@@ -126,15 +126,37 @@ def test_cuda_graph_true_without_a_gpu_is_a_clear_error_and_auto_falls_back(tmp_
     ("+trainer.gradient_clip_val=1.0", "gradient_clip_val"),
     ("module.compile=reduce-overhead", "own CUDA graphs"),
     ("optimizer.fused=false", "optimizer.fused=true"),
+    ("trainer.precision=64-true", "trainer.precision=64-true is not captured"),
+    ("+trainer.strategy=ddp", "not DDPStrategy"),
 ])
 def test_cuda_graph_true_names_what_conflicts(tmp_path, override, reason):
     with pytest.raises(ConfigError, match=reason):
         train(tmp_path, "true", CallCapture, override)
 
 
-def test_adamw_without_fused_is_capturable(tmp_path):
-    module, _ = train(tmp_path, "true", CallCapture, "optimizer=adamw", "optimizer.fused=false", "trainer.max_epochs=1")
+def test_adamw_is_captured_when_fused(tmp_path):
+    module, _ = train(tmp_path, "true", CallCapture, "optimizer=adamw", "trainer.max_epochs=1")
     assert module._graphed.replays > 0
+
+
+def test_a_callback_between_backward_and_step_is_refused_or_keeps_steps_eager(tmp_path):
+    class GradNorm(pl.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            pass
+
+    cfg = compose_config(*QUIET, "data=digits", "model.width=8", "trainer.max_epochs=1", output_dir=tmp_path)
+    dm = instantiate(cfg.data)
+    dm.setup()
+    for setting in (True, "auto"):
+        module = instantiate(cfg.module, data=dm.spec.to_dict(), cuda_graph=setting)
+        module.graph_capture = CallCapture
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=[GradNorm()], enable_checkpointing=False)
+        if setting is True:
+            with pytest.raises(ConfigError, match="GradNorm uses on_before_optimizer_step"):
+                trainer.fit(module, datamodule=dm)
+        else:
+            trainer.fit(module, datamodule=dm)
+            assert module._graphed is None
 
 
 def test_a_step_that_cannot_be_captured_is_one_clear_error():
@@ -211,3 +233,20 @@ def test_lightning_training_with_a_real_cuda_graph_learns_like_eager(tmp_path):
     assert lr.item() == pytest.approx(t_eager.optimizers[0].param_groups[0]["lr"], rel=1e-4)
     acc_e, acc_g = (t.callback_metrics["train/acc"].item() for t in (t_eager, t_graphed))
     assert acc_g > 0.5 and abs(acc_g - acc_e) < 0.1, (acc_e, acc_g)
+
+
+@cuda
+@pytest.mark.parametrize("optimizer, first", [("optimizer=sgd", "true"), ("optimizer=adamw", "true"),
+                                              ("optimizer=adamw", "false")])
+def test_a_real_cuda_graph_resumes_from_a_checkpoint(tmp_path, optimizer, first):
+    """Graph-saved and eager-saved checkpoints resume into a captured step (and store portable settings)."""
+    gpu = ["trainer=gpu", "trainer.precision=bf16-mixed", optimizer]
+    _, one = train(tmp_path / "first", first, None, *gpu, "trainer.max_epochs=2")
+    ckpt = tmp_path / "first" / "last.ckpt"
+    group = torch.load(ckpt, map_location="cpu", weights_only=False)["optimizer_states"][0]["param_groups"][0]
+    assert isinstance(group["lr"], float) and not group.get("capturable", False)
+    resumed, again = train(tmp_path / "resumed", "true", None, *gpu, "trainer.max_epochs=3", ckpt_path=ckpt)
+    assert again.current_epoch == 3 and again.global_step == one.global_step * 3 // 2
+    assert resumed._graphed.replays > 0
+    assert isinstance(again.optimizers[0].param_groups[0]["lr"], torch.Tensor)  # a tensor again for the graph
+    assert all(torch.isfinite(p).all() for p in resumed.parameters())

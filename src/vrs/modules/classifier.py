@@ -6,14 +6,14 @@ saved as hyper-parameters, so a checkpoint alone rebuilds the network with its n
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info
 import torch
 import torchmetrics
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.errors import ConfigError
@@ -37,21 +37,13 @@ def build_network(net: dict, data: dict) -> torch.nn.Module:
     return with_normalization(instantiate(net), data["mean"], data["std"])
 
 
-def optimizer_is_capturable(optimizer_cfg: dict) -> bool:
-    """Whether an optimizer config can run inside a CUDA graph with a tensor learning rate: fused, or with a
-    `capturable` mode (Adam, AdamW). Unfused SGD calls .item() on a tensor learning rate every step."""
-    if optimizer_cfg.get("fused"):
-        return True
-    try:
-        cls = get_class(optimizer_cfg["_target_"])
-    except Exception:  # noqa: BLE001 - an unknown target is reported when the optimizer is built
-        return False
-    return "capturable" in inspect.signature(cls).parameters
+GRAPH_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")  # no GradScaler (fp16) and no other plugin in a graph
 
 
-def plain_learning_rates(checkpoint: dict) -> None:
-    """Store learning rates as floats: a captured step keeps them in device tensors (make_capturable), but a
-    checkpoint must load anywhere, eager or captured, on any device (the capture makes them tensors again)."""
+def portable_optimizer_state(checkpoint: dict) -> None:
+    """Store learning rates as floats and `capturable` off: a captured step keeps the rates in device tensors
+    and the optimizer in capturable mode (make_capturable), but a checkpoint must load anywhere, eager or
+    captured, on any device (a capture turns both on again)."""
     def as_float(v):
         return float(v) if isinstance(v, torch.Tensor) else v
 
@@ -60,10 +52,19 @@ def plain_learning_rates(checkpoint: dict) -> None:
             for key in ("lr", "initial_lr"):
                 if key in group:
                     group[key] = as_float(group[key])
+            if group.get("capturable"):
+                group["capturable"] = False
     for state in checkpoint.get("lr_schedulers", []):
         for key in ("base_lrs", "_last_lr"):
             if isinstance(state.get(key), list):
                 state[key] = [as_float(v) for v in state[key]]
+
+
+def callbacks_before_optimizer_step(trainer: pl.Trainer) -> list[str]:
+    """Callbacks that act between backward and the optimizer step (e.g. gradient-norm logging): inside one
+    graph there is no such moment."""
+    base = pl.Callback.on_before_optimizer_step
+    return [type(cb).__name__ for cb in trainer.callbacks if type(cb).on_before_optimizer_step is not base]
 
 
 class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
@@ -118,22 +119,28 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
 
     def _wants_cuda_graph(self) -> bool:
         """module.cuda_graph: true, false, or auto (on where it applies: one CUDA device, no gradient
-        accumulation or clipping, no torch.compile mode with its own CUDA graphs)."""
+        accumulation or clipping, bf16 or fp32, a fused optimizer, no torch.compile mode with its own CUDA
+        graphs, no callback between backward and the optimizer step). VRS stage 1 takes it as
+        `+base_stage.module.cuda_graph=...`."""
         setting = self.hparams.get("cuda_graph", False)
         if setting is False:
             return False
         trainer, mode = self.trainer, self.hparams.compile
         conflicts = [why for bad, why in [
             (self.device.type != "cuda" and self.graph_capture is CUDAGraphCapture, "it needs a CUDA device"),
-            (trainer.world_size > 1, "it runs on one device (not with DDP)"),
+            (not isinstance(trainer.strategy, SingleDeviceStrategy),
+             f"it runs on one device with no distributed strategy (not {type(trainer.strategy).__name__})"),
             (trainer.accumulate_grad_batches != 1, "trainer.accumulate_grad_batches must be 1"),
             (bool(trainer.gradient_clip_val), "gradient clipping (trainer.gradient_clip_val) is not captured"),
-            (str(trainer.precision).startswith("16"), "fp16 needs a GradScaler, which is not captured (use "
-                                                       "trainer.precision=bf16-mixed)"),
+            (str(trainer.precision) not in GRAPH_PRECISIONS,
+             f"trainer.precision={trainer.precision} is not captured (use one of {', '.join(GRAPH_PRECISIONS)})"),
             (mode in CUDA_GRAPH_MODES, f"module.compile={mode} brings its own CUDA graphs (use true or "
                                        "max-autotune-no-cudagraphs with it)"),
-            (not optimizer_is_capturable(self.hparams.optimizer), "the optimizer's step reads the learning rate "
-                                                                  "back on the host (set optimizer.fused=true)"),
+            # Unfused SGD reads a tensor learning rate back on the host; unfused capturable Adam divides by
+            # the learning rate (NaN at lr = 0, e.g. the end of a cosine schedule). Fused ones do neither.
+            (not self.hparams.optimizer.get("fused"), "it needs a fused optimizer (set optimizer.fused=true)"),
+            *[(True, f"callback {name} uses on_before_optimizer_step, which a captured step does not call")
+              for name in callbacks_before_optimizer_step(trainer)],
         ] if bad]
         if conflicts and setting is True:
             raise ConfigError("module.cuda_graph", True, "; ".join(conflicts) + " (or set module.cuda_graph=auto)")
@@ -224,5 +231,5 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
         optimizer_closure()  # runs training_step, whose replay includes the optimizer step
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        plain_learning_rates(checkpoint)
+        portable_optimizer_state(checkpoint)
         checkpoint["vrs"] = {"format": CHECKPOINT_FORMAT, "kind": "classifier", "data": self.hparams.data}

@@ -119,7 +119,7 @@ class GraphedStep:
             self.zero_grad(set_to_none=True)
             try:
                 self.captured = self.capture_cls(self.body, self.static_inputs, self.zero_grad)
-            except RuntimeError as err:  # e.g. a host read-back in the step; the CUDA RNG is unusable after it
+            except Exception as err:  # e.g. a host read-back in the step; the CUDA RNG is unusable after it
                 raise CaptureError(f"the training step could not be captured in a CUDA graph ({err}); "
                                    "set module.cuda_graph=false") from err
         elif self._matches(inputs):
