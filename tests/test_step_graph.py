@@ -141,8 +141,8 @@ def test_adamw_is_captured_when_fused(tmp_path):
 
 def test_a_callback_between_backward_and_step_is_refused_or_keeps_steps_eager(tmp_path):
     class GradNorm(pl.Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            pass
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # e.g. logs gradient norms
+            self.norms = [p.grad.norm() for p in pl_module.parameters() if p.grad is not None]
 
     cfg = compose_config(*QUIET, "data=digits", "model.width=8", "trainer.max_epochs=1", output_dir=tmp_path)
     dm = instantiate(cfg.data)
