@@ -129,6 +129,27 @@ def flops_per_sample(net: torch.nn.Module, device: torch.device) -> float:
     return counter.get_total_flops() / 8
 
 
+def samples_per_second(step, batch: int, seconds: float, device: torch.device, warmup_calls: int = 2,
+                       sync_every: int = 10) -> tuple[float, int]:
+    """Samples/s of step() (one batch per call) over a window of `seconds`, after `warmup_calls` calls.
+
+    On a GPU it syncs only every `sync_every` calls: a sync per call would expose the launch gap that CUDA
+    graphs and large batches are there to hide."""
+    for _ in range(warmup_calls):
+        step()
+    sync(device)
+    iters, start = 0, time.perf_counter()
+    while True:
+        step()
+        iters += 1
+        if iters % sync_every == 0 or device.type == "cpu":
+            sync(device)
+            if time.perf_counter() - start >= seconds:
+                break
+    sync(device)
+    return iters * batch / (time.perf_counter() - start), iters
+
+
 def forward_throughput(net: torch.nn.Module, device: torch.device, cfg: dict, batch_size: int, seconds: float,
                        flops: float, compile_mode: str) -> dict:
     """Samples/s of the bare forward pass (+ argmax) at a fixed batch size, in one configuration."""
@@ -142,17 +163,8 @@ def forward_throughput(net: torch.nn.Module, device: torch.device, cfg: dict, ba
         engine._forward(x).argmax(1)
         sync(device)
         warm = time.perf_counter() - t0
-        iters, start = 0, time.perf_counter()
-        while True:
-            engine._forward(x).argmax(1)
-            iters += 1
-            if iters % 5 == 0 or device.type == "cpu":
-                sync(device)
-                if time.perf_counter() - start >= seconds:
-                    break
-        sync(device)
-        elapsed = time.perf_counter() - start
-    rate = iters * batch_size / elapsed
+        rate, iters = samples_per_second(lambda: engine._forward(x).argmax(1), batch_size, seconds, device,
+                                         warmup_calls=0, sync_every=5)
     return {"samples_per_s": rate, "tflop_per_s": rate * flops / 1e12, "batch_size": batch_size,
             "seconds_per_100k_samples": 1e5 / rate, "warmup_s": warm, "iters": iters}
 

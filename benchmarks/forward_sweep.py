@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from certify_throughput import device_name, flops_per_sample, make_network, sync  # noqa: E402
+from certify_throughput import device_name, flops_per_sample, make_network, samples_per_second, sync  # noqa: E402
 
 NOBENCH = "~nobench"
 # knob -> Inductor settings it patches; `fp16` changes the autocast dtype instead (see Config.dtype)
@@ -146,29 +146,12 @@ def build(net: torch.nn.Module, cfg: Config, device: torch.device):
     return step
 
 
-def time_forward(step, batch: int, seconds: float, device: torch.device) -> tuple[float, int]:
-    """Samples/s of step() over a window of `seconds` (after two warm-up calls)."""
-    step(), step()
-    sync(device)
-    iters, start = 0, time.perf_counter()
-    while True:
-        step()
-        iters += 1
-        # sync only every 10 calls on a GPU: a sync per call would expose the launch gap we are measuring past
-        if iters % 10 == 0 or device.type == "cpu":
-            sync(device)
-            if time.perf_counter() - start >= seconds:
-                break
-    sync(device)
-    return iters * batch / (time.perf_counter() - start), iters
-
-
 def measure(net: torch.nn.Module, cfg: Config, device: torch.device, seconds: float, flops: float) -> dict:
     t0 = time.perf_counter()
     with forward_context(cfg, device):
         step = build(net, cfg, device)
         compile_s = time.perf_counter() - t0
-        rate, iters = time_forward(step, cfg.batch, seconds, device)
+        rate, iters = samples_per_second(step, cfg.batch, seconds, device)
     return {**cfg.label(), "cudnn_benchmark": cfg.cudnn_benchmark, "dtype": str(cfg.dtype).removeprefix("torch."),
             "samples_per_s": rate, "tflop_per_s": rate * flops / 1e12, "seconds_per_100k": 1e5 / rate,
             "compile_s": compile_s, "iters": iters}

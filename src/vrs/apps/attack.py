@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.sharding import init_torchrun, spawn_ranks, torchrun_env
+from vrs.apps.sharding import from_rank0, init_torchrun, spawn_ranks, torchrun_env
 from vrs.errors import ConfigError, VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import print_config_tree
 
@@ -393,10 +393,7 @@ def run(cfg: DictConfig) -> dict:
             status = {"out": str(out), "done": writer.done_keys()}
         except VRSError as err:
             status = {"error": str(err)}
-    if dist is not None:
-        box = [status]
-        dist.broadcast_object_list(box, src=0)
-        status = box[0]
+    status = from_rank0(dist, status)
     if "error" in status:
         if lock is not None:
             os.close(lock)

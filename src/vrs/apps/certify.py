@@ -38,7 +38,7 @@ from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, RowAppender, atomic_write_json, format_row
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
 from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
-from vrs.apps.sharding import init_torchrun, spawn_ranks, torchrun_env
+from vrs.apps.sharding import from_rank0, init_torchrun, spawn_ranks, torchrun_env
 from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.smoothing import core
@@ -482,10 +482,7 @@ def certify(cfg: DictConfig) -> dict:
         meta.update(meta_keys(vopts))
     out_dir = Path(opts.out_dir or cfg.paths.output_dir)
     dist = init_torchrun() if launched else None
-    if dist is not None:  # every rank writes where rank 0 writes
-        box = [str(out_dir)]
-        dist.broadcast_object_list(box, src=0)
-        out_dir = Path(box[0])
+    out_dir = Path(from_rank0(dist, str(out_dir)))  # every rank writes where rank 0 writes
     results = ResultsDir(out_dir, meta)
     job = Job(opts, str(cfg.ckpt_path), loaded.sha256, data_cfg, seed, sigma, str(out_dir), meta,
               vopts.to_dict() if vopts else None)
@@ -503,10 +500,7 @@ def certify(cfg: DictConfig) -> dict:
                                    f"now says {int(y_all[idx])}: the data set changed; use another certify.out_dir")
         except VRSError as err:
             status = {"error": str(err)}
-    if dist is not None:
-        box = [status]
-        dist.broadcast_object_list(box, src=0)
-        status = box[0]
+    status = from_rank0(dist, status)
     if "error" in status:
         results.unlock()
         raise VRSError(status["error"])

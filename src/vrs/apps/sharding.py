@@ -27,6 +27,16 @@ def init_torchrun():
     return dist
 
 
+def from_rank0(dist, value: Any) -> Any:
+    """Rank 0's `value` on every rank of a torchrun job (dist from init_torchrun); the value itself when dist is
+    None (one process)."""
+    if dist is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def spawn_ranks(world: int, target: Callable, rank_args: Callable[[int], tuple], rank0: Callable[[], Any],
                 name: str, ctx=None) -> None:
     """Run rank0() in this process while ranks 1..world-1 run target(*rank_args(rank)) in spawned processes.

@@ -199,9 +199,7 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
-        prepare = make_capturable if self._graphed is not None else None
-        return optimizers_from_config(self.hparams.optimizer, self.hparams.scheduler, self.parameters(), self.trainer,
-                                      prepare=prepare)
+        return optimizers_from_config(self.hparams.optimizer, self.hparams.scheduler, self.parameters(), self.trainer)
 
     # With module.cuda_graph the replay in training_step already ran backward and the optimizer step, so
     # Lightning's own calls become no-ops (its step counting, schedulers and logging stay as they are).

@@ -5,17 +5,13 @@ from __future__ import annotations
 from hydra.utils import instantiate
 
 
-def optimizers_from_config(optimizer_cfg: dict, scheduler_cfg: dict | None, params, trainer, prepare=None):
+def optimizers_from_config(optimizer_cfg: dict, scheduler_cfg: dict | None, params, trainer):
     """What configure_optimizers returns: the optimizer (a _partial_ config) and, if configured, its schedule.
-
-    prepare: optional optimizer -> optimizer applied before the schedule wraps it (e.g. make_capturable).
 
     The schedule's `interval` (epoch | step) goes to Lightning; a CosineAnnealingLR with T_max = null runs over
     the whole fit (max_epochs, or the estimated number of steps for interval = step).
     """
     opt = instantiate(optimizer_cfg)(params)
-    if prepare is not None:
-        opt = prepare(opt)
     if not scheduler_cfg:
         return opt
     sched_cfg = dict(scheduler_cfg)
