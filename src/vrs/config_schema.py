@@ -178,7 +178,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "skip": integer(1), "max": optional(integer(1), " (all images)"),
                 "indices": optional(either(integer(0), INDICES)), "out_dir": optional(TEXT, " (the run directory)"),
                 "device": DEVICE, "precision": one_of("auto", "fp32", "tf32", "bf16", "fp16"),
-                "channels_last": AUTO_BOOL, "compile": COMPILE,
+                "channels_last": AUTO_BOOL, "compile": COMPILE, "fused_blocks": AUTO_BOOL,
                 "images_per_group": either(one_of("auto"), integer(1)), "noise_block": integer(1),
                 "world_size": integer(1), "radius_grid": list_of(number(ge=0)), "allow_other_dataset": BOOL,
                 "progress": BOOL,

@@ -70,6 +70,7 @@ class Options:
     precision: str
     channels_last: bool
     compile: bool | str | dict
+    fused_blocks: bool
     images_per_group: int
     world_size: int
     noise_block: int
@@ -81,7 +82,7 @@ class Options:
         """The sampling engine with this run's speed settings (precision, layout, compile, noise blocks)."""
         return SmoothedClassifier(network, num_classes, sigma, precision=self.precision,
                                   channels_last=self.channels_last, compile=self.compile,
-                                  noise_block=self.noise_block, device=device)
+                                  fused_blocks=self.fused_blocks, noise_block=self.noise_block, device=device)
 
 
 def resolve_device(device: str) -> str:
@@ -94,6 +95,21 @@ def resolve_device(device: str) -> str:
     except RuntimeError:
         raise VRSError(f"certify.device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
     return device
+
+
+def resolve_fused_blocks(value, dev_type: str, precision: str) -> bool:
+    """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
+    true anywhere else is refused, since it would silently run the plain network."""
+    from vrs.models.fused_blocks import triton_available
+
+    possible = dev_type == "cuda" and precision in ("bf16", "fp16") and triton_available()
+    if value == "auto":
+        return possible
+    if value and not possible:
+        raise VRSError(f"certify.fused_blocks=true needs a CUDA device, certify.precision=bf16 or fp16 and Triton; "
+                       f"got device type {dev_type!r}, precision {precision!r}, Triton "
+                       f"{'installed' if triton_available() else 'missing'}. Use certify.fused_blocks=auto or false")
+    return bool(value)
 
 
 def parse_options(c: DictConfig) -> Options:
@@ -117,6 +133,7 @@ def parse_options(c: DictConfig) -> Options:
     compile_ = c.get("compile", False)
     if compile_ == "auto":  # autotuned Triton convolutions + CUDA graphs: the fastest on an H100 (docs/performance.md)
         compile_ = "max-autotune" if dev_type == "cuda" else False
+    fused = resolve_fused_blocks(c.get("fused_blocks", "auto"), dev_type, precision)
     per_group = c.get("images_per_group", "auto")
     total = (n0 or 0) + c["n"]
     if per_group == "auto":  # enough samples per group for a few full forward batches, at most 256 images
@@ -128,7 +145,7 @@ def parse_options(c: DictConfig) -> Options:
                    sigma=None if sigma is None else float(sigma), split=c.get("split", "test"), skip=skip, max=mx,
                    indices=indices, out_dir=c.get("out_dir"), device=device, precision=precision,
                    channels_last=(dev_type == "cuda") if cl == "auto" else bool(cl), compile=compile_,
-                   images_per_group=per_group, world_size=world, noise_block=block,
+                   fused_blocks=fused, images_per_group=per_group, world_size=world, noise_block=block,
                    radius_grid=[float(r) for r in grid], allow_other_dataset=bool(c.get("allow_other_dataset")),
                    progress=bool(c.get("progress", True)))
 
@@ -355,7 +372,7 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         "seconds_per_image": float(times.mean()) if len(rows) else None,
         "seconds_per_image_note": "mean of the TSV time column: wall time of one process per image",
         "precision": opts.precision, "channels_last": opts.channels_last, "compile": opts.compile,
-        "batch_size": opts.batch_size, "images_per_group": opts.images_per_group,
+        "fused_blocks": opts.fused_blocks, "batch_size": opts.batch_size, "images_per_group": opts.images_per_group,
         "world_size": extra.pop("world_size", opts.world_size),
         "torch": torch.__version__,
     })

@@ -13,7 +13,8 @@ How the engine spends the device's time:
 - Counts accumulate on the device with `index_add_` (integer, exact); the host reads them once per group of
   images, and while it does the statistics of one group the device already works on the next one.
 - Options: bf16/fp16 autocast, true fp32 (TF32 off) or TF32, channels_last, torch.compile (any mode;
-  "reduce-overhead" adds CUDA graphs).
+  "reduce-overhead" adds CUDA graphs), and `fused_blocks`: the CIFAR ResNet's residual stages as one
+  Triton kernel each (vrs.models.fused_blocks; the fastest on an H100, docs/performance.md).
 
 On numerics: the certificate holds for whatever deterministic function the network computes, so a
 bf16 network is a different (equally certifiable) base classifier from the fp32 one; the precision is
@@ -150,12 +151,15 @@ class SmoothedClassifier:
             "reduce-overhead" (CUDA graphs), or a dict of torch.compile keyword arguments (e.g.
             {"backend": "eager"}). Compiled networks run with Inductor's freezing (`with_freezing`).
         noise_block: samples per noise draw of one stream (part of what fixes the random stream).
+        fused_blocks: run each run of identity BasicBlocks as one fused kernel
+            (vrs.models.fused_blocks.fuse_residual_stages, on a copy of the network). Takes effect on CUDA in
+            bf16/fp16; elsewhere the copy computes exactly what the original does.
         device: where to sample; default: the network's device.
     """
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma, *, precision: str = "fp32",
                  channels_last: bool = False, compile: bool | str | dict = False, noise_block: int = NOISE_BLOCK,
-                 device: torch.device | str | None = None):
+                 fused_blocks: bool = False, device: torch.device | str | None = None):
         check(isinstance(num_classes, int) and num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
         check_choice("precision", precision, PRECISIONS)
         check(isinstance(noise_block, int) and noise_block >= 1, "noise_block", noise_block, "an integer >= 1")
@@ -164,6 +168,11 @@ class SmoothedClassifier:
             device = param.device if param is not None else torch.device("cpu")
         self.device = torch.device(device)
         self.base_classifier = base_classifier.to(self.device).eval()
+        self.fused_blocks = bool(fused_blocks)
+        if self.fused_blocks:
+            from vrs.models.fused_blocks import fuse_residual_stages
+
+            self.base_classifier = fuse_residual_stages(self.base_classifier)
         self.num_classes = num_classes
         self.sigma = sigma
         self.precision = precision
