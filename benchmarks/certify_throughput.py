@@ -21,6 +21,8 @@ Configurations of our engine (--configs):
   bf16_cl_graphs          CUDA graphs (compile mode reduce-overhead), batch 2048
   bf16_cl_autotune        compile mode max-autotune-no-cudagraphs (Triton convolutions), batch 2048
   bf16_cl_autotune_graphs compile mode max-autotune (the same + CUDA graphs), batch 2048
+  fused                   bf16_cl_autotune_graphs with each residual stage as one fused Triton kernel
+                          (fused_blocks=True; vrs-certify's default on CUDA), batch 2048
 Compiled configurations run with Inductor's freezing (weights as constants: conv+BN folding).
 A configuration that fails (e.g. a compiler problem) is reported in the JSON and the others still run.
 The reference runs with PyTorch's default flags (cuDNN may use TF32 for fp32 convolutions on Ampere and
@@ -56,10 +58,12 @@ ENGINE_CONFIGS = {  # compiled configurations run with Inductor's freezing (Smoo
     "bf16_cl_compile": dict(precision="bf16", channels_last=True, compile=True),
     # CUDA graphs at a batch whose activations stay in the H100's L2 cache (benchmarks/forward_sweep.py)
     "bf16_cl_graphs": dict(precision="bf16", channels_last=True, compile="reduce-overhead", batch_size=2048),
-    # Inductor's Triton convolutions, autotuned (vrs-certify's default on CUDA)
+    # Inductor's Triton convolutions, autotuned
     "bf16_cl_autotune": dict(precision="bf16", channels_last=True, compile="max-autotune-no-cudagraphs",
                              batch_size=2048),
     "bf16_cl_autotune_graphs": dict(precision="bf16", channels_last=True, compile="max-autotune", batch_size=2048),
+    # the residual stages as fused Triton kernels, the rest as above (vrs-certify's default on CUDA)
+    "fused": dict(precision="bf16", channels_last=True, compile="max-autotune", fused_blocks=True, batch_size=2048),
 }
 
 
@@ -330,7 +334,8 @@ def markdown_table(r: dict) -> str:
         fw = r["forward"][name]
         cfg = e["config"]
         desc = f"{cfg['precision']}{', channels_last' if cfg['channels_last'] else ''}" + \
-               (f", torch.compile({cfg['compile']}) + freezing" if cfg["compile"] else "")
+               (f", torch.compile({cfg['compile']}) + freezing" if cfg["compile"] else "") + \
+               (", fused residual stages" if cfg.get("fused_blocks") else "")
         speed = f"{e['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in e else "-"
         lines.append(f"| vrs engine ({name}) | {desc} | {e['batch_size']} | {e['seconds_per_image']:.3f} | {speed} | "
                      f"{e['forward_only_seconds_per_image']:.3f} | {fw['samples_per_s']:,.0f} | {fw['tflop_per_s']:.2f} |")

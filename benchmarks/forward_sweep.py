@@ -22,6 +22,9 @@ A configuration is `<mode>[+knob...]@<batch>`:
          `+fuse`    benchmark_epilogue_fusion = False (fuse every epilogue a template can take, without
                     Inductor's benchmark deciding against it)
          `+fp16`    autocast to float16 instead of bfloat16
+         `+blocks`  run each stage's identity blocks as one fused Triton kernel (vrs.models.fused_blocks); with
+                    `eager+blocks` only those kernels differ from eager, with a compile mode Inductor compiles
+                    the rest around them
          The Inductor settings are patched around the compile, the first (compiling) call and the timing.
          An unknown knob, or a setting the running torch does not have, gives that configuration an error row.
 Small batches keep the activations in the GPU's L2 cache (50 MB on an H100) but need CUDA graphs to hide the
@@ -61,6 +64,7 @@ KNOBS: dict[str, dict] = {
     "noepi": {"epilogue_fusion": False},
     "fuse": {"benchmark_epilogue_fusion": False},
     "fp16": {},
+    "blocks": {},
 }
 PROFILE_WARM, PROFILE_CALLS, PROFILE_TOP = 20, 10, 30
 
@@ -134,6 +138,10 @@ def build(net: torch.nn.Module, cfg: Config, device: torch.device):
     torch._dynamo.reset()
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     x = torch.rand(cfg.batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    if "blocks" in cfg.knobs:
+        from vrs.models.fused_blocks import fuse_residual_stages
+
+        net = fuse_residual_stages(net)
     fn = net if cfg.eager else torch.compile(net, mode=cfg.mode, dynamic=False)
 
     def step():
