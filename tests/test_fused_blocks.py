@@ -80,10 +80,23 @@ def test_outside_the_kernels_domain_the_fused_network_is_the_original():
     x = torch.rand(5, 3, 32, 32)
     with torch.inference_mode():
         assert torch.equal(fused(x), net(x))  # CPU, float32: the original blocks run
-    fused.train()
-    net.train()
     x.requires_grad_(True)
-    assert torch.equal(fused(x), net(x))  # training mode (batch statistics): the original blocks too
+    grad_fused, = torch.autograd.grad(fused(x).sum(), x)  # input gradients: the original blocks as well
+    grad_plain, = torch.autograd.grad(net(x).sum(), x)
+    assert torch.equal(grad_fused, grad_plain)
+
+
+def test_fused_stages_are_inference_only_and_check_their_blocks():
+    from vrs.models.resnet import BasicBlock
+
+    fused = fuse_residual_stages(resnet(20))
+    assert not any(p.requires_grad for s in stages_of(fused) for p in s.parameters())  # a frozen snapshot
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fused.train()
+    with pytest.raises(ValueError, match="power of two >= 16; got \\[24\\]"):
+        FusedResidualStage([BasicBlock(24, 24, 1), BasicBlock(24, 24, 1)])
+    with pytest.raises(ValueError, match="stride-1 BasicBlocks with identity shortcuts"):
+        FusedResidualStage([BasicBlock(16, 32, 2)])
 
 
 def test_other_networks_are_left_alone():
@@ -147,6 +160,22 @@ INTERPRETED = textwrap.dedent("""
                 results.append([c, h, w, str(dtype), err])
     json.dump(results, sys.stdout)
 """)
+
+
+def test_results_directories_do_not_mix_fused_and_plain_rows(tmp_path):
+    import json
+
+    from vrs.apps.certify import fused_stage_count
+    from vrs.apps.certify_store import META_NAME, RESULTS_FORMAT, ResultsDir
+
+    assert fused_stage_count(resnet(20), True) == 3
+    assert fused_stage_count(resnet(20), False) == 0
+    assert fused_stage_count(LeNet(1, 10, 28), True) == 0  # nothing to fuse: runs as it is
+    meta = {"mode": "certify", "n0": 10, "n": 100, "alpha": 0.001, "sigma": 0.25, "seed": 0}
+    (tmp_path / META_NAME).write_text(json.dumps({**meta, "format": RESULTS_FORMAT}))  # written before the key
+    ResultsDir(tmp_path, {**meta, "fused_stages": 0}).check_meta()  # absent meant no fused stages
+    with pytest.raises(VRSError, match="fused_stages: existing 0, now 3"):
+        ResultsDir(tmp_path, {**meta, "fused_stages": 3}).check_meta()
 
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")

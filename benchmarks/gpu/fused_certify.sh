@@ -27,4 +27,4 @@ for fused in true false; do
     "${common[@]}" hydra.run.dir="$WORK/fused_$fused"
 done
 python3 benchmarks/compare_certify.py "$WORK/fused_true" "$WORK/fused_false" --out "$WORK/compare.json" | tee "$WORK/compare.txt"
-grep -h '"fused_blocks"\|"seconds_per_image"\|"acr"' "$WORK"/fused_*/summary.json
+grep -h '"fused_blocks"\|"fused_stages"\|"seconds_per_image"\|"acr"' "$WORK"/fused_*/summary.json

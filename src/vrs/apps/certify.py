@@ -97,19 +97,35 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_fused_blocks(value, dev_type: str, precision: str) -> bool:
+def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
     true anywhere else is refused, since it would silently run the plain network."""
-    from vrs.models.fused_blocks import triton_available
+    from vrs.models.fused_blocks import kernel_supported, triton_available
 
-    possible = dev_type == "cuda" and precision in ("bf16", "fp16") and triton_available()
+    dev_type = torch.device(device).type
+    possible = dev_type == "cuda" and precision in ("bf16", "fp16") and kernel_supported(device)
     if value == "auto":
         return possible
     if value and not possible:
-        raise VRSError(f"certify.fused_blocks=true needs a CUDA device, certify.precision=bf16 or fp16 and Triton; "
-                       f"got device type {dev_type!r}, precision {precision!r}, Triton "
-                       f"{'installed' if triton_available() else 'missing'}. Use certify.fused_blocks=auto or false")
+        raise VRSError(f"certify.fused_blocks=true needs a CUDA device of compute capability >= 8.0, "
+                       f"certify.precision=bf16 or fp16 and Triton; got device type {dev_type!r}, precision "
+                       f"{precision!r}, Triton {'installed' if triton_available() else 'missing'}. "
+                       f"Use certify.fused_blocks=auto or false")
     return bool(value)
+
+
+def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
+    """How many runs of ResNet blocks certify.fused_blocks fuses in this network (0 when off). Asking for
+    fused blocks on a network with none to fuse is allowed (sweeps over models) but said."""
+    if not fused_blocks:
+        return 0
+    from vrs.models.fused_blocks import FusedResidualStage, fuse_residual_stages
+
+    count = sum(isinstance(m, FusedResidualStage) for m in fuse_residual_stages(network).modules())
+    if count == 0:
+        log.info("certify.fused_blocks: %s has no run of identity ResNet blocks to fuse; it runs as it is",
+                 type(network).__name__)
+    return count
 
 
 def parse_options(c: DictConfig) -> Options:
@@ -133,7 +149,7 @@ def parse_options(c: DictConfig) -> Options:
     compile_ = c.get("compile", False)
     if compile_ == "auto":  # autotuned Triton convolutions + CUDA graphs: the fastest on an H100 (docs/performance.md)
         compile_ = "max-autotune" if dev_type == "cuda" else False
-    fused = resolve_fused_blocks(c.get("fused_blocks", "auto"), dev_type, precision)
+    fused = resolve_fused_blocks(c.get("fused_blocks", "auto"), device, precision)
     per_group = c.get("images_per_group", "auto")
     total = (n0 or 0) + c["n"]
     if per_group == "auto":  # enough samples per group for a few full forward batches, at most 256 images
@@ -372,7 +388,8 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         "seconds_per_image": float(times.mean()) if len(rows) else None,
         "seconds_per_image_note": "mean of the TSV time column: wall time of one process per image",
         "precision": opts.precision, "channels_last": opts.channels_last, "compile": opts.compile,
-        "fused_blocks": opts.fused_blocks, "batch_size": opts.batch_size, "images_per_group": opts.images_per_group,
+        "fused_blocks": opts.fused_blocks, "fused_stages": job.meta.get("fused_stages", 0),
+        "batch_size": opts.batch_size, "images_per_group": opts.images_per_group,
         "world_size": extra.pop("world_size", opts.world_size),
         "torch": torch.__version__,
     })
@@ -494,6 +511,8 @@ def certify(cfg: DictConfig) -> dict:
             "ckpt_sha256": loaded.sha256, "ckpt_path": str(Path(cfg.ckpt_path).resolve()), "data": spec["name"],
             "split": opts.split, "precision": opts.precision, "noise_block": opts.noise_block,
             "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[table]),
+            # the fused kernels compute another (bf16) network: rows with and without them are not mixed
+            "fused_stages": fused_stage_count(loaded.network, opts.fused_blocks),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if vopts:
         meta.update(meta_keys(vopts))

@@ -42,7 +42,10 @@ COLUMNS = {
 # Keys of the meta file that must agree before new rows may be added to existing ones (the VRS keys are
 # absent, so equal, in Cohen's meta files).
 MATCH_KEYS = ("mode", "n0", "n", "alpha", "sigma", "seed", "ckpt_sha256", "data", "split", "precision",
-              "noise_block", "device_type", "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid")
+              "noise_block", "device_type", "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid",
+              "fused_stages")
+# What a key absent from an older meta file meant (results written before the key existed).
+MATCH_DEFAULTS = {"fused_stages": 0}
 
 
 # ---- rows --------------------------------------------------------------------------------------------
@@ -148,8 +151,8 @@ class ResultsDir:
                 old = json.loads(self.meta_path.read_text())
             except (OSError, ValueError) as err:
                 raise VRSError(f"{self.meta_path} is unreadable ({err}); use another certify.out_dir") from None
-            diffs = [f"{k}: existing {old.get(k)!r}, now {self.meta.get(k)!r}" for k in MATCH_KEYS
-                     if old.get(k) != self.meta.get(k)]
+            before, now = ({k: m.get(k, MATCH_DEFAULTS.get(k)) for k in MATCH_KEYS} for m in (old, self.meta))
+            diffs = [f"{k}: existing {before[k]!r}, now {now[k]!r}" for k in MATCH_KEYS if before[k] != now[k]]
             if old.get("format") != RESULTS_FORMAT:
                 diffs.insert(0, f"format: existing {old.get('format')!r}, now {RESULTS_FORMAT}")
             if diffs:

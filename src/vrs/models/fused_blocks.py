@@ -5,21 +5,27 @@ Why: certification runs ResNet-110 forward passes and nothing else, and most of 
 bias/ReLU/residual epilogue reads and writes a whole batch of activations in HBM
 (docs/performance.md). `residual_stage` runs a whole run of identity BasicBlocks,
 relu(bn2(conv2(relu(bn1(conv1(x))))) + x), repeated, inside one Triton kernel: each program takes one
-image, keeps its activations in a scratch slot small enough to stay in the SM's L1 and the L2 (two
-zero-bordered (H+2)x(W+2)xC tiles), and reads and writes HBM once: the stage's input and output.
+image and keeps its activations in a scratch slot (two zero-bordered (H+2)x(W+2)xC tiles) small enough to
+stay in the SM's L1 and the L2; the stage's input and output are read and written once. (The scratch is
+device memory, so L2 may write some of it back to HBM; that traffic is not measured.)
 A 3x3 convolution is 9 shifted [pixels, C] x [C, C] tensor-core products (implicit GEMM, fp32
 accumulation); BatchNorm is folded into the weights and bias once, when the stage is built.
 
-What it is for: inference in eval mode on CUDA, bf16 or fp16 activations, channels a power of two >= 16.
-`FusedResidualStage` falls back to the original blocks (exactly the unfused network) everywhere else:
-on the CPU, in fp32, with autograd. The fused network is a snapshot: fuse after loading the weights.
+What it is for: inference on CUDA (compute capability >= 8.0), bf16 or fp16 activations, channels a power
+of two >= 16. `FusedResidualStage` falls back to the original blocks (exactly the unfused network)
+everywhere else: on the CPU, in fp32, for input gradients. It is inference-only: the folded weights are a
+snapshot, so its blocks are frozen and `.train()` is refused; fuse after loading the weights. Fusing
+renumbers the children of the Sequentials it rewrites (state_dict keys change): keep the original network
+for checkpoints.
 Numerically it is the same network in bf16 with fp32 accumulation, so it is its own (equally
 certifiable) base classifier, like any other precision choice (vrs.smoothing.smoothed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -41,6 +47,22 @@ DEFAULT_TILING = (128, 4, 1)
 
 def triton_available() -> bool:
     return triton is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_ok(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)  # bf16 tensor-core products
+
+
+def kernel_supported(device: torch.device | str | None = None) -> bool:
+    """Whether the fused kernel can run on `device` (default: the current CUDA device): Triton installed and
+    a CUDA GPU of compute capability >= 8.0."""
+    if triton is None or not torch.cuda.is_available():
+        return False
+    device = torch.device("cuda" if device is None else device)
+    if device.type != "cuda":
+        return False
+    return _capability_ok(device.index if device.index is not None else torch.cuda.current_device())
 
 
 if triton is not None:
@@ -143,8 +165,11 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     scratch = torch.empty(n * 2 * (h + 2) * (w + 2) * ch, dtype=x.dtype, device=x.device)
     pixels, warps, stages = TILING.get(ch, DEFAULT_TILING)
     bm = max(16, min(pixels, triton.next_power_of_2(h * w)))
-    _residual_stage_kernel[(n,)](nhwc, out, weight, bias, scratch, BLOCKS=weight.shape[0], H=h, W=w, C=ch, BM=bm,
-                                 BORDER=triton.next_power_of_2(2 * (w + 2) + 2 * h), num_warps=warps, num_stages=stages)
+    # Triton launches on the current device: make it x's (the interpreter runs CPU tensors)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _residual_stage_kernel[(n,)](nhwc, out, weight, bias, scratch, BLOCKS=weight.shape[0], H=h, W=w, C=ch,
+                                     BM=bm, BORDER=triton.next_power_of_2(2 * (w + 2) + 2 * h), num_warps=warps,
+                                     num_stages=stages)
     return out.permute(0, 3, 1, 2)
 
 
@@ -187,11 +212,18 @@ def fusable_channels(c: int) -> bool:
 class FusedResidualStage(nn.Module):
     """A run of identity BasicBlocks as one `residual_stage` kernel (eval-mode BatchNorm folded in).
 
-    Runs the kernel on CUDA for bf16/fp16 inputs without autograd; the original blocks otherwise."""
+    Inference-only. Runs the kernel on a supported GPU for bf16/fp16 inputs that need no gradient; the
+    original (frozen) blocks otherwise."""
 
     def __init__(self, blocks: list[BasicBlock]):
         super().__init__()
-        self.blocks = nn.Sequential(*blocks)
+        if not blocks or not all(is_identity_block(b) for b in blocks):
+            raise ValueError("FusedResidualStage takes a non-empty list of stride-1 BasicBlocks with identity "
+                             "shortcuts")
+        channels = {b.conv1.out_channels for b in blocks}
+        if len(channels) != 1 or not fusable_channels(next(iter(channels))):
+            raise ValueError(f"FusedResidualStage needs one channel count, a power of two >= 16; got {sorted(channels)}")
+        self.blocks = nn.Sequential(*blocks).eval().requires_grad_(False)
         weights, biases = [], []
         for block in blocks:
             for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
@@ -201,11 +233,17 @@ class FusedResidualStage(nn.Module):
         c = blocks[0].conv1.out_channels
         self.register_buffer("weight", torch.stack(weights).reshape(len(blocks), 2, 3, 3, c, c).contiguous())
         self.register_buffer("bias", torch.stack(biases).reshape(len(blocks), 2, c).contiguous())
-        self.train(blocks[0].training)  # the mode of the blocks it replaces
+        self.eval()
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError("FusedResidualStage is inference-only (its folded weights are a snapshot of eval-mode "
+                               "BatchNorm): train the original network and fuse it again")
+        return super().train(False)
 
     def uses_kernel(self, x: torch.Tensor) -> bool:
-        return (triton is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
-                and not (torch.is_grad_enabled() and x.requires_grad) and not self.training)
+        return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+                and not (torch.is_grad_enabled() and x.requires_grad) and kernel_supported(x.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.uses_kernel(x):
@@ -214,7 +252,7 @@ class FusedResidualStage(nn.Module):
 
 
 def fuse_residual_stages(model: nn.Module, min_blocks: int = 2) -> nn.Module:
-    """A copy of `model` (eval mode) in which every run of >= `min_blocks` consecutive identity
+    """An inference-only copy of `model` (eval mode) in which every run of >= `min_blocks` consecutive identity
     BasicBlocks inside an nn.Sequential is one FusedResidualStage. Other modules are untouched, so any
     network works; one without such runs comes back unchanged (as a copy)."""
     fused = copy.deepcopy(model).eval()
