@@ -103,7 +103,7 @@ def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     from vrs.models.fused_blocks import kernel_supported, triton_available
 
     dev_type = torch.device(device).type
-    possible = dev_type == "cuda" and precision in ("bf16", "fp16") and kernel_supported(device)
+    possible = precision in ("bf16", "fp16") and kernel_supported(device)
     if value == "auto":
         return possible
     if value and not possible:
@@ -119,9 +119,9 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
     fused blocks on a network with none to fuse is allowed (sweeps over models) but said."""
     if not fused_blocks:
         return 0
-    from vrs.models.fused_blocks import FusedResidualStage, fuse_residual_stages
+    from vrs.models.fused_blocks import fusable_stage_count
 
-    count = sum(isinstance(m, FusedResidualStage) for m in fuse_residual_stages(network).modules())
+    count = fusable_stage_count(network)
     if count == 0:
         log.info("certify.fused_blocks: %s has no run of identity ResNet blocks to fuse; it runs as it is",
                  type(network).__name__)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 
 import torch
 from torch import nn
@@ -223,7 +224,7 @@ class FusedResidualStage(nn.Module):
         channels = {b.conv1.out_channels for b in blocks}
         if len(channels) != 1 or not fusable_channels(next(iter(channels))):
             raise ValueError(f"FusedResidualStage needs one channel count, a power of two >= 16; got {sorted(channels)}")
-        self.blocks = nn.Sequential(*blocks).eval().requires_grad_(False)
+        self.blocks = nn.Sequential(*blocks).requires_grad_(False)
         weights, biases = [], []
         for block in blocks:
             for conv, bn in ((block.conv1, block.bn1), (block.conv2, block.bn2)):
@@ -251,34 +252,37 @@ class FusedResidualStage(nn.Module):
         return residual_stage(x, self.weight.to(x.dtype), self.bias)
 
 
+def _with_runs(children, min_blocks: int) -> list:
+    """`children` in order, with each run of >= `min_blocks` consecutive identity BasicBlocks of one fusable
+    channel count gathered into a list (the other children as they are)."""
+    out = []
+    key = lambda m: m.conv1.out_channels if is_identity_block(m) else None  # noqa: E731
+    for channels, group in itertools.groupby(children, key=key):
+        group = list(group)
+        if channels is not None and len(group) >= min_blocks and fusable_channels(channels):
+            out.append(group)
+        else:
+            out.extend(group)
+    return out
+
+
+def fusable_stage_count(model: nn.Module, min_blocks: int = 2) -> int:
+    """How many FusedResidualStage modules fuse_residual_stages(model) would make (without copying it)."""
+    return sum(isinstance(item, list) for parent in model.modules() if isinstance(parent, nn.Sequential)
+               for item in _with_runs(parent, min_blocks))
+
+
 def fuse_residual_stages(model: nn.Module, min_blocks: int = 2) -> nn.Module:
     """An inference-only copy of `model` (eval mode) in which every run of >= `min_blocks` consecutive identity
     BasicBlocks inside an nn.Sequential is one FusedResidualStage. Other modules are untouched, so any
     network works; one without such runs comes back unchanged (as a copy)."""
     fused = copy.deepcopy(model).eval()
     for parent in [m for m in fused.modules() if isinstance(m, nn.Sequential)]:
-        children, out, run = list(parent), [], []
-
-        def flush():
-            if len(run) >= min_blocks and fusable_channels(run[0].conv1.out_channels):
-                out.append(FusedResidualStage(list(run)))
-            else:
-                out.extend(run)
-            run.clear()
-
-        for child in children:
-            if is_identity_block(child) and (not run or child.conv1.out_channels == run[0].conv1.out_channels):
-                run.append(child)
-                continue
-            flush()
-            if is_identity_block(child):
-                run.append(child)
-            else:
-                out.append(child)
-        flush()
-        if len(out) != len(children):
-            for name in list(parent._modules):
-                del parent._modules[name]
-            for i, child in enumerate(out):
-                parent.add_module(str(i), child)
-    return fused.eval()  # the new FusedResidualStage modules too
+        items = _with_runs(parent, min_blocks)
+        if len(items) == len(parent):
+            continue
+        for name in list(parent._modules):
+            del parent._modules[name]
+        for i, item in enumerate(items):
+            parent.add_module(str(i), FusedResidualStage(item) if isinstance(item, list) else item)
+    return fused
