@@ -32,6 +32,7 @@ later, as Cohen's code would today); the JSON records the flags.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.batch_size = args.batch_size or (4096 if cuda else 500)
     args.depth = args.depth or (110 if cuda else 20)
     net = make_network(device, args.depth)
+    # The reference gets its own copy, made before any engine exists: an engine with channels_last=True converts
+    # the network it is given to channels_last in place, and Cohen's loop runs the plain NCHW network.
+    reference_net = copy.deepcopy(net)
     flops = flops_per_sample(net, device)
     g = torch.Generator().manual_seed(1234)
     images = torch.rand(args.images, 3, 32, 32, generator=g)  # stand-ins for CIFAR-10 test images
@@ -261,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # (a) reference
     if not args.skip_reference and ref_images > 0:
-        ref = CohenReference(net, 10, args.sigma)
+        ref = CohenReference(reference_net, 10, args.sigma)
         torch.manual_seed(0)
         xs = images[:ref_images].to(device)
         ref.certify(xs[0], min(args.n0, 100), min(args.n, args.ref_batch), args.alpha, args.ref_batch)  # warm-up

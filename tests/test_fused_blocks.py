@@ -2,8 +2,11 @@
 
 On the CPU: BatchNorm folding, which blocks get fused, the exact fallback outside the kernel's domain, the
 certify option, and the Triton kernel itself run by Triton's interpreter (TRITON_INTERPRET=1, in a
-subprocess because Triton reads it when the kernel is defined) in float32 and float16. On a GPU: the
-compiled kernel in bfloat16, inside torch.compile with CUDA graphs, and in the certification engine.
+subprocess because Triton reads it when the kernel is defined) in float32 and float16. The Gluon kernel
+(vrs.models.fused_stage_gluon) cannot run in the interpreter: on the CPU it is compiled for sm_80 and sm_90
+and its PTX checked (tensor-core operands in registers, no shared memory), and its channel permutation is
+checked. On a GPU: both kernels in bfloat16 and float16 against the blocks and each other, the network
+inside torch.compile with CUDA graphs, and in the certification engine.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from conftest import REPO_ROOT, compose_config
 from vrs.apps.certify import parse_options
 from vrs.errors import VRSError
 from vrs.models import with_normalization
-from vrs.models.fused_blocks import FusedResidualStage, fold_batchnorm, fuse_residual_stages, triton_available
+from vrs.models import fused_stage_gluon
+from vrs.models.fused_blocks import (FusedResidualStage, _launch, fold_batchnorm, fuse_residual_stages, kernel_for,
+                                     triton_available)
 from vrs.models.lenet import LeNet
 from vrs.models.resnet import CifarResNet, WideResNet
 from vrs.smoothing.smoothed import SmoothedClassifier
@@ -192,6 +197,55 @@ def test_kernel_matches_the_blocks_in_triton_interpreter():
         assert err < (1e-5 if dtype == "torch.float32" else 5e-3), (c, h, w, dtype, err)
 
 
+needs_gluon = pytest.mark.skipif(not fused_stage_gluon.gluon_available(), reason="Triton with Gluon is not installed")
+
+
+def test_gluon_channel_permutation_and_weight_layout():
+    for c in (16, 32, 64, 128):
+        assert sorted(fused_stage_gluon.position(k, c) for k in range(c)) == list(range(c))
+    # a thread's fragment channels 2t, 2t+1, 2t+8, 2t+9 (and +16, +32, ...) are adjacent
+    assert [fused_stage_gluon.position(k, 16) for k in (2, 3, 10, 11)] == [4, 5, 6, 7]
+    assert [fused_stage_gluon.position(k, 32) for k in (2, 3, 10, 11, 18, 19, 26, 27)] == list(range(8, 16))
+    if not fused_stage_gluon.gluon_available():
+        return
+    torch.manual_seed(0)
+    w = torch.randn(2, 2, 3, 3, 32, 32)  # (blocks, 2, ky, kx, C_in, C_out)
+    g = fused_stage_gluon.gluon_weight(w)
+    for k in range(32):
+        assert torch.equal(g[..., :, fused_stage_gluon.position(k, 32)], w[..., k, :])
+
+
+def test_cpu_tensors_take_the_triton_kernel():
+    assert kernel_for(torch.zeros(1, 16, 8, 8)) == "triton"
+    assert kernel_for(torch.zeros(1, 48, 8, 8)) == "triton"
+
+
+@needs_gluon
+@pytest.mark.parametrize("arch,c,h,w", [(90, 16, 32, 32), (80, 16, 5, 7), (90, 32, 16, 16), (80, 64, 7, 7)])
+def test_gluon_kernel_compiles_with_tensor_core_operands_in_registers(arch, c, h, w):
+    """No GPU needed: Triton compiles to PTX for a named target. The design's point is checked in the PTX:
+    tensor-core products, vectorised global loads, and no shared memory at all (no layout round trip)."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    config = fused_stage_gluon.launch_config(h, w, c)
+    warps = config.pop("num_warps")
+    constants = {"BLOCKS": 2, **config}
+    signature = {"x_ptr": "*bf16", "out_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*fp32", "scratch_ptr": "*bf16",
+                 **{name: "constexpr" for name in constants}}
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(5)}  # what a launch with torch tensors sees
+    source = GluonASTSource(fused_stage_gluon._residual_stage_kernel, signature, constants, attrs=aligned)
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    ptx = kernel.asm["ptx"]
+    assert kernel.metadata.shared == 0
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
+    assert not re.search(r"(ld|st)\.shared|ldmatrix", ptx)
+    assert re.search(r"ld\.global(\.[a-z]+)*\.v[24]\.b32", ptx)  # wide operand loads
+
+
 # ---- GPU -----------------------------------------------------------------------------------------------------
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU and Triton")
 
@@ -212,6 +266,26 @@ def test_gpu_kernel_matches_the_blocks_in_bf16(c, h, w):
     assert torch.equal(out, out_nchw)
     rel = (out.float() - ref).abs().max() / ref.abs().max()
     assert rel < 0.03, rel  # bf16 activations between layers; fp32 accumulation
+
+
+@gpu
+@pytest.mark.parametrize("c,h,w", [(16, 32, 32), (16, 5, 7), (32, 16, 16), (64, 8, 8), (64, 7, 7)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_gluon_and_triton_kernels_agree(c, h, w, dtype):
+    from vrs.models.resnet import BasicBlock
+
+    torch.manual_seed(1)
+    stage = FusedResidualStage([random_batchnorm(BasicBlock(c, c, 1), s) for s in range(3)]).cuda()
+    x = torch.relu(torch.randn(257, c, h, w, device="cuda")).to(dtype).contiguous(memory_format=torch.channels_last)
+    weight = stage.weight.to(dtype)
+    with torch.inference_mode():
+        ref = stage.blocks(x.float())
+        by_triton = _launch(x, weight, stage.bias, kernel="triton")
+        by_gluon = _launch(x, weight, stage.bias, kernel="gluon")
+    scale = ref.abs().max()
+    # the same products in the same order: equal up to a rare rounding flip of a stored activation
+    assert (by_gluon.float() - by_triton.float()).abs().max() / scale < 0.01
+    assert (by_gluon.float() - ref).abs().max() / scale < 0.03
 
 
 @gpu

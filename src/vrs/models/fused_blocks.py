@@ -10,6 +10,10 @@ stay in the SM's L1 and the L2; the stage's input and output are read and writte
 device memory, so L2 may write some of it back to HBM; that traffic is not measured.)
 A 3x3 convolution is 9 shifted [pixels, C] x [C, C] tensor-core products (implicit GEMM, fp32
 accumulation); BatchNorm is folded into the weights and bias once, when the stage is built.
+Two implementations of that one algorithm: the Triton kernel below, and vrs.models.fused_stage_gluon, which
+loads the tensor-core operands straight into registers and is 1.1-2x faster on an H100; `kernel_for` picks
+the Gluon one on CUDA for the channel counts in its TILING (16, 32, 64), this one otherwise (and in Triton's
+CPU interpreter, which runs only this one).
 
 What it is for: inference on CUDA (compute capability >= 8.0), bf16 or fp16 activations, channels a power
 of two >= 16. `FusedResidualStage` falls back to the original blocks (exactly the unfused network)
@@ -31,6 +35,7 @@ import itertools
 import torch
 from torch import nn
 
+from vrs.models import fused_stage_gluon
 from vrs.models.resnet import BasicBlock
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs fall back to the plain blocks.
@@ -39,9 +44,9 @@ try:  # Triton ships with CUDA builds of torch; CPU-only installs fall back to t
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-# Launch settings per channel count: (output pixels per tensor-core tile, warps, software-pipelining stages).
-# The fastest on an H100 (benchmarks/fused_blocks_tiling.py, docs/performance.md); other channel counts take
-# DEFAULT_TILING.
+# Launch settings of the Triton kernel per channel count: (output pixels per tensor-core tile, warps,
+# software-pipelining stages). The fastest on an H100 (benchmarks/fused_blocks_tiling.py, docs/performance.md);
+# other channel counts take DEFAULT_TILING.
 TILING: dict[int, tuple[int, int, int]] = {16: (512, 2, 1), 32: (256, 2, 1), 64: (64, 4, 2)}
 DEFAULT_TILING = (128, 4, 1)
 
@@ -156,8 +161,19 @@ if triton is not None:
             tl.store(out_ptr + pix, tl.load(act + corner[:, None] + CENTER + c[None, :]), mask=keep)
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Run the fused stage on (N, C, H, W) activations; returns channels_last (N, C, H, W)."""
+def kernel_for(x: torch.Tensor) -> str:
+    """Which implementation runs a stage on x: "gluon" (fused_stage_gluon) for the channel counts where it
+    is faster on CUDA, "triton" (this module's kernel; also the one Triton's CPU interpreter can run)."""
+    if x.is_cuda and fused_stage_gluon.gluon_available() and x.shape[1] in fused_stage_gluon.TILING:
+        return "gluon"
+    return "triton"
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel: str | None = None) -> torch.Tensor:
+    """Run the fused stage on (N, C, H, W) activations with `kernel` (default: kernel_for(x)); returns
+    channels_last (N, C, H, W)."""
+    if (kernel or kernel_for(x)) == "gluon":
+        return fused_stage_gluon.launch(x, weight, bias)
     n, ch, h, w = x.shape
     nhwc = x.permute(0, 2, 3, 1).contiguous()  # free when x is channels_last
     out = torch.empty_like(nhwc)
