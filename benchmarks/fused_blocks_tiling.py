@@ -59,6 +59,15 @@ def activations(n: int, c: int, h: int) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def resnet110_stages(device: torch.device) -> list[tuple[fused_blocks.FusedResidualStage, int, int]]:
+    """The fused stages of CifarResNet-110 with random BatchNorm statistics: (stage, channels, image size)."""
+    net = make_network(device, 110)
+    randomize_batchnorm(net)
+    stages = [m for m in fused_blocks.fuse_residual_stages(net).modules()
+              if isinstance(m, fused_blocks.FusedResidualStage)]
+    return [(stage, stage.weight.shape[-1], {16: 32, 32: 16, 64: 8}[stage.weight.shape[-1]]) for stage in stages]
+
+
 def inductor_ms(stage: fused_blocks.FusedResidualStage, x: torch.Tensor) -> float:
     import torch._inductor.config as inductor_config
 
@@ -81,40 +90,32 @@ def main(argv: list[str] | None = None) -> dict:
     if not (torch.cuda.is_available() and fused_blocks.triton_available()):
         sys.exit("fused_blocks_tiling.py needs a CUDA GPU and Triton")
     device = torch.device("cuda")
-    net = make_network(device, 110)
-    randomize_batchnorm(net)
-    stages = [m for m in fused_blocks.fuse_residual_stages(net).modules()
-              if isinstance(m, fused_blocks.FusedResidualStage)]
     grid = list(itertools.product(*(map(int, a.split(",")) for a in (args.pixels, args.warps, args.stages))))
     out = {"device": device_name(device), "torch": torch.__version__, "batch": args.batch,
            "tiling_before": {str(k): v for k, v in fused_blocks.TILING.items()}, "stages": []}
-    original = dict(fused_blocks.TILING)
     with torch.inference_mode():
-        for stage in stages:
-            c = stage.weight.shape[-1]
-            h = {16: 32, 32: 16, 64: 8}[c]
+        for stage, c, h in resnet110_stages(device):
             weight = stage.weight.to(torch.bfloat16)
             small = activations(64, c, h)
             reference = stage.blocks(small.float())
-            err = (fused_blocks._launch(small, weight, stage.bias).float() - reference).abs().max()
+            err = (fused_blocks._launch(small, weight, stage.bias, kernel="triton").float() - reference).abs().max()
             row = {"channels": c, "size": h, "blocks": stage.weight.shape[0],
                    "rel_err": (err / reference.abs().max()).item(), "tilings": []}
             x = activations(args.batch, c, h)
             for pixels, warps, pipeline in grid:
                 if pixels > h * h:
                     continue
-                fused_blocks.TILING[c] = (pixels, warps, pipeline)
                 entry = {"pixels": pixels, "warps": warps, "stages": pipeline}
+                tiling = (pixels, warps, pipeline)
                 try:
-                    entry["ms"] = cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias))
+                    entry["ms"] = cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias, "triton", tiling))
                 except Exception as exc:  # noqa: BLE001 - e.g. too much shared memory: one bad row
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
                 row["tilings"].append(entry)
                 print(json.dumps({"channels": c, **entry}), flush=True)
-            fused_blocks.TILING[c] = original[c]
             timed = [t for t in row["tilings"] if "ms" in t]
             row["fastest"] = min(timed, key=lambda t: t["ms"]) if timed else None
-            row["current_tiling_ms"] = cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias))
+            row["current_tiling_ms"] = cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias, "triton"))
             if not args.no_inductor:
                 row["inductor_ms"] = inductor_ms(stage, x)
             out["stages"].append(row)

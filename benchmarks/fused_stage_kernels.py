@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from certify_throughput import device_name, make_network  # noqa: E402
-from fused_blocks_tiling import activations, cuda_ms, randomize_batchnorm  # noqa: E402
+from certify_throughput import device_name  # noqa: E402
+from fused_blocks_tiling import activations, cuda_ms, resnet110_stages  # noqa: E402
 
 from vrs.models import fused_blocks, fused_stage_gluon  # noqa: E402
 
@@ -43,25 +43,16 @@ def main(argv: list[str] | None = None) -> dict:
     if not (torch.cuda.is_available() and fused_blocks.triton_available() and fused_stage_gluon.gluon_available()):
         sys.exit("fused_stage_kernels.py needs a CUDA GPU and Triton with Gluon")
     device = torch.device("cuda")
-    net = make_network(device, 110)
-    randomize_batchnorm(net)
-    stages = [m for m in fused_blocks.fuse_residual_stages(net).modules()
-              if isinstance(m, fused_blocks.FusedResidualStage)]
     out = {"device": device_name(device), "torch": torch.__version__, "batch": args.batch, "stages": []}
     with torch.inference_mode():
-        for stage in stages:
-            c = stage.weight.shape[-1]
-            h = {16: 32, 32: 16, 64: 8}[c]
+        for stage, c, h in resnet110_stages(device):
             weight = stage.weight.to(torch.bfloat16)
             small = activations(64, c, h)
             exact = stage.blocks(small.float())
             scale = exact.abs().max()
 
-            def rel_err(kernel: str, **tiling) -> float:
-                if kernel == "gluon":
-                    got = fused_stage_gluon.launch(small, weight, stage.bias, **tiling)
-                else:
-                    got = fused_blocks._launch(small, weight, stage.bias, kernel="triton")
+            def rel_err(kernel: str, tiling: tuple[int, ...] | None = None) -> float:
+                got = fused_blocks._launch(small, weight, stage.bias, kernel, tiling)
                 return ((got.float() - exact).abs().max() / scale).item()
 
             x = activations(args.batch, c, h)
@@ -73,12 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
             for item in getattr(args, f"grid{c}").split(","):
                 pixels, warps = map(int, item.split("x"))
                 entry = {"pixels": pixels, "warps": warps}
+                tiling = (pixels, warps)
                 try:
-                    got = fused_stage_gluon.launch(x, weight, stage.bias, pixels, warps)
+                    got = fused_blocks._launch(x, weight, stage.bias, "gluon", tiling)
                     entry["rel_vs_triton"] = ((got.float() - triton_out.float()).abs().max()
                                               / triton_out.float().abs().max()).item()
-                    entry["rel_err_fp32"] = rel_err("gluon", pixels=pixels, warps=warps)
-                    entry["ms"] = cuda_ms(lambda: fused_stage_gluon.launch(x, weight, stage.bias, pixels, warps))
+                    entry["rel_err_fp32"] = rel_err("gluon", tiling)
+                    entry["ms"] = cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias, "gluon", tiling))
                     entry["speedup_vs_triton"] = row["triton"]["ms"] / entry["ms"]
                 except Exception as exc:  # noqa: BLE001 - one bad tiling is one row, not the run
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:300]

@@ -169,24 +169,26 @@ def kernel_for(x: torch.Tensor) -> str:
     return "triton"
 
 
-def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel: str | None = None) -> torch.Tensor:
-    """Run the fused stage on (N, C, H, W) activations with `kernel` (default: kernel_for(x)); returns
-    channels_last (N, C, H, W)."""
-    if (kernel or kernel_for(x)) == "gluon":
-        return fused_stage_gluon.launch(x, weight, bias)
+def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kernel: str | None = None,
+            tiling: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Run the fused stage on (N, C, H, W) activations with `kernel` (default: kernel_for(x)) and `tiling`
+    (default: that kernel's TILING for the channel count); returns channels_last (N, C, H, W)."""
     n, ch, h, w = x.shape
     nhwc = x.permute(0, 2, 3, 1).contiguous()  # free when x is channels_last
     out = torch.empty_like(nhwc)
     if n == 0:
         return out.permute(0, 3, 1, 2)
     scratch = torch.empty(n * 2 * (h + 2) * (w + 2) * ch, dtype=x.dtype, device=x.device)
-    pixels, warps, stages = TILING.get(ch, DEFAULT_TILING)
-    bm = max(16, min(pixels, triton.next_power_of_2(h * w)))
     # Triton launches on the current device: make it x's (the interpreter runs CPU tensors)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        _residual_stage_kernel[(n,)](nhwc, out, weight, bias, scratch, BLOCKS=weight.shape[0], H=h, W=w, C=ch,
-                                     BM=bm, BORDER=triton.next_power_of_2(2 * (w + 2) + 2 * h), num_warps=warps,
-                                     num_stages=stages)
+        if (kernel or kernel_for(x)) == "gluon":
+            fused_stage_gluon.run(nhwc, out, weight, bias, scratch, *(tiling or ()))
+        else:
+            pixels, warps, stages = tiling or TILING.get(ch, DEFAULT_TILING)
+            bm = max(16, min(pixels, triton.next_power_of_2(h * w)))
+            _residual_stage_kernel[(n,)](nhwc, out, weight, bias, scratch, BLOCKS=weight.shape[0], H=h, W=w, C=ch,
+                                         BM=bm, BORDER=triton.next_power_of_2(2 * (w + 2) + 2 * h),
+                                         num_warps=warps, num_stages=stages)
     return out.permute(0, 3, 1, 2)
 
 

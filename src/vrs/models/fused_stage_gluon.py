@@ -228,17 +228,11 @@ def launch_config(h: int, w: int, c: int, pixels: int | None = None, warps: int 
                 num_warps=warps)
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pixels: int | None = None,
-           warps: int | None = None) -> torch.Tensor:
-    """Run the stage on (N, C, H, W) bf16/fp16 CUDA activations with fused_blocks' weight (blocks, 2, 3, 3,
-    C_in, C_out) and bias (blocks, 2, C) float32; returns channels_last (N, C, H, W)."""
-    n, ch, h, w = x.shape
-    nhwc = x.permute(0, 2, 3, 1).contiguous()  # free when x is channels_last
-    out = torch.empty_like(nhwc)
-    if n == 0:
-        return out.permute(0, 3, 1, 2)
-    scratch = torch.empty(n * 2 * (h + 2) * (w + 2) * ch, dtype=x.dtype, device=x.device)
-    with torch.cuda.device(x.device):
-        _residual_stage_kernel[(n,)](nhwc, out, gluon_weight(weight), bias, scratch, BLOCKS=weight.shape[0],
-                                     **launch_config(h, w, ch, pixels, warps))
-    return out.permute(0, 3, 1, 2)
+def run(nhwc: torch.Tensor, out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scratch: torch.Tensor,
+        pixels: int | None = None, warps: int | None = None) -> None:
+    """The kernel on the buffers that fused_blocks._launch prepares: (N, H, W, C) bf16/fp16 CUDA activations
+    in and out, fused_blocks' weight (blocks, 2, 3, 3, C_in, C_out) and bias (blocks, 2, C) float32, and the
+    scratch tiles (N * 2 * (H + 2) * (W + 2) * C elements)."""
+    n, h, w, ch = nhwc.shape
+    _residual_stage_kernel[(n,)](nhwc, out, gluon_weight(weight), bias, scratch, BLOCKS=weight.shape[0],
+                                 **launch_config(h, w, ch, pixels, warps))
