@@ -25,7 +25,7 @@ from vrs.modules.guards import NonFiniteLossGuard
 from vrs.errors import VRSError, check
 from vrs.modules.classifier import build_network, plain
 from vrs.selection.lam import LambdaSampler, check_lambda
-from vrs.selection.median import MedianSmoothing, snap
+from vrs.selection.median import MedianSmoothing, deployed_sigma
 from vrs.selection.model import VRS_FORMAT, check_same_data, load_base_classifier
 from vrs.selection.networks import build_selector, check_sigma_range
 from vrs.selection.priors import build_prior
@@ -167,11 +167,8 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
 
     @torch.no_grad()
     def test_time_sigma(self, x: torch.Tensor, lam: float, n_h: int) -> torch.Tensor:
-        """Median over n_h noisy copies of the selector's test-time sigma, snapped to the grid."""
-        b = x.shape[0]
-        xs = x.unsqueeze(1).expand(b, n_h, *x.shape[1:]).reshape(b * n_h, *x.shape[1:])
-        s = self.selector.test_sigma(xs + self.median_cfg.sigma_h * torch.randn_like(xs), lam).view(b, n_h)
-        return snap(s.median(dim=1).values, self.median_cfg.grid)
+        """The deployed sigma (B,) over n_h noisy copies (`deployed_sigma`, torch's global RNG)."""
+        return deployed_sigma(self.selector, x, lam, self.median_cfg, n_h)
 
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch

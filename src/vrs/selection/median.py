@@ -142,8 +142,9 @@ def empirical_median(samples: torch.Tensor) -> torch.Tensor:
 
 def smoothed_sigma(samples: torch.Tensor, grid: list[float] | None) -> torch.Tensor:
     """sigma~ from clipped draws (..., n): snap(median_j), in float64 so that a snapped sigma is exactly a
-    grid value (the float the certificate is computed at)."""
-    return snap(empirical_median(samples).double(), grid)
+    grid value (the float the certificate is computed at; MPS has no float64 and stays in float32)."""
+    med = empirical_median(samples)
+    return snap(med if med.device.type == "mps" else med.double(), grid)
 
 
 @torch.no_grad()
