@@ -35,7 +35,6 @@ Noise comes from the model's own torch.Generator (`seed`), so attacks that resee
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -43,6 +42,8 @@ from torch import nn
 
 from vrs.errors import check, check_choice
 from vrs.selection.median import smoothed_sigma
+from vrs.selection.soft import log_mean_softmax
+from vrs.smoothing.noise import standard_normal
 
 NOISE_MODES = ("fresh", "fixed")
 SELECTOR_GRADS = ("straight_through", "mean", "median")
@@ -88,11 +89,11 @@ class _NoiseSource:
     def draw(self, name: str, b: int, k: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """(b, k, *shape) float32 N(0, I) noise: k draws per image."""
         if self.mode == "fresh":
-            return torch.randn((b, k, *shape), generator=self._gen(device), device=device, dtype=torch.float32)
+            return standard_normal((b, k, *shape), generator=self._gen(device), device=device)
         key = f"{name}:{device}"
         bank = self._bank.get(key)
         if bank is None or bank.shape != (k, *shape):
-            bank = torch.randn((k, *shape), generator=self._gen(device), device=device, dtype=torch.float32)
+            bank = standard_normal((k, *shape), generator=self._gen(device), device=device)
             self._bank[key] = bank
         return bank.unsqueeze(0).expand(b, *bank.shape)
 
@@ -282,8 +283,7 @@ class DefendedModel(nn.Module):
                 logits = self.base(noisy)
             else:
                 logits = torch.cat([self.base(chunk) for chunk in noisy.split(self.max_batch)])
-        logp = torch.log_softmax(logits.float() / self.tau, dim=-1).view(b, self.m, -1)
-        return torch.logsumexp(logp, dim=1) - math.log(self.m), sigma
+        return log_mean_softmax(logits.float().view(b, self.m, -1), self.tau), sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_sigma(x)[0]

@@ -33,6 +33,7 @@ import torch
 from scipy.stats import beta, binom, norm
 
 from vrs.errors import check
+from vrs.smoothing.noise import standard_normal
 
 
 # ---- grid ------------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def selector_samples(selector, x: torch.Tensor, lam, n: int, sigma_h: float, bat
     for start in range(0, n, per_image):
         m = min(per_image, n - start)
         xs = x.unsqueeze(1).expand(b, m, *x.shape[1:]).reshape(b * m, *x.shape[1:])
-        eta = torch.randn(xs.shape, device=x.device, generator=generator, dtype=x.dtype)
+        eta = standard_normal(xs.shape, device=x.device, dtype=x.dtype, generator=generator)
         lam_rep = flat_lam.repeat_interleave(m) if flat_lam.dim() == 1 else flat_lam
         out[:, start:start + m] = selector.test_sigma(xs + sigma_h * eta, lam_rep).view(b, m)
     return out.clamp(selector.sigma_min, selector.sigma_max)
