@@ -29,8 +29,7 @@ from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import RowAppender, format_row
 from vrs.errors import VRSError, check, check_choice
-from vrs.selection.certify import (CERTIFICATES, SELECTOR_ESTIMATION, SELECTOR_SELECTION,  # noqa: F401 - re-exported
-                                   VRSOptions, certify_one, certify_vrs_groups)
+from vrs.selection.certify import CERTIFICATES, VRSOptions, certify_vrs_groups
 from vrs.selection.lam import check_lambda
 from vrs.selection.median import MedianSmoothing, check_grid
 

@@ -291,7 +291,8 @@ class CertifiedRobustness(_RobustnessCallback):
 
         Image i of the subset is image i of the split and is seeded by image_seed(seed, i), as vrs-certify
         seeds it, so the rows equal `vrs-certify certify=vrs_c1 certify.lam=<lam> seed=<seed>
-        certify.precision=fp32` on the module's checkpoint (the callback certifies in fp32)."""
+        certify.split=<val|test> certify.precision=fp32` (with the same n0, n, alpha and selector settings)
+        on the module's checkpoint (the callback certifies in fp32)."""
         from vrs.selection.certify import VRSOptions, certify_vrs_groups
         from vrs.smoothing.smoothed import SmoothedClassifier
 
