@@ -111,8 +111,8 @@ class SelectorSigma(nn.Module):
     - ``"median"``: the deployed value, with the gradient of the clipped median (one copy's gradient).
     `exact(x)` is the deployed value without a graph: `deployed(x)` when given (the VRS model's own
     `sigma(x, lam)`, i.e. `vrs.selection.median.deployed_sigma`, with its n_h), else the same formula
-    (`smoothed_sigma`) over this module's n_h copies. n_h = 0 (or
-    sigma_h = 0) means no median smoothing: sigma = snap(clip(h(x))).
+    (`smoothed_sigma`) over this module's n_h copies. n_h = 0 (or sigma_h = 0) means no median smoothing:
+    sigma = snap(clip(h(x))).
 
     `selector(x, lam)` may return a (B,) tensor or an object with a `.sigma` (B,) tensor (the
     `NoiseSelector` of `vrs.selection.networks` returns a `SelectorOutput`; in eval mode that is the
