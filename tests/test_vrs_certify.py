@@ -14,7 +14,7 @@ import torch
 
 from conftest import compose_config, run_app
 from test_vrs_train import datamodule, fit_base, selector_module, trainer
-from vrs.apps.certify_store import COLUMNS
+from vrs.apps.certify_store import COLUMNS, format_row
 from vrs.errors import ConfigError, VRSError
 from vrs.selection.median import cell_bounds, cell_radius, empirical_median, grid_cell, selector_samples, snap
 from vrs.selection.model import load_vrs
@@ -150,3 +150,65 @@ def test_lambda_sweep_with_multirun(vrs_ckpt, tmp_path):
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("outputs/certify/multiruns/*/*/summary.json"))]
     assert sorted(s["lam"] for s in summaries) == [0.0, 1.0]
     assert all(s["certificate"] == "c1" and s["num_images"] == 3 for s in summaries)
+
+
+# ---- one pipeline: the deployed sigma and the certification shared by vrs-certify, attacks and training ----
+def test_one_deployed_sigma_for_the_vrs_model_the_attack_and_certify(vrs_ckpt):
+    """For the same generator state, VRSModel.sigma, the attack's defended model (vrs-attack's load_defense)
+    and vrs-certify's sigma0 give the same sigma per image: they are one function (deployed_sigma)."""
+    from conftest import compose_config as compose
+    from vrs.apps.attack import load_defense
+    from vrs.selection.certify import SELECTOR_SELECTION, VRSOptions, image_streams, selector_draws
+
+    model = load_vrs(vrs_ckpt)
+    med = model.median
+    dm = datamodule()
+    dm.setup()
+    x = dm.splits["test"][0][:6].float() / 255
+    n = med.n_h0
+    keys = [image_seed(0, i) for i in range(len(x))]
+    v = VRSOptions("c1", 0.5, med.n_h0, med.n_h, med.alpha_h, med.sigma_h, med.grid, med.batch_size,
+                   model.sigma_min, model.sigma_max)
+    certify_sigma = torch.from_numpy(selector_draws(model.selector, x, keys, v)[0])
+    per_image = model.sigma(x, 0.5, n_h=n, generator=image_streams(keys, SELECTOR_SELECTION, x.device))
+    assert torch.equal(per_image, certify_sigma)
+    assert set(per_image.tolist()) <= set(med.grid)
+
+    cfg = compose(f"ckpt_path={vrs_ckpt}", "data=digits", "defense.lam=0.5", f"defense.deployed_n_h={n}",
+                  config_name="attack")
+    defended = load_defense(cfg, torch.device("cpu"))[0]
+    for j, key in enumerate(keys):  # one image at a time, the global RNG in the state of its certify stream
+        torch.manual_seed(stream_seed(key, SELECTOR_SELECTION))
+        attack_sigma = defended.defended_sigma(x[j : j + 1])
+        torch.manual_seed(stream_seed(key, SELECTOR_SELECTION))
+        vrs_sigma = model.sigma(x[j : j + 1], 0.5, n_h=n)
+        assert float(attack_sigma) == pytest.approx(float(certify_sigma[j]), rel=1e-7)  # float32 of the same value
+        assert float(vrs_sigma) == float(certify_sigma[j])
+    torch.manual_seed(3)
+    batch = defended.defended_sigma(x)
+    torch.manual_seed(3)
+    assert torch.equal(batch, model.sigma(x, 0.5, n_h=n).float())
+
+
+def test_training_callback_certifies_exactly_like_vrs_certify(vrs_ckpt, tmp_path):
+    """CertifiedRobustness on the SelectorModule of a VRS checkpoint and vrs-certify on that checkpoint, same
+    images (the first 8 of the test split), seed and settings: identical rows."""
+    from vrs.callbacks.robustness import CertifiedRobustness, defences
+    from vrs.modules.selector import SelectorModule
+
+    _, header, rows = certify_run(vrs_ckpt, tmp_path, "certify=vrs_c1", "certify.lam=0.25", "seed=3")
+    module = SelectorModule.load_from_checkpoint(vrs_ckpt, map_location="cpu", base_ckpt="unused.ckpt").eval()
+    dm = datamodule()
+    dm.setup()
+    x = dm.splits["test"][0][:8].float() / 255
+    cb = CertifiedRobustness(num_images=8, n0=10, n=100, lams=[0.25], seed=3)
+    (d,) = defences(module, None, [0.25])
+    got = cb.certify_vrs(d, x)
+    assert [r["idx"] for r in got] == [int(r["idx"]) for r in rows] == list(range(8))
+    labels = dm.splits["test"][1][:8]
+    for mine, app in zip(got, rows):  # the callback's row, written as vrs-certify writes rows, is the app's row
+        label = int(labels[mine["idx"]])
+        line = format_row("vrs", {**mine, "label": label, "correct": int(mine["predict"] == label), "time": 0.0})
+        ours = dict(zip(header, line.rstrip("\n").split("\t")))
+        assert {k: v for k, v in ours.items() if k != "time"} == {k: v for k, v in app.items() if k != "time"}
+    assert "c1" in {r["cert"] for r in got}, "expected some certified images"

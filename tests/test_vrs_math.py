@@ -11,8 +11,7 @@ import torch
 from scipy.stats import binom, norm
 
 from vrs.errors import ConfigError
-from vrs.selection.certificates import (c1_radius, c2_min_prob, c2_radius, c2_region, c2_worst_case_prob,
-                                        cohen_radius)
+from vrs.selection.certificates import c1_radius, c2_min_prob, c2_radius, c2_region, c2_worst_case_prob
 from vrs.selection.lam import LambdaSampler, check_lambda
 from vrs.selection.median import (MedianSmoothing, cell_bounds, cell_radius, grid_cell, median_bounds,
                                   selector_samples, snap)
@@ -20,6 +19,7 @@ from vrs.selection.networks import NoiseSelector, SelectorResNet, build_selector
 from vrs.selection.priors import (GaussianPrior, LogNormalPrior, UniformPrior, build_prior,
                                   kl_isotropic_gaussian_per_dim, kl_lognormal, log_lognormal_pdf)
 from vrs.selection.soft import soft_smooth, soft_smooth_nll
+from vrs.smoothing.core import radius_from_lower_bound
 
 DATA = {"mean": [0.5], "std": [0.25]}
 CNN = {"_target_": "vrs.selection.networks.SelectorCNN", "in_channels": 1, "width": 4, "depth": 2, "cond_dim": 8}
@@ -329,7 +329,7 @@ def test_c1_never_certifies_past_the_first_eps_where_the_interval_leaves_its_cel
         assert not inside.all() and eps_star <= first_out < eps_star + 0.002 + 1e-9
     for p in (0.6, 0.9, 0.999):
         r = c1_radius(p, sigma0, eps_star)
-        assert r is not None and r <= eps_star and r <= cohen_radius(p, sigma0) + 1e-12
+        assert r is not None and r <= eps_star and r <= radius_from_lower_bound(p, sigma0) + 1e-12
 
 
 def test_c1_reduces_to_cohen_when_sigma_is_constant():
@@ -352,7 +352,7 @@ def test_c1_reduces_to_cohen_when_sigma_is_constant():
 def test_c2_reduces_to_cohen_when_the_interval_collapses(p_a):
     for sigma0 in (0.12, 0.5, 1.0):
         r = c2_radius(p_a, sigma0, lambda eps: (sigma0, sigma0), d=784)
-        assert r == pytest.approx(cohen_radius(p_a, sigma0), abs=1e-12)
+        assert r == pytest.approx(radius_from_lower_bound(p_a, sigma0), abs=1e-12)
     assert c2_radius(0.4, 0.5, lambda eps: (0.5, 0.5), d=784) is None
 
 
@@ -417,5 +417,5 @@ def test_c2_radius_is_where_the_worst_case_crosses_one_half():
         lo, hi = interval(width)(r + 2e-5)
         assert c2_min_prob(p_a, sigma0, lo, hi, r + 2e-5, d) < 0.5
         radii.append(r)
-    assert radii[0] == pytest.approx(cohen_radius(p_a, sigma0))
+    assert radii[0] == pytest.approx(radius_from_lower_bound(p_a, sigma0))
     assert all(a > b for a, b in zip(radii, radii[1:]))

@@ -6,17 +6,12 @@
     vrs-certify ckpt_path=... certify=vrs_c2                                   # continuous sigma (C2)
     vrs-certify ckpt_path=... certify=cohen certify.sigma=0.25                 # fixed-sigma baseline, same f
 
-Per image i (all noise seeded by (seed, i) only, as in the Cohen path):
-1. the smoothed selector: n_h0 selection draws h(x + eta_j, lambda) give sigma0 = snap(median) (the noise
-   level the defence uses at x), n_h fresh estimation draws give the certified interval of the median;
-2. Cohen's CERTIFY at sigma0 (n0, n, alpha) gives c_A and pA_lower;
-3. C1: R = min(sigma0 Phi^-1(pA_lower), eps*), eps* the radius up to which the interval stays in sigma0's
-   grid cell; C2: the largest eps whose worst case over the interval stays >= 1/2.
-A certificate holds with probability >= 1 - (alpha + alpha_h). Rows add `sigma` (sigma0), `sigma_lo` /
-`sigma_hi` (the selector's interval at the certified radius, at 0 when none), `radius_cohen` (Cohen's radius
-at sigma0, what a fixed sigma0 would claim) and `cert`: c1 / c2 (certified), abstain (Cohen abstains:
-pA_lower < 1/2) or sigma_undetermined (the interval does not pin sigma down even at x: no certificate,
-counted as an abstention).
+The certification itself is vrs.selection.certify (shared with the training callback CertifiedRobustness):
+per image, the selector's sigma0 and interval, Cohen's CERTIFY at sigma0, then C1 or C2. Rows add `sigma`
+(sigma0), `sigma_lo` / `sigma_hi` (the selector's interval at the certified radius, at 0 when none),
+`radius_cohen` (Cohen's radius at sigma0, what a fixed sigma0 would claim) and `cert`: c1 / c2 (certified),
+abstain (Cohen abstains: pA_lower < 1/2) or sigma_undetermined (the interval does not pin sigma down even at x:
+no certificate, counted as an abstention). A certificate holds with probability >= 1 - (alpha + alpha_h).
 """
 
 from __future__ import annotations
@@ -24,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,37 +29,12 @@ from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import RowAppender, format_row
 from vrs.errors import VRSError, check, check_choice
-from vrs.selection.certificates import c1_radius, c2_radius
+from vrs.selection.certify import CERTIFICATES, VRSOptions, certify_vrs_groups
 from vrs.selection.lam import check_lambda
-from vrs.selection.median import (MedianSmoothing, cell_radius, check_grid, empirical_median, grid_cell,
-                                  median_bounds, selector_samples, snap)
-from vrs.smoothing.smoothed import image_seed, stream_seed
+from vrs.selection.median import MedianSmoothing, check_grid
 
 log = logging.getLogger(__name__)
 TABLE = "vrs"  # the results table (columns) of VRS rows in certify_store.COLUMNS
-# Noise streams of the selector's draws (the base classifier's use 0, 1, 2).
-SELECTOR_SELECTION, SELECTOR_ESTIMATION = 3, 4
-CERTIFICATES = ("c1", "c2")
-
-
-@dataclass
-class VRSOptions:
-    """certify.* keys of certify=vrs_c1 / vrs_c2, resolved against the checkpoint."""
-
-    certificate: str
-    lam: float
-    n_h0: int
-    n_h: int
-    alpha_h: float
-    sigma_h: float
-    grid: list[float] | None
-    selector_batch_size: int
-    sigma_min: float
-    sigma_max: float
-    c2_tol: float = 1e-4
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def vrs_options(cfg_certify: DictConfig, kind: str, sigma) -> dict | None:
@@ -126,30 +95,6 @@ def meta_keys(v: VRSOptions) -> dict:
             "sigma_h": v.sigma_h, "grid": v.grid, "sigma_range": [v.sigma_min, v.sigma_max]}
 
 
-def certify_one(certificate: str, p_lower: float, cohen_pred: int, cohen_radius: float, sigma0: float,
-                est: np.ndarray, v: VRSOptions, d: int) -> dict:
-    """The VRS certificate of one image from Cohen's result at sigma0 and the selector's estimation draws.
-
-    Returns {"predict", "radius", "sigma_lo", "sigma_hi", "cert"} (predict -1 = abstain)."""
-    clip = (v.sigma_min, v.sigma_max)
-    radius = None
-    if cohen_pred >= 0:
-        if certificate == "c1":
-            eps_star = cell_radius(est, v.grid, int(grid_cell(sigma0, v.grid)), v.sigma_h, v.alpha_h, clip)
-            radius = c1_radius(p_lower, sigma0, eps_star)
-        else:
-            def interval(eps):
-                lo, hi = median_bounds(est, eps, v.sigma_h, v.alpha_h, clip)
-                return (snap(lo, v.grid), snap(hi, v.grid)) if v.grid else (lo, hi)
-            radius = c2_radius(p_lower, sigma0, interval, d, tol=v.c2_tol)
-    lo, hi = median_bounds(est, radius or 0.0, v.sigma_h, v.alpha_h, clip)
-    if cohen_pred < 0:
-        return {"predict": -1, "radius": 0.0, "sigma_lo": lo, "sigma_hi": hi, "cert": "abstain"}
-    if radius is None:
-        return {"predict": -1, "radius": 0.0, "sigma_lo": lo, "sigma_hi": hi, "cert": "sigma_undetermined"}
-    return {"predict": cohen_pred, "radius": float(radius), "sigma_lo": lo, "sigma_hi": hi, "cert": certificate}
-
-
 def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path, x_all: torch.Tensor,
                   y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
                   parent_pid: int | None = None) -> int:
@@ -164,48 +109,26 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
     selector = load_vrs(job.ckpt_path, device=device).selector
     if opts.compile:
         smoothed.warmup(opts.batch_size, tuple(x_all.shape[1:]))
-    d = int(np.prod(x_all.shape[1:]))
     groups = [indices[i : i + opts.images_per_group] for i in range(0, len(indices), opts.images_per_group)]
-    pending: list[tuple[list[int], np.ndarray, list[np.ndarray], float]] = []
-
-    def draws(x: torch.Tensor, key: int, stream: int, n: int) -> np.ndarray:
-        gen = torch.Generator(device=x.device)
-        gen.manual_seed(stream_seed(key, stream))
-        return selector_samples(selector, x, v.lam, n, v.sigma_h, v.selector_batch_size, gen)[0].cpu().numpy()
 
     def inputs():
         for g in groups:
             if parent_pid is not None and os.getppid() != parent_pid:
                 raise SystemExit(f"rank {rank}: the launching process is gone; stopping")
-            t = time.perf_counter()
-            x = x_all[g].float().div_(255.0).to(device)
-            seeds = [image_seed(job.seed, i) for i in g]
-            sigma0, est = [], []
-            for j, key in enumerate(seeds):
-                sel = draws(x[j : j + 1], key, SELECTOR_SELECTION, v.n_h0)
-                sigma0.append(float(snap(float(empirical_median(torch.from_numpy(sel))), v.grid)))
-                est.append(draws(x[j : j + 1], key, SELECTOR_ESTIMATION, v.n_h))
-            pending.append((g, np.asarray(sigma0), est, time.perf_counter() - t))
-            yield x, seeds, np.asarray(sigma0)
+            yield x_all[g].float().div_(255.0).to(device), g
 
-    results = smoothed.certify_groups(inputs(), opts.n0, opts.n, opts.alpha, opts.batch_size)
     done = 0
     with RowAppender(tsv_path, job_columns()) as out:
         t_prev = time.perf_counter()
-        for res in results:
-            g, sigma0, est, _ = pending.pop(0)
-            rows = [certify_one(v.certificate, float(res.p_lower[j]), int(res.prediction[j]), float(res.radius[j]),
-                                float(sigma0[j]), est[j], v, d) for j in range(len(g))]
+        for rows in certify_vrs_groups(smoothed, selector, inputs(), job.seed, v, opts.n0, opts.n, opts.alpha,
+                                       opts.batch_size):
             now = time.perf_counter()
-            per_image = (now - t_prev) / len(g)
+            per_image = (now - t_prev) / len(rows)
             t_prev = now
-            for j, idx in enumerate(g):
-                label, r = int(y_all[idx]), rows[j]
-                out.append(format_row(TABLE, {
-                    "idx": idx, "label": label, "predict": r["predict"], "radius": r["radius"],
-                    "correct": int(r["predict"] == label), "time": per_image, "sigma": float(sigma0[j]),
-                    "sigma_lo": r["sigma_lo"], "sigma_hi": r["sigma_hi"], "radius_cohen": float(res.radius[j]),
-                    "cert": r["cert"]}))
+            for r in rows:
+                label = int(y_all[r["idx"]])
+                out.append(format_row(TABLE, {**r, "label": label, "correct": int(r["predict"] == label),
+                                              "time": per_image}))
                 done += 1
                 if on_image is not None:
                     on_image()

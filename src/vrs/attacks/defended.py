@@ -35,13 +35,15 @@ Noise comes from the model's own torch.Generator (`seed`), so attacks that resee
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from vrs.errors import check, check_choice
+from vrs.selection.median import smoothed_sigma
+from vrs.selection.soft import log_mean_softmax
+from vrs.smoothing.noise import standard_normal
 
 NOISE_MODES = ("fresh", "fixed")
 SELECTOR_GRADS = ("straight_through", "mean", "median")
@@ -87,11 +89,11 @@ class _NoiseSource:
     def draw(self, name: str, b: int, k: int, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """(b, k, *shape) float32 N(0, I) noise: k draws per image."""
         if self.mode == "fresh":
-            return torch.randn((b, k, *shape), generator=self._gen(device), device=device, dtype=torch.float32)
+            return standard_normal((b, k, *shape), generator=self._gen(device), device=device)
         key = f"{name}:{device}"
         bank = self._bank.get(key)
         if bank is None or bank.shape != (k, *shape):
-            bank = torch.randn((k, *shape), generator=self._gen(device), device=device, dtype=torch.float32)
+            bank = standard_normal((k, *shape), generator=self._gen(device), device=device)
             self._bank[key] = bank
         return bank.unsqueeze(0).expand(b, *bank.shape)
 
@@ -107,9 +109,10 @@ class SelectorSigma(nn.Module):
     - ``"mean"``: value and gradient of the clipped mean over the copies (no snapping): a smooth
       surrogate of the selector;
     - ``"median"``: the deployed value, with the gradient of the clipped median (one copy's gradient).
-    `exact(x)` is the deployed value without a graph: `deployed(x)` when given (e.g. the VRS model's own
-    `sigma(x, lam)` with its n_h), else the same formula over this module's n_h copies. n_h = 0 (or
-    sigma_h = 0) means no median smoothing: sigma = snap(clip(h(x))).
+    `exact(x)` is the deployed value without a graph: `deployed(x)` when given (the VRS model's own
+    `sigma(x, lam)`, i.e. `vrs.selection.median.deployed_sigma`, with its n_h), else the same formula
+    (`smoothed_sigma`) over this module's n_h copies. n_h = 0 (or sigma_h = 0) means no median smoothing:
+    sigma = snap(clip(h(x))).
 
     `selector(x, lam)` may return a (B,) tensor or an object with a `.sigma` (B,) tensor (the
     `NoiseSelector` of `vrs.selection.networks` returns a `SelectorOutput`; in eval mode that is the
@@ -155,28 +158,26 @@ class SelectorSigma(nn.Module):
     def _clip(self, s: torch.Tensor) -> torch.Tensor:
         return s.clamp(self.sigma_min, self.sigma_max)
 
-    def _snap(self, s: torch.Tensor) -> torch.Tensor:
-        if not self.grid:
-            return s
-        from vrs.selection.median import snap  # the deployed VRS model's own snapping (nearest in log space)
-
-        return snap(s, self.grid)
+    def _deployed_value(self, h: torch.Tensor) -> torch.Tensor:
+        """The deployed formula on these copies: snap(clip(median)) (`smoothed_sigma`), in h's dtype."""
+        return smoothed_sigma(self._clip(h.detach()), self.grid).to(h.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.copies(x)
         if self.grad == "mean":
             return self._clip(h.mean(dim=1))
-        median = self._clip(h.median(dim=1).values)  # torch's median: the lower middle value, as deployed
-        value = self._snap(median.detach())
-        surrogate = median if self.grad == "median" else h.mean(dim=1)
+        value = self._deployed_value(h)
+        # torch's median: the lower middle value, as deployed; its gradient is that of one copy
+        surrogate = self._clip(h.median(dim=1).values) if self.grad == "median" else h.mean(dim=1)
         return value + (surrogate - surrogate.detach())
 
     @torch.no_grad()
     def exact(self, x: torch.Tensor) -> torch.Tensor:
-        """The deployed noise level at x, no graph."""
+        """The deployed noise level at x, no graph: `deployed(x)` (the VRS model's `deployed_sigma`), else
+        the deployed formula on this module's copies."""
         if self.deployed is not None:
             return self.deployed(x).float().reshape(-1)
-        return self._snap(self._clip(self.copies(x).median(dim=1).values))
+        return self._deployed_value(self.copies(x))
 
 
 class DefendedModel(nn.Module):
@@ -282,8 +283,7 @@ class DefendedModel(nn.Module):
                 logits = self.base(noisy)
             else:
                 logits = torch.cat([self.base(chunk) for chunk in noisy.split(self.max_batch)])
-        logp = torch.log_softmax(logits.float() / self.tau, dim=-1).view(b, self.m, -1)
-        return torch.logsumexp(logp, dim=1) - math.log(self.m), sigma
+        return log_mean_softmax(logits.float().view(b, self.m, -1), self.tau), sigma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_sigma(x)[0]

@@ -7,7 +7,8 @@ logger, W&B included, gets the numbers).
   counts as an error). Logs `robust/acc@<attack>_<eps>` (PREDICT) and `robust/soft_acc@<attack>_<eps>`.
 - `CertifiedRobustness`: Cohen's CERTIFY (small n) on the subset; for a VRS selector module the C1
   certificate of `vrs-certify` (sigma snapped to the grid, radius capped where the selector's interval
-  leaves sigma's grid cell). Logs `cert/acc@<r>` for each radius r, `cert/acr` and `cert/abstain`.
+  leaves sigma's grid cell), by vrs-certify's own routine and per-image seeding (vrs.selection.certify),
+  so its rows are vrs-certify's rows for the same images and seed. Logs `cert/acc@<r>` for each radius r, `cert/acr` and `cert/abstain`.
 
 Key names: as above at validation end; at test end they get a `test/` prefix (`test/robust/acc@...`,
 `test/cert/acr`). When several noise levels (classifier) or lambdas (VRS) are evaluated, the key ends with
@@ -276,33 +277,35 @@ class CertifiedRobustness(_RobustnessCallback):
         """(predictions with -1 = abstain, radii) for the subset."""
         from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 
+        if d.is_vrs:
+            rows = self.certify_vrs(d, x)
+            return np.array([r["predict"] for r in rows]), np.array([r["radius"] for r in rows])
         k = d.num_classes or int(d.base(x[:1]).shape[1])
         seeds = [image_seed(self.seed, i) for i in range(len(y))]
-        smoothed = SmoothedClassifier(d.base, k, d.sigma if d.sigma is not None else 1.0)
-        if not d.is_vrs:
-            pred, radius = smoothed.certify(x, self.n0, self.n, self.alpha, self.batch_size, seeds=seeds)
-            return pred.numpy(), radius.numpy()
-        from vrs.apps.certify_vrs import VRSOptions, certify_one
-        from vrs.selection.median import empirical_median, selector_samples, snap
+        pred, radius = SmoothedClassifier(d.base, k, d.sigma).certify(x, self.n0, self.n, self.alpha,
+                                                                       self.batch_size, seeds=seeds)
+        return pred.numpy(), radius.numpy()
 
-        med = d.module.median_cfg
-        sel = d.selector
+    def certify_vrs(self, d: _Defence, x: torch.Tensor) -> list[dict]:
+        """vrs-certify's C1 rows (vrs.selection.certify) for the subset x of a VRS module at d.lam.
+
+        Image i of the subset is image i of the split and is seeded by image_seed(seed, i), as vrs-certify
+        seeds it, so the rows equal `vrs-certify certify=vrs_c1 certify.lam=<lam> seed=<seed>
+        certify.split=<val|test> certify.precision=fp32` (with the same n0, n, alpha and selector settings)
+        on the module's checkpoint (the callback certifies in fp32)."""
+        from vrs.selection.certify import VRSOptions, certify_vrs_groups
+        from vrs.smoothing.smoothed import SmoothedClassifier
+
+        med, sel = d.module.median_cfg, d.selector
         v = VRSOptions("c1", d.lam, int(self.n_h0 or med.n_h0), int(self.n_h or med.n_h),
                        float(self.alpha_h or med.alpha_h), float(med.sigma_h), med.grid, int(med.batch_size),
                        float(sel.sigma_min), float(sel.sigma_max))
         if not v.grid:
             raise ValueError("the C1 certificate needs the module's sigma grid (median.grid); it has none")
-        gen = torch.Generator(device=x.device)
-        gen.manual_seed(self._seed(int(d.lam * 1e6)))
-        with torch.no_grad():
-            sel_draws = selector_samples(sel, x, d.lam, v.n_h0, v.sigma_h, v.selector_batch_size, gen)
-            est = selector_samples(sel, x, d.lam, v.n_h, v.sigma_h, v.selector_batch_size, gen).cpu().numpy()
-        sigma0 = np.asarray(snap(empirical_median(sel_draws), v.grid).cpu().numpy(), dtype=np.float64)
-        res = next(smoothed.certify_groups([(x, seeds, sigma0)], self.n0, self.n, self.alpha, self.batch_size))
-        dim = int(np.prod(x.shape[1:]))
-        rows = [certify_one("c1", float(res.p_lower[j]), int(res.prediction[j]), float(res.radius[j]),
-                            float(sigma0[j]), est[j], v, dim) for j in range(len(y))]
-        return np.array([r["predict"] for r in rows]), np.array([r["radius"] for r in rows])
+        k = d.num_classes or int(d.base(x[:1]).shape[1])
+        smoothed = SmoothedClassifier(d.base, k, v.sigma_max)
+        return next(certify_vrs_groups(smoothed, sel, [(x, range(len(x)))], self.seed, v, self.n0, self.n,
+                                       self.alpha, self.batch_size))
 
     def evaluate(self, pl_module, x, y) -> dict[str, float]:
         from vrs.smoothing import core

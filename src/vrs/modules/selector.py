@@ -25,11 +25,12 @@ from vrs.modules.guards import NonFiniteLossGuard
 from vrs.errors import VRSError, check
 from vrs.modules.classifier import build_network, plain
 from vrs.selection.lam import LambdaSampler, check_lambda
-from vrs.selection.median import MedianSmoothing, snap
+from vrs.selection.median import MedianSmoothing, deployed_sigma
 from vrs.selection.model import VRS_FORMAT, check_same_data, load_base_classifier
 from vrs.selection.networks import build_selector, check_sigma_range
 from vrs.selection.priors import build_prior
-from vrs.selection.soft import soft_smooth, soft_smooth_nll
+from vrs.selection.soft import soft_smooth_log, soft_smooth_nll_log
+from vrs.smoothing.noise import add_noise
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,11 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
     # ---- loss ----------------------------------------------------------------------------------
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, sample: bool):
         """(loss (B,), ce (B,), kl (B,), SelectorOutput) of the variational objective at per-sample lam."""
-        eta = self.median_cfg.sigma_h * torch.randn_like(x)
-        out = self.selector(x + eta, lam, sample=sample)
-        probs = soft_smooth(self.base_forward, x, out.sigma, self.hparams.n_trf, self.hparams.tau)
-        ce = soft_smooth_nll(probs, y)
+        out = self.selector(add_noise(x, self.median_cfg.sigma_h), lam, sample=sample)
+        log_probs = soft_smooth_log(self.base_forward, x, out.sigma, self.hparams.n_trf, self.hparams.tau)
+        ce = soft_smooth_nll_log(log_probs, y)
         kl = self.prior.kl(out)
-        return (1 - lam) * ce + lam * kl, ce, kl, out, probs
+        return (1 - lam) * ce + lam * kl, ce, kl, out, log_probs
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -167,11 +167,8 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
 
     @torch.no_grad()
     def test_time_sigma(self, x: torch.Tensor, lam: float, n_h: int) -> torch.Tensor:
-        """Median over n_h noisy copies of the selector's test-time sigma, snapped to the grid."""
-        b = x.shape[0]
-        xs = x.unsqueeze(1).expand(b, n_h, *x.shape[1:]).reshape(b * n_h, *x.shape[1:])
-        s = self.selector.test_sigma(xs + self.median_cfg.sigma_h * torch.randn_like(xs), lam).view(b, n_h)
-        return snap(s.median(dim=1).values, self.median_cfg.grid)
+        """The deployed sigma (B,) over n_h noisy copies (`deployed_sigma`, torch's global RNG)."""
+        return deployed_sigma(self.selector, x, lam, self.median_cfg, n_h)
 
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch
@@ -179,13 +176,13 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         accs, sigmas, kls, losses = [], [], [], []
         for lam in self.hparams.val_lams:
             lam_t = torch.full((bs,), lam, device=x.device)
-            out = self.selector(x + self.median_cfg.sigma_h * torch.randn_like(x), lam_t, sample=False)
+            out = self.selector(add_noise(x, self.median_cfg.sigma_h), lam_t, sample=False)
             sigma = self.test_time_sigma(x, lam, self.hparams.val_n_h)
-            probs = soft_smooth(self.base_forward, x, sigma, self.hparams.n_trf, self.hparams.tau)
-            acc = (probs.argmax(1) == y).float().mean()
+            log_probs = soft_smooth_log(self.base_forward, x, sigma, self.hparams.n_trf, self.hparams.tau)
+            acc = (log_probs.argmax(1) == y).float().mean()
             kl_all = self.prior.kl(out)
             kl = kl_all.mean()
-            loss = ((1 - lam) * soft_smooth_nll(probs, y) + lam * kl_all).mean()
+            loss = ((1 - lam) * soft_smooth_nll_log(log_probs, y) + lam * kl_all).mean()
             self.log(f"{stage}/acc_lam{lam:g}", acc, batch_size=bs)
             self.log(f"{stage}/sigma_mean_lam{lam:g}", sigma.mean(), batch_size=bs)
             self.log(f"{stage}/kl_lam{lam:g}", kl, batch_size=bs)

@@ -26,13 +26,10 @@ from typing import Callable
 import numpy as np
 from scipy.stats import ncx2, norm
 
+from vrs.smoothing.core import radius_from_lower_bound  # Cohen's radius sigma0 * Phi^-1(pA_lower)
+
 # Below this relative gap |sigma1 - sigma0| / sigma0 the chi-square parameters overflow double precision.
 _C2_MIN_REL_GAP = 1e-5
-
-
-def cohen_radius(p_a_lower: float, sigma: float) -> float:
-    """Cohen et al.'s radius sigma * Phi^-1(pA_lower) (meaningful for pA_lower >= 1/2)."""
-    return float(sigma * norm.ppf(p_a_lower))
 
 
 # ---- C1 --------------------------------------------------------------------------------------
@@ -42,7 +39,7 @@ def c1_radius(p_a_lower: float, sigma0: float, eps_star: float) -> float | None:
     (eps* < 0)."""
     if p_a_lower < 0.5 or eps_star < 0:
         return None
-    return float(min(cohen_radius(p_a_lower, sigma0), eps_star))
+    return float(min(radius_from_lower_bound(p_a_lower, sigma0), eps_star))
 
 
 # ---- C2 --------------------------------------------------------------------------------------
@@ -125,7 +122,7 @@ def c2_radius(p_a_lower: float, sigma0: float, interval: Callable[[float], tuple
 
     if not ok(0.0):
         return None
-    a, b = 0.0, cohen_radius(p_a_lower, sigma0)
+    a, b = 0.0, radius_from_lower_bound(p_a_lower, sigma0)
     if ok(b):
         lo, hi = interval(b)
         if lo <= sigma0 <= hi:  # sigma1 = sigma0 is in the interval: Cohen's radius is the most

@@ -1,8 +1,8 @@
 """Selector diagnostics: which noise level does h pick, and how does lambda move it?
 
-`collect` evaluates the smoothed selector (median over n_h noisy copies, snapped to the grid) on a batch
-of images at several lambdas, together with the base classifier's clean confidence (max softmax
-probability). `write_diagnostics` draws three figures (matplotlib, Agg backend) as PNG files and, when a
+`collect` evaluates the deployed sigma (`deployed_sigma`: median over n_h noisy copies, snapped to the
+grid) on a batch of images at several lambdas, together with the base classifier's clean confidence (max
+softmax probability). `write_diagnostics` draws three figures (matplotlib, Agg backend) as PNG files and, when a
 WandbLogger is among the loggers, logs them as W&B images:
 
 * sigma_hist.png: histogram of the chosen sigma for a few lambdas;
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vrs.selection.median import snap
+from vrs.selection.median import MedianSmoothing, deployed_sigma
 
 
 @torch.no_grad()
@@ -32,11 +32,13 @@ def collect(base, selector, x: torch.Tensor, lams, sigma_h: float, n_h: int = 16
         xb = x[start:start + batch_size]
         b = xb.shape[0]
         conf[start:start + b] = torch.softmax(base(xb).float(), dim=-1).max(dim=-1).values.cpu().numpy()
-        xs = xb.unsqueeze(1).expand(b, n_h, *xb.shape[1:]).reshape(b * n_h, *xb.shape[1:])
-        noisy = xs + sigma_h * torch.randn_like(xs)
+        # the same noisy copies at every lambda (one seed per batch), so the curves over lambda are smooth
+        seed = int(torch.randint(0, 2**62, (1,)))
+        median = MedianSmoothing(sigma_h=sigma_h, n_h=n_h, grid=grid, batch_size=b * n_h)
         for i, lam in enumerate(lams):
-            s = selector.test_sigma(noisy, float(lam)).view(b, n_h).median(dim=1).values
-            sigmas[i, start:start + b] = snap(s, grid).cpu().numpy()
+            gen = torch.Generator(device=xb.device)
+            gen.manual_seed(seed)
+            sigmas[i, start:start + b] = deployed_sigma(selector, xb, float(lam), median, generator=gen).cpu().numpy()
     selector.train(was_training)
     return {"lams": [float(v) for v in lams], "sigma": sigmas, "confidence": conf}
 

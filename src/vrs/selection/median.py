@@ -26,12 +26,14 @@ it, `n_h` fresh draws bound it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
 from scipy.stats import beta, binom, norm
 
 from vrs.errors import check
+from vrs.smoothing.noise import standard_normal
 
 
 # ---- grid ------------------------------------------------------------------------------------
@@ -111,9 +113,16 @@ class MedianSmoothing:
 
 @torch.no_grad()
 def selector_samples(selector, x: torch.Tensor, lam, n: int, sigma_h: float, batch_size: int = 1000,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """(B, n) test-time noise levels h(x + eta_j, lambda), eta_j ~ N(0, sigma_h^2 I), clipped to the
-    selector's range. Noise comes from `generator` when given (on x's device)."""
+    selector's range. Noise comes from `generator` when given (on x's device): one for the batch, or one
+    per image, so that an image's draws depend on its own stream only (each image is then drawn alone)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        check(len(generator) == x.shape[0], "generator", f"{len(generator)} generators",
+              f"one per image ({x.shape[0]})")
+        per_image_lam = isinstance(lam, torch.Tensor) and lam.dim() == 1
+        return torch.cat([selector_samples(selector, x[j : j + 1], lam[j : j + 1] if per_image_lam else lam, n,
+                                           sigma_h, batch_size, g) for j, g in enumerate(generator)])
     b = x.shape[0]
     out = torch.empty(b, n, device=x.device)
     flat_lam = torch.as_tensor(lam, dtype=torch.float32, device=x.device)
@@ -121,7 +130,7 @@ def selector_samples(selector, x: torch.Tensor, lam, n: int, sigma_h: float, bat
     for start in range(0, n, per_image):
         m = min(per_image, n - start)
         xs = x.unsqueeze(1).expand(b, m, *x.shape[1:]).reshape(b * m, *x.shape[1:])
-        eta = torch.randn(xs.shape, device=x.device, generator=generator, dtype=x.dtype)
+        eta = standard_normal(xs.shape, device=x.device, dtype=x.dtype, generator=generator)
         lam_rep = flat_lam.repeat_interleave(m) if flat_lam.dim() == 1 else flat_lam
         out[:, start:start + m] = selector.test_sigma(xs + sigma_h * eta, lam_rep).view(b, m)
     return out.clamp(selector.sigma_min, selector.sigma_max)
@@ -130,6 +139,26 @@ def selector_samples(selector, x: torch.Tensor, lam, n: int, sigma_h: float, bat
 def empirical_median(samples: torch.Tensor) -> torch.Tensor:
     """Lower empirical median X_(ceil(n/2)) along the last axis."""
     return samples.median(dim=-1).values
+
+
+def smoothed_sigma(samples: torch.Tensor, grid: list[float] | None) -> torch.Tensor:
+    """sigma~ from clipped draws (..., n): snap(median_j), in float64 so that a snapped sigma is exactly a
+    grid value (the float the certificate is computed at; MPS has no float64 and stays in float32)."""
+    med = empirical_median(samples)
+    return snap(med if med.device.type == "mps" else med.double(), grid)
+
+
+@torch.no_grad()
+def deployed_sigma(selector, x: torch.Tensor, lam, median: MedianSmoothing, n: int | None = None,
+                   generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """The deployed VRS noise level of a batch, (B,) float64: snap(clip(median_j h(x + eta_j, lambda))) over
+    n draws eta_j ~ N(0, sigma_h^2 I) (n: median.n_h when None), with median's sigma_h, grid and batch_size.
+
+    generator: None (torch's global RNG), one for the batch, or one per image (`selector_samples`).
+    """
+    n = median.n_h if n is None else n
+    return smoothed_sigma(selector_samples(selector, x, lam, n, median.sigma_h, median.batch_size, generator),
+                          median.grid)
 
 
 # ---- bounds ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ torch.load(weights_only=True).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 
 from vrs.errors import VRSError
 from vrs.modules.classifier import build_network
-from vrs.selection.median import MedianSmoothing, empirical_median, selector_samples, snap
+from vrs.selection.median import MedianSmoothing, deployed_sigma
 from vrs.selection.networks import NoiseSelector, build_selector
 
 VRS_FORMAT = 1
@@ -111,12 +112,12 @@ class VRSModel(nn.Module):
         return self.base(x)
 
     @torch.no_grad()
-    def sigma(self, x: torch.Tensor, lam, n_h: int | None = None, generator: torch.Generator | None = None,
+    def sigma(self, x: torch.Tensor, lam, n_h: int | None = None, generator=None,
               snap_to_grid: bool = True) -> torch.Tensor:
-        s = selector_samples(self.selector, x, lam, n_h or self.median.n_h, self.median.sigma_h,
-                             self.median.batch_size, generator)
-        med = empirical_median(s)
-        return snap(med, self.median.grid) if snap_to_grid else med
+        """The deployed sigma (B,) (`deployed_sigma`) with this model's median-smoothing settings; n_h
+        copies (default median.n_h), from `generator` (one, one per image, or None: torch's global RNG)."""
+        median = self.median if snap_to_grid else replace(self.median, grid=None)
+        return deployed_sigma(self.selector, x, lam, median, n_h or self.median.n_h, generator)
 
 
 def load_vrs(path: str | Path, base_ckpt: str | Path | None = None, device: str | torch.device = "cpu") -> VRSModel:

@@ -1,23 +1,37 @@
-"""Soft smoothing: the differentiable training signal for the selector (method.md section 3).
+"""Soft smoothing: the differentiable training signal for the selector (method.md section 3), and the
+soft-smoothed classifier that attacks differentiate (vrs.attacks.defended).
 
 g_s(x) = 1/N * sum_k softmax(f(x + sigma_s * z_k) / tau), z_k ~ N(0, I), k = 1..N.
 
 The noise is reparameterised (x + sigma_s * z with z drawn independently of sigma_s), so gradients reach
-sigma_s, and through it the selector, even when the base classifier f is frozen.
+sigma_s, and through it the selector, even when the base classifier f is frozen. log g_s is computed as
+log-mean-exp of log-softmax (`log_mean_softmax`): the log of an averaged softmax loses a class whose
+probability underflows, which is exactly the class a cross-entropy loss or an attack needs.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 from vrs.errors import check
+from vrs.smoothing.noise import standard_normal
 
 
-def soft_smooth(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor | float,
-                n: int, tau: float = 1.0) -> torch.Tensor:
-    """Soft-smoothed class probabilities (B, K) of `f` at `x` (B, C, H, W) with per-sample `sigma` (B,).
+def log_mean_softmax(logits: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """log(1/N * sum_k softmax(logits_k / tau)) over the copies axis: (B, N, K) logits -> (B, K).
+
+    Half-precision logits (autocast) are taken to float32 first."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return torch.logsumexp(torch.log_softmax(logits / tau, dim=-1), dim=1) - math.log(logits.shape[1])
+
+
+def soft_smooth_log(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor | float,
+                    n: int, tau: float = 1.0) -> torch.Tensor:
+    """log g_s(x) (B, K) of `f` at `x` (B, C, H, W) with per-sample `sigma` (B,).
 
     The N noisy copies of each image go through f in one batch of B * N images.
     """
@@ -28,13 +42,22 @@ def soft_smooth(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sigm
     if sigma.dim() == 0:
         sigma = sigma.expand(b)
     xs = x.unsqueeze(1).expand(b, n, *x.shape[1:])
-    noisy = xs + sigma.view(b, 1, *([1] * (x.dim() - 1))) * torch.randn_like(xs)
+    noisy = xs + sigma.view(b, 1, *([1] * (x.dim() - 1))) * standard_normal(xs.shape, device=x.device, dtype=x.dtype)
     logits = f(noisy.reshape(b * n, *x.shape[1:]))
-    if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: softmax and the log in float32
-        logits = logits.float()
-    return torch.softmax(logits / tau, dim=-1).view(b, n, -1).mean(dim=1)
+    return log_mean_softmax(logits.view(b, n, -1), tau)
+
+
+def soft_smooth(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor | float,
+                n: int, tau: float = 1.0) -> torch.Tensor:
+    """Soft-smoothed class probabilities g_s(x) (B, K): exp of `soft_smooth_log`."""
+    return soft_smooth_log(f, x, sigma, n, tau).exp()
+
+
+def soft_smooth_nll_log(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample L_CE = -log g_s(x)_y, (B,), from log g_s (`soft_smooth_log`): the training loss."""
+    return -log_probs.gather(1, y.view(-1, 1)).squeeze(1)
 
 
 def soft_smooth_nll(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-sample L_CE = -log g_s(x)_y, (B,)."""
-    return -torch.log(probs.gather(1, y.view(-1, 1)).squeeze(1).clamp_min(eps))
+    """Per-sample L_CE = -log g_s(x)_y, (B,), from probabilities g_s (clamped at eps)."""
+    return soft_smooth_nll_log(torch.log(probs.clamp_min(eps)), y)

@@ -1,7 +1,9 @@
 """Noise levels for Gaussian noise augmentation: one fixed sigma, or sigma drawn per sample.
 
 A sampler maps a batch size to a (B,) tensor of sigmas; `add_noise` adds fresh N(0, sigma^2 I) noise in
-[0,1] pixel space (before the model's normalisation layer).
+[0,1] pixel space (before the model's normalisation layer). `standard_normal` is the one draw of Gaussian
+noise z ~ N(0, I) that every noisy copy in the project is made from (training augmentation, soft smoothing,
+the selector's median smoothing, the sampling engine's noise blocks, the attacks' defended model).
 """
 
 from __future__ import annotations
@@ -47,8 +49,17 @@ class LogUniformSigma:
         return [round(math.exp(lo + (hi - lo) * t), 4) for t in (0.0, 0.5, 1.0)]
 
 
-def add_noise(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+def standard_normal(shape, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ N(0, I) of `shape` (contiguous), from `generator` (on `device`) or torch's global RNG.
+
+    Callers scale it by sigma themselves: the stream of z is what seeds fix, so it is drawn in one place and
+    one layout (the same numbers as torch.randn_like of a contiguous tensor of that shape)."""
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def add_noise(x: torch.Tensor, sigma: torch.Tensor | float, generator: torch.Generator | None = None) -> torch.Tensor:
     """x + sigma * z with z ~ N(0, I); sigma a float or a per-sample (B,) tensor."""
     if isinstance(sigma, torch.Tensor) and sigma.dim() == 1:
         sigma = sigma.view(-1, *([1] * (x.dim() - 1)))
-    return x + sigma * torch.randn_like(x)
+    return x + sigma * standard_normal(x.shape, device=x.device, dtype=x.dtype, generator=generator)

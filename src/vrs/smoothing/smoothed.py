@@ -34,6 +34,7 @@ from torch import nn
 
 from vrs.errors import check, check_choice
 from vrs.smoothing import core
+from vrs.smoothing.noise import standard_normal
 
 # Independent noise streams per image.
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
@@ -125,8 +126,7 @@ class _NoiseStream:
         while k > 0:
             if self._buf is None or self._pos == self._buf.shape[0]:
                 size = min(self.block, self._ungenerated)
-                self._buf = torch.randn((size, *self.shape), generator=self.gen, device=self.device,
-                                        dtype=torch.float32)
+                self._buf = standard_normal((size, *self.shape), device=self.device, generator=self.gen)
                 self._ungenerated -= size
                 self._pos = 0
             m = min(k, self._buf.shape[0] - self._pos)
