@@ -17,7 +17,7 @@ from test_vrs_train import datamodule, fit_base, selector_module, trainer
 from vrs.apps.certify_store import COLUMNS
 from vrs.errors import ConfigError, VRSError
 from vrs.selection.median import cell_bounds, cell_radius, empirical_median, grid_cell, selector_samples, snap
-from vrs.selection.model import load_vrs
+from vrs.checkpoint import load_vrs
 from vrs.smoothing.smoothed import image_seed, stream_seed
 
 FAST = ["data=digits", "certify.n0=10", "certify.n=100", "certify.max=8", "certify.progress=false",

@@ -154,7 +154,7 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
                   y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
                   parent_pid: int | None = None) -> int:
     """vrs-certify's run_shard for VRS checkpoints: one fsync'd row per finished image."""
-    from vrs.selection.model import load_vrs
+    from vrs.checkpoint import load_vrs
 
     opts, v = job.opts, VRSOptions(**job.vrs)
     device = shard_device(opts.device, rank, world)
