@@ -163,7 +163,7 @@ def _remembered_read(path: Path) -> tuple[dict, str]:
         return read_checkpoint(path)  # raises the one clear error (not found, not readable)
     if key not in _READS:
         ckpt, digest = read_checkpoint(path)
-        while len(_READS) >= _REMEMBERED:
+        while _READS and len(_READS) >= _REMEMBERED:
             del _READS[next(iter(_READS))]
         _READS[key] = ({k: ckpt[k] for k in ("state_dict", "hyper_parameters", "vrs") if k in ckpt}, digest)
     return _READS[key]
