@@ -155,8 +155,10 @@ def test_a_file_is_read_once_per_process_until_it_changes(files, tmp_path, monke
     load_vrs(path)
     load_base_classifier(path)
     assert len(calls) == 1
-    # every load builds its own networks: moving or changing one leaves the others alone
-    assert load_checkpoint(path, kinds=BOTH).network is not first.network
+    # every load builds its own networks and gets its own config dicts: changing one leaves the others alone
+    first.meta["median"]["n_h"] = 1
+    second = load_checkpoint(path, kinds=BOTH)
+    assert second.network is not first.network and second.meta["median"]["n_h"] != 1 and len(calls) == 1
     # a rewritten file is read again (and hashed anew)
     edited(files["vrs"], path, lambda c: c["vrs"].update(note="rewritten"))
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))

@@ -21,6 +21,7 @@ that process all get the same read (`_remembered_read`); a rewritten file is rea
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 from dataclasses import dataclass, field
@@ -109,12 +110,12 @@ class LoadedCheckpoint:
         """The defended model of a VRS checkpoint on `device`, from this read (the file is not read again); base
         swaps in another base classifier (load_vrs checks its data set). It shares this checkpoint's modules."""
         if self.selector is None or self.median is None:
-            raise VRSError(wrong_kind(self.path, self.kind, ("vrs",)))
+            raise VRSError(_wrong_kind(self.path, self.kind, ("vrs",)))
         return VRSModel(self.network if base is None else base, self.selector, self.median, self.data,
                         self.meta).to(device)
 
 
-def wrong_kind(path: Path, kind, kinds: tuple[str, ...]) -> str:
+def _wrong_kind(path: Path, kind, kinds: tuple[str, ...]) -> str:
     """The message for a checkpoint of another kind than the command reads."""
     return f"{path} is a {kind!r} checkpoint, not a " + " or a ".join(KIND_NAMES.get(k, repr(k)) for k in kinds)
 
@@ -154,8 +155,9 @@ _REMEMBERED = 2  # a VRS checkpoint and the base classifier swapped into it (loa
 
 def _remembered_read(path: Path) -> tuple[dict, str]:
     """read_checkpoint, once per process for a file as it is now: the weights, hyper-parameters and
-    checkpoint["vrs"] of the last few files read are kept (read-only: loaders copy the weights into new
-    networks), not the optimizer state."""
+    checkpoint["vrs"] of the last few files read are kept, not the optimizer state. Every call gets its own
+    copy of the (small) config dicts, so a caller that edits them changes no later load; the weights are
+    shared, as loaders only copy them into new networks."""
     try:
         st = path.stat()
         key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -166,7 +168,8 @@ def _remembered_read(path: Path) -> tuple[dict, str]:
         while _READS and len(_READS) >= _REMEMBERED:
             del _READS[next(iter(_READS))]
         _READS[key] = ({k: ckpt[k] for k in ("state_dict", "hyper_parameters", "vrs") if k in ckpt}, digest)
-    return _READS[key]
+    kept, digest = _READS[key]
+    return {k: v if k == "state_dict" else copy.deepcopy(v) for k, v in kept.items()}, digest
 
 
 def _check_data_spec(data, path: Path) -> dict:
@@ -253,7 +256,7 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = ("classifier",)) 
     meta = ckpt["vrs"]
     kind = meta.get("kind")
     if kind not in kinds or kind not in LOADERS:
-        raise VRSError(wrong_kind(path, kind, kinds))
+        raise VRSError(_wrong_kind(path, kind, kinds))
     if meta.get("format") != FORMATS.get(kind):
         raise VRSError(f"{path}: checkpoint format {meta.get('format')!r} of kind {kind!r} is not supported "
                        f"(this code reads format {FORMATS.get(kind)})")
