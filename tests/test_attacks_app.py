@@ -217,6 +217,22 @@ def test_vrs_checkpoint_sigma_down_and_fixed_sigma_baseline(vrs_ckpt, tmp_path):
     assert all(r["sigma_adv"] == "0.25" for r in read_rows(tmp_path / "fixed" / "attack.csv"))
 
 
+def test_a_vrs_attack_reads_the_checkpoint_once(vrs_ckpt, tmp_path, monkeypatch):
+    """The config check before the run (vrs.config_schema, from Hydra's callback) and the app use one read of
+    the file (vrs.checkpoint remembers it): one torch.load in the process."""
+    from vrs.apps.attack import run
+    from vrs.config_schema import validate_config
+
+    ckpt = tmp_path / "vrs.ckpt"
+    ckpt.write_bytes(vrs_ckpt.read_bytes())  # a file this process has not read yet
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(1) or real_load(*a, **kw))
+    cfg = attack_cfg(ckpt, tmp_path / "out", "attack.eps=[0.5]", "attack.max=2", hydra_dir=tmp_path / "h")
+    validate_config(cfg, "attack")
+    assert run(cfg)["defense"]["defense"] == "vrs" and len(calls) == 1
+
+
 def test_multi_sigma_classifier_needs_a_sigma(vrs_ckpt, tmp_path):
     """The VRS run's stage-1 checkpoint is a multi-sigma classifier: no training sigma to default to."""
     from vrs.apps.attack import run

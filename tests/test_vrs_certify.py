@@ -17,7 +17,7 @@ from test_vrs_train import datamodule, fit_base, selector_module, trainer
 from vrs.apps.certify_store import COLUMNS, format_row
 from vrs.errors import ConfigError, VRSError
 from vrs.selection.median import cell_bounds, cell_radius, empirical_median, grid_cell, selector_samples, snap
-from vrs.selection.model import load_vrs
+from vrs.checkpoint import load_vrs
 from vrs.smoothing.smoothed import image_seed, stream_seed
 
 FAST = ["data=digits", "certify.n0=10", "certify.n=100", "certify.max=8", "certify.progress=false",
@@ -104,6 +104,23 @@ def test_c1_is_the_default_for_vrs_checkpoints_and_matches_the_pure_certificate(
     assert again["images_this_run"] == 0 and rows2 == rows
     with pytest.raises(VRSError, match="other settings"):
         certify_run(vrs_ckpt, tmp_path, "certify=vrs_c1", "certify.lam=0.25")
+
+
+def test_a_vrs_certify_reads_the_checkpoint_once(vrs_ckpt, tmp_path, monkeypatch):
+    """The config check before the run (vrs.config_schema, from Hydra's callback), the app and its shard all
+    use one read of the file (vrs.checkpoint remembers it): one torch.load in the process."""
+    from vrs.apps.certify import certify
+    from vrs.config_schema import validate_config
+
+    ckpt = tmp_path / "vrs.ckpt"
+    ckpt.write_bytes(vrs_ckpt.read_bytes())  # a file this process has not read yet
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(1) or real_load(*a, **kw))
+    cfg = compose_config(f"ckpt_path={ckpt}", *FAST, "certify.max=2", f"certify.out_dir={tmp_path / 'out'}",
+                         config_name="certify", output_dir=tmp_path / "hydra")
+    validate_config(cfg, "certify")
+    assert certify(cfg)["num_images"] == 2 and len(calls) == 1
 
 
 def test_c2_with_continuous_sigma(vrs_ckpt, tmp_path):

@@ -14,7 +14,7 @@ from vrs.data.datamodule import ImageDataModule, to_float
 from vrs.errors import ConfigError, VRSError
 from vrs.modules.classifier import NoisyClassifierModule
 from vrs.modules.selector import SelectorModule
-from vrs.selection.model import load_base_classifier, load_vrs
+from vrs.checkpoint import load_base_classifier, load_vrs
 
 LENET = {"_target_": "vrs.models.lenet.LeNet", "in_channels": 1, "num_classes": 10, "input_size": 8, "width": 16,
          "hidden": 64}

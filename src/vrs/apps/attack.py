@@ -88,21 +88,15 @@ def load_defense(cfg: DictConfig, device):
     with the same base classifier).
     """
     from vrs.attacks.defended import DefendedModel, SelectorSigma
-    from vrs.checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint
+    from vrs.checkpoint import load_checkpoint
 
     path = Path(cfg.ckpt_path)
-    ckpt, digest = read_checkpoint(path)
-    kind = ckpt["vrs"].get("kind")
-    del ckpt
+    loaded = load_checkpoint(path, kinds=("classifier", "vrs"))
     d = cfg.defense
     common = dict(m=int(d.m), noise=d.noise, tau=float(d.tau), max_batch=d.get("max_batch"),
                   precision=d.get("precision", "fp32"), seed=int(cfg.seed))
-    if kind == "vrs":
-        from vrs.selection.model import load_vrs
-
-        vrs = load_vrs(path, device=device)
-        loaded = LoadedCheckpoint("vrs", path, digest, vrs.base, dict(vrs.data), (vrs.meta.get("base") or {}).get("noise"),
-                                  meta=vrs.meta)
+    if loaded.kind == "vrs":
+        vrs = loaded.vrs_model(device)
         if d.get("sigma") is not None:
             model = DefendedModel(vrs.base, float(d.sigma), **common)
             info = {"kind": "vrs", "defense": "fixed_sigma", "sigma": float(d.sigma)}
@@ -117,7 +111,6 @@ def load_defense(cfg: DictConfig, device):
                     "median": vrs.median.to_dict(), "deployed_n_h": n_dep, "attack_n_h": int(d.n_h),
                     "selector_grad": d.selector_grad}
     else:
-        loaded = load_checkpoint(path)
         sigma = d.get("sigma")
         if sigma is None:
             if loaded.train_sigma is None:

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import RowAppender, format_row
+from vrs.checkpoint import load_vrs
 from vrs.errors import VRSError, check, check_choice
 from vrs.selection.certify import CERTIFICATES, VRSOptions, certify_vrs_groups
 from vrs.selection.lam import check_lambda
@@ -99,8 +100,6 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
                   y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
                   parent_pid: int | None = None) -> int:
     """vrs-certify's run_shard for VRS checkpoints: one fsync'd row per finished image."""
-    from vrs.selection.model import load_vrs
-
     opts, v = job.opts, VRSOptions(**job.vrs)
     device = shard_device(opts.device, rank, world)
     smoothed = opts.smoothed_classifier(network, num_classes, v.sigma_max, device)

@@ -16,25 +16,19 @@ import torchmetrics
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vrs.checkpoint import FORMATS
 from vrs.errors import ConfigError
 from vrs.modules.guards import NonFiniteLossGuard
 from vrs.modules.optim import optimizers_from_config
 from vrs.modules.step_graph import CUDAGraphCapture, GraphedStep, make_capturable
-from vrs.models import with_normalization
+from vrs.models import build_network
 from vrs.smoothing.noise import add_noise
 from vrs.smoothing.smoothed import CUDA_GRAPH_MODES
-
-CHECKPOINT_FORMAT = 1
 
 
 def plain(cfg: Any) -> Any:
     """DictConfig -> plain containers (checkpoints stay loadable with torch.load(weights_only=True))."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
-def build_network(net: dict, data: dict) -> torch.nn.Module:
-    """[0,1] images -> logits: Normalize(data mean/std) followed by the configured backbone."""
-    return with_normalization(instantiate(net), data["mean"], data["std"])
 
 
 GRAPH_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")  # no GradScaler (fp16) and no other plugin in a graph
@@ -230,4 +224,4 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         portable_optimizer_state(checkpoint)
-        checkpoint["vrs"] = {"format": CHECKPOINT_FORMAT, "kind": "classifier", "data": self.hparams.data}
+        checkpoint["vrs"] = {"format": FORMATS["classifier"], "kind": "classifier", "data": self.hparams.data}

@@ -22,11 +22,12 @@ import torch
 
 from vrs.modules.optim import optimizers_from_config
 from vrs.modules.guards import NonFiniteLossGuard
+from vrs.checkpoint import FORMATS, check_same_data, load_base_classifier
 from vrs.errors import VRSError, check
-from vrs.modules.classifier import build_network, plain
+from vrs.models import build_network
+from vrs.modules.classifier import plain
 from vrs.selection.lam import LambdaSampler, check_lambda
 from vrs.selection.median import MedianSmoothing, deployed_sigma
-from vrs.selection.model import VRS_FORMAT, check_same_data, load_base_classifier
 from vrs.selection.networks import build_selector, check_sigma_range
 from vrs.selection.priors import build_prior
 from vrs.selection.soft import soft_smooth_log, soft_smooth_nll_log
@@ -209,7 +210,7 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
     # ---- checkpoint and diagnostics ------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         hp = self.hparams
-        checkpoint["vrs"] = {"format": VRS_FORMAT, "kind": "vrs", "data": hp.data, "base": hp.base,
+        checkpoint["vrs"] = {"format": FORMATS["vrs"], "kind": "vrs", "data": hp.data, "base": hp.base,
                              "selector": hp.selector, "sigma_min": self.selector.sigma_min,
                              "sigma_max": self.selector.sigma_max, "median": hp.median, "prior": hp.prior,
                              "lam": hp.lam, "n_trf": hp.n_trf, "tau": hp.tau}
