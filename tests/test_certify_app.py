@@ -92,7 +92,7 @@ def test_outputs_and_resume_in_process(digits_ckpt, tmp_path):
     assert summary["subset"]["count"] == 10 and summary["subset"]["skip"] == 3
     assert (summary["n0"], summary["n"], summary["alpha"], summary["sigma"], summary["seed"]) == (20, 500, 0.001, 0.25, 0)
     assert summary["device"].startswith("CPU") and summary["seconds_per_image"] > 0
-    # the summary is recomputed from the rows with the conventions of method.md
+    # the summary is recomputed from the rows with the conventions of docs/method.md
     rows = [r.split("\t") for r in tsv[1:]]
     radii = [float(r[3]) for r in rows]
     correct = [r[4] == "1" for r in rows]

@@ -1,4 +1,4 @@
-"""Empirical robustness: attacks on the whole defended pipeline (method.md section 7).
+"""Empirical robustness: attacks on the whole defended pipeline (docs/method.md section 7).
 
 - `DefendedModel`: the soft-smoothed classifier as a differentiable [0,1] -> logits module (fixed sigma
   or the VRS selector's sigma), the thing every attack differentiates;

@@ -1,4 +1,4 @@
-"""A differentiable model of the whole defended pipeline, for attacks (method.md section 7).
+"""A differentiable model of the whole defended pipeline, for attacks (docs/method.md section 7).
 
 `DefendedModel` is an ordinary nn.Module on [0,1] images that returns logits, so torchattacks (or any
 gradient attack) can attack it directly:
@@ -100,7 +100,7 @@ class _NoiseSource:
 
 class SelectorSigma(nn.Module):
     """The VRS noise level sigma~(x) = snap(clip(median_j h(x + eta_j, lambda), sigma_min, sigma_max)),
-    eta_j ~ N(0, sigma_h^2 I), j = 1..n_h (median smoothing of the selector, method.md section 5; snapped
+    eta_j ~ N(0, sigma_h^2 I), j = 1..n_h (median smoothing of the selector, docs/method.md section 5; snapped
     to `grid` when one is given, as the deployed VRS model does), with a gradient an attack can follow.
 
     The median (and the snapping) has no useful gradient, so `grad` chooses what the attack differentiates:

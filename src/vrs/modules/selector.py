@@ -1,6 +1,6 @@
 """Stage 2 of VRS: train the noise-level selector h(x, lambda) against a frozen multi-sigma base classifier.
 
-Loss (method.md section 4): L = (1 - lambda) * L_CE(soft smoothed classifier) + lambda * KL(p || q), with
+Loss (docs/method.md section 4): L = (1 - lambda) * L_CE(soft smoothed classifier) + lambda * KL(p || q), with
 lambda drawn per batch (or per sample) and fed to h; soft smoothing over `n_trf` reparameterised noise
 draws at temperature `tau`; h sees its inputs with its own smoothing noise eta ~ N(0, sigma_h^2 I), as at
 test time under median smoothing. An optional last stage (`finetune.epochs` > 0) unfreezes the base

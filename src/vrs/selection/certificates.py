@@ -1,4 +1,4 @@
-"""Certificates for a sample-wise smoothed classifier (method.md section 6).
+"""Certificates for a sample-wise smoothed classifier (docs/method.md section 6).
 
 With a per-input sigma the classifier at x + delta may smooth with a different noise level than at x, so
 Cohen's radius alone is not sound. Both certificates below take the Cohen lower bound pA_lower, measured

@@ -1,4 +1,4 @@
-"""Certifying images with a VRS selector (method.md section 6): what `vrs-certify` and the training callback
+"""Certifying images with a VRS selector (docs/method.md section 6): what `vrs-certify` and the training callback
 `CertifiedRobustness` both run, so the numbers training logs are the numbers vrs-certify gives.
 
 Per image (all noise seeded by (seed, idx) only, idx the image's index in its split):

@@ -1,4 +1,4 @@
-"""Samplers of the trade-off knob lambda for conditional meta-learning (method.md section 4).
+"""Samplers of the trade-off knob lambda for conditional meta-learning (docs/method.md section 4).
 
 lambda is drawn at random for every batch (default U[0,1]) or for every sample (`per_sample=True`), and
 the selector is conditioned on it, so one selector covers the whole accuracy/robustness trade-off.

@@ -1,4 +1,4 @@
-"""Median smoothing of the selector and its certified interval (method.md section 5; Chiang et al.,
+"""Median smoothing of the selector and its certified interval (docs/method.md section 5; Chiang et al.,
 "Detection as Regression: Certified Object Detection by Median Smoothing", NeurIPS 2020).
 
 The smoothed selector is sigma~(x) = clip(median_j h(x + eta_j), sigma_min, sigma_max),

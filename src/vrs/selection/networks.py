@@ -1,4 +1,4 @@
-"""Noise-level selectors h(x, lambda) -> sigma (method.md section 2).
+"""Noise-level selectors h(x, lambda) -> sigma (docs/method.md section 2).
 
 A selector is a small trunk (a CNN or a ResNet-20) whose feature maps are modulated by FiLM (a
 per-channel scale and shift computed from the trade-off knob lambda), followed by global average

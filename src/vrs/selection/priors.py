@@ -1,4 +1,4 @@
-"""Noise priors q and the KL(p || q) term of the variational loss (method.md section 4).
+"""Noise priors q and the KL(p || q) term of the variational loss (docs/method.md section 4).
 
 p is the noise the selector chose, q the target ("prior"). Every prior returns a per-sample (B,) KL.
 

@@ -1,4 +1,4 @@
-"""Soft smoothing: the differentiable training signal for the selector (method.md section 3), and the
+"""Soft smoothing: the differentiable training signal for the selector (docs/method.md section 3), and the
 soft-smoothed classifier that attacks differentiate (vrs.attacks.defended).
 
 g_s(x) = 1/N * sum_k softmax(f(x + sigma_s * z_k) / tau), z_k ~ N(0, I), k = 1..N.

@@ -11,7 +11,7 @@ engine (`vrs.smoothing.smoothed`) produced; nothing here draws noise.
   abstain if pA_lower < 1/2, else certify c_A with L2 radius R = sigma * Phi^-1(pA_lower). With probability
   at least 1 - alpha, g(x + delta) = c_A for every ||delta||_2 < R.
 
-Conventions for the metrics (method.md section 1): an abstention is wrong; certified accuracy at r is the
+Conventions for the metrics (docs/method.md section 1): an abstention is wrong; certified accuracy at r is the
 fraction of ALL evaluated points that are correct with radius >= r (inclusive); the average certified
 radius (ACR) is the mean of (radius if correct else 0) over all points.
 """
