@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
-from vrs.apps.certify_store import RowAppender, format_row
+from vrs.apps.certify_store import row_fields, row_writer
 from vrs.errors import VRSError, check, check_choice
 from vrs.selection.certificates import c1_radius, c2_radius
 from vrs.selection.lam import check_lambda
@@ -121,7 +121,7 @@ def resolve_vrs_options(c: dict, median: MedianSmoothing, sigma_min: float, sigm
 
 
 def meta_keys(v: VRSOptions) -> dict:
-    """What VRS rows depend on (beyond Cohen's keys), for certify.meta.json."""
+    """What VRS rows depend on (beyond Cohen's keys), for certify.meta.json (vrs.apps.certify_store.MATCH_KEYS)."""
     return {"certificate": v.certificate, "lam": v.lam, "n_h0": v.n_h0, "n_h": v.n_h, "alpha_h": v.alpha_h,
             "sigma_h": v.sigma_h, "grid": v.grid, "sigma_range": [v.sigma_min, v.sigma_max]}
 
@@ -190,7 +190,7 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
 
     results = smoothed.certify_groups(inputs(), opts.n0, opts.n, opts.alpha, opts.batch_size)
     done = 0
-    with RowAppender(tsv_path, job_columns()) as out:
+    with row_writer(tsv_path, TABLE) as out:
         t_prev = time.perf_counter()
         for res in results:
             g, sigma0, est, _ = pending.pop(0)
@@ -201,11 +201,11 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
             t_prev = now
             for j, idx in enumerate(g):
                 label, r = int(y_all[idx]), rows[j]
-                out.append(format_row(TABLE, {
+                out.write([row_fields(TABLE, {
                     "idx": idx, "label": label, "predict": r["predict"], "radius": r["radius"],
                     "correct": int(r["predict"] == label), "time": per_image, "sigma": float(sigma0[j]),
                     "sigma_lo": r["sigma_lo"], "sigma_hi": r["sigma_hi"], "radius_cohen": float(res.radius[j]),
-                    "cert": r["cert"]}))
+                    "cert": r["cert"]})])
                 done += 1
                 if on_image is not None:
                     on_image()

@@ -37,9 +37,12 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.certify_store import COLUMNS, META_NAME, TSV_NAME, atomic_write, parse_row
+from vrs.apps.certify_store import COLUMNS, META_NAME, TSV_NAME, typed_row
+from vrs.apps.results import normalize_settings
+from vrs.config_schema import parse_inputs
 from vrs.errors import VRSError, check, hydra_errors_exit, user_errors_exit
 from vrs.smoothing import core
+from vrs.utils.io import atomic_write, read_table
 
 log = logging.getLogger(__name__)
 # Directories that never hold results (or hold thousands of files): not walked.
@@ -129,13 +132,12 @@ def short_ckpt(path: str | None) -> str | None:
 
 def read_certify(path: Path, radii: list[float]) -> Row:
     """A vrs-certify results directory: certify.meta.json + certify.tsv (+ summary.json)."""
-    meta = json.loads((path / META_NAME).read_text())
+    meta = normalize_settings(json.loads((path / META_NAME).read_text()))
     table = meta.get("mode", "certify")
     if table not in COLUMNS:
         raise VRSError(f"{path / META_NAME} has mode={table!r}, not one of {', '.join(COLUMNS)}: not a vrs-certify "
                        "results directory this version reads")
-    lines = (path / TSV_NAME).read_text().splitlines(keepends=True)[1:]
-    rows = [parse_row(line, COLUMNS[table]) for line in lines if line.endswith("\n")]
+    rows = [typed_row(r) for r in read_table(path / TSV_NAME, COLUMNS[table], "\t", typed_row)[0]]
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     notes = [] if summary else ["no summary.json (interrupted? rerun vrs-certify with this out_dir to finish)"]
@@ -148,21 +150,21 @@ def read_certify(path: Path, radii: list[float]) -> Row:
     if vrs:
         family, method = "vrs", f"vrs-{meta['certificate']}"
         label = f"VRS {meta['certificate'].upper()} lambda={fmt_num(meta['lam'])}"
-        identity = (meta["data"], meta["ckpt_sha256"], "vrs", float(meta["lam"]))
+        identity = (meta["data"], meta["checkpoint_sha256"], "vrs", float(meta["lam"]))
     else:
         family, method = "fixed", "fixed-sigma" if table == "certify" else "fixed-sigma (predict)"
         label = f"fixed sigma={fmt_num(meta['sigma'])}"
-        identity = (meta["data"], meta["ckpt_sha256"], "fixed", float(meta["sigma"]))
+        identity = (meta["data"], meta["checkpoint_sha256"], "fixed", float(meta["sigma"]))
     values: dict[str, Any] = {
         "method": method, "data": meta["data"], "sigma": None if vrs else meta["sigma"],
         "lambda": meta.get("lam") if vrs else None,
-        "prior": describe_prior(training_config(meta.get("ckpt_path"))) if vrs else None,
+        "prior": describe_prior(training_config(meta.get("checkpoint"))) if vrs else None,
         "n0": meta.get("n0"), "n": meta["n"], "alpha": alpha, "images": len(rows),
         "clean_acc": float(correct.mean()) if rows else None,
         "abstain": core.abstain_rate([r["predict"] for r in rows]) if rows else None,
     }
     row = Row("certify", family, label, values, identity, [str(path)], sigmas=sigmas,
-              ckpt=short_ckpt(meta.get("ckpt_path")))
+              ckpt=short_ckpt(meta.get("checkpoint")))
     if table != "predict":
         row.radii = np.array([r["radius"] for r in rows])
         row.correct = correct
@@ -194,7 +196,7 @@ def attack_name(summary: dict) -> str:
 def read_attack(path: Path) -> tuple[Row, dict]:
     """A vrs-attack results directory; returns the row and the attack's setup (attack_setup)."""
     summary = json.loads((path / "summary.json").read_text())
-    settings = summary.get("settings") or json.loads((path / "settings.json").read_text())
+    settings = normalize_settings(summary.get("settings") or json.loads((path / "settings.json").read_text()))
     info = summary["defense"]
     name = attack_name(summary)
     if info.get("defense") == "vrs":
@@ -315,7 +317,7 @@ def collect(inputs: list[Path], radii: list[float]) -> Found:
             for row in new:
                 row.overrides = overrides
             rows += new
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, VRSError) as err:
             # one unreadable run must not hide the rest: named in the report's "Skipped" list
             skipped.append(f"{d}: unreadable ({type(err).__name__}: {err})")
     return Found(rows, setups, skipped)
@@ -635,19 +637,6 @@ class Report:
     files: list[Path]
     skipped: list[str]
     markdown: str
-
-
-def parse_inputs(inputs: Any) -> list[Path]:
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    check(isinstance(inputs, list) and len(inputs) > 0 and all(isinstance(i, str) and i for i in inputs),
-          "report.inputs", inputs, "a run or multirun directory, or a list of them: report.inputs=[dir1,dir2]")
-    paths = [Path(i) for i in inputs]
-    for p in paths:
-        if not p.exists():
-            raise VRSError(f"report.inputs: {str(p)!r} does not exist (give run or multirun directories)")
-        check(p.is_dir(), "report.inputs", str(p), "directories (a run or multirun directory), not files")
-    return paths
 
 
 def build_report(cfg: DictConfig) -> Report:
