@@ -10,8 +10,8 @@
     vrs-certify ckpt_path=<VRS selector checkpoint> [certify=vrs_c1|vrs_c2] [certify.lam=0.5]  # VRS (certify_vrs)
 
 Writes certify.tsv, certify.meta.json, summary.json and certified_accuracy.png in certify.out_dir (the
-Hydra run directory unless set); see vrs.apps.certify_store for the crash-safety rules and
-vrs.smoothing.smoothed for the sampling engine.
+Hydra run directory unless set); see vrs.apps.results for the crash-safety rules, vrs.apps.certify_store for
+the TSV and vrs.smoothing.smoothed for the sampling engine.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The run skeleton of vrs-certify and vrs-attack: processes, device, opening the store, sharding the work,
+"""The run skeleton of vrs-certify and vrs-attack: processes (one, spawned by the app with
+`certify.world_size` / `attack.world_size`, or torchrun's), device, opening the store, sharding the work,
 logging the results, and the body of the app's `main`.
 
 Both apps run the same way:
@@ -13,7 +14,9 @@ and their `main` is `run_app(cfg, app, run, print_results, order)` under the dec
 
 from __future__ import annotations
 
+import datetime
 import logging
+import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +25,20 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps.results import ResultsStore
-from vrs.apps.sharding import from_rank0, init_torchrun, spawn_ranks, torchrun_env
 from vrs.errors import VRSError
 
 log = logging.getLogger(__name__)
 
 
 # ---- processes and device ----------------------------------------------------------------------------------
+def torchrun_env() -> tuple[int, int] | None:
+    """(rank, world size) when launched by torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and "RANK" in os.environ:
+        return int(os.environ["RANK"]), world
+    return None
+
+
 @dataclass
 class Ranks:
     """This process's place in the run: rank, world size, and torch.distributed under torchrun (else None)."""
@@ -42,9 +52,13 @@ class Ranks:
         """torchrun's ranks when launched by it (WORLD_SIZE > 1); else rank 0 of `world_size` processes
         (the others are spawned by run_ranks)."""
         launched = torchrun_env()
-        if launched:
-            return cls(launched[0], launched[1], init_torchrun())
-        return cls(0, world_size)
+        if launched is None:
+            return cls(0, world_size)
+        import torch.distributed as dist  # deferred: torch is heavy and only torchrun needs this
+
+        if not dist.is_initialized():  # gloo is only the control plane: nothing but small objects travels
+            dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+        return cls(launched[0], launched[1], dist)
 
     @property
     def main(self) -> bool:
@@ -56,12 +70,41 @@ class Ranks:
         return int(os.environ.get("LOCAL_RANK", self.rank)) if self.dist is not None else self.rank
 
     def from_main(self, value: Any) -> Any:
-        """Rank 0's `value` on every rank."""
-        return from_rank0(self.dist, value)
+        """Rank 0's `value` on every rank (the value itself in one process)."""
+        if self.dist is None:
+            return value
+        box = [value]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         if self.dist is not None:
             self.dist.destroy_process_group()
+
+
+def spawn_ranks(world: int, target: Callable, rank_args: Callable[[int], tuple], rank0: Callable[[], Any],
+                name: str) -> None:
+    """Run rank0() in this process while ranks 1..world-1 run target(*rank_args(rank)) in spawned processes.
+
+    Any process that fails is one VRSError after the others are stopped; the rows they finished stay on disk
+    (both apps append them per item), so rerunning the same command resumes.
+    """
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=rank_args(r), name=f"{name}-rank{r}") for r in range(1, world)]
+    for p in procs:
+        p.start()
+    try:
+        rank0()
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    if failed:
+        raise VRSError(f"shard processes failed: {failed}; finished rows are kept, rerun the same command to resume")
 
 
 def resolve_device(device: str, key: str) -> str:
