@@ -347,9 +347,9 @@ def run(cfg: DictConfig) -> dict:
 
 def writer_key(idx: int, eps: float) -> tuple[str, str]:
     """The (idx, eps) key of a row as attack.csv writes it (vrs.utils.io.RowWriter.key_of)."""
-    from vrs.utils.io import _format
+    from vrs.utils.io import format_value
 
-    return (_format(int(idx)), _format(float(eps)))
+    return (format_value(int(idx)), format_value(float(eps)))
 
 
 def print_results(summary: dict, cfg: DictConfig) -> float | None:

@@ -120,7 +120,8 @@ def append_fsynced(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A value as RowWriter writes it: bools as 0/1, floats with 6 significant digits, the rest as str()."""
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, float):
@@ -131,7 +132,7 @@ def _format(value: Any) -> str:
 def format_line(values: Sequence[Any], delimiter: str = ",") -> str:
     """One table row as RowWriter writes it (floats with 6 significant digits, strings as they are)."""
     buf = io.StringIO()
-    csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerow([_format(v) for v in values])
+    csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerow([format_value(v) for v in values])
     return buf.getvalue()
 
 
@@ -214,7 +215,7 @@ class RowWriter:
 
     def key_of(self, row: Mapping[str, Any]) -> tuple[str, ...]:
         """A row's key as it is (or would be) written."""
-        return tuple(_format(row[k]) for k in self.key)
+        return tuple(format_value(row[k]) for k in self.key)
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append rows (mappings with every column) in one fsync'd write."""
@@ -225,7 +226,7 @@ class RowWriter:
             if missing:
                 raise ValueError(f"row lacks columns {missing}")
         append_fsynced(self.path, "".join(format_line([row[c] for c in self.columns], self.delimiter) for row in rows))
-        self._rows.extend({c: _format(row[c]) for c in self.columns} for row in rows)
+        self._rows.extend({c: format_value(row[c]) for c in self.columns} for row in rows)
 
 
 def truncate(path: Path, size: int) -> None:
