@@ -25,14 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
 from vrs.apps.results import SHARED_KEYS, ResultsStore, Table, describe_subset, select_indices
-from vrs.apps.skeleton import Ranks, log_results, open_store, resolve_device, run_app, run_ranks
+from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
-from vrs.utils.io import RowWriter
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +178,6 @@ def results_table() -> Table:
                  columns=tuple(ROW_COLUMNS), delimiter=",", key=("idx", "eps"), match=RESUME_KEYS)
 
 
-def row_writer(path: Path) -> RowWriter:
-    """The appender of attack.csv or of a shard."""
-    t = results_table()
-    return RowWriter(path, t.columns, t.delimiter, t.key)
-
-
 def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
     """Process `rank`'s batches: every world-th batch of `indices`, each batch as a one-process run forms
     it, so every image is attacked with the same seeds (reseed: from the run seed, the batch's first image
@@ -210,9 +202,7 @@ def _prepare(cfg: DictConfig, device):
 
     torch.manual_seed(int(cfg.seed))
     model, base, loaded, info = load_defense(cfg, device)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    xs, ys = datamodule.splits[cfg.attack.get("split", "test")]
+    xs, ys, _ = load_data(_plain(cfg.data), cfg.attack.get("split", "test"))
     predict = smoothed_predict_fn(base, loaded.num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
                                   int(cfg.predict.batch_size), seed=int(cfg.seed),
                                   precision=cfg.predict.get("precision", "fp32"))
@@ -256,7 +246,7 @@ def _attack_worker(cfg_dict: dict, batches: list[list[int]], done: set, rank: in
     logging.basicConfig(level=logging.WARNING)
     cfg = OmegaConf.create(cfg_dict)
     device = _device(cfg, rank, world)
-    with row_writer(Path(shard)) as writer:
+    with results_table().writer(Path(shard)) as writer:
         _attack_batches(cfg, batches, done, writer, device, _prepare(cfg, device), total, time.perf_counter())
 
 
@@ -311,7 +301,7 @@ def run(cfg: DictConfig) -> dict:
                  ranks.world)
 
     def work(batches: list[list[int]], rank: int, table: Path) -> None:
-        with row_writer(table) as writer:
+        with results_table().writer(table) as writer:
             _attack_batches(cfg, batches, done, writer, device, prepared, len(indices), t0)
 
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)

@@ -37,7 +37,8 @@ from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
 from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
 from vrs.apps.results import describe_subset, select_indices
-from vrs.apps.skeleton import Ranks, device_name, log_results, open_store, resolve_device, run_ranks, run_app
+from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
+                               run_ranks)
 from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.smoothing import core
@@ -166,15 +167,6 @@ class Job:
     out_dir: str
     meta: dict
     vrs: dict | None = None  # VRS certification settings (certify_vrs.VRSOptions); None: Cohen's path
-
-
-def load_data(data_cfg: dict, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    from hydra.utils import instantiate
-
-    dm = instantiate(data_cfg)
-    dm.setup()
-    x, y = dm.splits[split]
-    return x, y, dm.spec.to_dict()
 
 
 def resolve_sigma(opts: Options, loaded: LoadedCheckpoint) -> float:

@@ -63,8 +63,7 @@ def format_row(mode: str, row: dict) -> str:
 
 def row_writer(path: Path, mode: str) -> RowWriter:
     """The appender of certify.tsv (or of a shard) in `mode`: write([row_fields(mode, row)])."""
-    t = table(mode)
-    return RowWriter(path, t.columns, t.delimiter, t.key, t.check_row)
+    return table(mode).writer(path)
 
 
 _TYPES = {"idx": int, "label": int, "predict": int, "radius": float, "correct": int, "time": float, "sigma": float,

@@ -80,6 +80,10 @@ class Table:
         stem, _, suffix = self.name.rpartition(".")
         return stem, suffix
 
+    def writer(self, path: Path) -> RowWriter:
+        """The appender of this table at `path` (the table itself or a shard)."""
+        return RowWriter(path, self.columns, self.delimiter, self.key, self.check_row)
+
 
 class ResultsStore:
     """One results directory of `table`'s kind, for one set of settings."""
@@ -101,11 +105,6 @@ class ResultsStore:
     def shards(self) -> list[Path]:
         stem, suffix = self.table.stem_suffix
         return sorted(self.path.glob(f"{stem}.rank*.{suffix}"))
-
-    def writer(self, path: Path | None = None) -> RowWriter:
-        """The appender of the table (or of a shard: path=shard_path(rank))."""
-        t = self.table
-        return RowWriter(path or self.table_path, t.columns, t.delimiter, t.key, t.check_row)
 
     # -- locking --
     def lock(self) -> None:

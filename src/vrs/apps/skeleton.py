@@ -140,6 +140,16 @@ def device_name(device: str) -> str:
     return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+def load_data(data_cfg: dict, split: str) -> tuple[Any, Any, dict]:
+    """(images as uint8, labels, the data spec) of one split of the data config."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(data_cfg)
+    dm.setup()
+    x, y = dm.splits[split]
+    return x, y, dm.spec.to_dict()
+
+
 # ---- the store across ranks ----------------------------------------------------------------------------
 def open_store(ranks: Ranks, store: ResultsStore, check: Callable[[dict], None] | None = None) -> set:
     """Rank 0 locks the store and opens it (refusing other settings or damaged rows before anything in it
