@@ -92,3 +92,20 @@ def test_the_lock_names_the_app_and_its_key(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(VRSError, match="attack.out_dir=.* is a file"):
         ResultsStore(Path(tmp_path / "file"), table, {}).lock()
+
+
+def test_a_directory_of_another_apps_results_is_refused_untouched(tmp_path):
+    certify_dir = tmp_path / "c"
+    store = ResultsDir(certify_dir, {k: v for k, v in OLD_META.items() if k != "format"})
+    store.open()
+    (certify_dir / "certify.tsv").write_text("\t".join(COLUMNS["certify"]) + "\n" + _row(0))
+    (certify_dir / "summary.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in certify_dir.iterdir()}
+    attack = Table(app="vrs-attack", out_key="attack.out_dir", name="attack.csv", sidecar="settings.json",
+                   columns=("idx", "eps"))
+    with pytest.raises(VRSError, match="holds vrs-certify results .*use another attack.out_dir"):
+        ResultsStore(certify_dir, attack, {}).open()
+    assert {p.name: p.read_bytes() for p in certify_dir.iterdir()} == before
+    ResultsStore(tmp_path / "a", attack, {}).open()
+    with pytest.raises(VRSError, match="holds vrs-attack results \\(settings.json\\).*use another certify.out_dir"):
+        ResultsDir(tmp_path / "a", OLD_META).open()

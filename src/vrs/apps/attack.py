@@ -28,7 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.results import SHARED_KEYS, ResultsStore, Table, describe_subset, select_indices
+from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table, describe_subset, select_indices
 from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 
@@ -174,8 +174,9 @@ def results_table() -> Table:
     """attack.csv: one row per (image, eps), appended as it goes (vrs.apps.results), settings in settings.json."""
     from vrs.attacks.evaluate import ROW_COLUMNS  # deferred: it imports torch (vrs-attack --help stays fast)
 
-    return Table(app="vrs-attack", out_key="attack.out_dir", name="attack.csv", sidecar="settings.json",
-                 columns=tuple(ROW_COLUMNS), delimiter=",", key=("idx", "eps"), match=RESUME_KEYS)
+    name, sidecar = APP_FILES["vrs-attack"]  # attack.csv, settings.json
+    return Table(app="vrs-attack", out_key="attack.out_dir", name=name, sidecar=sidecar, columns=tuple(ROW_COLUMNS),
+                 delimiter=",", key=("idx", "eps"), match=RESUME_KEYS)
 
 
 def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:

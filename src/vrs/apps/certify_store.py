@@ -15,11 +15,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from vrs.apps.results import SHARED_KEYS, ResultsStore, Table
+from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table
 from vrs.utils.io import RowWriter
 
-TSV_NAME = "certify.tsv"
-META_NAME = "certify.meta.json"
+TSV_NAME, META_NAME = APP_FILES["vrs-certify"]  # certify.tsv, certify.meta.json
 RESULTS_FORMAT = 1
 COLUMNS = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time", "sigma"),

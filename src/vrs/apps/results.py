@@ -36,6 +36,9 @@ SHARED_KEYS = ("checkpoint_sha256", "data", "split", "seed")
 # current name, so those directories still resume.
 ALIASES = {"ckpt_sha256": "checkpoint_sha256", "ckpt_path": "checkpoint"}
 SUMMARY_NAME = "summary.json"
+# The table and sidecar of every app that keeps its results here: a store refuses a directory that holds
+# another app's (issue 23: vrs-attack into a vrs-certify directory replaced its summary.json).
+APP_FILES = {"vrs-certify": ("certify.tsv", "certify.meta.json"), "vrs-attack": ("attack.csv", "settings.json")}
 
 
 def normalize_settings(settings: dict) -> dict:
@@ -127,8 +130,14 @@ class ResultsStore:
             raise VRSError(f"{self.settings_path} is unreadable ({err}); use another {self.table.out_key}") from None
 
     def check_settings(self) -> None:
-        """Refuse (VRSError) a directory whose rows were made with other settings, or whose settings are unknown."""
+        """Refuse (VRSError) a directory that holds another app's results, rows made with other settings, or rows
+        whose settings are unknown."""
         t = self.table
+        for app, files in APP_FILES.items():
+            held = [f for f in files if app != t.app and (self.path / f).exists()]
+            if held:
+                raise VRSError(f"{self.path} holds {app} results ({', '.join(held)}); refusing to write {t.app} "
+                               f"results there: use another {t.out_key}")
         if self.settings_path.exists():
             old = self.read_settings()
             diffs = settings_diff(old, self.settings, t.match, t.defaults)
