@@ -36,12 +36,12 @@ import sys, torch, matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from pathlib import Path
-from vrs.utils.io import AtomicCheckpointIO, CSVLogger, RowAppender, save_figure, write_json_atomic
+from vrs.utils.io import AtomicCheckpointIO, CSVLogger, RowWriter, save_figure, write_json_atomic
 out = Path(sys.argv[1])
 ckpt_io, logger = AtomicCheckpointIO(), CSVLogger(out, name="csv", version="")
 fig, ax = plt.subplots()
 ax.plot(range(1000))
-rows = RowAppender(out / "rows.tsv", ("i", "value"))
+rows = RowWriter(out / "rows.tsv", ("i", "value"), delimiter="\t")
 (out / "ready").touch()
 i = 0
 while True:
@@ -49,7 +49,7 @@ while True:
     write_json_atomic(out / "summary.json", {"i": i, "values": list(range(50_000))})
     save_figure(fig, out / "plot.png")
     ckpt_io.save_checkpoint({"i": i, "state_dict": {"w": torch.full((400_000,), float(i))}}, out / "last.ckpt")
-    rows.append(f"{i}\t{i * 0.5}\n")
+    rows.write([{"i": i, "value": i * 0.5}])
     logger.log_metrics({"loss": 1.0 / i, **({f"new_{i}": 1.0} if i % 4 == 0 else {})}, step=i)
 """
 PNG_END = b"IEND\xaeB`\x82"
@@ -85,13 +85,13 @@ def test_writers_killed_at_a_random_moment_leave_every_file_whole(tmp_path):
     reached = check_whole(tmp_path)
     assert reached >= 2, "the writer did too little before the kill for the test to mean anything"
     # what a restarted writer does with the files: read back, append, add a column
-    from vrs.utils.io import CSVLogger, RowAppender
+    from vrs.utils.io import CSVLogger, RowWriter
 
     logger = CSVLogger(tmp_path, name="csv", version="")
     before = len(logger.experiment.rows)
     logger.log_metrics({"loss": 0.0, "after_restart": 1.0}, step=reached + 1)
-    with RowAppender(tmp_path / "rows.tsv", ("i", "value")) as rows:
-        rows.append(f"{reached + 1}\t0.0\n")
+    with RowWriter(tmp_path / "rows.tsv", ("i", "value"), delimiter="\t") as rows:
+        rows.write([{"i": reached + 1, "value": 0.0}])
     check_whole(tmp_path)
     with open(tmp_path / "csv" / "metrics.csv", newline="") as fh:
         table = list(csv.DictReader(fh))

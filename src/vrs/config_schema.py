@@ -359,9 +359,21 @@ def cross_checks(cfg: dict, app: str) -> None:
         p = cfg["predict"]
         check_sampling(p["n"], p["alpha"], p["batch_size"], prefix="predict.")
     if app == "report":
-        from vrs.apps.report import parse_inputs
-
         parse_inputs(cfg["report"]["inputs"])
+
+
+def parse_inputs(inputs: Any) -> list[Path]:
+    """report.inputs as paths: a run or multirun directory, or a list of them, each existing."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    check(isinstance(inputs, list) and len(inputs) > 0 and all(isinstance(i, str) and i for i in inputs),
+          "report.inputs", inputs, "a run or multirun directory, or a list of them: report.inputs=[dir1,dir2]")
+    paths = [Path(i) for i in inputs]
+    for p in paths:
+        if not p.exists():
+            raise VRSError(f"report.inputs: {str(p)!r} does not exist (give run or multirun directories)")
+        check(p.is_dir(), "report.inputs", str(p), "directories (a run or multirun directory), not files")
+    return paths
 
 
 def check_certify(c: dict) -> None:

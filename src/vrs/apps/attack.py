@@ -20,24 +20,22 @@ The same metrics go to every configured logger (logger=wandb: W&B, with the plot
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.sharding import from_rank0, init_torchrun, spawn_ranks, torchrun_env
-from vrs.errors import ConfigError, VRSError, hydra_errors_exit, user_errors_exit
-from vrs.utils.config import print_config_tree
+from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table, describe_subset, select_indices
+from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
+from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 
 log = logging.getLogger(__name__)
 
 # Settings a resumed run must share with the run it continues (eps and the subset may grow).
-RESUME_KEYS = ("checkpoint_sha256", "data", "split", "attack", "defense", "predict", "seed")
+RESUME_KEYS = SHARED_KEYS + ("attack", "defense", "predict")
 SUBSET_KEYS = ("eps", "skip", "max", "indices", "batch_size", "world_size", "out_dir")
 
 
@@ -51,31 +49,6 @@ def check_config(cfg: DictConfig) -> None:
     from vrs.config_schema import check_values
 
     check_values(cfg, "attack")
-
-
-def settings_diff(old: dict, new: dict) -> list[str]:
-    """'key: existing X, now Y' for every resume-relevant setting that differs (one level into dicts)."""
-    out = []
-    for k in RESUME_KEYS:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{k}.{s}: existing {a.get(s)!r}, now {b.get(s)!r}" for s in sorted(set(a) | set(b))
-                    if a.get(s) != b.get(s)]
-        elif a != b:
-            out.append(f"{k}: existing {a!r}, now {b!r}")
-    return out
-
-
-def select_indices(total: int, skip: int, max_images: int | None, indices) -> list[int]:
-    """The data-set indices to attack: attack.indices when given, else every skip-th image from 0, at
-    most max_images of them."""
-    if indices is not None:
-        bad = [i for i in indices if i >= total]
-        if bad:
-            raise ConfigError("attack.indices", bad, f"indices below the split's size ({total})")
-        return [int(i) for i in indices]
-    chosen = list(range(0, total, skip))
-    return chosen[:max_images] if max_images else chosen
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -189,20 +162,14 @@ def run_facts(summary: dict) -> dict:
             "sigma": info.get("sigma"), "lam": info.get("lam"), "attack": summary["attack"]}
 
 
-def log_to_loggers(loggers: list, metrics: dict, plot: Path, cfg: DictConfig) -> None:
-    for lg in loggers:
-        try:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-            lg.log_metrics(metrics, step=0)
-            if hasattr(lg, "log_image") and plot.is_file():
-                lg.log_image(key="robust/accuracy_vs_eps", images=[str(plot)])
-            lg.save()
-        except Exception as err:  # noqa: BLE001 - a logger failing must not lose the run's files
-            log.warning("logger %s failed: %s", type(lg).__name__, err)
-
-
 # ---- the run -------------------------------------------------------------------------------------
-SHARD_GLOB = "attack.rank*.csv"  # rows of process r while a sharded run goes; merged into attack.csv
+def results_table() -> Table:
+    """attack.csv: one row per (image, eps), appended as it goes (vrs.apps.results), settings in settings.json."""
+    from vrs.attacks.evaluate import ROW_COLUMNS  # deferred: it imports torch (vrs-attack --help stays fast)
+
+    name, sidecar = APP_FILES["vrs-attack"]  # attack.csv, settings.json
+    return Table(app="vrs-attack", out_key="attack.out_dir", name=name, sidecar=sidecar, columns=tuple(ROW_COLUMNS),
+                 delimiter=",", key=("idx", "eps"), match=RESUME_KEYS)
 
 
 def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
@@ -218,9 +185,7 @@ def _device(cfg: DictConfig, rank: int, world: int):
 
     from vrs.utils.device import shard_device
 
-    dev = cfg.get("device", "auto")
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
-    return torch.device(shard_device(dev, rank, world))
+    return torch.device(shard_device(resolve_device(str(cfg.get("device", "auto")), "device"), rank, world))
 
 
 def _prepare(cfg: DictConfig, device):
@@ -231,9 +196,7 @@ def _prepare(cfg: DictConfig, device):
 
     torch.manual_seed(int(cfg.seed))
     model, base, loaded, info = load_defense(cfg, device)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup()
-    xs, ys = datamodule.splits[cfg.attack.get("split", "test")]
+    xs, ys, _ = load_data(_plain(cfg.data), cfg.attack.get("split", "test"))
     predict = smoothed_predict_fn(base, loaded.num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
                                   int(cfg.predict.batch_size), seed=int(cfg.seed),
                                   precision=cfg.predict.get("precision", "fp32"))
@@ -271,55 +234,14 @@ def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer
         log.info("%d/%d batches of %d images (%.1f s)", n_batch, len(batches), total, time.perf_counter() - t0)
 
 
-def _shard_writer(out: Path, rank: int):
-    from vrs.attacks.evaluate import ROW_COLUMNS
-    from vrs.utils.io import RowWriter
-
-    return RowWriter(out / f"attack.rank{rank}.csv", ROW_COLUMNS, delimiter=",", key=("idx", "eps"))
-
-
-def merge_shards(writer, out: Path, sort_key=None) -> None:
-    """Fold the rows of the shard files (this run's, or those a killed run left) into attack.csv, sorted by
-    `sort_key` (a row -> a sort key; the one-process order), then delete the shards."""
-    shards = sorted(out.glob(SHARD_GLOB))
-    if not shards:
-        return
-    rows, done = [], writer.done_keys()
-    for shard in shards:
-        w = _shard_writer(out, int(shard.name[len("attack.rank"):-len(".csv")]))
-        w.close()
-        rows += [r for r in w.rows if writer.key_of(r) not in done]
-    if sort_key is not None:
-        rows.sort(key=sort_key)
-    writer.write(rows)
-    for shard in shards:
-        shard.unlink()
-
-
-def _attack_worker(cfg_dict: dict, batches: list[list[int]], done: set, rank: int, world: int, out: str,
+def _attack_worker(cfg_dict: dict, batches: list[list[int]], done: set, rank: int, world: int, shard: str,
                    total: int) -> None:
     """Entry point of a spawned shard process (attack.world_size > 1)."""
     logging.basicConfig(level=logging.WARNING)
     cfg = OmegaConf.create(cfg_dict)
     device = _device(cfg, rank, world)
-    writer = _shard_writer(Path(out), rank)
-    try:
+    with results_table().writer(Path(shard)) as writer:
         _attack_batches(cfg, batches, done, writer, device, _prepare(cfg, device), total, time.perf_counter())
-    finally:
-        writer.close()
-
-
-def _run_spawned(cfg: DictConfig, todo: list[list[int]], done: set, world: int, out: Path, prepared, device,
-                 total: int, t0: float) -> None:
-    """Rank 0 is this process; ranks 1.. are spawned (as vrs-certify's certify.world_size)."""
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-
-    def rank0():
-        with _shard_writer(out, 0) as writer:
-            _attack_batches(cfg, todo[0::world], done, writer, device, prepared, total, t0)
-
-    spawn_ranks(world, _attack_worker, lambda r: (cfg_dict, todo[r::world], done, r, world, str(out), total),
-                rank0, "vrs-attack")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -332,20 +254,16 @@ def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     import torch
 
-    from vrs.attacks.evaluate import ROW_COLUMNS, summarize
+    from vrs.attacks.evaluate import summarize
     from vrs.attacks.factory import eps_list
     from vrs.checkpoint import check_data_matches
-    from vrs.utils.loggers import build_loggers
-    from vrs.utils.io import RowWriter, lock_dir, read_json, write_json_atomic
 
     attack_cfg = _plain(cfg.attack)
-    launched = torchrun_env()
-    rank, world = launched if launched else (0, int(attack_cfg.get("world_size", 1)))
-    out = Path(attack_cfg.get("out_dir") or cfg.paths.output_dir)
+    ranks = Ranks.start(int(attack_cfg.get("world_size", 1)))
     eps_values = eps_list(attack_cfg)
     name = attack_cfg["name"]
 
-    device = _device(cfg, rank, world)
+    device = _device(cfg, ranks.local_rank, ranks.world)
     prepared = _prepare(cfg, device)
     model, base, loaded, info, xs, ys, _ = prepared
     data_cfg = _plain(cfg.data)
@@ -355,8 +273,8 @@ def run(cfg: DictConfig) -> dict:
     settings = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": loaded.sha256,
                 "data": data_cfg.get("name"), "split": split, "attack": attack_settings,
                 "defense": _plain(cfg.defense), "predict": _plain(cfg.predict), "seed": int(cfg.seed)}
-    indices = select_indices(len(ys), int(attack_cfg.get("skip", 1)), attack_cfg.get("max"),
-                             attack_cfg.get("indices"))
+    skip, max_images = int(attack_cfg.get("skip", 1)), attack_cfg.get("max")
+    indices = select_indices(len(ys), split, "attack", skip, max_images, attack_cfg.get("indices"))
     bs = int(attack_cfg.get("batch_size", 32))
     position = {str(i): n for n, i in enumerate(indices)}
 
@@ -364,124 +282,76 @@ def run(cfg: DictConfig) -> dict:
         n = position.get(row["idx"], len(indices))
         return n // bs, float(row["eps"]), n
 
-    dist = init_torchrun() if launched else None
-
-    # rank 0 refuses an out_dir holding another run's rows before anything in it changes, locks it and
-    # folds in the shards a killed run left
-    lock, writer, status = None, None, {}
-    if rank == 0:
-        try:
-            settings_path = out / "settings.json"
-            if settings_path.is_file():
-                diff = settings_diff(read_json(settings_path), settings)
-                if diff:
-                    raise VRSError(f"{out} holds a run with other settings ({'; '.join(diff)}); refusing to mix them: "
-                                   "use another attack.out_dir, or the same settings to resume it")
-            elif (out / "attack.csv").is_file():
-                raise VRSError(f"{out}/attack.csv exists without settings.json; use another attack.out_dir")
-            lock = lock_dir(out, "vrs-attack")
-            write_json_atomic(settings_path, settings)
-            writer = RowWriter(out / "attack.csv", ROW_COLUMNS, delimiter=",", key=("idx", "eps"))
-            merge_shards(writer, out)
-            status = {"out": str(out), "done": writer.done_keys()}
-        except VRSError as err:
-            status = {"error": str(err)}
-    status = from_rank0(dist, status)
-    if "error" in status:
-        if lock is not None:
-            os.close(lock)
-        raise VRSError(status["error"])
-    out, done = Path(status["out"]), status["done"]
+    out = Path(ranks.from_main(str(attack_cfg.get("out_dir") or cfg.paths.output_dir)))
+    store = ResultsStore(out, results_table(), settings)
+    done = open_store(ranks, store)
     resumed = len(done)
     todo = [b for b in shard_batches(indices, bs, 0, 1)
             if any(writer_key(i, e) not in done for i in b for e in eps_values)]
     t0 = time.perf_counter()
-    if rank == 0:
+    if ranks.main:
         log.info("attack %s (%s) eps=%s on %d %s images of %s; defense %s; %d rows already done; %d process(es)",
                  name, attack_cfg.get("norm"), eps_values, len(indices), split, data_cfg.get("name"), info, resumed,
-                 world)
-    try:
-        try:
-            if dist is not None:
-                with _shard_writer(out, rank) as shard:
-                    _attack_batches(cfg, todo[rank::world], done, shard, device, prepared, len(indices), t0)
-                dist.barrier()
-            elif world == 1:
-                _attack_batches(cfg, todo, done, writer, device, prepared, len(indices), t0)
-            else:
-                _run_spawned(cfg, todo, done, world, out, prepared, device, len(indices), t0)
-        finally:  # the finished rows of every process, also after a failure
-            if rank == 0:
-                merge_shards(writer, out, one_process_order)
-                writer.close()
-    except BaseException:
-        if lock is not None:
-            os.close(lock)
-        raise
-    if rank != 0:
-        dist.destroy_process_group()
+                 ranks.world)
+
+    def work(batches: list[list[int]], rank: int, table: Path) -> None:
+        with results_table().writer(table) as writer:
+            _attack_batches(cfg, batches, done, writer, device, prepared, len(indices), t0)
+
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    rows = run_ranks(ranks, todo, store, work, _attack_worker,
+                     lambda r, mine: (cfg_dict, mine, done, r, ranks.world, str(store.shard_path(r)), len(indices)),
+                     "vrs-attack", order=one_process_order)
+    if not ranks.main:
+        ranks.close()
         return {}
     try:
         wanted = {str(i) for i in indices}
-        summary = summarize([r for r in writer.rows if r["idx"] in wanted], eps_values)
+        summary = summarize([r for r in rows.values() if r["idx"] in wanted], eps_values)
         summary.update({
             "attack": name, "norm": attack_cfg.get("norm"), "eps": eps_values,
             "complete": all(p["n"] == len(indices) for p in summary["per_eps"]),
-            "subset": {"split": split, "split_size": len(ys), "skip": attack_cfg.get("skip", 1),
-                       "max": attack_cfg.get("max"), "indices": attack_cfg.get("indices"), "count": len(indices),
-                       "first": indices[0] if indices else None, "last": indices[-1] if indices else None},
-            "defense": info, "device": str(device), "world_size": world, "torch": torch.__version__,
+            "subset": describe_subset(indices, split, len(ys), skip, max_images, attack_cfg.get("indices")),
+            "defense": info, "device": str(device), "world_size": ranks.world, "torch": torch.__version__,
             "seconds": round(time.perf_counter() - t0, 2), "rows_resumed": resumed,
             "note": "robust_acc: PREDICT on the adversarial input over ALL attacked images; an abstention (-1) "
                     "counts as wrong. soft_acc: argmax of the soft-smoothed classifier the attack differentiated.",
             "settings": settings, "config": OmegaConf.to_container(cfg, resolve=True),
         })
-        write_json_atomic(out / "summary.json", summary)
+        store.write_summary(summary)
         what = f"sigma={info['sigma']:g}" if "sigma" in info else f"VRS lambda={info.get('lam')}"
         plot = out / "robust_accuracy.png"
         plot_robust_accuracy(summary, plot, f"{name} ({attack_cfg.get('norm')}) vs {what}, m={info['m']}")
     finally:
-        os.close(lock)
-        if dist is not None:
-            dist.destroy_process_group()
-    log_to_loggers(build_loggers(cfg, **run_facts(summary)), metric_dict(summary, name), plot, cfg)
+        store.unlock()
+        ranks.close()
+    log_results(cfg, run_facts(summary), metric_dict(summary, name), {"robust/accuracy_vs_eps": plot})
     return summary
 
 
 def writer_key(idx: int, eps: float) -> tuple[str, str]:
     """The (idx, eps) key of a row as attack.csv writes it (vrs.utils.io.RowWriter.key_of)."""
-    from vrs.utils.io import _format
+    from vrs.utils.io import format_value
 
-    return (_format(int(idx)), _format(float(eps)))
+    return (format_value(int(idx)), format_value(float(eps)))
+
+
+def print_results(summary: dict, cfg: DictConfig) -> float | None:
+    """The run's headline numbers; returns the sweep objective (robust accuracy at the first eps)."""
+    print(f"Results: {Path(cfg.attack.get('out_dir') or cfg.paths.output_dir)}")
+    print(f"  clean: PREDICT acc {summary['clean']['acc']:.4f} (abstain {summary['clean']['abstain_rate']:.4f}), "
+          f"soft acc {summary['clean']['soft_acc']:.4f}, {summary['clean']['n']} images")
+    for p in summary["per_eps"]:
+        print(f"  {summary['attack']} eps={p['eps']:g}: robust acc {p['robust_acc']:.4f} "
+              f"(abstain {p['abstain_rate']:.4f}), soft acc {p['soft_acc']:.4f}")
+    return summary["per_eps"][0]["robust_acc"] if summary["per_eps"] else None
 
 
 @hydra_errors_exit
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="attack")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
-    from vrs.config_schema import validate_app_config
-
-    validate_app_config(cfg, "attack")  # before any compute or output: one clear error line
-    launched = torchrun_env()
-    if cfg.get("print_config", True) and (launched is None or launched[0] == 0):
-        print_config_tree(cfg, order=("attack", "defense", "predict", "data"))
-    from vrs.utils.loggers import finish_wandb
-
-    try:
-        summary = run(cfg)
-    finally:
-        finish_wandb()
-    if not summary:  # a torchrun rank other than 0
-        return None
-    out = Path(cfg.attack.get("out_dir") or cfg.paths.output_dir)
-    print(f"Results: {out}")
-    print(f"  clean: PREDICT acc {summary['clean']['acc']:.4f} (abstain {summary['clean']['abstain_rate']:.4f}), "
-          f"soft acc {summary['clean']['soft_acc']:.4f}, {summary['clean']['n']} images")
-    for p in summary["per_eps"]:
-        print(f"  {summary['attack']} eps={p['eps']:g}: robust acc {p['robust_acc']:.4f} "
-              f"(abstain {p['abstain_rate']:.4f}), soft acc {p['soft_acc']:.4f}")
-    first = summary["per_eps"][0]["robust_acc"] if summary["per_eps"] else None
-    return first
+    return run_app(cfg, "attack", run, print_results, order=("attack", "defense", "predict", "data"))
 
 
 if __name__ == "__main__":

@@ -10,17 +10,16 @@
     vrs-certify ckpt_path=<VRS selector checkpoint> [certify=vrs_c1|vrs_c2] [certify.lam=0.5]  # VRS (certify_vrs)
 
 Writes certify.tsv, certify.meta.json, summary.json and certified_accuracy.png in certify.out_dir (the
-Hydra run directory unless set); see vrs.apps.certify_store for the crash-safety rules and
-vrs.smoothing.smoothed for the sampling engine.
+Hydra run directory unless set); see vrs.apps.results for the crash-safety rules, vrs.apps.certify_store for
+the TSV and vrs.smoothing.smoothed for the sampling engine.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
+import multiprocessing
 import os
-import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -33,18 +32,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
-from vrs.apps.certify_store import COLUMNS, ResultsDir, RowAppender, atomic_write_json, format_row
+from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
 from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
-from vrs.apps.sharding import from_rank0, init_torchrun, spawn_ranks, torchrun_env
+from vrs.apps.results import describe_subset, select_indices
+from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
+                               run_ranks)
 from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
-from vrs.utils.config import print_config_tree
-from vrs.utils.loggers import finish_wandb
+from vrs.utils.device import shard_device
 
 log = logging.getLogger(__name__)
 CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector checkpoint (vrs.apps.certify_vrs)
@@ -83,18 +82,6 @@ class Options:
         return SmoothedClassifier(network, num_classes, sigma, precision=self.precision,
                                   channels_last=self.channels_last, compile=self.compile,
                                   fused_blocks=self.fused_blocks, noise_block=self.noise_block, device=device)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VRSError(f"certify.device={device!r} but no CUDA device is available; use certify.device=cpu")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise VRSError(f"certify.device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
-    return device
 
 
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
@@ -140,7 +127,7 @@ def parse_options(c: DictConfig) -> Options:
     skip, mx, indices = c.get("skip", 1), c.get("max"), c.get("indices")
     if isinstance(indices, int):
         indices = [indices]
-    device = resolve_device(str(c.get("device", "auto")))
+    device = resolve_device(str(c.get("device", "auto")), "certify.device")
     dev_type = torch.device(device).type
     precision = c.get("precision", "auto")
     if precision == "auto":
@@ -166,29 +153,6 @@ def parse_options(c: DictConfig) -> Options:
                    progress=bool(c.get("progress", True)))
 
 
-def select_indices(num_images: int, opts: Options) -> list[int]:
-    """The images to evaluate: certify.indices, else every skip-th image from 0, at most `max` of them."""
-    if opts.indices is not None:
-        bad = [i for i in opts.indices if i >= num_images]
-        if bad:
-            raise VRSError(f"certify.indices has {bad[:5]} beyond the {opts.split} split's {num_images} images")
-        return list(opts.indices)
-    chosen = list(range(0, num_images, opts.skip))
-    return chosen[: opts.max] if opts.max is not None else chosen
-
-
-def describe_subset(opts: Options, chosen: list[int], num_images: int) -> dict:
-    if opts.indices is not None:
-        rule = f"explicit list of {len(chosen)} indices"
-    else:
-        rule = f"every {opts.skip}th image from index 0" if opts.skip > 1 else "every image"
-        rule += f", the first {opts.max} of them" if opts.max else ""
-    digest = hashlib.sha256(",".join(map(str, chosen)).encode()).hexdigest()[:16]
-    return {"split": opts.split, "split_size": num_images, "rule": rule, "skip": opts.skip, "max": opts.max,
-            "indices": opts.indices, "count": len(chosen), "first": chosen[0] if chosen else None,
-            "last": chosen[-1] if chosen else None, "indices_sha256_16": digest}
-
-
 # ---- set-up shared by every process --------------------------------------------------------------------
 @dataclass
 class Job:
@@ -196,22 +160,13 @@ class Job:
 
     opts: Options
     ckpt_path: str
-    ckpt_sha256: str
+    checkpoint_sha256: str
     data_cfg: dict
     seed: int
     sigma: float
     out_dir: str
     meta: dict
     vrs: dict | None = None  # VRS certification settings (certify_vrs.VRSOptions); None: Cohen's path
-
-
-def load_data(data_cfg: dict, split: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    from hydra.utils import instantiate
-
-    dm = instantiate(data_cfg)
-    dm.setup()
-    x, y = dm.splits[split]
-    return x, y, dm.spec.to_dict()
 
 
 def resolve_sigma(opts: Options, loaded: LoadedCheckpoint) -> float:
@@ -221,19 +176,6 @@ def resolve_sigma(opts: Options, loaded: LoadedCheckpoint) -> float:
         raise VRSError(f"certify.sigma=null means the checkpoint's training sigma, but {loaded.path.name} was "
                        f"trained with {loaded.describe_training_noise()}: pass certify.sigma=<value>")
     return loaded.train_sigma
-
-
-def device_name(device: str) -> str:
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 # ---- the work of one process ---------------------------------------------------------------------------
@@ -264,7 +206,7 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
     else:
         results = smoothed.predict_groups(inputs(), opts.n, opts.alpha, opts.batch_size)
     done = 0
-    with RowAppender(tsv_path, COLUMNS[opts.mode]) as out:
+    with row_writer(tsv_path, opts.mode) as out:
         t_prev = time.perf_counter()
         for g, res in zip(groups, results):
             now = time.perf_counter()
@@ -276,18 +218,18 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
                        "time": per_image, "sigma": float(res.sigma[j])}
                 if opts.mode == "certify":
                     row["radius"] = float(res.radius[j])
-                out.append(format_row(opts.mode, row))
+                out.write([row_fields(opts.mode, row)])
                 done += 1
                 if on_image is not None:
                     on_image()
     return done
 
 
-def _worker(job: Job, indices: list[int], rank: int, world: int, counter, parent_pid: int) -> None:
+def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, counter, parent_pid: int) -> None:
     """Entry point of a spawned shard process (certify.world_size > 1)."""
     logging.basicConfig(level=logging.WARNING)
     loaded = load_checkpoint(job.ckpt_path, kinds=CKPT_KINDS)
-    if loaded.sha256 != job.ckpt_sha256:
+    if loaded.sha256 != job.checkpoint_sha256:
         raise SystemExit(f"rank {rank}: {job.ckpt_path} changed while certifying; stopping")
     x_all, y_all, _ = load_data(job.data_cfg, job.opts.split)
 
@@ -295,9 +237,8 @@ def _worker(job: Job, indices: list[int], rank: int, world: int, counter, parent
         with counter.get_lock():
             counter.value += 1
 
-    results = ResultsDir(job.out_dir, job.meta)
-    run_shard(job, indices, rank, world, results.shard_path(rank), x_all, y_all, loaded.network,
-              loaded.num_classes, on_image=tick, parent_pid=parent_pid)
+    run_shard(job, indices, rank, world, Path(tsv_path), x_all, y_all, loaded.network, loaded.num_classes,
+              on_image=tick, parent_pid=parent_pid)
 
 
 # ---- progress ------------------------------------------------------------------------------------------
@@ -383,7 +324,7 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         "metric_convention": "abstentions count as wrong; denominator = all evaluated images; radius >= r",
         "n0": opts.n0, "n": opts.n, "alpha": opts.alpha, "sigma": job.sigma, "seed": job.seed,
         "subset": subset,
-        "checkpoint": {"path": job.ckpt_path, "sha256": job.ckpt_sha256},
+        "checkpoint": {"path": job.ckpt_path, "sha256": job.checkpoint_sha256},
         "data": job.meta["data"],
         "seconds_per_image": float(times.mean()) if len(rows) else None,
         "seconds_per_image_note": "mean of the TSV time column: wall time of one process per image",
@@ -448,27 +389,6 @@ def run_facts(summary: dict) -> dict:
             "mode": "predict" if summary["mode"] == "predict" else None}
 
 
-def log_to_loggers(cfg: DictConfig, summary: dict, rows: list[dict], columns: tuple[str, ...], png: Path | None) -> None:
-    """Send the summary (and, to W&B, the table and the plot) to the configured loggers."""
-    if not cfg.get("logger"):
-        return
-    from vrs.utils.loggers import build_loggers
-
-    loggers = build_loggers(cfg, **run_facts(summary))
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        lg.log_metrics(metric_dict(summary))
-        if type(lg).__name__ == "WandbLogger":
-            import wandb
-
-            payload = {"cert/table": wandb.Table(columns=list(columns), data=[[r[c] for c in columns] for r in rows])}
-            if png is not None and png.exists():
-                payload["cert/certified_accuracy"] = wandb.Image(str(png))
-            lg.experiment.log(payload)
-        lg.save()
-        lg.finalize("success")
-
-
 # ---- the app ---------------------------------------------------------------------------------------------
 def certify(cfg: DictConfig) -> dict:
     """Run CERTIFY / PREDICT as configured; returns the summary (rank 0) or {} (other torchrun ranks)."""
@@ -477,10 +397,9 @@ def certify(cfg: DictConfig) -> dict:
     check_values(cfg, "certify")  # every key, before anything is loaded
     opts = parse_options(cfg.certify)
     seed = cfg.get("seed", 0)
-    launched = torchrun_env()
-    rank, world = launched if launched else (0, opts.world_size)
-    if launched and opts.device.startswith("cuda") and ":" not in opts.device:
-        opts.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    ranks = Ranks.start(opts.world_size)
+    if ranks.dist is not None and opts.device.startswith("cuda") and ":" not in opts.device:
+        opts.device = f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
 
     loaded = load_checkpoint(cfg.ckpt_path, kinds=CKPT_KINDS)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
@@ -499,50 +418,38 @@ def certify(cfg: DictConfig) -> dict:
         sigma = vopts.sigma_max  # the largest sigma any image can get (bounds the possible radius)
     else:
         sigma = resolve_sigma(opts, loaded)
-    chosen = select_indices(len(y_all), opts)
-    subset = describe_subset(opts, chosen, len(y_all))
+    chosen = select_indices(len(y_all), opts.split, "certify", opts.skip, opts.max, opts.indices)
+    subset = describe_subset(chosen, opts.split, len(y_all), opts.skip, opts.max, opts.indices)
     problem = core.sample_size_problem(opts.n, opts.alpha, opts.mode)
-    if problem and rank == 0:
+    if problem and ranks.main:
         log.warning(problem)
 
     table = VRS_TABLE if vopts else opts.mode
     meta = {"mode": table, "n0": opts.n0, "n": opts.n, "alpha": opts.alpha,
             "sigma": "selector" if vopts else sigma, "seed": seed,
-            "ckpt_sha256": loaded.sha256, "ckpt_path": str(Path(cfg.ckpt_path).resolve()), "data": spec["name"],
-            "split": opts.split, "precision": opts.precision, "noise_block": opts.noise_block,
+            "checkpoint_sha256": loaded.sha256, "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+            "data": spec["name"], "split": opts.split, "precision": opts.precision, "noise_block": opts.noise_block,
             "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[table]),
             # the fused kernels compute another (bf16) network: rows with and without them are not mixed
             "fused_stages": fused_stage_count(loaded.network, opts.fused_blocks),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if vopts:
         meta.update(meta_keys(vopts))
-    out_dir = Path(opts.out_dir or cfg.paths.output_dir)
-    dist = init_torchrun() if launched else None
-    out_dir = Path(from_rank0(dist, str(out_dir)))  # every rank writes where rank 0 writes
+    out_dir = Path(ranks.from_main(str(opts.out_dir or cfg.paths.output_dir)))  # every rank writes where rank 0 does
     results = ResultsDir(out_dir, meta)
     job = Job(opts, str(cfg.ckpt_path), loaded.sha256, data_cfg, seed, sigma, str(out_dir), meta,
               vopts.to_dict() if vopts else None)
 
-    # rank 0 validates the directory (refusing changes before touching anything) and folds in old shards
-    status: dict[str, Any] = {}
-    if rank == 0:
-        try:
-            results.lock()
-            finished = results.open()
-            status = {"done": sorted(finished)}
-            for idx in chosen:
-                if idx in finished and finished[idx]["label"] != int(y_all[idx]):
-                    raise VRSError(f"{results.tsv} has label {finished[idx]['label']} for image {idx}, the data "
-                                   f"now says {int(y_all[idx])}: the data set changed; use another certify.out_dir")
-        except VRSError as err:
-            status = {"error": str(err)}
-    status = from_rank0(dist, status)
-    if "error" in status:
-        results.unlock()
-        raise VRSError(status["error"])
-    done = set(status["done"])
+    def same_labels(finished: dict) -> None:  # rows of another data set (same name) are not mixed in
+        for idx in chosen:
+            row = finished.get(idx)
+            if row is not None and row["label"] != int(y_all[idx]):
+                raise VRSError(f"{results.tsv} has label {row['label']} for image {idx}, the data now says "
+                               f"{int(y_all[idx])}: the data set changed; use another certify.out_dir")
+
+    done = open_store(ranks, results, same_labels)
     todo = [i for i in chosen if i not in done]
-    if rank == 0:
+    if ranks.main:
         log.info("%s: %d images (%s), %d already in %s, %d to go; sigma=%g n0=%s n=%d alpha=%g on %s (%s)",
                  opts.mode, len(chosen), subset["rule"], len(chosen) - len(todo), out_dir, len(todo), sigma, opts.n0,
                  opts.n, opts.alpha, device_name(opts.device), opts.precision)
@@ -552,81 +459,47 @@ def certify(cfg: DictConfig) -> dict:
                      "alpha_h = %g", vopts.certificate, vopts.lam, vopts.sigma_h, vopts.n_h0, vopts.n_h,
                      vopts.alpha_h, vopts.grid, opts.alpha + vopts.alpha_h)
 
+    # spawned ranks share one progress counter with rank 0's bar
+    spawned = ranks.dist is None and ranks.world > 1
+    counter = multiprocessing.get_context("spawn").Value("q", 0) if spawned else None
+
+    def work(mine: list[int], rank: int, tsv: Path) -> None:
+        with _Progress(len(todo) if spawned else len(mine), opts.progress and rank == 0, counter) as bar:
+            run_shard(job, mine, rank, ranks.world, tsv, x_all, y_all, loaded.network, loaded.num_classes,
+                      on_image=bar.tick)
+
     t0 = time.perf_counter()
-    try:
-        if dist is not None:
-            mine = todo[rank::world]
-            with _Progress(len(mine), opts.progress and rank == 0) as bar:
-                run_shard(job, mine, rank, world, results.shard_path(rank), x_all, y_all, loaded.network,
-                          loaded.num_classes, on_image=bar.tick)
-            dist.barrier()
-        elif world == 1:
-            with _Progress(len(todo), opts.progress) as bar:
-                run_shard(job, todo, 0, 1, results.tsv, x_all, y_all, loaded.network, loaded.num_classes,
-                          on_image=bar.tick)
-        else:
-            _run_spawned(job, todo, world, x_all, y_all, loaded, results)
-    finally:
-        if rank == 0:
-            rows_by_idx = results.merge()
+    rows_by_idx = run_ranks(ranks, todo, results, work, _worker,
+                            lambda r, mine: (job, mine, r, ranks.world, str(results.shard_path(r)), counter,
+                                             os.getpid()), "vrs-certify")
     wall = time.perf_counter() - t0
-    if rank != 0:
-        dist.destroy_process_group()
+    if not ranks.main:
+        ranks.close()
         return {}
 
     rows = [rows_by_idx[i] for i in sorted(chosen)]
-    extra = {"device": device_name(opts.device), "world_size": world, "images_this_run": len(todo),
+    extra = {"device": device_name(opts.device), "world_size": ranks.world, "images_this_run": len(todo),
              "wall_seconds_this_run": wall,
              "wall_seconds_per_image_this_run": wall / len(todo) if todo else None,
              "rows_in_file": len(rows_by_idx), "out_dir": str(out_dir)}
     summary = summarize(rows, job, subset, extra)
     if vopts:
         summary.update(summary_extras(rows, vopts, opts.alpha))
-    atomic_write_json(out_dir / "summary.json", summary)
+    results.write_summary(summary)
     png = None
     if opts.mode == "certify":
         png = out_dir / "certified_accuracy.png"
         plot_certified_accuracy(rows, job, png)
     results.unlock()
-    if dist is not None:
-        dist.destroy_process_group()
-    log_to_loggers(cfg, summary, rows, COLUMNS[table], png)
+    ranks.close()
+    columns = COLUMNS[table]
+    log_results(cfg, run_facts(summary), metric_dict(summary), {"cert/certified_accuracy": png},
+                ("cert/table", columns, [[r[c] for c in columns] for r in rows]))
     return summary
 
 
-def _run_spawned(job: Job, todo: list[int], world: int, x_all, y_all, loaded: LoadedCheckpoint,
-                 results: ResultsDir) -> None:
-    """Shard `todo` over `world` processes: this one is rank 0, ranks 1.. are spawned."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    counter = ctx.Value("q", 0)
-
-    def rank0():
-        with _Progress(len(todo), job.opts.progress, counter) as bar:
-            run_shard(job, todo[0::world], 0, world, results.shard_path(0), x_all, y_all, loaded.network,
-                      loaded.num_classes, on_image=bar.tick)
-
-    spawn_ranks(world, _worker, lambda r: (job, todo[r::world], r, world, counter, os.getpid()), rank0,
-                "vrs-certify", ctx)
-
-
-@hydra_errors_exit
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="certify")
-@user_errors_exit
-def main(cfg: DictConfig) -> float | None:
-    from vrs.config_schema import validate_app_config
-
-    validate_app_config(cfg, "certify")  # before any compute or output: one clear error line
-    launched = torchrun_env()
-    if cfg.get("print_config", True) and (launched is None or launched[0] == 0):
-        print_config_tree(cfg, order=("ckpt_path", "data", "certify", "logger"))
-    try:
-        summary = certify(cfg)
-    finally:
-        finish_wandb()
-    if not summary:
-        return None
+def print_results(summary: dict, cfg: DictConfig) -> float | None:
+    """The run's headline numbers; returns the sweep objective (ACR, or PREDICT's clean accuracy)."""
     print(f"Results in {summary['out_dir']}: certify.tsv, summary.json"
           + (", certified_accuracy.png" if summary["mode"] == "certify" else ""))
     print(f"  images = {summary['num_images']}  smoothed clean accuracy = {summary['clean_accuracy']:.4f}  "
@@ -636,6 +509,13 @@ def main(cfg: DictConfig) -> float | None:
         print(f"  ACR = {summary['acr']:.4f}  certified accuracy: "
               + "  ".join(f"r={r}: {a:.3f}" for r, a in summary["certified_accuracy"].items()))
     return summary.get("acr") if summary["mode"] == "certify" else summary.get("clean_accuracy")
+
+
+@hydra_errors_exit
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="certify")
+@user_errors_exit
+def main(cfg: DictConfig) -> float | None:
+    return run_app(cfg, "certify", certify, print_results, order=("ckpt_path", "data", "certify", "logger"))
 
 
 if __name__ == "__main__":

@@ -1,35 +1,24 @@
-"""The results directory of vrs-certify: a crash-safe TSV of per-image rows, its meta sidecar, and atomic
-writes for everything else.
+"""vrs-certify's results table: Cohen's TSV (certify.tsv) and its sidecar (certify.meta.json), kept in the
+results store of vrs.apps.results (locking, settings match on resume, shards, torn lines).
 
-Files in the results directory (`certify.out_dir`):
 - certify.tsv: Cohen's columns `idx label predict radius correct time` plus `sigma` (PREDICT: without
-  radius). One row per image, appended with one write() and fsync'd as soon as the image is finished, so
-  a killed run loses at most the images in flight and never leaves half a row behind (a torn last line
-  from a power cut is cut off on the next run). `radius` is rounded down to 6 decimals (never up); `time`
-  is the wall time per image in seconds (a float, not Cohen's H:MM:SS string); predict = -1 on abstain.
+  radius; VRS: more columns, see COLUMNS). One row per image, sorted by idx once the run ends. `radius` is
+  rounded down to 6 decimals (never up); `time` is the wall time per image in seconds (a float, not Cohen's
+  H:MM:SS string); predict = -1 on abstain.
 - certify.meta.json: what the rows mean (mode, n0, n, alpha, sigma, seed, checkpoint hash, data, split,
-  precision, ...). A run whose settings differ from an existing meta file is refused before anything in
-  the directory changes: results made with different settings are never mixed.
-- certify.rank<r>.tsv: rows of process r while a sharded run is going; merged into certify.tsv (sorted
-  by idx) at the end of the run, or at the start of the next one if the run was killed.
-The directory is locked (flock on the directory itself, so the lock creates no file) while a run writes.
+  precision, ...); a run with other MATCH_KEYS is refused. Written before issue 16, it named the checkpoint
+  hash `ckpt_sha256` (now `checkpoint_sha256`, as vrs-attack's settings.json): read as an alias.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
 import math
-import os
 from pathlib import Path
 
-from vrs.errors import VRSError
-from vrs.utils.io import RowAppender, atomic_write, atomic_write_json, fsync_dir  # noqa: F401 - used by the apps
+from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table
+from vrs.utils.io import RowWriter
 
-TSV_NAME = "certify.tsv"
-META_NAME = "certify.meta.json"
-SHARD_GLOB = "certify.rank*.tsv"
+TSV_NAME, META_NAME = APP_FILES["vrs-certify"]  # certify.tsv, certify.meta.json
 RESULTS_FORMAT = 1
 COLUMNS = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time", "sigma"),
@@ -41,9 +30,8 @@ COLUMNS = {
 }
 # Keys of the meta file that must agree before new rows may be added to existing ones (the VRS keys are
 # absent, so equal, in Cohen's meta files).
-MATCH_KEYS = ("mode", "n0", "n", "alpha", "sigma", "seed", "ckpt_sha256", "data", "split", "precision",
-              "noise_block", "device_type", "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid",
-              "fused_stages")
+MATCH_KEYS = SHARED_KEYS + ("mode", "n0", "n", "alpha", "sigma", "precision", "noise_block", "device_type",
+                           "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid", "fused_stages")
 # What a key absent from an older meta file meant (results written before the key existed).
 MATCH_DEFAULTS = {"fused_stages": 0}
 
@@ -54,149 +42,60 @@ def floor6(x: float) -> float:
     return math.floor(x * 1e6) / 1e6
 
 
+def row_fields(mode: str, row: dict) -> dict[str, str]:
+    """A row's values as certify.tsv writes them (radius rounded down, time to 0.1 ms, sigma to 6 digits)."""
+    out = {c: str(row[c]) for c in COLUMNS[mode]}
+    out["time"], out["sigma"] = f"{row['time']:.4f}", f"{row['sigma']:.6g}"
+    for c in ("radius", "radius_cohen"):
+        if c in out:
+            out[c] = f"{floor6(row[c]):.6f}"
+    for c in ("sigma_lo", "sigma_hi"):
+        if c in out:
+            out[c] = f"{row[c]:.6g}"
+    return out
+
+
 def format_row(mode: str, row: dict) -> str:
-    if mode == "certify":
-        return (f"{row['idx']}\t{row['label']}\t{row['predict']}\t{floor6(row['radius']):.6f}\t{row['correct']}\t"
-                f"{row['time']:.4f}\t{row['sigma']:.6g}\n")
-    if mode == "vrs":
-        return (f"{row['idx']}\t{row['label']}\t{row['predict']}\t{floor6(row['radius']):.6f}\t{row['correct']}\t"
-                f"{row['time']:.4f}\t{row['sigma']:.6g}\t{row['sigma_lo']:.6g}\t{row['sigma_hi']:.6g}\t"
-                f"{floor6(row['radius_cohen']):.6f}\t{row['cert']}\n")
-    return f"{row['idx']}\t{row['label']}\t{row['predict']}\t{row['correct']}\t{row['time']:.4f}\t{row['sigma']:.6g}\n"
+    """One line of certify.tsv."""
+    return "\t".join(row_fields(mode, row).values()) + "\n"
+
+
+def row_writer(path: Path, mode: str) -> RowWriter:
+    """The appender of certify.tsv (or of a shard) in `mode`: write([row_fields(mode, row)])."""
+    return table(mode).writer(path)
 
 
 _TYPES = {"idx": int, "label": int, "predict": int, "radius": float, "correct": int, "time": float, "sigma": float,
           "sigma_lo": float, "sigma_hi": float, "radius_cohen": float, "cert": str}
 
 
-def parse_row(line: str, columns: tuple[str, ...]) -> dict:
-    fields = line.rstrip("\n").split("\t")
-    if len(fields) != len(columns):
-        raise ValueError(f"{len(fields)} fields, expected {len(columns)}")
-    return {c: _TYPES[c](f) for c, f in zip(columns, fields)}
+def typed_row(row: dict[str, str]) -> dict:
+    """A row as written (strings) with its values typed; ValueError when one does not parse."""
+    return {c: _TYPES[c](v) for c, v in row.items()}
 
 
-def read_rows(path: Path, columns: tuple[str, ...]) -> tuple[dict[int, str], int, bool]:
-    """Rows of a results TSV as {idx: line}; also the byte length of its complete part and whether a torn
-    (unterminated) last line follows it. VRSError for a wrong header, a malformed or duplicate row."""
-    raw = path.read_bytes()
-    end = raw.rfind(b"\n") + 1
-    torn = end < len(raw)
-    text = raw[:end].decode("utf-8", errors="replace")
-    lines = text.splitlines(keepends=True)
-    header = "\t".join(columns) + "\n"
-    if not lines:
-        return {}, 0, torn
-    if lines[0] != header:
-        raise VRSError(f"{path} does not start with the header {header.strip()!r}: not a results file of this "
-                       "mode; use another certify.out_dir")
-    rows: dict[int, str] = {}
-    for number, line in enumerate(lines[1:], start=2):
-        try:
-            idx = parse_row(line, columns)["idx"]
-        except ValueError as err:
-            raise VRSError(f"{path}, line {number} is malformed ({err}): fix or delete that line") from None
-        if idx in rows and rows[idx] != line:
-            raise VRSError(f"{path} holds two different rows for idx {idx}")
-        rows[idx] = line
-    return rows, end, torn
+def table(mode: str) -> Table:
+    """The results table of one mode (certify, predict, vrs)."""
+    return Table(app="vrs-certify", out_key="certify.out_dir", name=TSV_NAME, sidecar=META_NAME,
+                 columns=COLUMNS[mode], delimiter="\t", key=("idx",), match=MATCH_KEYS, defaults=MATCH_DEFAULTS,
+                 format=RESULTS_FORMAT, check_row=typed_row, sort_key=lambda row: int(row["idx"]))
 
 
-# ---- the directory -------------------------------------------------------------------------------------
-class ResultsDir:
-    """A results directory for one mode and one set of settings (`meta`)."""
+class ResultsDir(ResultsStore):
+    """vrs-certify's results directory for one mode and one set of settings (`meta`)."""
 
     def __init__(self, path: str | Path, meta: dict):
-        self.path = Path(path)
-        self.meta = dict(meta, format=RESULTS_FORMAT)
+        super().__init__(path, table(meta["mode"]), meta)
         self.mode = meta["mode"]
         self.columns = COLUMNS[self.mode]
-        self.tsv = self.path / TSV_NAME
-        self.meta_path = self.path / META_NAME
-        self._lock_fd: int | None = None
+        self.tsv = self.table_path
+        self.meta = self.settings
 
-    def shard_path(self, rank: int) -> Path:
-        return self.path / f"certify.rank{rank}.tsv"
-
-    # -- locking --
-    def lock(self) -> None:
-        """Exclusive lock on the directory (VRSError if another vrs-certify holds it); released on exit."""
-        if self.path.exists() and not self.path.is_dir():
-            raise VRSError(f"certify.out_dir={str(self.path)!r} is a file, not a directory")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise VRSError(f"cannot create the results directory {self.path}: {err.strerror or err}") from None
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise VRSError(f"another vrs-certify is writing to {self.path}; wait for it or use another "
-                               "certify.out_dir") from None
-            raise
-        self._lock_fd = fd
-
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    # -- opening --
-    def check_meta(self) -> None:
-        """Refuse (VRSError) an existing directory whose rows were made with other settings."""
-        if self.meta_path.exists():
-            try:
-                old = json.loads(self.meta_path.read_text())
-            except (OSError, ValueError) as err:
-                raise VRSError(f"{self.meta_path} is unreadable ({err}); use another certify.out_dir") from None
-            before, now = ({k: m.get(k, MATCH_DEFAULTS.get(k)) for k in MATCH_KEYS} for m in (old, self.meta))
-            diffs = [f"{k}: existing {before[k]!r}, now {now[k]!r}" for k in MATCH_KEYS if before[k] != now[k]]
-            if old.get("format") != RESULTS_FORMAT:
-                diffs.insert(0, f"format: existing {old.get('format')!r}, now {RESULTS_FORMAT}")
-            if diffs:
-                raise VRSError(f"{self.path} already holds results made with other settings ({'; '.join(diffs)}); "
-                               "refusing to mix them: use another certify.out_dir or the same settings")
-        elif self.tsv.exists() or list(self.path.glob(SHARD_GLOB)):
-            raise VRSError(f"{self.path} holds {TSV_NAME} rows but no {META_NAME}, so their settings are unknown; "
-                           "use another certify.out_dir")
+    check_meta = ResultsStore.check_settings  # the name tests and callers know
 
     def open(self) -> dict[int, dict]:
-        """Validate, then (only then) write the meta file and fold leftover shard rows or a torn line into
-        certify.tsv. Returns the finished rows {idx: row}."""
-        self.check_meta()
-        rows, torn, shards = self._read_all()
-        if not self.meta_path.exists():
-            atomic_write_json(self.meta_path, self.meta)
-        if shards or torn:
-            self._write_merged(rows, shards)
-        return {idx: parse_row(line, self.columns) for idx, line in rows.items()}
+        """The finished rows {idx: typed row} after ResultsStore.open (validate, then repair)."""
+        return {int(k[0]): typed_row(r) for k, r in super().open().items()}
 
-    def _read_all(self) -> tuple[dict[int, str], bool, list[Path]]:
-        rows: dict[int, str] = {}
-        torn = False
-        shards = sorted(self.path.glob(SHARD_GLOB))
-        for path in ([self.tsv] if self.tsv.exists() else []) + shards:
-            part, _, part_torn = read_rows(path, self.columns)
-            torn |= part_torn
-            for idx, line in part.items():
-                if idx in rows and rows[idx] != line:
-                    raise VRSError(f"{path} and another results file hold different rows for idx {idx}")
-                rows[idx] = line
-        return rows, torn, shards
-
-    def _write_merged(self, rows: dict[int, str], shards: list[Path]) -> None:
-        text = "\t".join(self.columns) + "\n" + "".join(rows[i] for i in sorted(rows))
-        atomic_write(self.tsv, text)
-        for shard in shards:  # their rows are in certify.tsv now; a crash before this point only duplicates
-            shard.unlink(missing_ok=True)
-        if shards:
-            fsync_dir(self.path)
-
-    def merge(self) -> dict[int, dict]:
-        """Fold the shard files into certify.tsv, sorted by idx (and sort certify.tsv if it is not)."""
-        rows, torn, shards = self._read_all()
-        if shards or torn or list(rows) != sorted(rows):
-            self._write_merged(rows, shards)
-        return {idx: parse_row(line, self.columns) for idx, line in rows.items()}
+    def merge(self, order=None) -> dict[int, dict]:
+        return {int(k[0]): typed_row(r) for k, r in super().merge(order).items()}

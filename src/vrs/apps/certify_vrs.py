@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
-from vrs.apps.certify_store import RowAppender, format_row
+from vrs.apps.certify_store import row_fields, row_writer
 from vrs.checkpoint import load_vrs
 from vrs.errors import VRSError, check, check_choice
 from vrs.selection.certify import CERTIFICATES, VRSOptions, certify_vrs_groups
@@ -91,7 +91,7 @@ def resolve_vrs_options(c: dict, median: MedianSmoothing, sigma_min: float, sigm
 
 
 def meta_keys(v: VRSOptions) -> dict:
-    """What VRS rows depend on (beyond Cohen's keys), for certify.meta.json."""
+    """What VRS rows depend on (beyond Cohen's keys), for certify.meta.json (vrs.apps.certify_store.MATCH_KEYS)."""
     return {"certificate": v.certificate, "lam": v.lam, "n_h0": v.n_h0, "n_h": v.n_h, "alpha_h": v.alpha_h,
             "sigma_h": v.sigma_h, "grid": v.grid, "sigma_range": [v.sigma_min, v.sigma_max]}
 
@@ -117,7 +117,7 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
             yield x_all[g].float().div_(255.0).to(device), g
 
     done = 0
-    with RowAppender(tsv_path, job_columns()) as out:
+    with row_writer(tsv_path, TABLE) as out:
         t_prev = time.perf_counter()
         for rows in certify_vrs_groups(smoothed, selector, inputs(), job.seed, v, opts.n0, opts.n, opts.alpha,
                                        opts.batch_size):
@@ -126,8 +126,8 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
             t_prev = now
             for r in rows:
                 label = int(y_all[r["idx"]])
-                out.append(format_row(TABLE, {**r, "label": label, "correct": int(r["predict"] == label),
-                                              "time": per_image}))
+                out.write([row_fields(TABLE, {**r, "label": label, "correct": int(r["predict"] == label),
+                                              "time": per_image})])
                 done += 1
                 if on_image is not None:
                     on_image()

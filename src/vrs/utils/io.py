@@ -4,15 +4,16 @@ leaves each file either as it was or complete, never half-written.
 Two kinds of file:
 - whole files (summary.json, meta files, plots, .npz arrays, checkpoints, hparams.yaml, reports): written
   to a temporary file in the same directory, fsync'd, then renamed over the target (`atomic_write`,
-  `atomic_path` for writers that need a file name, `save_figure`, `AtomicCheckpointIO` for Lightning's
-  checkpoints). A rename within one directory is atomic on POSIX file systems: readers see the old or the
-  new file. The temporary file is named `.<stem>.tmp-<pid><suffix>` and removed when the write fails.
-- append-only tables (certify.tsv, attack.csv): `RowAppender` appends complete rows with one write() and
-  fsyncs before a row counts as done; `RowWriter` adds a header, reading back and resuming. A torn last
-  line (a power cut between write and fsync) is cut off when the file is opened again.
+  `write_json_atomic`, `atomic_path` for writers that need a file name, `save_figure`, `AtomicCheckpointIO`
+  for Lightning's checkpoints). A rename within one directory is atomic on POSIX file systems: readers see
+  the old or the new file. The temporary file is named `.<stem>.tmp-<pid><suffix>` and removed when the
+  write fails.
+- append-only tables (certify.tsv, attack.csv, metrics.csv): `RowWriter` writes the header, reads the rows
+  back (`read_table`), cuts a torn last line (a power cut between write and fsync) and appends complete
+  rows with one write() each, fsync'd before they count as done (`append_fsynced`).
 
 Also here: `CSVLogger`, Lightning's CSV logger with a crash-safe metrics.csv that survives a resume;
-`lock_dir`, an exclusive flock on a results directory; `write_json_atomic` / `read_json`.
+`lock_dir`, an exclusive flock on a results directory; `read_json`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from vrs.errors import VRSError
 
@@ -71,10 +72,6 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
         tmp.write_bytes(data)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
     """fig.savefig(path) atomically (the format follows the suffix)."""
     with atomic_path(path) as tmp:
@@ -96,7 +93,7 @@ def _json_safe(obj: Any) -> Any:
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """JSON to path (parent directories created), atomically; numpy / torch values become lists."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(path), _json_safe(obj))
+    atomic_write(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -110,35 +107,21 @@ def read_json(path: str | Path) -> Any:
 
 
 # ---- append-only tables --------------------------------------------------------------------------------
-class RowAppender:
-    """Appends complete rows to a text table: one os.write per call, fsync'd before the next row counts as
-    done. A new file gets its header by an atomic write."""
-
-    def __init__(self, path: Path, columns: tuple[str, ...], delimiter: str = "\t"):
-        self.path = Path(path)
-        if not self.path.exists():
-            atomic_write(self.path, delimiter.join(columns) + "\n")
-        self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-
-    def append(self, line: str) -> None:
-        data = line.encode()
-        if os.write(self.fd, data) != len(data):
-            raise VRSError(f"could not write a whole row to {self.path} (disk full?)")
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+def append_fsynced(path: Path, text: str) -> None:
+    """Append `text` (complete rows) to an existing file with one write(), fsync'd before returning: a kill
+    leaves the rows whole or absent (at worst a torn last line, which `read_table` reports)."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        if os.write(fd, data) != len(data):
+            raise VRSError(f"could not write a whole row to {path} (disk full?)")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A value as RowWriter writes it: bools as 0/1, floats with 6 significant digits, the rest as str()."""
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, float):
@@ -146,17 +129,56 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def format_line(values: Sequence[Any], delimiter: str = ",") -> str:
+    """One table row as RowWriter writes it (floats with 6 significant digits, strings as they are)."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter, lineterminator="\n").writerow([format_value(v) for v in values])
+    return buf.getvalue()
+
+
+def read_table(path: Path, columns: Sequence[str], delimiter: str = ",",
+               check_row: Callable[[dict[str, str]], Any] | None = None) -> tuple[list[dict[str, str]], int]:
+    """The rows of a table (values as written) and the byte length of its complete part (shorter than the
+    file when a torn last line follows). VRSError, naming the file and line, for another header, a row with
+    the wrong number of fields, or one that `check_row` refuses (it raises ValueError)."""
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut == 0:
+        if data:
+            raise VRSError(f"{path} has no complete header line; move it away to start afresh")
+        return [], 0
+    lines = list(csv.reader(io.StringIO(data[:cut].decode("utf-8", errors="replace")), delimiter=delimiter))
+    if lines[0] != list(columns):
+        raise VRSError(f"{path} exists with columns {lines[0]}, expected {list(columns)}: it was written by another "
+                       "version, command or mode; use another output directory")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if len(line) != len(columns):
+            raise VRSError(f"{path}, line {number} is malformed ({len(line)} fields, expected {len(columns)}): "
+                           "fix or delete that line")
+        row = dict(zip(columns, line))
+        if check_row is not None:
+            try:
+                check_row(row)
+            except ValueError as err:
+                raise VRSError(f"{path}, line {number} is malformed ({err}): fix or delete that line") from None
+        rows.append(row)
+    return rows, cut
+
+
 class RowWriter:
-    """Append-only rows with a fixed header in `path` (vrs-attack's attack.csv: one row per (image, eps)).
+    """An append-only table with a fixed header (certify.tsv, attack.csv, their shards): the one row writer.
 
     columns: the header; delimiter: "," (CSV) or "\\t" (TSV); key: the columns that identify a row for
     `done_keys` (default: the first column), so a resumed run skips what earlier runs finished. Floats are
-    written with 6 significant digits, so keys made from floats (eps) compare as written. A file with
-    another header is refused (VRSError) and left as it is.
+    written with 6 significant digits, so keys made from floats (eps) compare as written; strings are written
+    as they are (a caller with its own number format passes strings). An existing file is read back
+    (`read_table`; another header is refused and the file left as it is) and a torn last line cut off.
+    Every `write` is one fsync'd append.
     """
 
     def __init__(self, path: str | Path, columns: Sequence[str], delimiter: str = ",",
-                 key: Sequence[str] | None = None):
+                 key: Sequence[str] | None = None, check_row: Callable[[dict[str, str]], Any] | None = None):
         self.path = Path(path)
         self.columns = list(columns)
         self.delimiter = delimiter
@@ -166,41 +188,22 @@ class RowWriter:
             raise ValueError(f"key columns {missing} are not among the columns {self.columns}")
         self._rows: list[dict[str, str]] = []
         if self.path.exists() and self.path.stat().st_size > 0:
-            self._rows = self._read_existing()
+            self._rows, cut = read_table(self.path, self.columns, delimiter, check_row)
+            if cut < self.path.stat().st_size:  # a torn last line from a crash: dropped, after the checks
+                truncate(self.path, cut)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, self._line(self.columns))
-        self._appender = RowAppender(self.path, tuple(self.columns))  # the file exists: no header written
+            atomic_write(self.path, format_line(self.columns, delimiter))
 
+    # the file is opened per write: nothing to release, but `with RowWriter(...)` reads well at call sites
     def close(self) -> None:
-        self._appender.close()
+        pass
 
     def __enter__(self) -> "RowWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # ---- reading -------------------------------------------------------------------------------
-    def _read_existing(self) -> list[dict[str, str]]:
-        data = self.path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            raise VRSError(f"{self.path} has no complete header line; move it away to start afresh")
-        reader = csv.reader(io.StringIO(data[:cut].decode("utf-8")), delimiter=self.delimiter)
-        lines = list(reader)
-        if lines[0] != self.columns:
-            raise VRSError(f"{self.path} exists with columns {lines[0]}, expected {self.columns}: it was written "
-                           "by another version or command; use another output directory")
-        rows = []
-        for i, line in enumerate(lines[1:], start=2):
-            if len(line) != len(self.columns):
-                raise VRSError(f"{self.path} line {i} has {len(line)} fields, expected {len(self.columns)}: "
-                               "fix or delete that line")
-            rows.append(dict(zip(self.columns, line)))
-        if cut < len(data):  # a torn last line from a crash: drop it (only after the checks above)
-            _truncate(self.path, cut)
-        return rows
 
     @property
     def rows(self) -> list[dict[str, str]]:
@@ -212,27 +215,21 @@ class RowWriter:
 
     def key_of(self, row: Mapping[str, Any]) -> tuple[str, ...]:
         """A row's key as it is (or would be) written."""
-        return tuple(_format(row[k]) for k in self.key)
-
-    # ---- writing -------------------------------------------------------------------------------
-    def _line(self, values) -> str:
-        buf = io.StringIO()
-        csv.writer(buf, delimiter=self.delimiter, lineterminator="\n").writerow([_format(v) for v in values])
-        return buf.getvalue()
+        return tuple(format_value(row[k]) for k in self.key)
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Append rows (mappings with every column) in one write, then fsync."""
+        """Append rows (mappings with every column) in one fsync'd write."""
         if not rows:
             return
         for row in rows:
             missing = [c for c in self.columns if c not in row]
             if missing:
                 raise ValueError(f"row lacks columns {missing}")
-        self._appender.append("".join(self._line(row[c] for c in self.columns) for row in rows))
-        self._rows.extend({c: _format(row[c]) for c in self.columns} for row in rows)
+        append_fsynced(self.path, "".join(format_line([row[c] for c in self.columns], self.delimiter) for row in rows))
+        self._rows.extend({c: format_value(row[c]) for c in self.columns} for row in rows)
 
 
-def _truncate(path: Path, size: int) -> None:
+def truncate(path: Path, size: int) -> None:
     with open(path, "r+b") as fh:
         fh.truncate(size)
         fh.flush()
@@ -240,18 +237,25 @@ def _truncate(path: Path, size: int) -> None:
 
 
 # ---- results directories --------------------------------------------------------------------------------
-def lock_dir(path: str | Path, what: str = "run") -> int:
-    """Exclusive, non-blocking flock on directory `path` (created if missing); VRSError when another
-    process holds it. Returns the descriptor: the lock lasts until it is closed or the process ends."""
+def lock_dir(path: str | Path, what: str = "run", key: str = "the output directory") -> int:
+    """Exclusive, non-blocking flock on directory `path` (created if missing; flock on the directory itself,
+    so the lock creates no file); VRSError, naming the config `key`, when `path` is a file, cannot be
+    created or another process (`what`) holds the lock. Returns the descriptor: the lock lasts until it is
+    closed or the process ends."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise VRSError(f"{key}={str(path)!r} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VRSError(f"cannot create the results directory {path}: {err.strerror or err}") from None
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise VRSError(f"another {what} is writing to {path}; wait for it or use another directory") from None
+            raise VRSError(f"another {what} is writing to {path}; wait for it or use another {key}") from None
         raise
     return fd
 
@@ -307,7 +311,7 @@ def _lightning_classes() -> dict[str, type]:
                 data = path.read_bytes()
                 cut = data.rfind(b"\n") + 1
                 if cut < len(data):  # a torn last line from a crash
-                    _truncate(path, cut)
+                    truncate(path, cut)
                 reader = csv.DictReader(io.StringIO(data[:cut].decode("utf-8")))
                 self.metrics_keys = list(reader.fieldnames or [])
                 self.rows = list(reader)
@@ -323,8 +327,7 @@ def _lightning_classes() -> dict[str, type]:
                 self.metrics_keys = keys
                 self._rewrite()
             else:
-                with RowAppender(Path(self.metrics_file_path), tuple(keys), delimiter=",") as out:
-                    out.append(self._lines(new))
+                append_fsynced(Path(self.metrics_file_path), self._lines(new))
 
         def truncate_for_resume(self, n_rows: int, global_step: int) -> None:
             """Forget what a killed run logged after its checkpoint (the resumed run logs it again): keep the

@@ -1,0 +1,297 @@
+"""vrs-report, reading: the results under the inputs, one Row per run (certify and attack results directories
+of vrs.apps.results, vrs-train runs), with each run's config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from vrs.apps.certify_store import COLUMNS, META_NAME, TSV_NAME, typed_row
+from vrs.apps.results import normalize_settings
+from vrs.errors import VRSError
+from vrs.smoothing import core
+from vrs.utils.io import read_table
+
+# Directories that never hold results (or hold thousands of files): not walked.
+PRUNE = {"wandb", "checkpoints", ".submitit", ".hydra", "tensorboard", "diagnostics", "csv", "__pycache__", ".git"}
+
+
+# ---- reading one run's config -------------------------------------------------------------------------
+def load_run_config(run_dir: Path) -> tuple[DictConfig | None, list[str]]:
+    """(.hydra/config.yaml, .hydra/overrides.yaml) of a run directory; (None, []) when it has none."""
+    hydra_dir = run_dir / ".hydra"
+    cfg = OmegaConf.load(hydra_dir / "config.yaml") if (hydra_dir / "config.yaml").is_file() else None
+    overrides = OmegaConf.load(hydra_dir / "overrides.yaml") if (hydra_dir / "overrides.yaml").is_file() else []
+    return cfg, [str(o) for o in overrides]
+
+
+def value(cfg: DictConfig | None, key: str, default: Any = None) -> Any:
+    """cfg's value at a dotted key, interpolations resolved where they can be outside Hydra (the saved
+    config keeps `${hydra:...}` and the like); default when missing or unresolvable."""
+    if cfg is None:
+        return default
+    try:
+        v = OmegaConf.select(cfg, key, default=default, throw_on_resolution_failure=False)
+    except Exception:  # noqa: BLE001 - a saved config that no longer resolves: treat the key as unknown
+        return default
+    return OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) or OmegaConf.is_list(v) else v
+
+
+def app_of(cfg: DictConfig | None) -> str | None:
+    """Which app wrote a config: train, certify, attack or report (None: not one of ours)."""
+    if cfg is None:
+        return None
+    for key, app in (("report", "report"), ("certify", "certify"), ("defense", "attack"), ("module", "train")):
+        if key in cfg:
+            return app
+    return None
+
+
+def training_config(ckpt_path: str | None) -> DictConfig | None:
+    """The config of the vrs-train run that wrote <run>/checkpoints/<file>.ckpt, when it is still there."""
+    if not ckpt_path:
+        return None
+    run_dir = Path(ckpt_path).parent.parent
+    return load_run_config(run_dir)[0] if (run_dir / ".hydra" / "config.yaml").is_file() else None
+
+
+def describe_prior(train_cfg: DictConfig | None) -> str | None:
+    prior = value(train_cfg, "prior")
+    if not isinstance(prior, dict) or not prior.get("name"):
+        return None
+    params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in prior.items() if k != "name")
+    return f"{prior['name']}({params})" if params else str(prior["name"])
+
+
+# ---- one row of the table -----------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One config: its table values plus what the plots need."""
+
+    kind: str                                        # train | certify | attack | certify+attack
+    family: str                                      # fixed | vrs | train (line style in plots)
+    label: str                                       # a name for the legend and the table's `config`
+    values: dict[str, Any] = field(default_factory=dict)
+    identity: tuple | None = None                    # the defended model: rows with equal identity merge
+    dirs: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    ckpt: str | None = None                          # the checkpoint, shortly (tells equal labels apart)
+    color: str = "C0"
+    radii: np.ndarray | None = None                  # certification: per-image radius ...
+    correct: np.ndarray | None = None                # ... and whether it counts (abstain = wrong)
+    sigmas: np.ndarray | None = None                 # the sigma chosen per image (VRS)
+    robust: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # attack -> [(eps, acc)]
+
+
+def fmt_num(v: float) -> str:
+    return f"{v:g}"
+
+
+def short_ckpt(path: str | None) -> str | None:
+    """<run>/checkpoints/last.ckpt -> '<run>' (a VRS run's base classifier: '<run>/base')."""
+    if not path:
+        return None
+    p = Path(path)
+    run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    name = f"{run.parent.name}/{run.name}" if run.name == "base" else run.name
+    return name if p.name == "last.ckpt" else f"{name}/{p.name}"
+
+
+def read_certify(path: Path, radii: list[float]) -> Row:
+    """A vrs-certify results directory: certify.meta.json + certify.tsv (+ summary.json)."""
+    meta = normalize_settings(json.loads((path / META_NAME).read_text()))
+    table = meta.get("mode", "certify")
+    if table not in COLUMNS:
+        raise VRSError(f"{path / META_NAME} has mode={table!r}, not one of {', '.join(COLUMNS)}: not a vrs-certify "
+                       "results directory this version reads")
+    rows = [typed_row(r) for r in read_table(path / TSV_NAME, COLUMNS[table], "\t", typed_row)[0]]
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    notes = [] if summary else ["no summary.json (interrupted? rerun vrs-certify with this out_dir to finish)"]
+    if list(path.glob("certify.rank*.tsv")):
+        notes.append("unmerged shard files (certify.rank*.tsv) not counted")
+    correct = np.array([bool(r["correct"]) for r in rows])
+    sigmas = np.array([r["sigma"] for r in rows])
+    vrs = table == "vrs"
+    alpha = fmt_num(meta["alpha"]) + (f"+{fmt_num(meta['alpha_h'])}" if vrs else "")
+    if vrs:
+        family, method = "vrs", f"vrs-{meta['certificate']}"
+        label = f"VRS {meta['certificate'].upper()} lambda={fmt_num(meta['lam'])}"
+        identity = (meta["data"], meta["checkpoint_sha256"], "vrs", float(meta["lam"]))
+    else:
+        family, method = "fixed", "fixed-sigma" if table == "certify" else "fixed-sigma (predict)"
+        label = f"fixed sigma={fmt_num(meta['sigma'])}"
+        identity = (meta["data"], meta["checkpoint_sha256"], "fixed", float(meta["sigma"]))
+    values: dict[str, Any] = {
+        "method": method, "data": meta["data"], "sigma": None if vrs else meta["sigma"],
+        "lambda": meta.get("lam") if vrs else None,
+        "prior": describe_prior(training_config(meta.get("checkpoint"))) if vrs else None,
+        "n0": meta.get("n0"), "n": meta["n"], "alpha": alpha, "images": len(rows),
+        "clean_acc": float(correct.mean()) if rows else None,
+        "abstain": core.abstain_rate([r["predict"] for r in rows]) if rows else None,
+    }
+    row = Row("certify", family, label, values, identity, [str(path)], sigmas=sigmas,
+              ckpt=short_ckpt(meta.get("checkpoint")))
+    if table != "predict":
+        row.radii = np.array([r["radius"] for r in rows])
+        row.correct = correct
+        values["ACR"] = core.average_certified_radius(row.radii, correct) if rows else None
+        for r, acc in zip(radii, core.certified_accuracy(row.radii, correct, radii)):
+            values[f"cert_acc@r={fmt_num(r)}"] = float(acc) if rows else None
+    if rows:
+        values["sigma_mean"] = float(sigmas.mean())
+        values["sigma_median"] = float(np.median(sigmas))
+        values["s/img"] = float(np.mean([r["time"] for r in rows]))
+    values["notes"] = "; ".join(notes) or None
+    return row
+
+
+def attack_setup(settings: dict) -> dict:
+    """What makes two attacks on the same defended model different attacks (beyond name and norm)."""
+    attack = {k: v for k, v in settings.get("attack", {}).items() if k not in ("name", "norm", "split")}
+    d = settings.get("defense", {})
+    attack.update({f"defense.{k}": d.get(k) for k in ("m", "noise", "tau", "selector_grad", "n_h", "deployed_n_h")
+                   if k in d})
+    attack["predict.n"] = settings.get("predict", {}).get("n")
+    return attack
+
+
+def attack_name(summary: dict) -> str:
+    return f"{summary['attack']} {summary.get('norm') or ''}".strip()
+
+
+def read_attack(path: Path) -> tuple[Row, dict]:
+    """A vrs-attack results directory; returns the row and the attack's setup (attack_setup)."""
+    summary = json.loads((path / "summary.json").read_text())
+    settings = normalize_settings(summary.get("settings") or json.loads((path / "settings.json").read_text()))
+    info = summary["defense"]
+    name = attack_name(summary)
+    if info.get("defense") == "vrs":
+        family, method, label = "vrs", "vrs", f"VRS lambda={fmt_num(info['lam'])}"
+        identity = (settings["data"], settings["checkpoint_sha256"], "vrs", float(info["lam"]))
+    else:
+        family, method, label = "fixed", "fixed-sigma", f"fixed sigma={fmt_num(info['sigma'])}"
+        identity = (settings["data"], settings["checkpoint_sha256"], "fixed", float(info["sigma"]))
+    per_eps = sorted(summary["per_eps"], key=lambda p: p["eps"])
+    clean = summary["clean"]
+    values: dict[str, Any] = {
+        "method": method, "data": settings["data"], "sigma": info.get("sigma"), "lambda": info.get("lam"),
+        "prior": describe_prior(training_config(settings.get("checkpoint"))) if family == "vrs" else None,
+        "attack_images": summary.get("subset", {}).get("count", clean.get("n")),
+        "attack_clean_acc": clean.get("acc"),
+        "attack_s/img": float(sum(p.get("seconds_per_image", 0.0) for p in per_eps)) if per_eps else None,
+    }
+    if family == "vrs":
+        values["sigma_mean"] = per_eps[0].get("sigma_clean_mean") if per_eps else None
+    notes = [] if summary.get("complete", True) else [f"{name}: not every image attacked at every eps"]
+    values["notes"] = "; ".join(notes) or None
+    row = Row("attack", family, label, values, identity, [str(path)], ckpt=short_ckpt(settings.get("checkpoint")))
+    row.robust[name] = [(0.0, clean.get("acc"))] + [(float(p["eps"]), p["robust_acc"]) for p in per_eps]
+    return row, {"name": name, **attack_setup(settings)}
+
+
+def last_logged(metrics_csv: Path) -> tuple[dict[str, float], int | None]:
+    """The last logged value of every column of a Lightning CSVLogger metrics.csv, and the number of
+    epochs trained (the test after fitting logs one epoch more than was trained: not counted)."""
+    out: dict[str, float] = {}
+    last_epoch = None
+    with open(metrics_csv, newline="") as fh:
+        for rec in csv.DictReader(fh):
+            logged = {k: float(v) for k, v in rec.items() if v not in (None, "")}  # empty: not logged at this step
+            out.update(logged)
+            if "epoch" in logged and any(k.startswith(("train/", "val/")) for k in logged):
+                last_epoch = int(logged["epoch"])
+    return out, None if last_epoch is None else last_epoch + 1
+
+
+def first_of(metrics: dict[str, float], *keys: str) -> float | None:
+    return next((metrics[k] for k in keys if k in metrics), None)
+
+
+def read_train(path: Path, cfg: DictConfig, base_stage: bool = False) -> Row:
+    """A vrs-train run (or the base classifier stage, <run>/base, of a VRS run)."""
+    m, epochs = last_logged(path / "csv" / "metrics.csv")
+    selector = str(value(cfg, "module._target_", "")).endswith("SelectorModule") and not base_stage
+    noise = value(cfg, "noise") or {}
+    multi = "sigma_min" in noise
+    values: dict[str, Any] = {"data": value(cfg, "data.name")}
+    if selector:
+        lam = value(cfg, "module.lam") or {}
+        values.update(method="train: vrs selector", prior=describe_prior(cfg),
+                      noisy_acc=first_of(m, "test/acc", "val/acc"),
+                      sigma_mean=first_of(m, "test/sigma_mean", "val/sigma_mean"))
+        if lam.get("dist") == "uniform":
+            values["lambda"] = f"U[{fmt_num(lam['low'])}, {fmt_num(lam['high'])}]"
+        label = f"train VRS selector ({values['prior'] or 'no prior'})"
+    else:
+        sigma = f"[{fmt_num(noise['sigma_min'])}, {fmt_num(noise['sigma_max'])}]" if multi else noise.get("sigma")
+        what = "multi-sigma" if multi else "fixed-sigma"
+        values.update(method=f"train: {what}" + (" base (VRS stage 1)" if base_stage else ""), sigma=sigma,
+                      clean_acc=first_of(m, "test/acc_clean", "val/acc_clean"),
+                      noisy_acc=first_of(m, "test/acc", "val/acc"))
+        label = f"train {what} sigma={sigma if multi else fmt_num(sigma)}" + (" (VRS stage 1)" if base_stage else "")
+    values["epochs"] = epochs
+    return Row("train", "train", label, values, None, [str(path)])
+
+
+# ---- finding results under the inputs ----------------------------------------------------------------
+def result_dirs(inputs: list[Path]) -> list[Path]:
+    """Every directory under the inputs (the inputs too), each once, in a stable order."""
+    seen: dict[Path, None] = {}
+    for top in inputs:
+        for dirpath, dirnames, _ in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if d not in PRUNE)
+            seen.setdefault(Path(dirpath).resolve(), None)
+    return list(seen)
+
+
+@dataclass
+class Found:
+    rows: list[Row]
+    attack_setups: dict[int, dict]   # id(row) -> attack_setup, for rows read from attacks
+    skipped: list[str]
+
+
+def collect(inputs: list[Path], radii: list[float]) -> Found:
+    rows: list[Row] = []
+    setups: dict[int, dict] = {}
+    skipped: list[str] = []
+    for d in result_dirs(inputs):
+        cfg, overrides = load_run_config(d)
+        app = app_of(cfg)
+        if app == "report":
+            continue
+        try:
+            new: list[Row] = []
+            if (d / META_NAME).is_file() and (d / TSV_NAME).is_file():
+                new.append(read_certify(d, radii))
+            elif (d / "attack.csv").is_file() and (d / "settings.json").is_file():
+                if not (d / "summary.json").is_file():
+                    skipped.append(f"{d}: attack.csv without summary.json (interrupted? rerun vrs-attack with "
+                                   "attack.out_dir set to it to finish)")
+                    continue
+                row, setup = read_attack(d)
+                setups[id(row)] = setup
+                new.append(row)
+            elif app == "train":
+                if not (d / "csv" / "metrics.csv").is_file():
+                    skipped.append(f"{d}: a vrs-train run without csv/metrics.csv (logger=csv or logger=many "
+                                   "writes it; debug=fdr writes none)")
+                    continue
+                new.append(read_train(d, cfg))
+                if (d / "base" / "csv" / "metrics.csv").is_file():
+                    new.append(read_train(d / "base", cfg, base_stage=True))
+            for row in new:
+                row.overrides = overrides
+            rows += new
+        except (OSError, ValueError, KeyError, TypeError, VRSError) as err:
+            # one unreadable run must not hide the rest: named in the report's "Skipped" list
+            skipped.append(f"{d}: unreadable ({type(err).__name__}: {err})")
+    return Found(rows, setups, skipped)
