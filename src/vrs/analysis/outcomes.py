@@ -44,3 +44,15 @@ def align_images(*indices) -> tuple[np.ndarray, list[np.ndarray]]:
         order = np.argsort(a, kind="stable")
         positions.append(order[np.searchsorted(a[order], common)])
     return common, positions
+
+
+def robust_under_all(*robust) -> np.ndarray:
+    """Per-image worst case over attacks: 1 only where the image is robust under every attack given (each
+    (n,) or (S, n) 0/1, the same images). Scoring a defence under this is at least as strict as under its
+    strongest single attack."""
+    if not robust:
+        raise ValueError("robust_under_all needs at least one attack's outcomes")
+    arrays = [np.asarray(r, dtype=np.float64) for r in robust]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"attacks' outcomes disagree in shape: {[a.shape for a in arrays]}")
+    return np.minimum.reduce(arrays)
