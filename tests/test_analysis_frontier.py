@@ -149,7 +149,8 @@ def test_delta_method_se_matches_monte_carlo_when_w_is_estimated():
     so clean and robust outcomes of all three defences are strongly correlated and the weight w moves with
     the estimated clean accuracies (its spread over replicates is about 0.09). The frontier is steep
     (slope -1.4). Over 2,000 replicate samples of 400 images, the spread of the gap must match the mean
-    delta-method SE within 6 % (0.0228 vs 0.0224); the fixed-w SE understates it (0.014 here), which is why z uses se."""
+    delta-method SE within 6 % (0.0228 vs 0.0224); the fixed-w SE understates it (0.014 here), which is
+    why z uses se."""
     rng = np.random.default_rng(3)
     n, reps = 400, 2000
 
@@ -205,3 +206,5 @@ def test_frontier_gap_rejects_mismatched_shapes_and_nan():
         frontier_gap(SIGMAS, clean, bad, ones(86), ones(70))
     with pytest.raises(ValueError):
         frontier_gap(SIGMAS, clean, robust, ones(86), ones(70), frontier="convex")
+    with pytest.raises(ValueError):
+        frontier_gap(SIGMAS, clean, robust, clean, ones(70))  # VRS outcomes must be 1-D

@@ -105,7 +105,8 @@ def test_classifier_margin_and_per_class_means():
 
 def test_sigma_summary_is_flat_and_complete():
     s = np.array([0.12, 0.12, 0.25, 1.0])
-    out = sigma_summary(s, GRID, labels=[0, 1, 0, 1], margin=[0.9, 0.8, 0.5, 0.1], oracle_sigma=[0.12, np.nan, 0.5, 1.0])
+    out = sigma_summary(s, GRID, labels=[0, 1, 0, 1], margin=[0.9, 0.8, 0.5, 0.1],
+                        oracle_sigma=[0.12, np.nan, 0.5, 1.0])
     assert out["sigma/count_0.12"] == 2 and out["sigma/count_0.5"] == 0 and out["sigma/spans_step"] == 1.0
     assert out["sigma/rho_margin"] == pytest.approx(rank_correlation(s, [0.9, 0.8, 0.5, 0.1]))
     assert out["sigma/mean_class1"] == pytest.approx(0.56)

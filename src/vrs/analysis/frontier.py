@@ -127,7 +127,10 @@ def frontier_gap(fixed_sigmas: Sequence[float], fixed_clean, fixed_metric, vrs_c
     "hull" (its upper concave hull). Formulas in the module docstring."""
     sig = np.asarray(fixed_sigmas, dtype=np.float64).ravel()
     fc, fm = _as_matrix(fixed_clean, "fixed_clean"), _as_matrix(fixed_metric, "fixed_metric")
-    vc, vm = _as_matrix(np.atleast_2d(vrs_clean), "vrs_clean")[0], _as_matrix(np.atleast_2d(vrs_metric), "vrs_metric")[0]
+    vc, vm = (_as_matrix(np.asarray(v, dtype=np.float64).reshape(1, -1), name)[0] if np.ndim(v) == 1 else None
+              for v, name in ((vrs_clean, "vrs_clean"), (vrs_metric, "vrs_metric")))
+    if vc is None or vm is None:
+        raise ValueError("vrs_clean and vrs_metric must be 1-D per-image outcomes")
     if fc.shape != fm.shape or fc.shape[0] != sig.size or vc.size != fc.shape[1] or vm.size != fc.shape[1]:
         raise ValueError(f"shapes disagree: sigmas {sig.shape}, fixed_clean {fc.shape}, fixed_metric {fm.shape}, "
                          f"vrs_clean {vc.shape}, vrs_metric {vm.shape}")
