@@ -66,6 +66,7 @@ def test_frontier_gap_known_answers(vrs, gap, sigmas, w):
     assert res.sigmas == sigmas and res.weight == pytest.approx(w, abs=1e-12)
     assert res.frontier == pytest.approx(vrs[1] / N - gap, abs=1e-12)
     assert res.se > 0 and res.z == pytest.approx(res.gap / res.se)
+    assert res.verdict == f"{res.gap:+.3f} ({res.z:+.1f} SE)"
 
 
 @pytest.mark.parametrize("vrs_clean", [95, 70])
@@ -94,6 +95,7 @@ def test_identical_outcomes_give_zero_gap_and_zero_se():
         res = frontier_gap(SIGMAS, clean, robust, clean[k], robust[k])
         assert res.gap == pytest.approx(0.0, abs=1e-12) and res.se == pytest.approx(0.0, abs=1e-12)
         assert res.se_fixed_w == pytest.approx(0.0, abs=1e-12) and math.isnan(res.z)
+        assert res.verdict in ("+0.000 (SE 0)", "-0.000 (SE 0)")
 
 
 def test_paired_se_is_the_brute_force_std_of_the_differences():
@@ -208,3 +210,12 @@ def test_frontier_gap_rejects_mismatched_shapes_and_nan():
         frontier_gap(SIGMAS, clean, robust, ones(86), ones(70), frontier="convex")
     with pytest.raises(ValueError):
         frontier_gap(SIGMAS, clean, robust, clean, ones(70))  # VRS outcomes must be 1-D
+
+
+def test_constant_difference_gives_zero_se_and_infinite_z():
+    """VRS radii exactly 0.1 above one frontier sigma's on every image (same clean outcomes): SE 0, z = +inf."""
+    clean = np.stack([ones(80), ones(90)])
+    acr = np.stack([np.linspace(0, 2, N), np.linspace(0, 1, N)])
+    res = frontier_gap([1.0, 0.25], clean, acr, clean[1], acr[1] + 0.1)
+    assert res.gap == pytest.approx(0.1) and res.se == 0.0 and res.z == math.inf
+    assert res.verdict == "+0.100 (SE 0)"

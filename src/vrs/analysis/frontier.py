@@ -65,9 +65,12 @@ class FrontierGap:
 
     @property
     def verdict(self) -> str:
-        """One phrase for the report: 'outside the fixed-sigma range' or e.g. '+0.031 (+2.4 SE)'."""
+        """One phrase for the report: 'outside the fixed-sigma range', e.g. '+0.031 (+2.4 SE)', or
+        '+0.000 (SE 0)' when the outcomes equal the frontier's image by image."""
         if self.outside:
             return "outside the fixed-sigma range"
+        if self.se == 0 or self.z != self.z:
+            return f"{self.gap:+.3f} (SE {self.se:.3g})"
         return f"{self.gap:+.3f} ({self.z:+.1f} SE)"
 
 
@@ -158,9 +161,13 @@ def frontier_gap(fixed_sigmas: Sequence[float], fixed_clean, fixed_metric, vrs_c
     gap = float(d.mean())
     se_fixed = float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else nan
     se = float(np.std(psi, ddof=1) / math.sqrt(n)) if n > 1 else nan
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = float(np.divide(gap, se)) if se == se else nan
-    if se == 0 and abs(gap) < 1e-12:
+    tiny = 1e-12  # rounding: outcomes equal to the frontier's image by image give se ~ 1e-17, not 0
+    se, se_fixed = (0.0 if v < tiny else v for v in (se, se_fixed))
+    if se != se or (se == 0 and abs(gap) < tiny):
         z = nan
+    elif se == 0:
+        z = math.copysign(math.inf, gap)
+    else:
+        z = gap / se
     return FrontierGap(gap, se, se_fixed, z, c_v, m_v, float(w * m[a] + (1 - w) * m[b]),
                        (float(sig[a]), float(sig[b])), float(w), float(s), False, n)
