@@ -104,3 +104,22 @@ def test_oracle_input_checks_and_worst_case_over_attacks():
     with pytest.raises(ValueError):
         robust_oracle(GRID, np.zeros((4, 3)), np.zeros((4, 2)))
     assert robust_under_all([1, 1, 0, 1], [1, 0, 0, 1]).tolist() == [1, 0, 0, 1]
+
+
+def test_oracle_soft_labels_and_shares_equal_brute_force():
+    from vrs.analysis.oracle import best_sigma_shares, oracle_soft_labels
+
+    rng = np.random.default_rng(7)
+    s, n, t = len(GRID), 50, 0.25
+    radius = np.round(rng.random((s, n)) * 8) / 4 * (rng.random((s, n)) < 0.7)
+    labels = oracle_soft_labels(radius, t)
+    for i in range(n):
+        den = sum(math.exp(radius[k, i] / t) for k in range(s))
+        assert labels[i].tolist() == pytest.approx([math.exp(radius[k, i] / t) / den for k in range(s)])
+    best = [min(k for k in range(s) if radius[k, i] == radius[:, i].max()) for i in range(n)]
+    assert best_sigma_shares(radius).tolist() == pytest.approx([best.count(k) / n for k in range(s)])
+    # large scores do not overflow; T -> 0 shares the mass between tied best sigmas
+    big = oracle_soft_labels(np.array([[1000.0], [1000.0], [0.0], [999.0]]), 1e-3)
+    assert big[0].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0])
+    with pytest.raises(ValueError):
+        oracle_soft_labels(radius, 0.0)

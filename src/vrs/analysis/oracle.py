@@ -130,3 +130,30 @@ def robust_oracle(sigmas: Sequence[float], robust, clean) -> RobustOracle:
     return RobustOracle(index=idx, sigma=np.where(some, sig[safe], np.nan),
                         robust=np.where(some, rob[safe, cols], False).astype(np.float64),
                         clean=np.where(some, cle[safe, cols], False).astype(np.float64))
+
+
+# ---- labels for the `oracle_labels` objective (issue 17 section 2; Dual Randomized Smoothing's recipe) ----
+def oracle_soft_labels(score, temperature: float) -> np.ndarray:
+    """Soft labels over the sigma grid, (n, S): softmax_i(score_i(x) / T) per image.
+
+    score: (S, n), e.g. the radius at each grid sigma (0 where wrong: `outcomes.radius_if_correct`) or, for
+    robustness at a lambda, (1 - lambda) clean_i(x) + lambda robust_i(x). T > 0; T -> 0 puts all the mass on
+    the best sigmas (shared equally between ties). Computed with the maximum subtracted (no overflow)."""
+    s = np.asarray(score, dtype=np.float64)
+    if s.ndim != 2 or not np.all(np.isfinite(s)):
+        raise ValueError(f"score must be a finite (S, n) array, got shape {s.shape}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = (s - s.max(axis=0, keepdims=True)) / temperature
+    p = np.exp(z)
+    return (p / p.sum(axis=0, keepdims=True)).T
+
+
+def best_sigma_shares(score) -> np.ndarray:
+    """q (S,): the share of images whose best grid sigma (argmax of score, ties to the smallest sigma) is
+    sigma_i; the re-weighting of the `oracle_labels` objective divides by it (a share of 0 means no image
+    has that best sigma)."""
+    s = np.asarray(score, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] == 0:
+        raise ValueError(f"score must be (S, n) with n >= 1, got shape {s.shape}")
+    return np.bincount(np.argmax(s, axis=0), minlength=s.shape[0]) / s.shape[1]
