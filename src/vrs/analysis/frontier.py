@@ -27,8 +27,10 @@ comparison is paired image by image, which removes the between-image variance th
       psi_i = d_i - s e_i,   e_i = c_v,i - (w c_a,i + (1 - w) c_b,i)   (mean(e) = 0 by the choice of w),
   so se = std(psi, ddof=1) / sqrt(n). It is the one z uses. The correction matters when the frontier is
   steep and the clean-accuracy difference e correlates with d (an image VRS gets clean-right tends to be
-  one it also keeps robust): then se_fixed_w understates the error. Both are exact for the per-image
-  outcomes given (no binomial approximation); the choice of the bracketing segment is treated as fixed.
+  one it also keeps robust): then se_fixed_w understates the error (in the tests' Monte Carlo toy, slope
+  -1.4: the gap's spread over replicates is 0.0224, se 0.0228, se_fixed_w 0.014). Both use the per-image
+  outcomes directly (no binomial approximation; the pairing is exact); the delta method is first order,
+  and which segment brackets c_v is treated as fixed. In the flat part s = 0, so se = se_fixed_w.
 """
 
 from __future__ import annotations
