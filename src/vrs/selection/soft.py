@@ -61,3 +61,28 @@ def soft_smooth_nll_log(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 def soft_smooth_nll(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Per-sample L_CE = -log g_s(x)_y, (B,), from probabilities g_s (clamped at eps)."""
     return soft_smooth_nll_log(torch.log(probs.clamp_min(eps)), y)
+
+
+def soft_radius(log_probs: torch.Tensor, sigma: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Soft certified radius (B,) of the soft-smoothed classifier: the `radius` objective's reward
+    (issue 17 section 2; data-dependent smoothing, Alfarra et al. 2022; MACER, Zhai et al. 2020).
+
+        R_soft(x) = sigma / 2 * (Phi^-1(p_top1) - Phi^-1(p_top2)),   p = clamp(exp(log_probs), eps, 1 - eps)
+
+    p_top1 >= p_top2 are the two largest entries of each row of g_s(x) = exp(log_probs) (B, K), K >= 2,
+    e.g. from `soft_smooth_log`; `sigma` (B,) is the per-sample noise level (a scalar broadcasts).
+    It is Cohen's two-class radius with the Monte-Carlo bound replaced by the soft probabilities, so it is
+    differentiable in sigma and in the probabilities; the clamp keeps Phi^-1 finite (|Phi^-1| <= 3.72 at
+    eps = 1e-4) and its derivative sqrt(2 pi) exp(Phi^-1(p)^2 / 2) bounded (about 2.5e3 at the clamp).
+    A row with a tie at the top has radius 0; nothing here checks the label (MACER rewards only the rows
+    whose top class is the true one: mask with the label outside). Half-precision input is taken to float32.
+    """
+    check(0 < eps < 0.5, "eps", eps, "a number in (0, 0.5)")
+    check(log_probs.dim() == 2 and log_probs.shape[1] >= 2, "log_probs.shape", tuple(log_probs.shape),
+          "(B, K) with K >= 2")
+    if log_probs.dtype in (torch.float16, torch.bfloat16):
+        log_probs = log_probs.float()
+    top2 = torch.topk(log_probs, 2, dim=1).values.exp().clamp(eps, 1.0 - eps)
+    sigma = torch.as_tensor(sigma, dtype=top2.dtype, device=top2.device)
+    gap = torch.special.ndtri(top2[:, 0]) - torch.special.ndtri(top2[:, 1])
+    return sigma / 2 * gap
