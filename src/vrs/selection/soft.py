@@ -61,3 +61,14 @@ def soft_smooth_nll_log(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 def soft_smooth_nll(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Per-sample L_CE = -log g_s(x)_y, (B,), from probabilities g_s (clamped at eps)."""
     return soft_smooth_nll_log(torch.log(probs.clamp_min(eps)), y)
+
+
+def soft_radius(log_probs: torch.Tensor, sigma: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """The soft certified radius (B,) of the soft-smoothed classifier: sigma/2 * (Phi^-1(p_top1) - Phi^-1(p_top2)),
+    p_top1 >= p_top2 the two largest of g_s(x) = exp(log_probs) (B, K), clamped to [eps, 1 - eps] so the radius
+    stays finite (no gradient through a clamped probability). Cohen et al.'s radius with pB = p_top2 (their
+    Theorem 1), the differentiable surrogate MACER (Zhai et al., ICLR 2020) maximises. sigma: (B,) or a number."""
+    check(0 < eps < 0.5, "eps", eps, "a number in (0, 1/2)")
+    top = log_probs.topk(2, dim=1).values.exp().clamp(eps, 1 - eps)
+    sigma = torch.as_tensor(sigma, dtype=top.dtype, device=top.device)
+    return sigma / 2 * (torch.special.ndtri(top[:, 0]) - torch.special.ndtri(top[:, 1]))
