@@ -200,3 +200,17 @@ def test_objective_configs_build_and_bad_ones_are_errors():
         build_objective({"weight": 1.0})
     with pytest.raises(ConfigError, match="Objective"):
         build_objective({"_target_": "collections.OrderedDict"})
+
+
+def test_config_validation_knows_the_objective_group(tmp_path):
+    """vrs.config_schema needs no entry for the group: module.objective is a SelectorModule parameter, and its
+    `_target_` node is checked against the objective's signature and built by SelectorModule.check_config."""
+    from conftest import compose_config
+    from vrs.config_schema import validate_config
+
+    base = ["experiment=vrs_fmnist_radius", "data=digits"]
+    assert validate_config(compose_config(*base, output_dir=tmp_path), "train")["module"]["objective"] == {
+        **RADIUS, "gamma": 4.0}
+    for override, match in (("objective.gamma=-1", "objective.gamma"), ("+objective.bogus=1", "objective.bogus")):
+        with pytest.raises(ConfigError, match=match):
+            validate_config(compose_config(*base, override, output_dir=tmp_path), "train")
