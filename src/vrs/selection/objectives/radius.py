@@ -22,7 +22,10 @@ nats. `weight` (default 1) converts; the cap gamma (default 4, so the reward is 
 that are already far from the boundary from dominating the batch and keeps the reward linear in sigma there,
 so it pushes sigma up until the margin xi drops below gamma and CE starts to rise. lambda = 0 is the CE alone
 (the smallest sigma that keeps the classifier right), lambda = 1 the radius alone. The `prior` group is not
-used (its KL is still logged by the module). Terms logged: `ce`, `radius` (the soft radius R at sigma, every
+used (its KL is still logged by the module). Temperature: MACER sharpens the soft smoothing with an inverse
+temperature beta = 16 so the soft p_top1 approaches the hard vote's; here that is `module.tau` (1/16 for
+MACER's), which moves the radius optimum to larger sigma (with tau = 1 a soft p_top1 stays well below 1 at
+large sigma and the rewarded radius peaks early). Terms logged: `ce`, `radius` (the soft radius R at sigma, every
 image), `reward` (the capped, label-masked radius the loss uses), `correct` (1[top class = y]).
 """
 
