@@ -188,7 +188,7 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
             acc = (log_probs.argmax(1) == y).float().mean()
             kl = self.prior.kl(out).mean()
             # the objective at the deployed sigma (the selector's single-pass output for its other inputs)
-            res = self.objective(ObjectiveInput(x, y, lam_t, out, sigma, log_probs, self.prior))
+            res = self.objective.evaluate(ObjectiveInput(x, y, lam_t, out, sigma, log_probs, self.prior))
             loss = res.loss.mean()
             self.log(f"{stage}/acc_lam{lam:g}", acc, batch_size=bs)
             self.log(f"{stage}/sigma_mean_lam{lam:g}", sigma.mean(), batch_size=bs)

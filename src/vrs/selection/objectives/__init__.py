@@ -4,11 +4,14 @@ One objective is one small file here with its formula in its docstring, register
 `_target_`. The selector module (vrs.modules.selector) computes what every objective needs, once per batch
 (`selector_step`), and hands it over as an `ObjectiveInput`; the objective returns an `ObjectiveOutput`:
 
-    objective(inp: ObjectiveInput) -> ObjectiveOutput(loss (B,), terms {name: (B,)})
+    objective(inp: ObjectiveInput) -> ObjectiveOutput(loss (B,), terms {name: (B,)})      # training
+    objective.evaluate(inp) -> ObjectiveOutput                                              # validation
 
 * `paper` (`PaperObjective`): (1 - lambda) CE + lambda KL(p || prior), the VRS paper's (method.md section 4).
 * `radius` (`RadiusObjective`): (1 - lambda) CE - lambda * weight * capped soft certified radius (MACER,
   data-dependent smoothing).
+* `adversarial` (`AdversarialObjective`): (1 - lambda) CE at x + lambda CE at x + delta, delta from a few L2
+  PGD steps through the selector and the soft smoothing (SmoothAdv with the selector in the loop).
 
 lambda stays a per-sample input of the selector for every objective, so one trained selector covers the
 trade-off and lambda is chosen at test time. A module built without an objective (an old checkpoint, a config
@@ -42,7 +45,9 @@ class ObjectiveInput:
     log_probs: (B, K) log g_s(x) of the soft-smoothed base classifier at `sigma` (method.md section 3);
     prior: the noise prior (vrs.selection.priors; `prior.kl(out)` is the per-sample KL);
     smooth: log g_s at other inputs or noise levels, `smooth(x, sigma) -> (B, K)` (same n_trf, tau, base
-        classifier), for objectives that need more than one smoothing pass (None where not available).
+        classifier), for objectives that need more than one smoothing pass (None where not available);
+    select: the selector at other inputs, `select(x, lam) -> SelectorOutput` (with its own input noise eta, as
+        for `out`), for objectives that move the input (None where not available).
     """
 
     x: torch.Tensor
@@ -53,6 +58,7 @@ class ObjectiveInput:
     log_probs: torch.Tensor
     prior: Any
     smooth: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    select: Callable[[torch.Tensor, torch.Tensor], SelectorOutput] | None = None
 
 
 @dataclass
@@ -71,6 +77,11 @@ class Objective:
 
     def __call__(self, inp: ObjectiveInput) -> ObjectiveOutput:
         raise NotImplementedError
+
+    def evaluate(self, inp: ObjectiveInput) -> ObjectiveOutput:
+        """The objective in validation (no gradients, `inp.sigma` the deployed sigma, no `smooth` / `select`):
+        by default the training formula."""
+        return self(inp)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -115,5 +126,6 @@ def selector_step(selector: NoiseSelector, f: Callable[[torch.Tensor], torch.Ten
     out = selector(add_noise(x, sigma_h), lam, sample=sample)
     log_probs = soft_smooth_log(f, x, out.sigma, n_trf, tau)
     inp = ObjectiveInput(x, y, lam, out, out.sigma, log_probs, prior,
-                         smooth=lambda x_, s_: soft_smooth_log(f, x_, s_, n_trf, tau))
+                         smooth=lambda x_, s_: soft_smooth_log(f, x_, s_, n_trf, tau),
+                         select=lambda x_, l_: selector(add_noise(x_, sigma_h), l_, sample=sample))
     return objective(inp), inp
