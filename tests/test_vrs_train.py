@@ -123,7 +123,8 @@ def test_paper_objective_reproduces_the_old_loss_exactly(base_ckpt, posterior, p
         module = selector_module(base_ckpt, prior=prior, selector=sel, objective=objective).train()
         assert module.objective.name == "paper" and module.hparams.objective["_target_"].endswith("PaperObjective")
         gen = torch.Generator().manual_seed(3)
-        x, y, lam = torch.rand(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen), torch.rand(16, generator=gen)
+        x, y = torch.rand(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        lam = torch.rand(16, generator=gen)
         torch.manual_seed(11)
         loss, terms, out, _ = module.loss_terms(x, y, lam, sample=True)
         torch.manual_seed(11)  # the old SelectorModule.loss_terms, verbatim

@@ -3,8 +3,9 @@
 Loss: the `objective` (vrs.selection.objectives, the Hydra group `objective`; default `paper`, method.md
 section 4: L = (1 - lambda) * L_CE(soft smoothed classifier) + lambda * KL(p || q)), with lambda drawn per batch
 (or per sample) and fed to h; soft smoothing over `n_trf` reparameterised noise draws at temperature `tau`; h
-sees its inputs with its own smoothing noise eta ~ N(0, sigma_h^2 I), as at test time under median smoothing. An optional last stage (`finetune.epochs` > 0) unfreezes the base
-classifier at a low learning rate (joint fine-tune; its batch-norm statistics stay frozen).
+sees its inputs with its own smoothing noise eta ~ N(0, sigma_h^2 I), as at test time under median smoothing.
+An optional last stage (`finetune.epochs` > 0) unfreezes the base classifier at a low learning rate (joint
+fine-tune; its batch-norm statistics stay frozen).
 
 Validation at a few fixed lambdas (`val_lams`): the selector's test-time sigma is the median over
 `val_n_h` noisy copies, the soft smoothed classifier's accuracy at that sigma is `val/acc_lam<l>`, with
