@@ -108,6 +108,60 @@ def test_larger_test_time_lambda_moves_mean_sigma_towards_the_prior_target(base_
     assert means[0] < 0.35, means  # accuracy alone asks for little noise
 
 
+@pytest.mark.parametrize("posterior,prior", [("point", {"name": "gaussian", "sigma_t": 0.6}),
+                                             ("lognormal", {"name": "lognormal", "median": 0.5, "s": 0.5})])
+def test_paper_objective_reproduces_the_old_loss_exactly(base_ckpt, posterior, prior):
+    """The objective refactor (issue 17) changes nothing for objective=paper (and for no objective at all): on a
+    fixed batch and seed, the module's per-sample training loss equals the formula the module computed before,
+    (1 - lambda) * CE + lambda * KL, draw for draw (the selector's input noise, its log-normal draw, the soft
+    smoothing's noise, in that order)."""
+    from vrs.selection.soft import soft_smooth_log, soft_smooth_nll_log
+    from vrs.smoothing.noise import add_noise
+
+    sel = {**SELECTOR, "posterior": posterior}
+    for objective in (None, {"_target_": "vrs.selection.objectives.paper.PaperObjective"}):
+        module = selector_module(base_ckpt, prior=prior, selector=sel, objective=objective).train()
+        assert module.objective.name == "paper" and module.hparams.objective["_target_"].endswith("PaperObjective")
+        gen = torch.Generator().manual_seed(3)
+        x, y = torch.rand(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        lam = torch.rand(16, generator=gen)
+        torch.manual_seed(11)
+        loss, terms, out, _ = module.loss_terms(x, y, lam, sample=True)
+        torch.manual_seed(11)  # the old SelectorModule.loss_terms, verbatim
+        out_old = module.selector(add_noise(x, module.median_cfg.sigma_h), lam, sample=True)
+        log_probs = soft_smooth_log(module.base_forward, x, out_old.sigma, module.hparams.n_trf, module.hparams.tau)
+        ce, kl = soft_smooth_nll_log(log_probs, y), module.prior.kl(out_old)
+        assert torch.equal(loss, (1 - lam) * ce + lam * kl)
+        assert torch.equal(terms["ce"], ce) and torch.equal(terms["kl"], kl) and torch.equal(out.sigma, out_old.sigma)
+        loss.mean().backward()
+        assert module.selector.trunk.head.linear.weight.grad.abs().sum() > 0
+
+
+def test_the_checkpoint_records_the_objective_and_old_checkpoints_load_as_paper(base_ckpt, tmp_path):
+    radius = {"_target_": "vrs.selection.objectives.radius.RadiusObjective", "weight": 0.5, "gamma": 3.0, "eps": 1e-4}
+    pl.seed_everything(0, verbose=False)
+    module = selector_module(base_ckpt, objective=radius)
+    module.hparams.diagnostics = {"enabled": False}
+    t = trainer(tmp_path, 1, limit_train_batches=2, limit_val_batches=1)
+    t.fit(module, datamodule=datamodule())
+    assert {"train/radius", "train/reward", "val/radius", "val/reward_lam1", "val/ce_lam0", "val/kl"} <= set(
+        t.callback_metrics)
+    path = tmp_path / "vrs.ckpt"
+    t.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["vrs"]["objective"] == radius and ckpt["hyper_parameters"]["objective"] == radius
+    reloaded = SelectorModule.load_from_checkpoint(path)
+    assert reloaded.objective.name == "radius" and (reloaded.objective.weight, reloaded.objective.gamma) == (0.5, 3.0)
+    # a checkpoint written before the objective group existed: no objective anywhere -> the paper's
+    del ckpt["vrs"]["objective"], ckpt["hyper_parameters"]["objective"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    reloaded = SelectorModule.load_from_checkpoint(old)
+    assert reloaded.objective.name == "paper"
+    assert reloaded.hparams.objective == {"_target_": "vrs.selection.objectives.paper.PaperObjective"}
+    assert load_vrs(old).data["name"] == "digits"
+
+
 def test_selector_fit_writes_a_complete_vrs_checkpoint(base_ckpt, tmp_path):
     pl.seed_everything(0, verbose=False)
     module = selector_module(base_ckpt)
@@ -262,22 +316,25 @@ def test_vrs_train_rejects_bad_settings_before_training(tmp_path, override, matc
     assert not (tmp_path / "base").exists()
 
 
-@pytest.mark.parametrize("selector,prior,posterior,per_sample", [
-    ("cnn", "gaussian", "point", True), ("cnn", "lognormal", "lognormal", False),
-    ("cnn", "uniform", "lognormal", True), ("resnet20", "gaussian", "lognormal", False)])
-def test_every_selector_prior_and_posterior_trains(base_ckpt, selector, prior, posterior, per_sample):
+@pytest.mark.parametrize("selector,prior,posterior,per_sample,objective", [
+    ("cnn", "gaussian", "point", True, "paper"), ("cnn", "lognormal", "lognormal", False, "paper"),
+    ("cnn", "uniform", "lognormal", True, "paper"), ("resnet20", "gaussian", "lognormal", False, "paper"),
+    ("cnn", "gaussian", "point", True, "radius"), ("cnn", "lognormal", "lognormal", False, "radius"),
+    ("cnn", "gaussian", "point", False, "adversarial")])
+def test_every_selector_prior_and_posterior_trains(base_ckpt, selector, prior, posterior, per_sample, objective):
     """The config groups compose into a working module: a few steps with finite losses that move the
-    selector, for each prior / posterior pairing (lambda per batch or per sample)."""
+    selector, for each prior / posterior pairing (lambda per batch or per sample) and objective."""
     from omegaconf import OmegaConf
 
     from conftest import compose_config
 
     cfg = compose_config("experiment=vrs_smoke", f"selector={selector}", f"prior={prior}", "data=digits",
                          f"selector.posterior={posterior}", f"module.lam.per_sample={str(per_sample).lower()}",
-                         f"base_ckpt={base_ckpt}", output_dir=Path("/nonexistent"))
+                         f"objective={objective}", f"base_ckpt={base_ckpt}", output_dir=Path("/nonexistent"))
     m = OmegaConf.to_container(cfg.module, resolve=True)
     module = SelectorModule(**{k: v for k, v in m.items() if not k.startswith("_")}, data=datamodule().spec.to_dict())
     assert module.selector.posterior == posterior and type(module.prior).__name__.lower().startswith(prior)
+    assert module.objective.name == objective
     pl.seed_everything(0, verbose=False)
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
     opt = torch.optim.Adam(module.selector.parameters(), lr=1e-2)

@@ -1,15 +1,17 @@
 """Stage 2 of VRS: train the noise-level selector h(x, lambda) against a frozen multi-sigma base classifier.
 
-Loss (docs/method.md section 4): L = (1 - lambda) * L_CE(soft smoothed classifier) + lambda * KL(p || q), with
-lambda drawn per batch (or per sample) and fed to h; soft smoothing over `n_trf` reparameterised noise
-draws at temperature `tau`; h sees its inputs with its own smoothing noise eta ~ N(0, sigma_h^2 I), as at
-test time under median smoothing. An optional last stage (`finetune.epochs` > 0) unfreezes the base
-classifier at a low learning rate (joint fine-tune; its batch-norm statistics stay frozen).
+Loss: the `objective` (vrs.selection.objectives, the Hydra group `objective`; default `paper`, docs/method.md
+section 4: L = (1 - lambda) * L_CE(soft smoothed classifier) + lambda * KL(p || q)), with lambda drawn per batch
+(or per sample) and fed to h; soft smoothing over `n_trf` reparameterised noise draws at temperature `tau`; h
+sees its inputs with its own smoothing noise eta ~ N(0, sigma_h^2 I), as at test time under median smoothing.
+An optional last stage (`finetune.epochs` > 0) unfreezes the base classifier at a low learning rate (joint
+fine-tune; its batch-norm statistics stay frozen).
 
 Validation at a few fixed lambdas (`val_lams`): the selector's test-time sigma is the median over
 `val_n_h` noisy copies, the soft smoothed classifier's accuracy at that sigma is `val/acc_lam<l>`, with
-`val/sigma_mean_lam<l>` and `val/kl_lam<l>`; the unsuffixed `val/acc`, `val/sigma_mean`, `val/kl`,
-`val/loss` are their means over the lambdas (`val/acc` drives checkpoint selection).
+`val/sigma_mean_lam<l>`, `val/kl_lam<l>` and the objective's terms `val/<term>_lam<l>` (its loss and terms at
+that sigma); the unsuffixed `val/acc`, `val/sigma_mean`, `val/kl`, `val/loss`, `val/<term>` are their means over
+the lambdas (`val/acc` drives checkpoint selection).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from vrs.modules.classifier import plain
 from vrs.selection.lam import LambdaSampler, check_lambda
 from vrs.selection.median import MedianSmoothing, deployed_sigma
 from vrs.selection.networks import build_selector, check_sigma_range
+from vrs.selection.objectives import ObjectiveInput, build_objective, objective_config, selector_step
 from vrs.selection.priors import build_prior
-from vrs.selection.soft import soft_smooth_log, soft_smooth_nll_log
+from vrs.selection.soft import soft_smooth_log
 from vrs.smoothing.noise import add_noise
 
 log = logging.getLogger(__name__)
@@ -44,12 +47,13 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
                  base: dict | None = None, scheduler: dict | None = None, lam: dict | None = None, n_trf: int = 4,
                  tau: float = 1.0, median: dict | None = None, val_lams: list[float] = (0.0, 0.5, 1.0),
                  val_n_h: int = 8, finetune: dict | None = None, diagnostics: dict | None = None,
-                 channels_last: bool | str = "auto"):
+                 channels_last: bool | str = "auto", objective: dict | None = None):
         super().__init__()
-        selector, prior, optimizer, data, scheduler, lam, median, finetune, diagnostics = map(
-            plain, (selector, prior, optimizer, data, scheduler, lam, median, finetune, diagnostics))
+        selector, prior, optimizer, data, scheduler, lam, median, finetune, diagnostics, objective = map(
+            plain, (selector, prior, optimizer, data, scheduler, lam, median, finetune, diagnostics, objective))
         median_cfg, val_lams, finetune = self.check_config(selector, prior, lam, n_trf, tau, median, val_lams,
-                                                           val_n_h, finetune)
+                                                           val_n_h, finetune, objective)
+        objective = objective_config(objective)  # None (an old checkpoint): the paper's objective
         # The frozen base classifier: from its checkpoint (training), or rebuilt from the stored spec when
         # this module is reloaded from its own checkpoint (the weights then come from its state dict).
         if base is None:
@@ -65,11 +69,13 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
                                    "base_ckpt": base_ckpt, "base": base, "scheduler": scheduler, "lam": lam,
                                    "n_trf": n_trf, "tau": tau, "median": median_cfg.to_dict(),
                                    "val_lams": val_lams, "val_n_h": val_n_h, "finetune": finetune,
-                                   "diagnostics": diagnostics, "channels_last": channels_last})
+                                   "diagnostics": diagnostics, "channels_last": channels_last,
+                                   "objective": objective})
         self.base = net
         self.base.requires_grad_(False)
         self.selector = build_selector(selector, data)
         self.prior = build_prior(prior, self.selector.posterior)
+        self.objective = build_objective(objective)
         self.lam_sampler = LambdaSampler(**(lam or {}))
         self.median_cfg = median_cfg
         self.d = data["channels"] * data["size"] ** 2
@@ -79,7 +85,7 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
 
     @staticmethod
     def check_config(selector, prior, lam=None, n_trf=4, tau=1.0, median=None, val_lams=(0.0, 0.5, 1.0),
-                     val_n_h=8, finetune=None, **_):
+                     val_n_h=8, finetune=None, objective=None, **_):
         """Validate the selector-stage settings (ConfigError naming the key), before any training starts.
         Returns (MedianSmoothing, val_lams as floats, finetune with defaults)."""
         if not isinstance(selector, dict) or "net" not in selector:
@@ -89,6 +95,7 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         check_sigma_range(selector.get("sigma_min"), selector.get("sigma_max"))
         build_prior(prior, selector.get("posterior", "point"))
         LambdaSampler(**(lam or {}))
+        build_objective(objective)
         check(isinstance(n_trf, int) and n_trf >= 1, "module.n_trf", n_trf, "an integer >= 1")
         check(isinstance(tau, (int, float)) and tau > 0, "module.tau", tau, "a number > 0")
         check(isinstance(val_n_h, int) and val_n_h >= 1, "module.val_n_h", val_n_h, "an integer >= 1")
@@ -146,23 +153,22 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
 
     # ---- loss ----------------------------------------------------------------------------------
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, sample: bool):
-        """(loss (B,), ce (B,), kl (B,), SelectorOutput) of the variational objective at per-sample lam."""
-        out = self.selector(add_noise(x, self.median_cfg.sigma_h), lam, sample=sample)
-        log_probs = soft_smooth_log(self.base_forward, x, out.sigma, self.hparams.n_trf, self.hparams.tau)
-        ce = soft_smooth_nll_log(log_probs, y)
-        kl = self.prior.kl(out)
-        return (1 - lam) * ce + lam * kl, ce, kl, out, log_probs
+        """(loss (B,), terms {name: (B,)}, SelectorOutput, log g_s (B, K)) of the objective at per-sample lam."""
+        res, inp = selector_step(self.selector, self.base_forward, self.objective, self.prior, x, y, lam,
+                                 sigma_h=self.median_cfg.sigma_h, n_trf=self.hparams.n_trf, tau=self.hparams.tau,
+                                 sample=sample)
+        return res.loss, res.terms, inp.out, inp.log_probs
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         lam = self.lam_sampler(x.shape[0], x.device)
-        loss, ce, kl, out, _ = self.loss_terms(x, y, lam, sample=True)
+        loss, terms, out, _ = self.loss_terms(x, y, lam, sample=True)
         loss = loss.mean()
         self._check_finite(loss)
         bs = x.shape[0]
         self.log("train/loss", loss, batch_size=bs)
-        self.log("train/ce", ce.mean(), batch_size=bs)
-        self.log("train/kl", kl.mean(), batch_size=bs)
+        for name, value in terms.items():  # paper: train/ce, train/kl
+            self.log(f"train/{name}", value.detach().float().mean(), batch_size=bs)
         self.log("train/sigma_mean", out.sigma.mean(), batch_size=bs)  # not prog_bar: no per-step sync
         return loss
 
@@ -174,25 +180,33 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch
         bs = x.shape[0]
-        accs, sigmas, kls, losses = [], [], [], []
+        accs, sigmas, kls, losses, terms = [], [], [], [], {}
         for lam in self.hparams.val_lams:
             lam_t = torch.full((bs,), lam, device=x.device)
             out = self.selector(add_noise(x, self.median_cfg.sigma_h), lam_t, sample=False)
             sigma = self.test_time_sigma(x, lam, self.hparams.val_n_h)
             log_probs = soft_smooth_log(self.base_forward, x, sigma, self.hparams.n_trf, self.hparams.tau)
             acc = (log_probs.argmax(1) == y).float().mean()
-            kl_all = self.prior.kl(out)
-            kl = kl_all.mean()
-            loss = ((1 - lam) * soft_smooth_nll_log(log_probs, y) + lam * kl_all).mean()
+            kl = self.prior.kl(out).mean()
+            # the objective at the deployed sigma (the selector's single-pass output for its other inputs)
+            res = self.objective.evaluate(ObjectiveInput(x, y, lam_t, out, sigma, log_probs, self.prior))
+            loss = res.loss.mean()
             self.log(f"{stage}/acc_lam{lam:g}", acc, batch_size=bs)
             self.log(f"{stage}/sigma_mean_lam{lam:g}", sigma.mean(), batch_size=bs)
             self.log(f"{stage}/kl_lam{lam:g}", kl, batch_size=bs)
+            for name, value in res.terms.items():
+                if name != "kl":  # logged above, for every objective
+                    value = value.float().mean()
+                    self.log(f"{stage}/{name}_lam{lam:g}", value, batch_size=bs)
+                    terms.setdefault(name, []).append(value)
             accs.append(acc), sigmas.append(sigma.mean()), kls.append(kl), losses.append(loss)
         mean = lambda v: torch.stack(v).mean()  # noqa: E731
         self.log(f"{stage}/acc", mean(accs), prog_bar=True, batch_size=bs)
         self.log(f"{stage}/sigma_mean", mean(sigmas), prog_bar=True, batch_size=bs)
         self.log(f"{stage}/kl", mean(kls), batch_size=bs)
         self.log(f"{stage}/loss", mean(losses), batch_size=bs)
+        for name, values in terms.items():
+            self.log(f"{stage}/{name}", mean(values), batch_size=bs)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -213,7 +227,7 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         checkpoint["vrs"] = {"format": FORMATS["vrs"], "kind": "vrs", "data": hp.data, "base": hp.base,
                              "selector": hp.selector, "sigma_min": self.selector.sigma_min,
                              "sigma_max": self.selector.sigma_max, "median": hp.median, "prior": hp.prior,
-                             "lam": hp.lam, "n_trf": hp.n_trf, "tau": hp.tau}
+                             "lam": hp.lam, "n_trf": hp.n_trf, "tau": hp.tau, "objective": hp.objective}
 
     def on_fit_end(self) -> None:
         cfg = self.hparams.diagnostics or {}

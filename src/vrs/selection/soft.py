@@ -65,7 +65,7 @@ def soft_smooth_nll(probs: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) ->
 
 def soft_radius(log_probs: torch.Tensor, sigma: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """Soft certified radius (B,) of the soft-smoothed classifier: the `radius` objective's reward
-    (issue 17 section 2; data-dependent smoothing, Alfarra et al. 2022; MACER, Zhai et al. 2020).
+    (data-dependent smoothing, Alfarra et al. 2022; MACER, Zhai et al. 2020).
 
         R_soft(x) = sigma / 2 * (Phi^-1(p_top1) - Phi^-1(p_top2)),   p = clamp(exp(log_probs), eps, 1 - eps)
 
