@@ -1,5 +1,5 @@
 """The fixed-sigma Pareto frontier, and how far a VRS operating point lies above or below it (issue 17
-section 1; method.md section 7: "VRS against fixed sigma with the same base classifier, at matched clean
+section 1; docs/method.md section 7: "VRS against fixed sigma with the same base classifier, at matched clean
 accuracy").
 
 An operating point is (clean accuracy, metric) of one defence on n images, the metric being robust

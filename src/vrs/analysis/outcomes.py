@@ -12,7 +12,7 @@ import numpy as np
 
 def certified_at(radius, correct, r: float) -> np.ndarray:
     """Per-image certified-accuracy outcome at radius r: 1[correct and R >= r] (Cohen et al.'s convention,
-    method.md section 1: an abstention is wrong, the comparison is inclusive). Its mean is certified accuracy."""
+    docs/method.md section 1: an abstention is wrong, the comparison is inclusive). Its mean is certified accuracy."""
     radius, correct = np.asarray(radius, dtype=np.float64), np.asarray(correct).astype(bool)
     return (correct & (radius >= r)).astype(np.float64)
 

@@ -7,7 +7,7 @@ One objective is one small file here with its formula in its docstring, register
     objective(inp: ObjectiveInput) -> ObjectiveOutput(loss (B,), terms {name: (B,)})      # training
     objective.evaluate(inp) -> ObjectiveOutput                                              # validation
 
-* `paper` (`PaperObjective`): (1 - lambda) CE + lambda KL(p || prior), the VRS paper's (method.md section 4).
+* `paper` (`PaperObjective`): (1 - lambda) CE + lambda KL(p || prior), the VRS paper's (docs/method.md section 4).
 * `radius` (`RadiusObjective`): (1 - lambda) CE - lambda * weight * capped soft certified radius (MACER,
   data-dependent smoothing).
 * `adversarial` (`AdversarialObjective`): (1 - lambda) CE at x + lambda CE at x + delta, delta from a few L2
@@ -42,7 +42,7 @@ class ObjectiveInput:
     out: the selector's output (`SelectorOutput`: sigma, mu, s, log_sigma), from h(x + eta, lam);
     sigma: (B,) the noise level the soft smoothing used (out.sigma in training; the deployed, median-smoothed
         and snapped sigma in validation);
-    log_probs: (B, K) log g_s(x) of the soft-smoothed base classifier at `sigma` (method.md section 3);
+    log_probs: (B, K) log g_s(x) of the soft-smoothed base classifier at `sigma` (docs/method.md section 3);
     prior: the noise prior (vrs.selection.priors; `prior.kl(out)` is the per-sample KL);
     smooth: log g_s at other inputs or noise levels, `smooth(x, sigma) -> (B, K)` (same n_trf, tau, base
         classifier), for objectives that need more than one smoothing pass (None where not available);

@@ -1,8 +1,8 @@
-"""`objective=paper`: the VRS paper's variational objective (Hase et al. 2024; method.md section 4).
+"""`objective=paper`: the VRS paper's variational objective (Hase et al. 2024; docs/method.md section 4).
 
     L(x, y, lambda) = (1 - lambda) * CE + lambda * KL(p || q),    CE = -log g_s(x)_y
 
-g_s the soft-smoothed base classifier at the selector's sigma (method.md section 3), p the noise the selector
+g_s the soft-smoothed base classifier at the selector's sigma (docs/method.md section 3), p the noise the selector
 chose, q the noise prior (the `prior` group: gaussian, lognormal, uniform; `prior.kl` is per sample and, for the
 Gaussian prior, per dimension). Terms logged: `ce`, `kl`.
 """
