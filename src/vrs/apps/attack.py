@@ -30,7 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from vrs.apps import CONFIG_DIR
 from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table, describe_subset, select_indices
 from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
+from vrs.config_schema import check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.utils.io import format_value, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ def _plain(node: Any) -> Any:
 
 def check_config(cfg: DictConfig) -> None:
     """ConfigError for bad values, before any file is opened or written (vrs.config_schema)."""
-    from vrs.config_schema import check_values
-
     check_values(cfg, "attack")
 
 
@@ -60,8 +60,10 @@ def load_defense(cfg: DictConfig, device):
     unless defense.sigma is set: then its base classifier is smoothed at that fixed sigma (the baseline
     with the same base classifier).
     """
-    from vrs.attacks.defended import DefendedModel, SelectorSigma
-    from vrs.checkpoint import load_checkpoint
+    # deferred here and below: vrs.attacks, vrs.checkpoint and vrs.data load torch (and Lightning), which
+    # vrs-attack --help and config errors do not need
+    from vrs.attacks.defended import DefendedModel, SelectorSigma  # deferred: torch
+    from vrs.checkpoint import load_checkpoint  # deferred: torch
 
     path = Path(cfg.ckpt_path)
     loaded = load_checkpoint(path, kinds=("classifier", "vrs"))
@@ -133,8 +135,6 @@ def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from vrs.utils.io import save_figure
-
     save_figure(fig, path, dpi=120)
     plt.close(fig)
 
@@ -183,7 +183,7 @@ def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) ->
 def _device(cfg: DictConfig, rank: int, world: int):
     import torch
 
-    from vrs.utils.device import shard_device
+    from vrs.utils.device import shard_device  # deferred: torch
 
     return torch.device(shard_device(resolve_device(str(cfg.get("device", "auto")), "device"), rank, world))
 
@@ -192,7 +192,7 @@ def _prepare(cfg: DictConfig, device):
     """(model, base, loaded, info, images, labels, PREDICT function): what every process needs."""
     import torch
 
-    from vrs.attacks.evaluate import smoothed_predict_fn
+    from vrs.attacks.evaluate import smoothed_predict_fn  # deferred: torch
 
     torch.manual_seed(int(cfg.seed))
     model, base, loaded, info = load_defense(cfg, device)
@@ -208,9 +208,9 @@ def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer
     """Attack `batches` at every eps, appending the rows not in `done` to `writer`."""
     import torch
 
-    from vrs.attacks.evaluate import attack_batch, clean_batch
-    from vrs.attacks.factory import build_attack, eps_list
-    from vrs.data.datamodule import to_float
+    from vrs.attacks.evaluate import attack_batch, clean_batch  # deferred: torch
+    from vrs.attacks.factory import build_attack, eps_list  # deferred: torch
+    from vrs.data.datamodule import to_float  # deferred: Lightning
 
     model, _, loaded, _, xs, ys, predict = prepared
     attack_cfg = _plain(cfg.attack)
@@ -254,9 +254,9 @@ def run(cfg: DictConfig) -> dict:
     check_config(cfg)
     import torch
 
-    from vrs.attacks.evaluate import summarize
-    from vrs.attacks.factory import eps_list
-    from vrs.checkpoint import check_data_matches
+    from vrs.attacks.evaluate import summarize  # deferred: torch
+    from vrs.attacks.factory import eps_list  # deferred: torch
+    from vrs.checkpoint import check_data_matches  # deferred: torch
 
     attack_cfg = _plain(cfg.attack)
     ranks = Ranks.start(int(attack_cfg.get("world_size", 1)))
@@ -331,8 +331,6 @@ def run(cfg: DictConfig) -> dict:
 
 def writer_key(idx: int, eps: float) -> tuple[str, str]:
     """The (idx, eps) key of a row as attack.csv writes it (vrs.utils.io.RowWriter.key_of)."""
-    from vrs.utils.io import format_value
-
     return (format_value(int(idx)), format_value(float(eps)))
 
 

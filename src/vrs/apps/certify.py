@@ -40,10 +40,13 @@ from vrs.apps.results import describe_subset, select_indices
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
 from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
+from vrs.config_schema import check_certify, check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.selection.median import MedianSmoothing
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
+from vrs.utils.io import save_figure
 
 log = logging.getLogger(__name__)
 CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector checkpoint (vrs.apps.certify_vrs)
@@ -87,7 +90,7 @@ class Options:
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
     true anywhere else is refused, since it would silently run the plain network."""
-    from vrs.models.fused_blocks import kernel_supported, triton_available
+    from vrs.models.fused_blocks import kernel_supported, triton_available  # deferred: it imports Triton
 
     dev_type = torch.device(device).type
     possible = precision in ("bf16", "fp16") and kernel_supported(device)
@@ -106,7 +109,7 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
     fused blocks on a network with none to fuse is allowed (sweeps over models) but said."""
     if not fused_blocks:
         return 0
-    from vrs.models.fused_blocks import fusable_stage_count
+    from vrs.models.fused_blocks import fusable_stage_count  # deferred: it imports Triton
 
     count = fusable_stage_count(network)
     if count == 0:
@@ -117,8 +120,6 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
 
 def parse_options(c: DictConfig) -> Options:
     """certify.* as Options, the `auto` values resolved; vrs.config_schema validates every key first."""
-    from vrs.config_schema import check_certify
-
     c = OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c)
     check_certify(c)
     mode = c.get("mode", "certify")
@@ -359,8 +360,6 @@ def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
     ax.set_title(f"{job.meta['data']} {job.opts.split}, {what}, n={job.opts.n}, "
                  f"alpha={job.opts.alpha:g} ({len(rows)} images)", fontsize=8)
     fig.tight_layout()
-    from vrs.utils.io import save_figure
-
     save_figure(fig, path)
     plt.close(fig)
 
@@ -392,8 +391,6 @@ def run_facts(summary: dict) -> dict:
 # ---- the app ---------------------------------------------------------------------------------------------
 def certify(cfg: DictConfig) -> dict:
     """Run CERTIFY / PREDICT as configured; returns the summary (rank 0) or {} (other torchrun ranks)."""
-    from vrs.config_schema import check_values
-
     check_values(cfg, "certify")  # every key, before anything is loaded
     opts = parse_options(cfg.certify)
     seed = cfg.get("seed", 0)
@@ -408,8 +405,6 @@ def certify(cfg: DictConfig) -> dict:
     vrs_cfg = vrs_options(cfg.certify, loaded.kind, opts.sigma)  # None: Cohen's fixed-sigma path
     vopts = None
     if vrs_cfg is not None:
-        from vrs.selection.median import MedianSmoothing
-
         if opts.mode != "certify":
             raise VRSError("certify=vrs_c1/vrs_c2 certifies (certify.mode=certify); PREDICT of a VRS model is "
                            "not part of vrs-certify")

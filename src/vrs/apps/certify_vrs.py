@@ -134,12 +134,6 @@ def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path
     return done
 
 
-def job_columns() -> tuple[str, ...]:
-    from vrs.apps.certify_store import COLUMNS
-
-    return COLUMNS[TABLE]
-
-
 def summary_extras(rows: list[dict], v: VRSOptions, alpha: float) -> dict:
     """VRS entries of summary.json: the alpha budget, the selector settings, sigma and certificate use."""
     sig = np.array([r["sigma"] for r in rows]) if rows else np.zeros(0)

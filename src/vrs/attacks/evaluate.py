@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vrs.smoothing.core import ABSTAIN
+from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 
 ROW_COLUMNS = ["idx", "eps", "label", "clean_predict", "adv_predict", "correct", "soft_predict", "soft_correct",
                "clean_soft_predict", "l2", "linf", "sigma_clean", "sigma_adv", "time"]
@@ -34,8 +35,6 @@ def smoothed_predict_fn(base: torch.nn.Module, num_classes: int, n: int, alpha: 
                         seed: int = 0, precision: str = "fp32") -> PredictFn:
     """PREDICT(n, alpha) of the smoothed base classifier, with each image's noise seeded from (seed, idx)
     (the same noise for an image's clean and adversarial versions: common random numbers)."""
-    from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
-
     smoothed = SmoothedClassifier(base, num_classes, 1.0, precision=precision)
 
     def predict(x: torch.Tensor, sigma: torch.Tensor, idx: Sequence[int]) -> torch.Tensor:

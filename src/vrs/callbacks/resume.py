@@ -32,6 +32,7 @@ from torchmetrics import Metric
 
 from vrs.errors import check
 from vrs.modules.guards import NonFiniteError
+from vrs.utils.io import CSVLogger
 
 TRAIN, VAL, TEST = 0, 1, 2  # phases: each gets its own random streams
 _MASK = (1 << 62) - 1
@@ -127,8 +128,6 @@ class ExactResume(pl.Callback):
 
 
 def _csv_loggers(trainer: pl.Trainer) -> list:
-    from vrs.utils.io import CSVLogger
-
     return [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
 
 

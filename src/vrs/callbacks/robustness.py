@@ -35,7 +35,14 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vrs.attacks.defended import NOISE_MODES, SELECTOR_GRADS, DefendedModel, SelectorSigma
+from vrs.attacks.evaluate import attack_batch, clean_batch, smoothed_predict_fn, summarize
+from vrs.attacks.factory import build_attack, check_attack_config, eps_list
+from vrs.data.datamodule import to_float
 from vrs.errors import check, check_choice
+from vrs.selection.certify import VRSOptions, certify_vrs_groups
+from vrs.smoothing import core
+from vrs.smoothing.smoothed import SmoothedClassifier, check_sampling, image_seed
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +71,6 @@ def evaluation_state(module: torch.nn.Module) -> Iterator[None]:
 
 def subset(trainer: pl.Trainer, stage: str, num_images: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The first num_images of the stage's split, as [0,1] floats on `device` (the same images every time)."""
-    from vrs.data.datamodule import to_float
-
     split = "val" if stage == "validation" else "test"
     dm = getattr(trainer, "datamodule", None)
     if dm is not None and getattr(dm, "splits", None) and split in dm.splits:
@@ -184,9 +189,6 @@ class EmpiricalRobustness(_RobustnessCallback):
                  selector_grad: str = "straight_through", n_h: int = 8, deployed_n_h: int = 64, predict_n: int = 100,
                  alpha: float = 0.001, predict_batch_size: int = 1000, batch_size: int = 64, seed: int = 0):
         super().__init__(num_images, every_n_epochs, on_validation, on_test, sigma, lams, seed)
-        from vrs.attacks.defended import NOISE_MODES, SELECTOR_GRADS
-        from vrs.attacks.factory import check_attack_config
-
         attacks = _plain(attacks)
         if isinstance(attacks, dict):
             attacks = [attacks]
@@ -205,8 +207,6 @@ class EmpiricalRobustness(_RobustnessCallback):
         self.batch_size = batch_size
 
     def defended_model(self, d: _Defence):
-        from vrs.attacks.defended import DefendedModel, SelectorSigma
-
         if d.is_vrs:
             mod, lam = d.module, d.lam
             sel = SelectorSigma(d.selector, lam, d.selector.sigma_min, d.selector.sigma_max, n_h=self.n_h,
@@ -219,9 +219,6 @@ class EmpiricalRobustness(_RobustnessCallback):
         return DefendedModel(d.base, sigma, m=self.m, noise=self.noise, tau=self.tau, seed=0, freeze=False)
 
     def evaluate(self, pl_module, x, y) -> dict[str, float]:
-        from vrs.attacks.evaluate import attack_batch, clean_batch, smoothed_predict_fn, summarize
-        from vrs.attacks.factory import build_attack, eps_list
-
         out: dict[str, float] = {}
         idx = list(range(len(y)))
         for di, d in enumerate(defences(pl_module, self.sigma, self.lams)):
@@ -265,8 +262,6 @@ class CertifiedRobustness(_RobustnessCallback):
                  radii=(0.0, 0.25, 0.5, 0.75, 1.0), sigma=None, lams=(0.5,), n_h0: int | None = None,
                  n_h: int | None = None, alpha_h: float | None = None, seed: int = 0):
         super().__init__(num_images, every_n_epochs, on_validation, on_test, sigma, lams, seed)
-        from vrs.smoothing.smoothed import check_sampling
-
         check_sampling(n, alpha, batch_size, n0=n0)
         radii = [float(r) for r in (_plain(radii) or [])]
         check(len(radii) > 0 and all(r >= 0 for r in radii), "radii", radii, "a non-empty list of radii >= 0")
@@ -275,8 +270,6 @@ class CertifiedRobustness(_RobustnessCallback):
 
     def _certify(self, d: _Defence, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(predictions with -1 = abstain, radii) for the subset."""
-        from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
-
         if d.is_vrs:
             rows = self.certify_vrs(d, x)
             return np.array([r["predict"] for r in rows]), np.array([r["radius"] for r in rows])
@@ -293,9 +286,6 @@ class CertifiedRobustness(_RobustnessCallback):
         seeds it, so the rows equal `vrs-certify certify=vrs_c1 certify.lam=<lam> seed=<seed>
         certify.split=<val|test> certify.precision=fp32` (with the same n0, n, alpha and selector settings)
         on the module's checkpoint (the callback certifies in fp32)."""
-        from vrs.selection.certify import VRSOptions, certify_vrs_groups
-        from vrs.smoothing.smoothed import SmoothedClassifier
-
         med, sel = d.module.median_cfg, d.selector
         v = VRSOptions("c1", d.lam, int(self.n_h0 or med.n_h0), int(self.n_h or med.n_h),
                        float(self.alpha_h or med.alpha_h), float(med.sigma_h), med.grid, int(med.batch_size),
@@ -308,8 +298,6 @@ class CertifiedRobustness(_RobustnessCallback):
                                        self.alpha, self.batch_size))
 
     def evaluate(self, pl_module, x, y) -> dict[str, float]:
-        from vrs.smoothing import core
-
         out: dict[str, float] = {}
         labels = y.cpu().numpy()
         for d in defences(pl_module, self.sigma, self.lams):

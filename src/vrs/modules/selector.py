@@ -22,10 +22,12 @@ import torch
 
 from vrs.modules.optim import optimizers_from_config
 from vrs.modules.guards import NonFiniteLossGuard
+from vrs.data.datamodule import to_float
 from vrs.checkpoint import FORMATS, check_same_data, load_base_classifier
 from vrs.errors import VRSError, check
 from vrs.models import build_network
 from vrs.modules.classifier import plain
+from vrs.selection.diagnostics import collect, write_diagnostics
 from vrs.selection.lam import LambdaSampler, check_lambda
 from vrs.selection.median import MedianSmoothing, deployed_sigma
 from vrs.selection.networks import build_selector, check_sigma_range
@@ -222,9 +224,6 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "splits") or "val" not in dm.splits:
             return
-        from vrs.data.datamodule import to_float
-        from vrs.selection.diagnostics import collect, write_diagnostics
-
         n = int(cfg.get("num_images", 512))
         x, _ = dm.splits["val"]
         x = to_float(x[:n].to(self.device))

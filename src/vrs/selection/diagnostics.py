@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vrs.selection.median import MedianSmoothing, deployed_sigma
+from vrs.utils.io import atomic_path, save_figure
 
 
 @torch.no_grad()
@@ -93,8 +94,6 @@ def write_diagnostics(data: dict, out_dir: str | Path, loggers=()) -> list[Path]
     """Save the figures as PNG files under out_dir (plus the raw numbers as an .npz); log them to W&B
     when a WandbLogger is present. Returns the PNG paths."""
     import matplotlib.pyplot as plt
-
-    from vrs.utils.io import atomic_path, save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -170,7 +170,7 @@ class SmoothedClassifier:
         self.base_classifier = base_classifier.to(self.device).eval()
         self.fused_blocks = bool(fused_blocks)
         if self.fused_blocks:
-            from vrs.models.fused_blocks import fuse_residual_stages
+            from vrs.models.fused_blocks import fuse_residual_stages  # deferred: it imports Triton
 
             self.base_classifier = fuse_residual_stages(self.base_classifier)
         self.num_classes = num_classes
