@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 import numpy as np
@@ -35,13 +35,14 @@ from omegaconf import DictConfig, OmegaConf
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
-from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
+from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, summary_extras, vrs_options
 from vrs.apps.results import describe_subset, select_indices
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
-from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
+from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint, load_vrs
 from vrs.config_schema import check_certify, check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.selection.median import MedianSmoothing
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
@@ -183,47 +184,59 @@ def resolve_sigma(opts: Options, loaded: LoadedCheckpoint) -> float:
 def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Path, x_all: torch.Tensor,
               y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
               parent_pid: int | None = None) -> int:
-    """Certify (or predict) `indices`, appending one fsync'd row per finished image to tsv_path."""
-    if job.vrs is not None:
-        return run_shard_vrs(job, indices, rank, world, tsv_path, x_all, y_all, network, num_classes, on_image,
-                             parent_pid)
-    opts = job.opts
+    """Certify (or predict) `indices`, appending one fsync'd row per finished image to tsv_path. Images go
+    in groups of certify.images_per_group; Cohen's path (cohen_rows) or VRS's (vrs.selection.certify) turns
+    each group into rows {idx, predict, sigma, ...}, completed here with label, correct and time."""
+    opts, vopts = job.opts, VRSOptions(**job.vrs) if job.vrs is not None else None
     device = shard_device(opts.device, rank, world)
-    smoothed = opts.smoothed_classifier(network, num_classes, job.sigma, device)
+    smoothed = opts.smoothed_classifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device)
     if not indices:
         return 0
+    selector = load_vrs(job.ckpt_path, device=device).selector if vopts else None
     if opts.compile:
         smoothed.warmup(opts.batch_size, tuple(x_all.shape[1:]))
     groups = [indices[i : i + opts.images_per_group] for i in range(0, len(indices), opts.images_per_group)]
 
-    def inputs():
+    def images():
         for g in groups:
             if parent_pid is not None and os.getppid() != parent_pid:
                 raise SystemExit(f"rank {rank}: the launching process is gone; stopping")
-            yield x_all[g].float().div_(255.0), [image_seed(job.seed, i) for i in g], None
+            yield x_all[g].float().div_(255.0)
 
-    if opts.mode == "certify":
-        results = smoothed.certify_groups(inputs(), opts.n0, opts.n, opts.alpha, opts.batch_size)
+    if vopts:
+        results = certify_vrs_groups(smoothed, selector, ((x.to(device), g) for g, x in zip(groups, images())),
+                                     job.seed, vopts, opts.n0, opts.n, opts.alpha, opts.batch_size)
     else:
-        results = smoothed.predict_groups(inputs(), opts.n, opts.alpha, opts.batch_size)
+        results = cohen_rows(job, smoothed, groups, images())
+    table = VRS_TABLE if vopts else opts.mode
     done = 0
-    with row_writer(tsv_path, opts.mode) as out:
+    with row_writer(tsv_path, table) as out:
         t_prev = time.perf_counter()
-        for g, res in zip(groups, results):
+        for rows in results:
             now = time.perf_counter()
-            per_image = (now - t_prev) / len(g)
+            per_image = (now - t_prev) / len(rows)
             t_prev = now
-            for j, idx in enumerate(g):
-                label, pred = int(y_all[idx]), int(res.prediction[j])
-                row = {"idx": idx, "label": label, "predict": pred, "correct": int(pred == label),
-                       "time": per_image, "sigma": float(res.sigma[j])}
-                if opts.mode == "certify":
-                    row["radius"] = float(res.radius[j])
-                out.write([row_fields(opts.mode, row)])
+            for r in rows:
+                label = int(y_all[r["idx"]])
+                out.write([row_fields(table, {**r, "label": label, "correct": int(r["predict"] == label),
+                                              "time": per_image})])
                 done += 1
                 if on_image is not None:
                     on_image()
     return done
+
+
+def cohen_rows(job: Job, smoothed: SmoothedClassifier, groups: list[list[int]], images) -> Iterator[list[dict]]:
+    """Cohen's CERTIFY / PREDICT at job.sigma of each group of images: its rows {idx, predict, sigma, radius}."""
+    opts = job.opts
+    inputs = ((x, [image_seed(job.seed, i) for i in g], None) for g, x in zip(groups, images))
+    if opts.mode == "certify":
+        results = smoothed.certify_groups(inputs, opts.n0, opts.n, opts.alpha, opts.batch_size)
+    else:
+        results = smoothed.predict_groups(inputs, opts.n, opts.alpha, opts.batch_size)
+    for g, res in zip(groups, results):
+        yield [{"idx": idx, "predict": int(res.prediction[j]), "sigma": float(res.sigma[j]),
+                **({"radius": float(res.radius[j])} if opts.mode == "certify" else {})} for j, idx in enumerate(g)]
 
 
 def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, counter, parent_pid: int) -> None:
