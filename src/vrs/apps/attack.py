@@ -99,18 +99,6 @@ def load_defense(cfg: DictConfig, device):
     return model.to(device), loaded.network.to(device), loaded, info
 
 
-def reseed(model, seed: int, first_idx: int, tag: int) -> int:
-    """Seed torch's global RNG (the attacks' random starts, the deployed selector's noise) and the model's
-    noise generator from (seed, first image of the batch, tag); returns the seed."""
-    import numpy as np
-    import torch
-
-    s = int(np.random.SeedSequence([seed, int(first_idx), int(tag) & ((1 << 62) - 1)]).generate_state(1)[0])
-    torch.manual_seed(s)
-    model.seed(s)
-    return s
-
-
 # ---- outputs -------------------------------------------------------------------------------------
 def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
     import matplotlib
@@ -174,8 +162,8 @@ def results_table() -> Table:
 
 def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
     """Process `rank`'s batches: every world-th batch of `indices`, each batch as a one-process run forms
-    it, so every image is attacked with the same seeds (reseed: from the run seed, the batch's first image
-    and eps) whatever the number of processes."""
+    it, so every image is attacked with the same seeds (from the run seed, the batch's first image and eps:
+    evaluate.attack_batch_runs) whatever the number of processes."""
     batches = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
     return batches[rank::world]
 
@@ -208,8 +196,8 @@ def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer
     """Attack `batches` at every eps, appending the rows not in `done` to `writer`."""
     import torch
 
-    from vrs.attacks.evaluate import attack_batch, clean_batch  # deferred: torch
-    from vrs.attacks.factory import build_attack, eps_list  # deferred: torch
+    from vrs.attacks.evaluate import attack_batch_runs  # deferred: torch
+    from vrs.attacks.factory import eps_list  # deferred: torch
     from vrs.data.datamodule import to_float  # deferred: Lightning
 
     model, _, loaded, _, xs, ys, predict = prepared
@@ -222,14 +210,9 @@ def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer
         sel = torch.as_tensor(idx)
         x = to_float(xs[sel]).to(device)
         y = ys[sel].to(device)
-        # One seed for the clean pass and one per eps, from (run seed, first image, eps): a rerun of a
-        # batch (resume, or another number of processes) repeats its rows exactly.
-        reseed(model, int(cfg.seed), idx[0], -1)
-        clean = clean_batch(model, x, idx, predict, model.defended_sigma)
-        for e in todo:
-            batch_seed = reseed(model, int(cfg.seed), idx[0], round(e * 1e7))
-            attack = build_attack(attack_cfg, model, e, loaded.num_classes, seed=batch_seed)
-            rows, clean = attack_batch(attack, model, x, y, idx, e, predict, model.defended_sigma, clean)
+        # seeded from (run seed, first image of the batch, eps): the same rows whatever the number of processes
+        for rows in attack_batch_runs(model, x, y, idx, [(attack_cfg, e, ()) for e in todo], loaded.num_classes,
+                                      predict, int(cfg.seed), (idx[0],)):
             writer.write([r for r in rows if writer.key_of(r) not in done])
         log.info("%d/%d batches of %d images (%.1f s)", n_batch, len(batches), total, time.perf_counter() - t0)
 

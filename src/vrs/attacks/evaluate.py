@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from vrs.attacks.factory import build_attack
 from vrs.smoothing.core import ABSTAIN
 from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 
@@ -91,6 +92,38 @@ def attack_batch(attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], m
                      "sigma_clean": float(clean["sigma"][j]), "sigma_adv": float(sigma_adv[j]),
                      "time": round(per_image, 4)})
     return rows, clean
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    """A seed from the run's seed and integer parts (SeedSequence: seeds differing in any part are unrelated)."""
+    return int(np.random.SeedSequence([seed, *[int(p) & ((1 << 62) - 1) for p in parts]]).generate_state(1)[0])
+
+
+def reseed(model: torch.nn.Module, seed: int, *parts: int) -> int:
+    """Seed torch's global RNG (the attacks' random starts, the deployed selector's noise) and the model's
+    noise generator with derived_seed(seed, *parts); returns that seed."""
+    s = derived_seed(seed, *parts)
+    torch.manual_seed(s)
+    model.seed(s)
+    return s
+
+
+def attack_batch_runs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: Sequence[int],
+                      runs: Sequence[tuple[dict, float, tuple]], num_classes: int, predict_fn: PredictFn, seed: int,
+                      batch_key: Sequence[int]) -> Iterator[list[dict]]:
+    """Attack one batch with each (attack config, eps, seed parts) of `runs`, yielding each run's rows.
+
+    model: the DefendedModel (its defended_sigma is the deployed sigma). The clean pass is seeded from
+    (seed, *batch_key, -1) and each run from (seed, *batch_key, *parts, eps): a rerun of the batch (a resume,
+    another number of processes) repeats its rows exactly.
+    """
+    reseed(model, seed, *batch_key, -1)
+    clean = clean_batch(model, x, idx, predict_fn, model.defended_sigma)
+    for attack_cfg, eps, parts in runs:
+        s = reseed(model, seed, *batch_key, *parts, round(eps * 1e7))
+        attack = build_attack(attack_cfg, model, eps, num_classes, seed=s)
+        rows, clean = attack_batch(attack, model, x, y, idx, eps, predict_fn, model.defended_sigma, clean)
+        yield rows
 
 
 def _num(v) -> float:

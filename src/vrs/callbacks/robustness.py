@@ -36,8 +36,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vrs.attacks.defended import NOISE_MODES, SELECTOR_GRADS, DefendedModel, SelectorSigma
-from vrs.attacks.evaluate import attack_batch, clean_batch, smoothed_predict_fn, summarize
-from vrs.attacks.factory import build_attack, check_attack_config, eps_list
+from vrs.attacks.evaluate import attack_batch_runs, smoothed_predict_fn, summarize
+from vrs.attacks.factory import check_attack_config, eps_list
 from vrs.data.datamodule import to_float
 from vrs.errors import check, check_choice
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
@@ -168,9 +168,6 @@ class _RobustnessCallback(pl.Callback):
         for key, value in self.last_metrics.items():
             pl_module.log(key, value, rank_zero_only=True)
 
-    def _seed(self, *parts: int) -> int:
-        return int(np.random.SeedSequence([self.seed, *[int(p) & ((1 << 62) - 1) for p in parts]]).generate_state(1)[0])
-
 
 class EmpiricalRobustness(_RobustnessCallback):
     """Attack a fixed subset and log robust accuracy under PREDICT (abstain = wrong).
@@ -225,22 +222,15 @@ class EmpiricalRobustness(_RobustnessCallback):
             k = d.num_classes or int(d.base(x[:1]).shape[1])
             model = self.defended_model(d)
             predict = smoothed_predict_fn(d.base, k, self.predict_n, self.alpha, self.predict_batch_size, seed=self.seed)
-            rows_by_attack: dict[str, list[dict]] = {}
+            runs = [(a, e, (ai,)) for ai, a in enumerate(self.attacks) for e in eps_list(a)]
+            rows_by_attack: dict[int, list[dict]] = {}
             for start in range(0, len(y), self.batch_size):
                 xb, yb, ib = x[start:start + self.batch_size], y[start:start + self.batch_size], idx[start:start + self.batch_size]
-                torch.manual_seed(self._seed(di, start, -1))
-                model.seed(self._seed(di, start, -1))
-                clean = clean_batch(model, xb, ib, predict, model.defended_sigma)
-                for ai, a in enumerate(self.attacks):
-                    for e in eps_list(a):
-                        s = self._seed(di, start, ai, round(e * 1e7))
-                        torch.manual_seed(s)
-                        model.seed(s)
-                        atk = build_attack(a, model, e, k, seed=s)
-                        rows, _ = attack_batch(atk, model, xb, yb, ib, e, predict, model.defended_sigma, clean)
-                        rows_by_attack.setdefault(f"{ai}", []).extend(rows)
+                for (_, _, (ai,)), rows in zip(runs, attack_batch_runs(model, xb, yb, ib, runs, k, predict, self.seed,
+                                                                        (di, start))):
+                    rows_by_attack.setdefault(ai, []).extend(rows)
             for ai, a in enumerate(self.attacks):
-                summary = summarize(rows_by_attack.get(f"{ai}", []), eps_list(a))
+                summary = summarize(rows_by_attack.get(ai, []), eps_list(a))
                 for p in summary["per_eps"]:
                     tag = f"{a['name']}_{p['eps']:g}{d.suffix}"
                     out[f"robust/acc@{tag}"] = p["robust_acc"]
