@@ -28,12 +28,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vrs.attacks.defended import NOISE_MODES, SELECTOR_GRADS, DefendedModel, SelectorSigma
 from vrs.attacks.evaluate import attack_batch_runs, smoothed_predict_fn, summarize
@@ -43,12 +42,9 @@ from vrs.errors import check, check_choice
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import SmoothedClassifier, check_sampling, image_seed
+from vrs.utils.config import plain
 
 log = logging.getLogger(__name__)
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 @contextlib.contextmanager
@@ -133,10 +129,10 @@ class _RobustnessCallback(pl.Callback):
         check(isinstance(num_images, int) and num_images >= 1, "num_images", num_images, "an integer >= 1")
         check(isinstance(every_n_epochs, int) and every_n_epochs >= 1, "every_n_epochs", every_n_epochs,
               "an integer >= 1")
-        lams = list(_plain(lams) or [0.5])
+        lams = list(plain(lams) or [0.5])
         for lam in lams:
             check(isinstance(lam, (int, float)) and 0 <= lam <= 1, "lams", lams, "numbers in [0, 1]")
-        sigma = _plain(sigma)
+        sigma = plain(sigma)
         for s in (sigma if isinstance(sigma, list) else [sigma] if sigma is not None else []):
             check(isinstance(s, (int, float)) and s > 0, "sigma", sigma, "null, a number > 0 or a list of them")
         self.num_images, self.every_n_epochs = num_images, every_n_epochs
@@ -186,7 +182,7 @@ class EmpiricalRobustness(_RobustnessCallback):
                  selector_grad: str = "straight_through", n_h: int = 8, deployed_n_h: int = 64, predict_n: int = 100,
                  alpha: float = 0.001, predict_batch_size: int = 1000, batch_size: int = 64, seed: int = 0):
         super().__init__(num_images, every_n_epochs, on_validation, on_test, sigma, lams, seed)
-        attacks = _plain(attacks)
+        attacks = plain(attacks)
         if isinstance(attacks, dict):
             attacks = [attacks]
         check(isinstance(attacks, list) and len(attacks) > 0, "attacks", attacks, "a non-empty list of attack configs")
@@ -253,7 +249,7 @@ class CertifiedRobustness(_RobustnessCallback):
                  n_h: int | None = None, alpha_h: float | None = None, seed: int = 0):
         super().__init__(num_images, every_n_epochs, on_validation, on_test, sigma, lams, seed)
         check_sampling(n, alpha, batch_size, n0=n0)
-        radii = [float(r) for r in (_plain(radii) or [])]
+        radii = [float(r) for r in (plain(radii) or [])]
         check(len(radii) > 0 and all(r >= 0 for r in radii), "radii", radii, "a non-empty list of radii >= 0")
         self.n0, self.n, self.alpha, self.batch_size, self.radii = n0, n, float(alpha), batch_size, radii
         self.n_h0, self.n_h, self.alpha_h = n_h0, n_h, alpha_h

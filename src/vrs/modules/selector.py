@@ -26,7 +26,6 @@ from vrs.data.datamodule import to_float
 from vrs.checkpoint import FORMATS, check_same_data, load_base_classifier
 from vrs.errors import VRSError, check
 from vrs.models import build_network
-from vrs.modules.classifier import plain
 from vrs.selection.diagnostics import collect, write_diagnostics
 from vrs.selection.lam import LambdaSampler, check_lambda
 from vrs.selection.median import MedianSmoothing, deployed_sigma
@@ -34,6 +33,7 @@ from vrs.selection.networks import build_selector, check_sigma_range
 from vrs.selection.priors import build_prior
 from vrs.selection.soft import soft_smooth_log, soft_smooth_nll_log
 from vrs.smoothing.noise import add_noise
+from vrs.utils.config import plain
 
 log = logging.getLogger(__name__)
 
