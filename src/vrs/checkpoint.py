@@ -87,10 +87,6 @@ class LoadedCheckpoint:
         return int(self.data["num_classes"])
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return int(self.data["channels"]), int(self.data["size"]), int(self.data["size"])
-
-    @property
     def train_sigma(self) -> float | None:
         """The one sigma the network was trained with, or None (multi-sigma / unknown training noise)."""
         noise = self.noise or {}
@@ -98,13 +94,18 @@ class LoadedCheckpoint:
             return float(noise["sigma"])
         return None
 
-    def describe_training_noise(self) -> str:
-        noise = self.noise or {}
-        if self.train_sigma is not None:
-            return f"sigma={self.train_sigma:g}"
-        if "sigma_min" in noise:
-            return f"sigma drawn per sample in [{noise['sigma_min']}, {noise['sigma_max']}]"
-        return f"unknown training noise ({noise.get('_target_', 'none recorded')})"
+    def smoothing_sigma(self, sigma: float | None, key: str) -> float:
+        """`sigma`, or for None the one sigma the network was trained with; VRSError naming the config `key`
+        when it was trained with several (or unknown) noise levels."""
+        if sigma is not None:
+            return float(sigma)
+        if self.train_sigma is None:
+            noise = self.noise or {}
+            trained = (f"sigma drawn per sample in [{noise['sigma_min']}, {noise['sigma_max']}]" if "sigma_min" in noise
+                       else f"unknown training noise ({noise.get('_target_', 'none recorded')})")
+            raise VRSError(f"{key}=null means the checkpoint's training sigma, but {self.path.name} was trained with "
+                           f"{trained}: pass {key}=<value>")
+        return self.train_sigma
 
     def vrs_model(self, device: str | torch.device = "cpu", base: nn.Module | None = None) -> VRSModel:
         """The defended model of a VRS checkpoint on `device`, from this read (the file is not read again); base

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +30,8 @@ from vrs.apps import CONFIG_DIR
 from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table, describe_subset, select_indices
 from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
 from vrs.config_schema import check_values
-from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.errors import hydra_errors_exit, user_errors_exit
+from vrs.utils.config import plain
 from vrs.utils.io import format_value, save_figure
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,6 @@ SUBSET_KEYS = ("eps", "skip", "max", "indices", "batch_size", "world_size", "out
 
 
 # ---- config checks (before anything is loaded or written) ----------------------------------------
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def check_config(cfg: DictConfig) -> None:
     """ConfigError for bad values, before any file is opened or written (vrs.config_schema)."""
     check_values(cfg, "attack")
@@ -65,8 +61,7 @@ def load_defense(cfg: DictConfig, device):
     from vrs.attacks.defended import DefendedModel, SelectorSigma  # deferred: torch
     from vrs.checkpoint import load_checkpoint  # deferred: torch
 
-    path = Path(cfg.ckpt_path)
-    loaded = load_checkpoint(path, kinds=("classifier", "vrs"))
+    loaded = load_checkpoint(cfg.ckpt_path, kinds=("classifier", "vrs"))
     d = cfg.defense
     common = dict(m=int(d.m), noise=d.noise, tau=float(d.tau), max_batch=d.get("max_batch"),
                   precision=d.get("precision", "fp32"), seed=int(cfg.seed))
@@ -86,13 +81,8 @@ def load_defense(cfg: DictConfig, device):
                     "median": vrs.median.to_dict(), "deployed_n_h": n_dep, "attack_n_h": int(d.n_h),
                     "selector_grad": d.selector_grad}
     else:
-        sigma = d.get("sigma")
-        if sigma is None:
-            if loaded.train_sigma is None:
-                raise VRSError(f"defense.sigma=null means the checkpoint's training sigma, but {path.name} was trained "
-                               f"with {loaded.describe_training_noise()}: pass defense.sigma=<value>")
-            sigma = loaded.train_sigma
-        model = DefendedModel(loaded.network, float(sigma), **common)
+        sigma = loaded.smoothing_sigma(d.get("sigma"), "defense.sigma")
+        model = DefendedModel(loaded.network, sigma, **common)
         info = {"kind": "classifier", "defense": "fixed_sigma", "sigma": float(sigma)}
     info["noise"] = d.noise
     info["m"] = int(d.m)
@@ -184,7 +174,7 @@ def _prepare(cfg: DictConfig, device):
 
     torch.manual_seed(int(cfg.seed))
     model, base, loaded, info = load_defense(cfg, device)
-    xs, ys, _ = load_data(_plain(cfg.data), cfg.attack.get("split", "test"))
+    xs, ys, _ = load_data(plain(cfg.data), cfg.attack.get("split", "test"))
     predict = smoothed_predict_fn(base, loaded.num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
                                   int(cfg.predict.batch_size), seed=int(cfg.seed),
                                   precision=cfg.predict.get("precision", "fp32"))
@@ -201,7 +191,7 @@ def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer
     from vrs.data.datamodule import to_float  # deferred: Lightning
 
     model, _, loaded, _, xs, ys, predict = prepared
-    attack_cfg = _plain(cfg.attack)
+    attack_cfg = plain(cfg.attack)
     eps_values = eps_list(attack_cfg)
     for n_batch, idx in enumerate(batches, start=1):
         todo = [e for e in eps_values if any(writer.key_of({"idx": i, "eps": e}) not in done for i in idx)]
@@ -241,7 +231,7 @@ def run(cfg: DictConfig) -> dict:
     from vrs.attacks.factory import eps_list  # deferred: torch
     from vrs.checkpoint import check_data_matches  # deferred: torch
 
-    attack_cfg = _plain(cfg.attack)
+    attack_cfg = plain(cfg.attack)
     ranks = Ranks.start(int(attack_cfg.get("world_size", 1)))
     eps_values = eps_list(attack_cfg)
     name = attack_cfg["name"]
@@ -249,13 +239,13 @@ def run(cfg: DictConfig) -> dict:
     device = _device(cfg, ranks.local_rank, ranks.world)
     prepared = _prepare(cfg, device)
     model, base, loaded, info, xs, ys, _ = prepared
-    data_cfg = _plain(cfg.data)
+    data_cfg = plain(cfg.data)
     check_data_matches(loaded, data_cfg, allow_other_dataset=bool(cfg.get("allow_other_dataset", False)))
     split = attack_cfg.get("split", "test")
     attack_settings = {k: v for k, v in attack_cfg.items() if k not in SUBSET_KEYS}
     settings = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": loaded.sha256,
                 "data": data_cfg.get("name"), "split": split, "attack": attack_settings,
-                "defense": _plain(cfg.defense), "predict": _plain(cfg.predict), "seed": int(cfg.seed)}
+                "defense": plain(cfg.defense), "predict": plain(cfg.predict), "seed": int(cfg.seed)}
     skip, max_images = int(attack_cfg.get("skip", 1)), attack_cfg.get("max")
     indices = select_indices(len(ys), split, "attack", skip, max_images, attack_cfg.get("indices"))
     bs = int(attack_cfg.get("batch_size", 32))

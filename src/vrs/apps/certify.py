@@ -39,7 +39,7 @@ from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, summary_extras,
 from vrs.apps.results import describe_subset, select_indices
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
-from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint, load_vrs
+from vrs.checkpoint import check_data_matches, load_checkpoint, load_vrs
 from vrs.config_schema import check_certify, check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
@@ -171,15 +171,6 @@ class Job:
     vrs: dict | None = None  # VRS certification settings (certify_vrs.VRSOptions); None: Cohen's path
 
 
-def resolve_sigma(opts: Options, loaded: LoadedCheckpoint) -> float:
-    if opts.sigma is not None:
-        return opts.sigma
-    if loaded.train_sigma is None:
-        raise VRSError(f"certify.sigma=null means the checkpoint's training sigma, but {loaded.path.name} was "
-                       f"trained with {loaded.describe_training_noise()}: pass certify.sigma=<value>")
-    return loaded.train_sigma
-
-
 # ---- the work of one process ---------------------------------------------------------------------------
 def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Path, x_all: torch.Tensor,
               y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
@@ -246,13 +237,8 @@ def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, 
     if loaded.sha256 != job.checkpoint_sha256:
         raise SystemExit(f"rank {rank}: {job.ckpt_path} changed while certifying; stopping")
     x_all, y_all, _ = load_data(job.data_cfg, job.opts.split)
-
-    def tick():
-        with counter.get_lock():
-            counter.value += 1
-
     run_shard(job, indices, rank, world, Path(tsv_path), x_all, y_all, loaded.network, loaded.num_classes,
-              on_image=tick, parent_pid=parent_pid)
+              on_image=_Progress(len(indices), False, counter).tick, parent_pid=parent_pid)  # counts for rank 0's bar
 
 
 # ---- progress ------------------------------------------------------------------------------------------
@@ -425,7 +411,7 @@ def certify(cfg: DictConfig) -> dict:
                                     loaded.meta["sigma_max"])
         sigma = vopts.sigma_max  # the largest sigma any image can get (bounds the possible radius)
     else:
-        sigma = resolve_sigma(opts, loaded)
+        sigma = loaded.smoothing_sigma(opts.sigma, "certify.sigma")
     chosen = select_indices(len(y_all), opts.split, "certify", opts.skip, opts.max, opts.indices)
     subset = describe_subset(chosen, opts.split, len(y_all), opts.skip, opts.max, opts.indices)
     problem = core.sample_size_problem(opts.n, opts.alpha, opts.mode)
