@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vrs.errors import ConfigError, VRSError, check, find_user_error
+from vrs.errors import ConfigError, VRSError, check, find_user_error, first_line
 
 APPS = ("train", "certify", "attack", "report")
 
@@ -259,8 +259,7 @@ def resolved(cfg: DictConfig | dict) -> dict:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # noqa: BLE001 - omegaconf's InterpolationResolutionError, MissingMandatoryValue, ...
         key = getattr(err, "full_key", None)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise VRSError(f"the config does not resolve{f' at {key}' if key else ''}: {first}") from None
+        raise VRSError(f"the config does not resolve{f' at {key}' if key else ''}: {first_line(err)}") from None
 
 
 def _target_nodes(node: Any, path: str = "") -> Iterable[tuple[str, dict]]:

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vrs.errors import first_line
+
 log = logging.getLogger(__name__)
 
 # Targets whose config gets the run tags (our factory below, or Lightning's class used directly).
@@ -67,8 +69,7 @@ def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = Non
     except Exception as err:  # noqa: BLE001 - any W&B trouble must degrade to offline, never stop the run
         if offline:
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        log.warning("W&B online logging failed (%s); continuing offline", first)
+        log.warning("W&B online logging failed (%s); continuing offline", first_line(err))
         import wandb
 
         wandb.teardown()  # the failed session keeps its online settings (and would log in again)
