@@ -97,6 +97,7 @@ def _raised_in_app(exc: BaseException) -> bool:
 def describe_hydra_error(exc: BaseException) -> str:
     """One line for an error Hydra raises while composing the config, naming the key, the bad value and what
     is allowed where Hydra's exception says so."""
+    # deferred: only a failed start needs them
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     text = str(exc)

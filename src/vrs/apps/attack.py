@@ -91,7 +91,7 @@ def load_defense(cfg: DictConfig, device):
 
 # ---- outputs -------------------------------------------------------------------------------------
 def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # deferred: heavy, and only the end of a run plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -159,7 +159,7 @@ def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) ->
 
 
 def _device(cfg: DictConfig, rank: int, world: int):
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
     from vrs.utils.device import shard_device  # deferred: torch
 
@@ -168,7 +168,7 @@ def _device(cfg: DictConfig, rank: int, world: int):
 
 def _prepare(cfg: DictConfig, device):
     """(model, base, loaded, info, images, labels, PREDICT function): what every process needs."""
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
     from vrs.attacks.evaluate import smoothed_predict_fn  # deferred: torch
 
@@ -184,7 +184,7 @@ def _prepare(cfg: DictConfig, device):
 def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer, device, prepared,
                     total: int, t0: float) -> None:
     """Attack `batches` at every eps, appending the rows not in `done` to `writer`."""
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
     from vrs.attacks.evaluate import attack_batch_runs  # deferred: torch
     from vrs.attacks.factory import eps_list  # deferred: torch
@@ -225,7 +225,7 @@ def run(cfg: DictConfig) -> dict:
     rank 0 merges the shards into attack.csv, so the rows are those of a one-process run.
     """
     check_config(cfg)
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
     from vrs.attacks.evaluate import summarize  # deferred: torch
     from vrs.attacks.factory import eps_list  # deferred: torch

@@ -250,6 +250,7 @@ class _Progress:
         self.bar = None
         if not enabled or total == 0:
             return
+        # deferred: only a shown bar needs rich.progress
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
@@ -339,7 +340,7 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
 
 
 def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: heavy, and only the end of a run plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

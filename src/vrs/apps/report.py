@@ -116,7 +116,7 @@ def build_report(cfg: DictConfig) -> Report:
 
 def print_summary(rep: Report) -> None:
     """The table's headline columns on the terminal (report.md and report.csv have all of them)."""
-    from rich.console import Console
+    from rich.console import Console  # deferred: only the printed summary needs rich
     from rich.table import Table
     from rich.text import Text
 

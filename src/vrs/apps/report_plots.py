@@ -14,7 +14,7 @@ from vrs.utils.io import save_figure
 
 # ---- plots ---------------------------------------------------------------------------------------------
 def _figure(nplots: int, width: float = 5.5, height: float = 3.8):
-    import matplotlib
+    import matplotlib  # deferred: heavy; vrs-report --help and config errors stay fast
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -29,7 +29,7 @@ def save_plot(plt, fig, path: Path) -> None:
 
 
 def matplotlib_color(palette: str, i: int) -> tuple:
-    import matplotlib
+    import matplotlib  # deferred: heavy; vrs-report --help and config errors stay fast
 
     cmap = matplotlib.colormaps[palette]
     return cmap(i % cmap.N)

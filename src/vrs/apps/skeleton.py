@@ -129,7 +129,7 @@ def device_name(device: str) -> str:
     """The GPU's name, or the CPU's with its core count (summary.json's `device`)."""
     import platform
 
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
     dev = torch.device(device)
     if dev.type == "cuda":

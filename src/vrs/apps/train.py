@@ -109,7 +109,7 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()
     out = Path(cfg.paths.output_dir)
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only  # deferred: Lightning, off start-up
 
     if rank_zero_only.rank == 0:  # under DDP, once
         log.info("outputs in %s (checkpoints: %s)", out, out / "checkpoints")

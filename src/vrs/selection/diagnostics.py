@@ -54,10 +54,10 @@ def _label(fig, ax, xlabel: str, ylabel: str, title: str) -> None:
 
 def figures(data: dict) -> dict:
     """name -> matplotlib Figure."""
-    import matplotlib
+    import matplotlib  # deferred: heavy; only the end of training plots
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy; only the end of training plots
 
     lams, sig, conf = np.asarray(data["lams"]), data["sigma"], data["confidence"]
     show = sorted({0, len(lams) // 2, len(lams) - 1})
@@ -89,7 +89,7 @@ def figures(data: dict) -> dict:
 def write_diagnostics(data: dict, out_dir: str | Path, loggers=()) -> list[Path]:
     """Save the figures as PNG files under out_dir (plus the raw numbers as an .npz); log them to W&B
     when a WandbLogger is present. Returns the PNG paths."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy; only the end of training plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def write_diagnostics(data: dict, out_dir: str | Path, loggers=()) -> list[Path]
 
 def _log_wandb(paths: list[Path], loggers) -> None:
     try:
-        from pytorch_lightning.loggers import WandbLogger
+        from pytorch_lightning.loggers import WandbLogger  # deferred: only a run with loggers needs it
     except ImportError:  # pragma: no cover - Lightning always has it
         return
     for lg in loggers or ():

@@ -60,7 +60,7 @@ def with_freezing(compiled):
     """Call a torch.compile'd network with Inductor's freezing on: when it compiles, the weights become
     constants, so BatchNorm folds into the convolutions. Sound here because certification never changes the
     weights (a network trained further needs a new SmoothedClassifier)."""
-    import torch._inductor.config as inductor_config
+    import torch._inductor.config as inductor_config  # deferred: only torch.compile needs it
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with inductor_config.patch(freezing=True):

@@ -45,7 +45,7 @@ def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = Non
     name=None names the run <group>-<run directory name>: the timestamp of a run, the job number in a
     multirun, `base` for VRS's stage 1.
     """
-    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning, only when a W&B logger is built
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if name is None:
@@ -70,7 +70,7 @@ def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = Non
         if offline:
             raise
         log.warning("W&B online logging failed (%s); continuing offline", first_line(err))
-        import wandb
+        import wandb  # deferred: wandb is heavy; only this fallback needs it
 
         wandb.teardown()  # the failed session keeps its online settings (and would log in again)
         os.environ["WANDB_MODE"] = "offline"
