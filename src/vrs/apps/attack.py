@@ -41,12 +41,6 @@ RESUME_KEYS = SHARED_KEYS + ("attack", "defense", "predict")
 SUBSET_KEYS = ("eps", "skip", "max", "indices", "batch_size", "world_size", "out_dir")
 
 
-# ---- config checks (before anything is loaded or written) ----------------------------------------
-def check_config(cfg: DictConfig) -> None:
-    """ConfigError for bad values, before any file is opened or written (vrs.config_schema)."""
-    check_values(cfg, "attack")
-
-
 # ---- model ---------------------------------------------------------------------------------------
 def load_defense(cfg: DictConfig, device):
     """(DefendedModel, base network, LoadedCheckpoint, description) from ckpt_path and the defense config.
@@ -224,7 +218,7 @@ def run(cfg: DictConfig) -> dict:
     (WORLD_SIZE > 1) every rank takes part. Process r attacks every k-th batch into attack.rank<r>.csv;
     rank 0 merges the shards into attack.csv, so the rows are those of a one-process run.
     """
-    check_config(cfg)
+    check_values(cfg, "attack")  # every key, before anything is loaded or written
     import torch  # deferred: torch stays off vrs-attack's start-up path
 
     from vrs.attacks.evaluate import summarize  # deferred: torch

@@ -81,12 +81,6 @@ class Options:
     allow_other_dataset: bool
     progress: bool
 
-    def smoothed_classifier(self, network: torch.nn.Module, num_classes: int, sigma, device) -> SmoothedClassifier:
-        """The sampling engine with this run's speed settings (precision, layout, compile, noise blocks)."""
-        return SmoothedClassifier(network, num_classes, sigma, precision=self.precision,
-                                  channels_last=self.channels_last, compile=self.compile,
-                                  fused_blocks=self.fused_blocks, noise_block=self.noise_block, device=device)
-
 
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
@@ -180,7 +174,9 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
     each group into rows {idx, predict, sigma, ...}, completed here with label, correct and time."""
     opts, vopts = job.opts, VRSOptions(**job.vrs) if job.vrs is not None else None
     device = shard_device(opts.device, rank, world)
-    smoothed = opts.smoothed_classifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device)
+    smoothed = SmoothedClassifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device=device,
+                                  precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
+                                  fused_blocks=opts.fused_blocks, noise_block=opts.noise_block)
     if not indices:
         return 0
     selector = load_vrs(job.ckpt_path, device=device).selector if vopts else None
