@@ -36,7 +36,8 @@ import sys, torch, matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from pathlib import Path
-from vrs.utils.io import AtomicCheckpointIO, CSVLogger, RowWriter, save_figure, write_json_atomic
+from vrs.utils.io import RowWriter, save_figure, write_json_atomic
+from vrs.utils.lightning_io import AtomicCheckpointIO, CSVLogger
 out = Path(sys.argv[1])
 ckpt_io, logger = AtomicCheckpointIO(), CSVLogger(out, name="csv", version="")
 fig, ax = plt.subplots()
@@ -85,7 +86,8 @@ def test_writers_killed_at_a_random_moment_leave_every_file_whole(tmp_path):
     reached = check_whole(tmp_path)
     assert reached >= 2, "the writer did too little before the kill for the test to mean anything"
     # what a restarted writer does with the files: read back, append, add a column
-    from vrs.utils.io import CSVLogger, RowWriter
+    from vrs.utils.io import RowWriter
+    from vrs.utils.lightning_io import CSVLogger
 
     logger = CSVLogger(tmp_path, name="csv", version="")
     before = len(logger.experiment.rows)

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vrs.errors import VRSError
+from vrs.errors import VRSError, first_line
 from vrs.models import build_network
 from vrs.selection.median import MedianSmoothing
 from vrs.selection.model import VRSModel
@@ -87,10 +87,6 @@ class LoadedCheckpoint:
         return int(self.data["num_classes"])
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return int(self.data["channels"]), int(self.data["size"]), int(self.data["size"])
-
-    @property
     def train_sigma(self) -> float | None:
         """The one sigma the network was trained with, or None (multi-sigma / unknown training noise)."""
         noise = self.noise or {}
@@ -98,13 +94,18 @@ class LoadedCheckpoint:
             return float(noise["sigma"])
         return None
 
-    def describe_training_noise(self) -> str:
-        noise = self.noise or {}
-        if self.train_sigma is not None:
-            return f"sigma={self.train_sigma:g}"
-        if "sigma_min" in noise:
-            return f"sigma drawn per sample in [{noise['sigma_min']}, {noise['sigma_max']}]"
-        return f"unknown training noise ({noise.get('_target_', 'none recorded')})"
+    def smoothing_sigma(self, sigma: float | None, key: str) -> float:
+        """`sigma`, or for None the one sigma the network was trained with; VRSError naming the config `key`
+        when it was trained with several (or unknown) noise levels."""
+        if sigma is not None:
+            return float(sigma)
+        if self.train_sigma is None:
+            noise = self.noise or {}
+            trained = (f"sigma drawn per sample in [{noise['sigma_min']}, {noise['sigma_max']}]" if "sigma_min" in noise
+                       else f"unknown training noise ({noise.get('_target_', 'none recorded')})")
+            raise VRSError(f"{key}=null means the checkpoint's training sigma, but {self.path.name} was trained with "
+                           f"{trained}: pass {key}=<value>")
+        return self.train_sigma
 
     def vrs_model(self, device: str | torch.device = "cpu", base: nn.Module | None = None) -> VRSModel:
         """The defended model of a VRS checkpoint on `device`, from this read (the file is not read again); base
@@ -137,9 +138,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, str]:
     try:
         ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - zip, pickle and torch errors all mean "unusable file"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VRSError(f"cannot read checkpoint {path}: it is corrupt or truncated "
-                       f"(torch.load failed: {first[:200]})") from None
+                       f"(torch.load failed: {first_line(err, 200)})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise VRSError(f"{path} is not a PyTorch Lightning checkpoint (no state_dict)")
     meta = ckpt.get("vrs")
@@ -206,8 +206,7 @@ def _network(net: dict, data: dict, state_dict: dict, prefix: str, path: Path) -
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise VRSError(f"{path}: the stored weights do not fit the stored network config ({first[:300]})") from None
+        raise VRSError(f"{path}: the stored weights do not fit the stored network config ({first_line(err, 300)})") from None
     return network.eval()
 
 
@@ -234,8 +233,7 @@ def _load_vrs(ckpt: dict, path: Path, digest: str) -> LoadedCheckpoint:
         selector = build_selector(meta["selector"], data)
         selector.load_state_dict(_weights(ckpt["state_dict"], "selector."))
     except (RuntimeError, KeyError, TypeError, VRSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise VRSError(f"{path}: the stored selector weights do not fit its config ({first[:300]})") from None
+        raise VRSError(f"{path}: the stored selector weights do not fit its config ({first_line(err, 300)})") from None
     try:
         median = MedianSmoothing(**meta["median"])
     except (TypeError, VRSError) as err:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vrs.errors import ConfigError, VRSError, check, find_user_error
+from vrs.errors import ConfigError, VRSError, check, find_user_error, first_line
 
 APPS = ("train", "certify", "attack", "report")
 
@@ -259,8 +259,7 @@ def resolved(cfg: DictConfig | dict) -> dict:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as err:  # noqa: BLE001 - omegaconf's InterpolationResolutionError, MissingMandatoryValue, ...
         key = getattr(err, "full_key", None)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise VRSError(f"the config does not resolve{f' at {key}' if key else ''}: {first}") from None
+        raise VRSError(f"the config does not resolve{f' at {key}' if key else ''}: {first_line(err)}") from None
 
 
 def _target_nodes(node: Any, path: str = "") -> Iterable[tuple[str, dict]]:
@@ -301,7 +300,7 @@ def check_targets(cfg: dict) -> None:
 
 
 def train_split_size(data: dict) -> int | None:
-    from vrs.data.sources import TRAIN_SIZES
+    from vrs.data.sources import TRAIN_SIZES  # deferred: torch; vrs-attack and vrs-train import this module at start-up
 
     if data.get("name") == "synthetic":
         return (data.get("synthetic") or {}).get("num_train")
@@ -312,7 +311,7 @@ def cross_checks(cfg: dict, app: str) -> None:
     """Rules between keys, and the constructors that validate their own arguments."""
     from hydra.utils import instantiate
 
-    from vrs.smoothing.smoothed import check_sampling
+    from vrs.smoothing.smoothed import check_sampling  # deferred: torch; vrs-attack and vrs-train import this module at start-up
 
     data = cfg.get("data")
     if isinstance(data, dict):
@@ -343,7 +342,7 @@ def cross_checks(cfg: dict, app: str) -> None:
                           "Lightning's LearningRateMonitor needs one (or drop it: ~callbacks.lr_monitor)")
     module = cfg.get("module")
     if isinstance(module, dict) and str(module.get("_target_", "")).endswith("SelectorModule"):
-        from vrs.modules.selector import SelectorModule
+        from vrs.modules.selector import SelectorModule  # deferred: Lightning, off the apps' start-up path
 
         SelectorModule.check_config(**module)  # selector, prior, lambda sampling, median smoothing, ...
     if isinstance(cfg.get("callbacks"), dict):
@@ -353,7 +352,7 @@ def cross_checks(cfg: dict, app: str) -> None:
     if app == "certify":
         check_certify(cfg["certify"])
     if app == "attack":
-        from vrs.attacks.factory import check_attack_config
+        from vrs.attacks.factory import check_attack_config  # deferred: torch; vrs-attack and vrs-train import this module at start-up
 
         check_attack_config(cfg["attack"])
         p = cfg["predict"]
@@ -378,7 +377,7 @@ def parse_inputs(inputs: Any) -> list[Path]:
 
 def check_certify(c: dict) -> None:
     """The certify node: its table, then n0 <= n and the rest of check_sampling, and no PREDICT for VRS."""
-    from vrs.smoothing.smoothed import check_sampling
+    from vrs.smoothing.smoothed import check_sampling  # deferred: torch; vrs-attack and vrs-train import this module at start-up
 
     check_node("certify", c)
     certify_mode = c.get("mode", "certify") == "certify"
@@ -439,6 +438,7 @@ def _naming(key: str, fn: Callable[[], Any]) -> Any:
 def check_checkpoints(cfg: dict, app: str) -> None:
     """The checkpoints the run reads load (weights only), are of the kind the app needs and were trained on the
     configured data set (vrs.checkpoint: shape, classes, normalisation; a resumed run: the same network)."""
+    # deferred: torch; vrs-attack and vrs-train import this module at start-up
     from vrs.checkpoint import check_data_matches, check_resume_checkpoint, load_checkpoint
 
     data = cfg.get("data")

@@ -41,6 +41,13 @@ def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
     check(value in choices, key, value, "one of " + ", ".join(map(str, choices)))
 
 
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of err's message, at most `limit` characters (its type's name when it says nothing):
+    a library's multi-line error inside one of our one-line VRSErrors."""
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:limit]
+
+
 def find_user_error(err: BaseException | None) -> VRSError | None:
     """The VRSError behind err, if any: Hydra's instantiate() wraps errors raised by a `_target_` in an
     InstantiationException (`raise ... from err`, nested once per level), so follow the cause chain."""
@@ -90,6 +97,7 @@ def _raised_in_app(exc: BaseException) -> bool:
 def describe_hydra_error(exc: BaseException) -> str:
     """One line for an error Hydra raises while composing the config, naming the key, the bad value and what
     is allowed where Hydra's exception says so."""
+    # deferred: only a failed start needs them
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     text = str(exc)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -30,25 +29,16 @@ from omegaconf import DictConfig, OmegaConf
 from vrs.apps import CONFIG_DIR
 from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table, describe_subset, select_indices
 from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
-from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.config_schema import check_values
+from vrs.errors import hydra_errors_exit, user_errors_exit
+from vrs.utils.config import plain
+from vrs.utils.io import format_value, save_figure
 
 log = logging.getLogger(__name__)
 
 # Settings a resumed run must share with the run it continues (eps and the subset may grow).
 RESUME_KEYS = SHARED_KEYS + ("attack", "defense", "predict")
 SUBSET_KEYS = ("eps", "skip", "max", "indices", "batch_size", "world_size", "out_dir")
-
-
-# ---- config checks (before anything is loaded or written) ----------------------------------------
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def check_config(cfg: DictConfig) -> None:
-    """ConfigError for bad values, before any file is opened or written (vrs.config_schema)."""
-    from vrs.config_schema import check_values
-
-    check_values(cfg, "attack")
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -60,11 +50,12 @@ def load_defense(cfg: DictConfig, device):
     unless defense.sigma is set: then its base classifier is smoothed at that fixed sigma (the baseline
     with the same base classifier).
     """
-    from vrs.attacks.defended import DefendedModel, SelectorSigma
-    from vrs.checkpoint import load_checkpoint
+    # deferred here and below: vrs.attacks, vrs.checkpoint and vrs.data load torch (and Lightning), which
+    # vrs-attack --help and config errors do not need
+    from vrs.attacks.defended import DefendedModel, SelectorSigma  # deferred: torch
+    from vrs.checkpoint import load_checkpoint  # deferred: torch
 
-    path = Path(cfg.ckpt_path)
-    loaded = load_checkpoint(path, kinds=("classifier", "vrs"))
+    loaded = load_checkpoint(cfg.ckpt_path, kinds=("classifier", "vrs"))
     d = cfg.defense
     common = dict(m=int(d.m), noise=d.noise, tau=float(d.tau), max_batch=d.get("max_batch"),
                   precision=d.get("precision", "fp32"), seed=int(cfg.seed))
@@ -84,34 +75,17 @@ def load_defense(cfg: DictConfig, device):
                     "median": vrs.median.to_dict(), "deployed_n_h": n_dep, "attack_n_h": int(d.n_h),
                     "selector_grad": d.selector_grad}
     else:
-        sigma = d.get("sigma")
-        if sigma is None:
-            if loaded.train_sigma is None:
-                raise VRSError(f"defense.sigma=null means the checkpoint's training sigma, but {path.name} was trained "
-                               f"with {loaded.describe_training_noise()}: pass defense.sigma=<value>")
-            sigma = loaded.train_sigma
-        model = DefendedModel(loaded.network, float(sigma), **common)
+        sigma = loaded.smoothing_sigma(d.get("sigma"), "defense.sigma")
+        model = DefendedModel(loaded.network, sigma, **common)
         info = {"kind": "classifier", "defense": "fixed_sigma", "sigma": float(sigma)}
     info["noise"] = d.noise
     info["m"] = int(d.m)
     return model.to(device), loaded.network.to(device), loaded, info
 
 
-def reseed(model, seed: int, first_idx: int, tag: int) -> int:
-    """Seed torch's global RNG (the attacks' random starts, the deployed selector's noise) and the model's
-    noise generator from (seed, first image of the batch, tag); returns the seed."""
-    import numpy as np
-    import torch
-
-    s = int(np.random.SeedSequence([seed, int(first_idx), int(tag) & ((1 << 62) - 1)]).generate_state(1)[0])
-    torch.manual_seed(s)
-    model.seed(s)
-    return s
-
-
 # ---- outputs -------------------------------------------------------------------------------------
 def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # deferred: heavy, and only the end of a run plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -133,8 +107,6 @@ def plot_robust_accuracy(summary: dict, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from vrs.utils.io import save_figure
-
     save_figure(fig, path, dpi=120)
     plt.close(fig)
 
@@ -174,29 +146,29 @@ def results_table() -> Table:
 
 def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
     """Process `rank`'s batches: every world-th batch of `indices`, each batch as a one-process run forms
-    it, so every image is attacked with the same seeds (reseed: from the run seed, the batch's first image
-    and eps) whatever the number of processes."""
+    it, so every image is attacked with the same seeds (from the run seed, the batch's first image and eps:
+    evaluate.attack_batch_runs) whatever the number of processes."""
     batches = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
     return batches[rank::world]
 
 
 def _device(cfg: DictConfig, rank: int, world: int):
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
-    from vrs.utils.device import shard_device
+    from vrs.utils.device import shard_device  # deferred: torch
 
     return torch.device(shard_device(resolve_device(str(cfg.get("device", "auto")), "device"), rank, world))
 
 
 def _prepare(cfg: DictConfig, device):
     """(model, base, loaded, info, images, labels, PREDICT function): what every process needs."""
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
-    from vrs.attacks.evaluate import smoothed_predict_fn
+    from vrs.attacks.evaluate import smoothed_predict_fn  # deferred: torch
 
     torch.manual_seed(int(cfg.seed))
     model, base, loaded, info = load_defense(cfg, device)
-    xs, ys, _ = load_data(_plain(cfg.data), cfg.attack.get("split", "test"))
+    xs, ys, _ = load_data(plain(cfg.data), cfg.attack.get("split", "test"))
     predict = smoothed_predict_fn(base, loaded.num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
                                   int(cfg.predict.batch_size), seed=int(cfg.seed),
                                   precision=cfg.predict.get("precision", "fp32"))
@@ -206,14 +178,14 @@ def _prepare(cfg: DictConfig, device):
 def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer, device, prepared,
                     total: int, t0: float) -> None:
     """Attack `batches` at every eps, appending the rows not in `done` to `writer`."""
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
-    from vrs.attacks.evaluate import attack_batch, clean_batch
-    from vrs.attacks.factory import build_attack, eps_list
-    from vrs.data.datamodule import to_float
+    from vrs.attacks.evaluate import attack_batch_runs  # deferred: torch
+    from vrs.attacks.factory import eps_list  # deferred: torch
+    from vrs.data.datamodule import to_float  # deferred: Lightning
 
     model, _, loaded, _, xs, ys, predict = prepared
-    attack_cfg = _plain(cfg.attack)
+    attack_cfg = plain(cfg.attack)
     eps_values = eps_list(attack_cfg)
     for n_batch, idx in enumerate(batches, start=1):
         todo = [e for e in eps_values if any(writer.key_of({"idx": i, "eps": e}) not in done for i in idx)]
@@ -222,14 +194,9 @@ def _attack_batches(cfg: DictConfig, batches: list[list[int]], done: set, writer
         sel = torch.as_tensor(idx)
         x = to_float(xs[sel]).to(device)
         y = ys[sel].to(device)
-        # One seed for the clean pass and one per eps, from (run seed, first image, eps): a rerun of a
-        # batch (resume, or another number of processes) repeats its rows exactly.
-        reseed(model, int(cfg.seed), idx[0], -1)
-        clean = clean_batch(model, x, idx, predict, model.defended_sigma)
-        for e in todo:
-            batch_seed = reseed(model, int(cfg.seed), idx[0], round(e * 1e7))
-            attack = build_attack(attack_cfg, model, e, loaded.num_classes, seed=batch_seed)
-            rows, clean = attack_batch(attack, model, x, y, idx, e, predict, model.defended_sigma, clean)
+        # seeded from (run seed, first image of the batch, eps): the same rows whatever the number of processes
+        for rows in attack_batch_runs(model, x, y, idx, [(attack_cfg, e, ()) for e in todo], loaded.num_classes,
+                                      predict, int(cfg.seed), (idx[0],)):
             writer.write([r for r in rows if writer.key_of(r) not in done])
         log.info("%d/%d batches of %d images (%.1f s)", n_batch, len(batches), total, time.perf_counter() - t0)
 
@@ -251,14 +218,14 @@ def run(cfg: DictConfig) -> dict:
     (WORLD_SIZE > 1) every rank takes part. Process r attacks every k-th batch into attack.rank<r>.csv;
     rank 0 merges the shards into attack.csv, so the rows are those of a one-process run.
     """
-    check_config(cfg)
-    import torch
+    check_values(cfg, "attack")  # every key, before anything is loaded or written
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
-    from vrs.attacks.evaluate import summarize
-    from vrs.attacks.factory import eps_list
-    from vrs.checkpoint import check_data_matches
+    from vrs.attacks.evaluate import summarize  # deferred: torch
+    from vrs.attacks.factory import eps_list  # deferred: torch
+    from vrs.checkpoint import check_data_matches  # deferred: torch
 
-    attack_cfg = _plain(cfg.attack)
+    attack_cfg = plain(cfg.attack)
     ranks = Ranks.start(int(attack_cfg.get("world_size", 1)))
     eps_values = eps_list(attack_cfg)
     name = attack_cfg["name"]
@@ -266,13 +233,13 @@ def run(cfg: DictConfig) -> dict:
     device = _device(cfg, ranks.local_rank, ranks.world)
     prepared = _prepare(cfg, device)
     model, base, loaded, info, xs, ys, _ = prepared
-    data_cfg = _plain(cfg.data)
+    data_cfg = plain(cfg.data)
     check_data_matches(loaded, data_cfg, allow_other_dataset=bool(cfg.get("allow_other_dataset", False)))
     split = attack_cfg.get("split", "test")
     attack_settings = {k: v for k, v in attack_cfg.items() if k not in SUBSET_KEYS}
     settings = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": loaded.sha256,
                 "data": data_cfg.get("name"), "split": split, "attack": attack_settings,
-                "defense": _plain(cfg.defense), "predict": _plain(cfg.predict), "seed": int(cfg.seed)}
+                "defense": plain(cfg.defense), "predict": plain(cfg.predict), "seed": int(cfg.seed)}
     skip, max_images = int(attack_cfg.get("skip", 1)), attack_cfg.get("max")
     indices = select_indices(len(ys), split, "attack", skip, max_images, attack_cfg.get("indices"))
     bs = int(attack_cfg.get("batch_size", 32))
@@ -331,8 +298,6 @@ def run(cfg: DictConfig) -> dict:
 
 def writer_key(idx: int, eps: float) -> tuple[str, str]:
     """The (idx, eps) key of a row as attack.csv writes it (vrs.utils.io.RowWriter.key_of)."""
-    from vrs.utils.io import format_value
-
     return (format_value(int(idx)), format_value(float(eps)))
 
 

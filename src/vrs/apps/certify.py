@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 import numpy as np
@@ -35,15 +35,19 @@ from omegaconf import DictConfig, OmegaConf
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
-from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, run_shard_vrs, summary_extras, vrs_options
+from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, summary_extras, vrs_options
 from vrs.apps.results import describe_subset, select_indices
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
-from vrs.checkpoint import LoadedCheckpoint, check_data_matches, load_checkpoint
+from vrs.checkpoint import check_data_matches, load_checkpoint, load_vrs
+from vrs.config_schema import check_certify, check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.selection.certify import VRSOptions, certify_vrs_groups
+from vrs.selection.median import MedianSmoothing
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
+from vrs.utils.io import save_figure
 
 log = logging.getLogger(__name__)
 CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector checkpoint (vrs.apps.certify_vrs)
@@ -77,17 +81,11 @@ class Options:
     allow_other_dataset: bool
     progress: bool
 
-    def smoothed_classifier(self, network: torch.nn.Module, num_classes: int, sigma, device) -> SmoothedClassifier:
-        """The sampling engine with this run's speed settings (precision, layout, compile, noise blocks)."""
-        return SmoothedClassifier(network, num_classes, sigma, precision=self.precision,
-                                  channels_last=self.channels_last, compile=self.compile,
-                                  fused_blocks=self.fused_blocks, noise_block=self.noise_block, device=device)
-
 
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
     true anywhere else is refused, since it would silently run the plain network."""
-    from vrs.models.fused_blocks import kernel_supported, triton_available
+    from vrs.models.fused_blocks import kernel_supported, triton_available  # deferred: it imports Triton
 
     dev_type = torch.device(device).type
     possible = precision in ("bf16", "fp16") and kernel_supported(device)
@@ -106,7 +104,7 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
     fused blocks on a network with none to fuse is allowed (sweeps over models) but said."""
     if not fused_blocks:
         return 0
-    from vrs.models.fused_blocks import fusable_stage_count
+    from vrs.models.fused_blocks import fusable_stage_count  # deferred: it imports Triton
 
     count = fusable_stage_count(network)
     if count == 0:
@@ -117,8 +115,6 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
 
 def parse_options(c: DictConfig) -> Options:
     """certify.* as Options, the `auto` values resolved; vrs.config_schema validates every key first."""
-    from vrs.config_schema import check_certify
-
     c = OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c)
     check_certify(c)
     mode = c.get("mode", "certify")
@@ -169,60 +165,65 @@ class Job:
     vrs: dict | None = None  # VRS certification settings (certify_vrs.VRSOptions); None: Cohen's path
 
 
-def resolve_sigma(opts: Options, loaded: LoadedCheckpoint) -> float:
-    if opts.sigma is not None:
-        return opts.sigma
-    if loaded.train_sigma is None:
-        raise VRSError(f"certify.sigma=null means the checkpoint's training sigma, but {loaded.path.name} was "
-                       f"trained with {loaded.describe_training_noise()}: pass certify.sigma=<value>")
-    return loaded.train_sigma
-
-
 # ---- the work of one process ---------------------------------------------------------------------------
 def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Path, x_all: torch.Tensor,
               y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
               parent_pid: int | None = None) -> int:
-    """Certify (or predict) `indices`, appending one fsync'd row per finished image to tsv_path."""
-    if job.vrs is not None:
-        return run_shard_vrs(job, indices, rank, world, tsv_path, x_all, y_all, network, num_classes, on_image,
-                             parent_pid)
-    opts = job.opts
+    """Certify (or predict) `indices`, appending one fsync'd row per finished image to tsv_path. Images go
+    in groups of certify.images_per_group; Cohen's path (cohen_rows) or VRS's (vrs.selection.certify) turns
+    each group into rows {idx, predict, sigma, ...}, completed here with label, correct and time."""
+    opts, vopts = job.opts, VRSOptions(**job.vrs) if job.vrs is not None else None
     device = shard_device(opts.device, rank, world)
-    smoothed = opts.smoothed_classifier(network, num_classes, job.sigma, device)
+    smoothed = SmoothedClassifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device=device,
+                                  precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
+                                  fused_blocks=opts.fused_blocks, noise_block=opts.noise_block)
     if not indices:
         return 0
+    selector = load_vrs(job.ckpt_path, device=device).selector if vopts else None
     if opts.compile:
         smoothed.warmup(opts.batch_size, tuple(x_all.shape[1:]))
     groups = [indices[i : i + opts.images_per_group] for i in range(0, len(indices), opts.images_per_group)]
 
-    def inputs():
+    def images():
         for g in groups:
             if parent_pid is not None and os.getppid() != parent_pid:
                 raise SystemExit(f"rank {rank}: the launching process is gone; stopping")
-            yield x_all[g].float().div_(255.0), [image_seed(job.seed, i) for i in g], None
+            yield x_all[g].float().div_(255.0)
 
-    if opts.mode == "certify":
-        results = smoothed.certify_groups(inputs(), opts.n0, opts.n, opts.alpha, opts.batch_size)
+    if vopts:
+        results = certify_vrs_groups(smoothed, selector, ((x.to(device), g) for g, x in zip(groups, images())),
+                                     job.seed, vopts, opts.n0, opts.n, opts.alpha, opts.batch_size)
     else:
-        results = smoothed.predict_groups(inputs(), opts.n, opts.alpha, opts.batch_size)
+        results = cohen_rows(job, smoothed, groups, images())
+    table = VRS_TABLE if vopts else opts.mode
     done = 0
-    with row_writer(tsv_path, opts.mode) as out:
+    with row_writer(tsv_path, table) as out:
         t_prev = time.perf_counter()
-        for g, res in zip(groups, results):
+        for rows in results:
             now = time.perf_counter()
-            per_image = (now - t_prev) / len(g)
+            per_image = (now - t_prev) / len(rows)
             t_prev = now
-            for j, idx in enumerate(g):
-                label, pred = int(y_all[idx]), int(res.prediction[j])
-                row = {"idx": idx, "label": label, "predict": pred, "correct": int(pred == label),
-                       "time": per_image, "sigma": float(res.sigma[j])}
-                if opts.mode == "certify":
-                    row["radius"] = float(res.radius[j])
-                out.write([row_fields(opts.mode, row)])
+            for r in rows:
+                label = int(y_all[r["idx"]])
+                out.write([row_fields(table, {**r, "label": label, "correct": int(r["predict"] == label),
+                                              "time": per_image})])
                 done += 1
                 if on_image is not None:
                     on_image()
     return done
+
+
+def cohen_rows(job: Job, smoothed: SmoothedClassifier, groups: list[list[int]], images) -> Iterator[list[dict]]:
+    """Cohen's CERTIFY / PREDICT at job.sigma of each group of images: its rows {idx, predict, sigma, radius}."""
+    opts = job.opts
+    inputs = ((x, [image_seed(job.seed, i) for i in g], None) for g, x in zip(groups, images))
+    if opts.mode == "certify":
+        results = smoothed.certify_groups(inputs, opts.n0, opts.n, opts.alpha, opts.batch_size)
+    else:
+        results = smoothed.predict_groups(inputs, opts.n, opts.alpha, opts.batch_size)
+    for g, res in zip(groups, results):
+        yield [{"idx": idx, "predict": int(res.prediction[j]), "sigma": float(res.sigma[j]),
+                **({"radius": float(res.radius[j])} if opts.mode == "certify" else {})} for j, idx in enumerate(g)]
 
 
 def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, counter, parent_pid: int) -> None:
@@ -232,13 +233,8 @@ def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, 
     if loaded.sha256 != job.checkpoint_sha256:
         raise SystemExit(f"rank {rank}: {job.ckpt_path} changed while certifying; stopping")
     x_all, y_all, _ = load_data(job.data_cfg, job.opts.split)
-
-    def tick():
-        with counter.get_lock():
-            counter.value += 1
-
     run_shard(job, indices, rank, world, Path(tsv_path), x_all, y_all, loaded.network, loaded.num_classes,
-              on_image=tick, parent_pid=parent_pid)
+              on_image=_Progress(len(indices), False, counter).tick, parent_pid=parent_pid)  # counts for rank 0's bar
 
 
 # ---- progress ------------------------------------------------------------------------------------------
@@ -250,6 +246,7 @@ class _Progress:
         self.bar = None
         if not enabled or total == 0:
             return
+        # deferred: only a shown bar needs rich.progress
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
@@ -339,7 +336,7 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
 
 
 def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: heavy, and only the end of a run plots
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -359,8 +356,6 @@ def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
     ax.set_title(f"{job.meta['data']} {job.opts.split}, {what}, n={job.opts.n}, "
                  f"alpha={job.opts.alpha:g} ({len(rows)} images)", fontsize=8)
     fig.tight_layout()
-    from vrs.utils.io import save_figure
-
     save_figure(fig, path)
     plt.close(fig)
 
@@ -392,8 +387,6 @@ def run_facts(summary: dict) -> dict:
 # ---- the app ---------------------------------------------------------------------------------------------
 def certify(cfg: DictConfig) -> dict:
     """Run CERTIFY / PREDICT as configured; returns the summary (rank 0) or {} (other torchrun ranks)."""
-    from vrs.config_schema import check_values
-
     check_values(cfg, "certify")  # every key, before anything is loaded
     opts = parse_options(cfg.certify)
     seed = cfg.get("seed", 0)
@@ -408,8 +401,6 @@ def certify(cfg: DictConfig) -> dict:
     vrs_cfg = vrs_options(cfg.certify, loaded.kind, opts.sigma)  # None: Cohen's fixed-sigma path
     vopts = None
     if vrs_cfg is not None:
-        from vrs.selection.median import MedianSmoothing
-
         if opts.mode != "certify":
             raise VRSError("certify=vrs_c1/vrs_c2 certifies (certify.mode=certify); PREDICT of a VRS model is "
                            "not part of vrs-certify")
@@ -417,7 +408,7 @@ def certify(cfg: DictConfig) -> dict:
                                     loaded.meta["sigma_max"])
         sigma = vopts.sigma_max  # the largest sigma any image can get (bounds the possible radius)
     else:
-        sigma = resolve_sigma(opts, loaded)
+        sigma = loaded.smoothing_sigma(opts.sigma, "certify.sigma")
     chosen = select_indices(len(y_all), opts.split, "certify", opts.skip, opts.max, opts.indices)
     subset = describe_subset(chosen, opts.split, len(y_all), opts.skip, opts.max, opts.indices)
     problem = core.sample_size_problem(opts.n, opts.alpha, opts.mode)

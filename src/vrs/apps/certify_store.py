@@ -86,10 +86,7 @@ class ResultsDir(ResultsStore):
 
     def __init__(self, path: str | Path, meta: dict):
         super().__init__(path, table(meta["mode"]), meta)
-        self.mode = meta["mode"]
-        self.columns = COLUMNS[self.mode]
         self.tsv = self.table_path
-        self.meta = self.settings
 
     check_meta = ResultsStore.check_settings  # the name tests and callers know
 

@@ -17,20 +17,14 @@ no certificate, counted as an abstention). A certificate holds with probability 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from vrs.utils.device import shard_device
 from vrs.apps import CONFIG_DIR
-from vrs.apps.certify_store import row_fields, row_writer
-from vrs.checkpoint import load_vrs
 from vrs.errors import VRSError, check, check_choice
-from vrs.selection.certify import CERTIFICATES, VRSOptions, certify_vrs_groups
+from vrs.selection.certify import CERTIFICATES, VRSOptions
 from vrs.selection.lam import check_lambda
 from vrs.selection.median import MedianSmoothing, check_grid
 
@@ -94,50 +88,6 @@ def meta_keys(v: VRSOptions) -> dict:
     """What VRS rows depend on (beyond Cohen's keys), for certify.meta.json (vrs.apps.certify_store.MATCH_KEYS)."""
     return {"certificate": v.certificate, "lam": v.lam, "n_h0": v.n_h0, "n_h": v.n_h, "alpha_h": v.alpha_h,
             "sigma_h": v.sigma_h, "grid": v.grid, "sigma_range": [v.sigma_min, v.sigma_max]}
-
-
-def run_shard_vrs(job, indices: list[int], rank: int, world: int, tsv_path: Path, x_all: torch.Tensor,
-                  y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
-                  parent_pid: int | None = None) -> int:
-    """vrs-certify's run_shard for VRS checkpoints: one fsync'd row per finished image."""
-    opts, v = job.opts, VRSOptions(**job.vrs)
-    device = shard_device(opts.device, rank, world)
-    smoothed = opts.smoothed_classifier(network, num_classes, v.sigma_max, device)
-    if not indices:
-        return 0
-    selector = load_vrs(job.ckpt_path, device=device).selector
-    if opts.compile:
-        smoothed.warmup(opts.batch_size, tuple(x_all.shape[1:]))
-    groups = [indices[i : i + opts.images_per_group] for i in range(0, len(indices), opts.images_per_group)]
-
-    def inputs():
-        for g in groups:
-            if parent_pid is not None and os.getppid() != parent_pid:
-                raise SystemExit(f"rank {rank}: the launching process is gone; stopping")
-            yield x_all[g].float().div_(255.0).to(device), g
-
-    done = 0
-    with row_writer(tsv_path, TABLE) as out:
-        t_prev = time.perf_counter()
-        for rows in certify_vrs_groups(smoothed, selector, inputs(), job.seed, v, opts.n0, opts.n, opts.alpha,
-                                       opts.batch_size):
-            now = time.perf_counter()
-            per_image = (now - t_prev) / len(rows)
-            t_prev = now
-            for r in rows:
-                label = int(y_all[r["idx"]])
-                out.write([row_fields(TABLE, {**r, "label": label, "correct": int(r["predict"] == label),
-                                              "time": per_image})])
-                done += 1
-                if on_image is not None:
-                    on_image()
-    return done
-
-
-def job_columns() -> tuple[str, ...]:
-    from vrs.apps.certify_store import COLUMNS
-
-    return COLUMNS[TABLE]
 
 
 def summary_extras(rows: list[dict], v: VRSOptions, alpha: float) -> dict:

@@ -35,7 +35,7 @@ from vrs.apps.report_plots import PLOTS, matplotlib_color, save_plot
 from vrs.apps.report_runs import Row, collect  # noqa: F401 - Row: the row type, for callers (tests)
 from vrs.apps.report_table import (LEGEND, attack_names, cell, merge, name_rows, order_key, settings_lines, table,
                                    to_csv, to_markdown)
-from vrs.config_schema import parse_inputs
+from vrs.config_schema import parse_inputs, validate_app_config
 from vrs.errors import VRSError, check, hydra_errors_exit, user_errors_exit
 from vrs.utils.io import atomic_write
 
@@ -116,7 +116,7 @@ def build_report(cfg: DictConfig) -> Report:
 
 def print_summary(rep: Report) -> None:
     """The table's headline columns on the terminal (report.md and report.csv have all of them)."""
-    from rich.console import Console
+    from rich.console import Console  # deferred: only the printed summary needs rich
     from rich.table import Table
     from rich.text import Text
 
@@ -135,8 +135,6 @@ def print_summary(rep: Report) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
-    from vrs.config_schema import validate_app_config
-
     validate_app_config(cfg, "report")  # before any compute or output: one clear error line
     rep = build_report(cfg)
     print_summary(rep)

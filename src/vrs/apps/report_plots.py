@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +9,12 @@ import numpy as np
 
 from vrs.apps.report_runs import Row, fmt_num
 from vrs.smoothing import core
-from vrs.utils.io import atomic_write
+from vrs.utils.io import save_figure
 
 
 # ---- plots ---------------------------------------------------------------------------------------------
 def _figure(nplots: int, width: float = 5.5, height: float = 3.8):
-    import matplotlib
+    import matplotlib  # deferred: heavy; vrs-report --help and config errors stay fast
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -25,15 +24,12 @@ def _figure(nplots: int, width: float = 5.5, height: float = 3.8):
 
 
 def save_plot(plt, fig, path: Path) -> None:
-    """Into memory, then an atomic write: a reader sees the old plot or the new one."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")  # "tight": legends outside the axes
+    save_figure(fig, path, format="png", dpi=110, bbox_inches="tight")  # "tight": legends outside the axes
     plt.close(fig)
-    atomic_write(path, buf.getvalue())
 
 
 def matplotlib_color(palette: str, i: int) -> tuple:
-    import matplotlib
+    import matplotlib  # deferred: heavy; vrs-report --help and config errors stay fast
 
     cmap = matplotlib.colormaps[palette]
     return cmap(i % cmap.N)

@@ -25,7 +25,10 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps.results import ResultsStore
+from vrs.config_schema import validate_app_config
 from vrs.errors import VRSError
+from vrs.utils.config import print_config_tree
+from vrs.utils.loggers import build_loggers, finish_wandb
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ def device_name(device: str) -> str:
     """The GPU's name, or the CPU's with its core count (summary.json's `device`)."""
     import platform
 
-    import torch
+    import torch  # deferred: torch stays off vrs-attack's start-up path
 
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -211,8 +214,6 @@ def log_results(cfg: DictConfig, facts: dict, metrics: dict[str, float], images:
     (vrs.utils.loggers.run_tags). A logger that fails is a warning: the run's files are written already."""
     if not cfg.get("logger"):
         return
-    from vrs.utils.loggers import build_loggers
-
     for lg in build_loggers(cfg, **facts):
         try:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -234,10 +235,6 @@ def run_app(cfg: DictConfig, app: str, run: Callable[[DictConfig], dict], print_
     """The body of vrs-<app>'s `main` (under hydra_errors_exit / hydra.main / user_errors_exit, which turn a
     VRSError into one line and exit code 2): validate the config before any compute or output, print it
     (rank 0), run, finish W&B whatever happened, print the results (rank 0) and return the sweep's objective."""
-    from vrs.config_schema import validate_app_config
-    from vrs.utils.config import print_config_tree
-    from vrs.utils.loggers import finish_wandb
-
     validate_app_config(cfg, app)
     launched = torchrun_env()
     if cfg.get("print_config", True) and (launched is None or launched[0] == 0):

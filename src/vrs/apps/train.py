@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vrs.apps import CONFIG_DIR
+from vrs.config_schema import check_values, validate_app_config
 from vrs.errors import ConfigError, VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import instantiate_dict, print_config_tree
 from vrs.utils.loggers import build_loggers, finish_wandb, train_facts
@@ -34,7 +35,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module, data=datamodule.spec.to_dict())
     if cfg.get("ckpt_path"):  # one clear error for a corrupt, truncated or mismatched checkpoint
-        from vrs.checkpoint import check_resume_checkpoint
+        from vrs.checkpoint import check_resume_checkpoint  # deferred: torch, off vrs-train's start-up path
 
         check_resume_checkpoint(cfg.ckpt_path, module)
     callbacks = instantiate_dict(cfg.get("callbacks"))
@@ -88,8 +89,6 @@ def train_base_stage(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """One training run, or both VRS stages when a selector has no base classifier yet."""
-    from vrs.config_schema import check_values
-
     check_values(cfg, "train")  # config errors (the selector stage's too) before any training
     if needs_base_stage(cfg):
         base_ckpt = train_base_stage(cfg)
@@ -102,8 +101,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
-    from vrs.config_schema import validate_app_config
-
     validate_app_config(cfg, "train")  # before any compute or output: one clear error line
     if cfg.get("print_config", True):
         print_config_tree(cfg, order=("data", "model", "noise", "module", "trainer", "logger"))
@@ -112,7 +109,7 @@ def main(cfg: DictConfig) -> float | None:
     finally:
         finish_wandb()
     out = Path(cfg.paths.output_dir)
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only  # deferred: Lightning, off start-up
 
     if rank_zero_only.rank == 0:  # under DDP, once
         log.info("outputs in %s (checkpoints: %s)", out, out / "checkpoints")

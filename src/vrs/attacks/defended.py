@@ -229,10 +229,6 @@ class DefendedModel(nn.Module):
 
     # ---- noise ---------------------------------------------------------------------------------
     @property
-    def noise_mode(self) -> str:
-        return self.noise.mode
-
-    @property
     def has_selector(self) -> bool:
         return not isinstance(self.sigma_source, (int, float))
 

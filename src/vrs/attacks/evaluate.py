@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from vrs.attacks.factory import build_attack
 from vrs.smoothing.core import ABSTAIN
+from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 
 ROW_COLUMNS = ["idx", "eps", "label", "clean_predict", "adv_predict", "correct", "soft_predict", "soft_correct",
                "clean_soft_predict", "l2", "linf", "sigma_clean", "sigma_adv", "time"]
@@ -34,8 +36,6 @@ def smoothed_predict_fn(base: torch.nn.Module, num_classes: int, n: int, alpha: 
                         seed: int = 0, precision: str = "fp32") -> PredictFn:
     """PREDICT(n, alpha) of the smoothed base classifier, with each image's noise seeded from (seed, idx)
     (the same noise for an image's clean and adversarial versions: common random numbers)."""
-    from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
-
     smoothed = SmoothedClassifier(base, num_classes, 1.0, precision=precision)
 
     def predict(x: torch.Tensor, sigma: torch.Tensor, idx: Sequence[int]) -> torch.Tensor:
@@ -92,6 +92,38 @@ def attack_batch(attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], m
                      "sigma_clean": float(clean["sigma"][j]), "sigma_adv": float(sigma_adv[j]),
                      "time": round(per_image, 4)})
     return rows, clean
+
+
+def derived_seed(seed: int, *parts: int) -> int:
+    """A seed from the run's seed and integer parts (SeedSequence: seeds differing in any part are unrelated)."""
+    return int(np.random.SeedSequence([seed, *[int(p) & ((1 << 62) - 1) for p in parts]]).generate_state(1)[0])
+
+
+def reseed(model: torch.nn.Module, seed: int, *parts: int) -> int:
+    """Seed torch's global RNG (the attacks' random starts, the deployed selector's noise) and the model's
+    noise generator with derived_seed(seed, *parts); returns that seed."""
+    s = derived_seed(seed, *parts)
+    torch.manual_seed(s)
+    model.seed(s)
+    return s
+
+
+def attack_batch_runs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: Sequence[int],
+                      runs: Sequence[tuple[dict, float, tuple]], num_classes: int, predict_fn: PredictFn, seed: int,
+                      batch_key: Sequence[int]) -> Iterator[list[dict]]:
+    """Attack one batch with each (attack config, eps, seed parts) of `runs`, yielding each run's rows.
+
+    model: the DefendedModel (its defended_sigma is the deployed sigma). The clean pass is seeded from
+    (seed, *batch_key, -1) and each run from (seed, *batch_key, *parts, eps): a rerun of the batch (a resume,
+    another number of processes) repeats its rows exactly.
+    """
+    reseed(model, seed, *batch_key, -1)
+    clean = clean_batch(model, x, idx, predict_fn, model.defended_sigma)
+    for attack_cfg, eps, parts in runs:
+        s = reseed(model, seed, *batch_key, *parts, round(eps * 1e7))
+        attack = build_attack(attack_cfg, model, eps, num_classes, seed=s)
+        rows, clean = attack_batch(attack, model, x, y, idx, eps, predict_fn, model.defended_sigma, clean)
+        yield rows
 
 
 def _num(v) -> float:

@@ -11,7 +11,7 @@ restore:
   (`vrs.data.datamodule.TensorBatches`) has; `data.loader=torch` replays the epoch from its start;
 - the torchmetrics states accumulated in the epoch so far: `ExactResume` stores them in a mid-epoch
   checkpoint (otherwise train/acc of the interrupted epoch would cover only the batches after the restart);
-- the CSV log (`vrs.utils.io.CSVLogger`): `ExactResume` records its length in the checkpoint, and a run
+- the CSV log (`vrs.utils.lightning_io.CSVLogger`): `ExactResume` records its length in the checkpoint, and a run
   resumed into its own directory cuts off what the killed run logged after the checkpoint.
 `ExactResume` also refuses to write a checkpoint with non-finite weights (`raise_if_nonfinite_weights`).
 
@@ -32,6 +32,7 @@ from torchmetrics import Metric
 
 from vrs.errors import check
 from vrs.modules.guards import NonFiniteError
+from vrs.utils.lightning_io import CSVLogger
 
 TRAIN, VAL, TEST = 0, 1, 2  # phases: each gets its own random streams
 _MASK = (1 << 62) - 1
@@ -127,8 +128,6 @@ class ExactResume(pl.Callback):
 
 
 def _csv_loggers(trainer: pl.Trainer) -> list:
-    from vrs.utils.io import CSVLogger
-
     return [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
 
 

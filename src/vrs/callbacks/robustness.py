@@ -28,20 +28,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vrs.attacks.defended import NOISE_MODES, SELECTOR_GRADS, DefendedModel, SelectorSigma
+from vrs.attacks.evaluate import attack_batch_runs, smoothed_predict_fn, summarize
+from vrs.attacks.factory import check_attack_config, eps_list
+from vrs.data.datamodule import to_float
 from vrs.errors import check, check_choice
+from vrs.selection.certify import VRSOptions, certify_vrs_groups
+from vrs.smoothing import core
+from vrs.smoothing.smoothed import SmoothedClassifier, check_sampling, image_seed
+from vrs.utils.config import plain
 
 log = logging.getLogger(__name__)
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 @contextlib.contextmanager
@@ -64,8 +67,6 @@ def evaluation_state(module: torch.nn.Module) -> Iterator[None]:
 
 def subset(trainer: pl.Trainer, stage: str, num_images: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The first num_images of the stage's split, as [0,1] floats on `device` (the same images every time)."""
-    from vrs.data.datamodule import to_float
-
     split = "val" if stage == "validation" else "test"
     dm = getattr(trainer, "datamodule", None)
     if dm is not None and getattr(dm, "splits", None) and split in dm.splits:
@@ -128,10 +129,10 @@ class _RobustnessCallback(pl.Callback):
         check(isinstance(num_images, int) and num_images >= 1, "num_images", num_images, "an integer >= 1")
         check(isinstance(every_n_epochs, int) and every_n_epochs >= 1, "every_n_epochs", every_n_epochs,
               "an integer >= 1")
-        lams = list(_plain(lams) or [0.5])
+        lams = list(plain(lams) or [0.5])
         for lam in lams:
             check(isinstance(lam, (int, float)) and 0 <= lam <= 1, "lams", lams, "numbers in [0, 1]")
-        sigma = _plain(sigma)
+        sigma = plain(sigma)
         for s in (sigma if isinstance(sigma, list) else [sigma] if sigma is not None else []):
             check(isinstance(s, (int, float)) and s > 0, "sigma", sigma, "null, a number > 0 or a list of them")
         self.num_images, self.every_n_epochs = num_images, every_n_epochs
@@ -163,9 +164,6 @@ class _RobustnessCallback(pl.Callback):
         for key, value in self.last_metrics.items():
             pl_module.log(key, value, rank_zero_only=True)
 
-    def _seed(self, *parts: int) -> int:
-        return int(np.random.SeedSequence([self.seed, *[int(p) & ((1 << 62) - 1) for p in parts]]).generate_state(1)[0])
-
 
 class EmpiricalRobustness(_RobustnessCallback):
     """Attack a fixed subset and log robust accuracy under PREDICT (abstain = wrong).
@@ -184,10 +182,7 @@ class EmpiricalRobustness(_RobustnessCallback):
                  selector_grad: str = "straight_through", n_h: int = 8, deployed_n_h: int = 64, predict_n: int = 100,
                  alpha: float = 0.001, predict_batch_size: int = 1000, batch_size: int = 64, seed: int = 0):
         super().__init__(num_images, every_n_epochs, on_validation, on_test, sigma, lams, seed)
-        from vrs.attacks.defended import NOISE_MODES, SELECTOR_GRADS
-        from vrs.attacks.factory import check_attack_config
-
-        attacks = _plain(attacks)
+        attacks = plain(attacks)
         if isinstance(attacks, dict):
             attacks = [attacks]
         check(isinstance(attacks, list) and len(attacks) > 0, "attacks", attacks, "a non-empty list of attack configs")
@@ -205,8 +200,6 @@ class EmpiricalRobustness(_RobustnessCallback):
         self.batch_size = batch_size
 
     def defended_model(self, d: _Defence):
-        from vrs.attacks.defended import DefendedModel, SelectorSigma
-
         if d.is_vrs:
             mod, lam = d.module, d.lam
             sel = SelectorSigma(d.selector, lam, d.selector.sigma_min, d.selector.sigma_max, n_h=self.n_h,
@@ -219,31 +212,21 @@ class EmpiricalRobustness(_RobustnessCallback):
         return DefendedModel(d.base, sigma, m=self.m, noise=self.noise, tau=self.tau, seed=0, freeze=False)
 
     def evaluate(self, pl_module, x, y) -> dict[str, float]:
-        from vrs.attacks.evaluate import attack_batch, clean_batch, smoothed_predict_fn, summarize
-        from vrs.attacks.factory import build_attack, eps_list
-
         out: dict[str, float] = {}
         idx = list(range(len(y)))
         for di, d in enumerate(defences(pl_module, self.sigma, self.lams)):
             k = d.num_classes or int(d.base(x[:1]).shape[1])
             model = self.defended_model(d)
             predict = smoothed_predict_fn(d.base, k, self.predict_n, self.alpha, self.predict_batch_size, seed=self.seed)
-            rows_by_attack: dict[str, list[dict]] = {}
+            runs = [(a, e, (ai,)) for ai, a in enumerate(self.attacks) for e in eps_list(a)]
+            rows_by_attack: dict[int, list[dict]] = {}
             for start in range(0, len(y), self.batch_size):
                 xb, yb, ib = x[start:start + self.batch_size], y[start:start + self.batch_size], idx[start:start + self.batch_size]
-                torch.manual_seed(self._seed(di, start, -1))
-                model.seed(self._seed(di, start, -1))
-                clean = clean_batch(model, xb, ib, predict, model.defended_sigma)
-                for ai, a in enumerate(self.attacks):
-                    for e in eps_list(a):
-                        s = self._seed(di, start, ai, round(e * 1e7))
-                        torch.manual_seed(s)
-                        model.seed(s)
-                        atk = build_attack(a, model, e, k, seed=s)
-                        rows, _ = attack_batch(atk, model, xb, yb, ib, e, predict, model.defended_sigma, clean)
-                        rows_by_attack.setdefault(f"{ai}", []).extend(rows)
+                for (_, _, (ai,)), rows in zip(runs, attack_batch_runs(model, xb, yb, ib, runs, k, predict, self.seed,
+                                                                        (di, start))):
+                    rows_by_attack.setdefault(ai, []).extend(rows)
             for ai, a in enumerate(self.attacks):
-                summary = summarize(rows_by_attack.get(f"{ai}", []), eps_list(a))
+                summary = summarize(rows_by_attack.get(ai, []), eps_list(a))
                 for p in summary["per_eps"]:
                     tag = f"{a['name']}_{p['eps']:g}{d.suffix}"
                     out[f"robust/acc@{tag}"] = p["robust_acc"]
@@ -265,18 +248,14 @@ class CertifiedRobustness(_RobustnessCallback):
                  radii=(0.0, 0.25, 0.5, 0.75, 1.0), sigma=None, lams=(0.5,), n_h0: int | None = None,
                  n_h: int | None = None, alpha_h: float | None = None, seed: int = 0):
         super().__init__(num_images, every_n_epochs, on_validation, on_test, sigma, lams, seed)
-        from vrs.smoothing.smoothed import check_sampling
-
         check_sampling(n, alpha, batch_size, n0=n0)
-        radii = [float(r) for r in (_plain(radii) or [])]
+        radii = [float(r) for r in (plain(radii) or [])]
         check(len(radii) > 0 and all(r >= 0 for r in radii), "radii", radii, "a non-empty list of radii >= 0")
         self.n0, self.n, self.alpha, self.batch_size, self.radii = n0, n, float(alpha), batch_size, radii
         self.n_h0, self.n_h, self.alpha_h = n_h0, n_h, alpha_h
 
     def _certify(self, d: _Defence, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(predictions with -1 = abstain, radii) for the subset."""
-        from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
-
         if d.is_vrs:
             rows = self.certify_vrs(d, x)
             return np.array([r["predict"] for r in rows]), np.array([r["radius"] for r in rows])
@@ -293,9 +272,6 @@ class CertifiedRobustness(_RobustnessCallback):
         seeds it, so the rows equal `vrs-certify certify=vrs_c1 certify.lam=<lam> seed=<seed>
         certify.split=<val|test> certify.precision=fp32` (with the same n0, n, alpha and selector settings)
         on the module's checkpoint (the callback certifies in fp32)."""
-        from vrs.selection.certify import VRSOptions, certify_vrs_groups
-        from vrs.smoothing.smoothed import SmoothedClassifier
-
         med, sel = d.module.median_cfg, d.selector
         v = VRSOptions("c1", d.lam, int(self.n_h0 or med.n_h0), int(self.n_h or med.n_h),
                        float(self.alpha_h or med.alpha_h), float(med.sigma_h), med.grid, int(med.batch_size),
@@ -308,8 +284,6 @@ class CertifiedRobustness(_RobustnessCallback):
                                        self.alpha, self.batch_size))
 
     def evaluate(self, pl_module, x, y) -> dict[str, float]:
-        from vrs.smoothing import core
-
         out: dict[str, float] = {}
         labels = y.cpu().numpy()
         for d in defences(pl_module, self.sigma, self.lams):

@@ -143,7 +143,7 @@ def download_official(name: str, base: Path) -> Path:
 
 def _digits(seed: int = 0) -> Splits:
     """scikit-learn's bundled 8x8 digits (1,797 images, values 0..16), a fixed seeded 1,497/300 split."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: only data=digits needs scikit-learn
 
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]

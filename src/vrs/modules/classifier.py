@@ -6,15 +6,12 @@ saved as hyper-parameters, so a checkpoint alone rebuilds the network with its n
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytorch_lightning as pl
 from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.utilities import rank_zero_info
 import torch
 import torchmetrics
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from vrs.checkpoint import FORMATS
 from vrs.errors import ConfigError
@@ -24,11 +21,7 @@ from vrs.modules.step_graph import CUDAGraphCapture, GraphedStep, make_capturabl
 from vrs.models import build_network
 from vrs.smoothing.noise import add_noise
 from vrs.smoothing.smoothed import CUDA_GRAPH_MODES
-
-
-def plain(cfg: Any) -> Any:
-    """DictConfig -> plain containers (checkpoints stay loadable with torch.load(weights_only=True))."""
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+from vrs.utils.config import plain
 
 
 GRAPH_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")  # no GradScaler (fp16) and no other plugin in a graph

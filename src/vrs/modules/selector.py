@@ -24,10 +24,11 @@ import torch
 
 from vrs.modules.optim import optimizers_from_config
 from vrs.modules.guards import NonFiniteLossGuard
+from vrs.data.datamodule import to_float
 from vrs.checkpoint import FORMATS, check_same_data, load_base_classifier
 from vrs.errors import VRSError, check
 from vrs.models import build_network
-from vrs.modules.classifier import plain
+from vrs.selection.diagnostics import collect, write_diagnostics
 from vrs.selection.lam import LambdaSampler, check_lambda
 from vrs.selection.median import MedianSmoothing, deployed_sigma
 from vrs.selection.networks import build_selector, check_sigma_range
@@ -35,6 +36,7 @@ from vrs.selection.objectives import ObjectiveInput, build_objective, objective_
 from vrs.selection.priors import build_prior
 from vrs.selection.soft import soft_smooth_log
 from vrs.smoothing.noise import add_noise
+from vrs.utils.config import plain
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +238,6 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "splits") or "val" not in dm.splits:
             return
-        from vrs.data.datamodule import to_float
-        from vrs.selection.diagnostics import collect, write_diagnostics
-
         n = int(cfg.get("num_images", 512))
         x, _ = dm.splits["val"]
         x = to_float(x[:n].to(self.device))

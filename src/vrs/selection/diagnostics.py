@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vrs.selection.median import MedianSmoothing, deployed_sigma
+from vrs.utils.io import atomic_path, save_figure
 
 
 @torch.no_grad()
@@ -43,12 +44,20 @@ def collect(base, selector, x: torch.Tensor, lams, sigma_h: float, n_h: int = 16
     return {"lams": [float(v) for v in lams], "sigma": sigmas, "confidence": conf}
 
 
+def _label(fig, ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+
+
 def figures(data: dict) -> dict:
     """name -> matplotlib Figure."""
-    import matplotlib
+    import matplotlib  # deferred: heavy; only the end of training plots
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy; only the end of training plots
 
     lams, sig, conf = np.asarray(data["lams"]), data["sigma"], data["confidence"]
     show = sorted({0, len(lams) // 2, len(lams) - 1})
@@ -59,32 +68,20 @@ def figures(data: dict) -> dict:
     for i in show:
         ax.hist(sig[i], bins=bins, alpha=0.5, label=f"lambda={lams[i]:g}")
     ax.set_xscale("log")
-    ax.set_xlabel("chosen sigma")
-    ax.set_ylabel("images")
-    ax.legend()
-    ax.set_title("Chosen noise level")
-    fig.tight_layout()
+    _label(fig, ax, "chosen sigma", "images", "Chosen noise level")
     out["sigma_hist"] = fig
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(lams, sig.mean(axis=1), "o-", label="mean")
     ax.fill_between(lams, np.quantile(sig, 0.1, axis=1), np.quantile(sig, 0.9, axis=1), alpha=0.25,
                     label="10-90%")
-    ax.set_xlabel("lambda")
-    ax.set_ylabel("chosen sigma")
-    ax.legend()
-    ax.set_title("Noise level against the trade-off knob")
-    fig.tight_layout()
+    _label(fig, ax, "lambda", "chosen sigma", "Noise level against the trade-off knob")
     out["sigma_vs_lambda"] = fig
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for i in show:
         ax.scatter(conf, sig[i], s=6, alpha=0.5, label=f"lambda={lams[i]:g}")
-    ax.set_xlabel("base classifier clean confidence")
-    ax.set_ylabel("chosen sigma")
-    ax.legend()
-    ax.set_title("Noise level against confidence")
-    fig.tight_layout()
+    _label(fig, ax, "base classifier clean confidence", "chosen sigma", "Noise level against confidence")
     out["sigma_vs_confidence"] = fig
     return out
 
@@ -92,9 +89,7 @@ def figures(data: dict) -> dict:
 def write_diagnostics(data: dict, out_dir: str | Path, loggers=()) -> list[Path]:
     """Save the figures as PNG files under out_dir (plus the raw numbers as an .npz); log them to W&B
     when a WandbLogger is present. Returns the PNG paths."""
-    import matplotlib.pyplot as plt
-
-    from vrs.utils.io import atomic_path, save_figure
+    import matplotlib.pyplot as plt  # deferred: heavy; only the end of training plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +107,7 @@ def write_diagnostics(data: dict, out_dir: str | Path, loggers=()) -> list[Path]
 
 def _log_wandb(paths: list[Path], loggers) -> None:
     try:
-        from pytorch_lightning.loggers import WandbLogger
+        from pytorch_lightning.loggers import WandbLogger  # deferred: only a run with loggers needs it
     except ImportError:  # pragma: no cover - Lightning always has it
         return
     for lg in loggers or ():

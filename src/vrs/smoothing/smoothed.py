@@ -60,7 +60,7 @@ def with_freezing(compiled):
     """Call a torch.compile'd network with Inductor's freezing on: when it compiles, the weights become
     constants, so BatchNorm folds into the convolutions. Sound here because certification never changes the
     weights (a network trained further needs a new SmoothedClassifier)."""
-    import torch._inductor.config as inductor_config
+    import torch._inductor.config as inductor_config  # deferred: only torch.compile needs it
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with inductor_config.patch(freezing=True):
@@ -170,7 +170,7 @@ class SmoothedClassifier:
         self.base_classifier = base_classifier.to(self.device).eval()
         self.fused_blocks = bool(fused_blocks)
         if self.fused_blocks:
-            from vrs.models.fused_blocks import fuse_residual_stages
+            from vrs.models.fused_blocks import fuse_residual_stages  # deferred: it imports Triton
 
             self.base_classifier = fuse_residual_stages(self.base_classifier)
         self.num_classes = num_classes

@@ -23,6 +23,12 @@ def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ()) -> None:
     rich.print(tree)
 
 
+def plain(cfg: Any) -> Any:
+    """An OmegaConf node as plain dicts and lists, interpolations resolved (what checkpoints store, since
+    torch.load(weights_only=True) reads no OmegaConf); anything else as it is."""
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
 def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` entry of a dict-of-configs group (callbacks, loggers)."""
     if not cfg:

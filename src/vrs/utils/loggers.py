@@ -17,6 +17,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vrs.errors import first_line
+
 log = logging.getLogger(__name__)
 
 # Targets whose config gets the run tags (our factory below, or Lightning's class used directly).
@@ -43,7 +45,7 @@ def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = Non
     name=None names the run <group>-<run directory name>: the timestamp of a run, the job number in a
     multirun, `base` for VRS's stage 1.
     """
-    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning, only when a W&B logger is built
 
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if name is None:
@@ -67,9 +69,8 @@ def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = Non
     except Exception as err:  # noqa: BLE001 - any W&B trouble must degrade to offline, never stop the run
         if offline:
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        log.warning("W&B online logging failed (%s); continuing offline", first)
-        import wandb
+        log.warning("W&B online logging failed (%s); continuing offline", first_line(err))
+        import wandb  # deferred: wandb is heavy; only this fallback needs it
 
         wandb.teardown()  # the failed session keeps its online settings (and would log in again)
         os.environ["WANDB_MODE"] = "offline"
