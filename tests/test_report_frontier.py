@@ -228,6 +228,12 @@ def test_oracle_equals_a_hand_computation(made, tree):
     o = pick(rows, "ACR", "oracle")
     assert float(o["metric"]) == pytest.approx(acr, abs=1e-6) and int(o["n"]) == N_CERT
     assert float(o["clean"]) == pytest.approx(np.mean([b is not None for b in best]))
+    # more clean accuracy than every fixed sigma: compared, paired, with the fixed sigma of most clean accuracy
+    r25, c25 = arr["cert"][0.25]
+    d = np.array([b if b is not None else 0.0 for b in best]) - np.where(c25 > 0, r25, 0.0)
+    assert o["verdict"].startswith("outside the fixed-sigma range (more clean accuracy than every fixed sigma; "
+                                   f"metric {d.mean():+.3f} ({d.mean() / (d.std(ddof=1) / np.sqrt(N_CERT)):+.1f} SE)"
+                                   " against sigma=0.25)")
     for r in RADII:
         hand = np.mean([b is not None and b >= r for b in best])
         assert float(pick(rows, f"cert_acc@r={r:g}", "oracle")["metric"]) == pytest.approx(hand)
