@@ -17,6 +17,10 @@ run is measured on the same radii. Writes report.md, report.csv and PNGs (certif
 robust accuracy, chosen sigma, training accuracy: each only when there is something to plot) in
 report.out_dir; each file atomically, and only after every input was read: a bad input leaves an earlier
 report in place.
+
+Also VRS against fixed sigma on the same base classifier (issue 17, vrs.apps.report_frontier): report.md's
+"Frontier", "Sigma diagnostics" and "Oracle headroom (diagnostic)" sections, frontier.csv,
+sigma_diagnostics.csv, frontier_robust.png and frontier_certified.png.
 """
 
 from __future__ import annotations

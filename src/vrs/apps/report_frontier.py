@@ -654,7 +654,7 @@ def plot_frontier(fr: Frontier, kinds: tuple[str, ...]):
         for p in c.points:
             curves.setdefault(p.curve, []).append(p)
         for i, (curve, pts) in enumerate(curves.items()):
-            pts = sorted(pts, key=lambda p: p.clean)
+            pts = sorted(pts, key=lambda p: p.lam if p.lam is not None else (p.sigma or 0.0))  # along the knob
             x, y = [p.clean for p in pts], [p.metric for p in pts]
             xe, ye = [p.clean_se for p in pts], [p.metric_se for p in pts]
             if curve == ORACLE:
