@@ -313,3 +313,56 @@ def test_the_real_process(tree, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Frontier" in md and "## Oracle headroom (diagnostic)" in md
     assert (tmp_path / "rep" / "frontier.csv").read_text().startswith("base,comparison,clean_from,curve")
+
+
+def write_predict(d: Path, ckpt: Path, sha: str, idx, labels, correct, sigma):
+    """A `certify.mode=predict` results directory (PREDICT's clean accuracy at a fixed sigma)."""
+    d.mkdir(parents=True)
+    meta = {"mode": "predict", "n0": 10, "n": 1000, "alpha": 0.001, "sigma": sigma, "seed": 0,
+            "checkpoint_sha256": sha, "checkpoint": str(ckpt), "data": "fashion_mnist", "split": "test", "format": 1}
+    (d / "certify.meta.json").write_text(json.dumps(meta))
+    lines = ["idx\tlabel\tpredict\tcorrect\ttime\tsigma"]
+    lines += [f"{int(i)}\t{int(y)}\t{int(y) if c else -1}\t{int(c)}\t0.0100\t{sigma:g}"
+              for i, y, c in zip(idx, labels, correct)]
+    (d / "certify.tsv").write_text("\n".join(lines) + "\n")
+    (d / "summary.json").write_text(json.dumps({"num_images": len(idx)}))
+
+
+def test_certified_frontier_uses_predict_clean_when_every_point_has_it(tmp_path):
+    """Fixed-sigma certifications on the VRS file with PREDICT runs on the same images, and a VRS point whose
+    attack run gives its PREDICT clean accuracy: the comparison uses PREDICT's clean accuracy everywhere, the
+    oracle's clean outcome being PREDICT's at the oracle's sigma."""
+    n, res = 30, tmp_path / "results"
+    ckpt = tmp_path / "elsewhere" / "vrs.ckpt"  # no training config next to it: labelled by its path
+    idx, labels = np.arange(n) * 2, np.arange(n) % 3
+    radius, correct, pclean = {}, {}, {}
+    for k, s in enumerate(GRID):
+        correct[s] = outcomes(n, [0.9, 0.7, 0.5][k], 60 + k)
+        radius[s] = np.round(np.random.default_rng(70 + k).uniform(0.01, 2 * s, n), 6)
+        pclean[s] = outcomes(n, [0.95, 0.8, 0.6][k], 80 + k)
+        write_certify(res / "cert" / str(k), ckpt, VRS_SHA, idx, labels, radius[s], correct[s], s)
+        write_predict(res / "pred" / str(k), ckpt, VRS_SHA, idx, labels, pclean[s], s)
+    vc, vr, vclean = outcomes(n, 0.7, 90), np.round(np.random.default_rng(91).uniform(0.01, 1.0, n), 6), \
+        outcomes(n, 0.85, 92)
+    write_certify(res / "vrs", ckpt, VRS_SHA, idx, labels, vr, vc, None,
+                  vrs={"lam": 0.5, "sigma": np.full(n, 0.5)})
+    write_attack(res / "att", ckpt, VRS_SHA, idx, labels, vclean, {0.5: outcomes(n, 0.4, 93)},
+                 {"kind": "vrs", "defense": "vrs", "lam": 0.5, "median": {"grid": GRID}, "m": 2})
+    rep = report(res, tmp_path / "rep")
+    acr = next(c for c in rep.frontier.comparisons if c.name == "ACR")
+    assert acr.clean_from == "PREDICT (abstain = wrong)"
+    pts = {(p.curve, p.sigma, p.lam): p for p in acr.points}
+    for s in GRID:
+        assert pts[("fixed sigma", s, None)].clean == pytest.approx(pclean[s].mean())
+    vrs = pts[("VRS C1 [checkpoint elsewhere/vrs.ckpt]", None, 0.5)]
+    assert vrs.clean == pytest.approx(vclean.mean())
+    rad, cor = np.stack([radius[s] for s in GRID]), np.stack([correct[s] for s in GRID])
+    best = np.argmax(np.where(cor > 0, rad, -np.inf), 0)
+    hand = np.where(cor.any(0), np.stack([pclean[s] for s in GRID])[best, np.arange(n)], 0.0)
+    oracle = pts[("oracle (diagnostic, uses the label)", None, None)]
+    assert oracle.clean == pytest.approx(hand.mean())
+    assert oracle.metric == pytest.approx(np.where(cor.any(0), rad[best, np.arange(n)], 0).mean(), abs=1e-6)
+    g = fr_mod.frontier_gap(GRID, np.stack([pclean[s] for s in GRID]),
+                            np.stack([np.where(correct[s] > 0, radius[s], 0.0) for s in GRID]), vclean,
+                            np.where(vc > 0, vr, 0.0))
+    assert vrs.verdict == g.verdict

@@ -454,25 +454,31 @@ def sigma_diagnostics(base: Base, notes: list[str]) -> list[SigmaRow]:
             sig, source = r.per_image["sigma_clean"], f"attack.csv sigma_clean ({next(iter(r.robust))})"
             grid = (r.source.get("median") or {}).get("grid")
             curve = "VRS"
-        if sig is None or len(sig) == 0 or not np.all(np.isfinite(sig)) or np.any(sig <= 0):
+        sig = np.asarray(sig, dtype=np.float64)
+        keep = np.isfinite(sig) & (sig > 0)  # a VRS certification whose sigma was undetermined has none
+        if keep.sum() < 2:
+            notes.append(f"{base.name}: {r.dirs[0]}: fewer than 2 images with a chosen sigma: no sigma diagnostics")
             continue
+        if not keep.all():
+            source += f"; {int((~keep).sum())} images without a sigma left out"
+        sig, ridx, rlab = sig[keep], r.idx[keep], r.labels[keep]
         if not grid:
             grid = sorted(fixed_cert) or sorted(set(float(s) for s in sig))
             source += "; grid: " + ("the fixed sigmas" if fixed_cert else "the observed sigmas")
         grid = sorted(float(g) for g in grid)
         oracle_sigma = None
         if fixed_cert:
-            everyone = [r.idx] + [f.idx for f in fixed_cert.values()]
+            everyone = [ridx] + [f.idx for f in fixed_cert.values()]
             common, pos = align_images(*everyone)
             if common.size >= 3:
                 o = certified_oracle(list(fixed_cert), np.stack([f.radii[p] for f, p in zip(fixed_cert.values(),
                                                                                             pos[1:])]),
                                      np.stack([f.per_image["correct"][p] for f, p in zip(fixed_cert.values(),
                                                                                          pos[1:])]))
-                own = np.full(len(r.idx), np.nan)
+                own = np.full(len(ridx), np.nan)
                 own[pos[0]] = o.sigma
                 oracle_sigma = own
-        summ = sigma_summary(sig, grid, labels=r.labels, oracle_sigma=oracle_sigma, prefix="")
+        summ = sigma_summary(sig, grid, labels=rlab, oracle_sigma=oracle_sigma, prefix="")
         hist = " ".join(f"{g:g}:{int(summ[f'count_{g:g}'])}" for g in grid)
         per_class = " ".join(f"{k[len('mean_class'):]}:{v:.3g}" for k, v in summ.items() if k.startswith("mean_class"))
         out.append(SigmaRow(base.name, f"{curve} [{base.selector}]", source, float(r.source["lam"]), len(sig), grid,
@@ -494,9 +500,15 @@ def build_frontier(rows: list[Row], radii: list[float]) -> Frontier:
     bases = group_bases(rows)
     comparisons, sigma_rows, notes = [], [], []
     for b in bases:
-        comparisons += certified_comparisons(b, radii, notes)
-        comparisons += robust_comparisons(b, notes)
-        sigma_rows += sigma_diagnostics(b, notes)
+        for part, what in ((lambda: certified_comparisons(b, radii, notes), "certification frontier"),
+                           (lambda: robust_comparisons(b, notes), "attack frontier"),
+                           (lambda: sigma_diagnostics(b, notes), "sigma diagnostics")):
+            try:
+                got = part()
+            except (ValueError, KeyError, TypeError, IndexError) as err:  # one odd run must not sink the report
+                notes.append(f"{b.name}: {what} not computed ({type(err).__name__}: {err})")
+                continue
+            (sigma_rows if what == "sigma diagnostics" else comparisons).extend(got)
     return Frontier(bases, comparisons, sigma_rows, notes)
 
 
