@@ -54,7 +54,7 @@ import numpy as np
 from vrs.analysis.frontier import frontier_gap, pareto_frontier
 from vrs.analysis.oracle import certified_oracle, robust_oracle
 from vrs.analysis.outcomes import align_images, certified_at, radius_if_correct, robust_under_all
-from vrs.analysis.sigma_spread import rank_correlation, sigma_summary
+from vrs.analysis.sigma_spread import sigma_summary
 from vrs.analysis.standard_error import accuracy_standard_error, mean_standard_error
 from vrs.apps.report_runs import Row, fmt_num, short_ckpt, training_config, value
 
@@ -255,7 +255,8 @@ def right_of_range(sigmas, cm, fm: np.ndarray, m: np.ndarray) -> str:
     d = m - fm[j]
     se = float(np.std(d, ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
     z = f"{d.mean() / se:+.1f} SE" if se > 0 else f"SE {se:.3g}"
-    return f" (more clean accuracy than every fixed sigma; metric {d.mean():+.3f} ({z}) against sigma={fmt_num(sigmas[j])})"
+    return (f" (more clean accuracy than every fixed sigma; metric {d.mean():+.3f} ({z}) against "
+            f"sigma={fmt_num(sigmas[j])})")
 
 
 # ---- certification ----------------------------------------------------------------------------------------
@@ -523,7 +524,9 @@ def _pm(v: float, se: float) -> str:
 
 
 def _at(p: Point) -> str:
-    return "" if p.curve == ORACLE else (f"sigma={fmt_num(p.sigma)}" if p.sigma is not None else f"lambda={fmt_num(p.lam)}")
+    if p.curve == ORACLE:
+        return ""
+    return f"sigma={fmt_num(p.sigma)}" if p.sigma is not None else f"lambda={fmt_num(p.lam)}"
 
 
 FRONTIER_COLUMNS = ["base", "comparison", "clean_from", "curve", "sigma", "lambda", "n", "clean", "clean_se", "metric",
