@@ -579,10 +579,12 @@ def markdown(fr: Frontier) -> list[str]:
         mine = [c for c in fr.comparisons if c.base == b.name]
         if not mine:
             continue
-        sel = f"; VRS selector: {b.selector}" if b.selector else ""
-        pairing = "; ".join(b.pairing) if b.pairing else "fixed-sigma runs on this file"
-        md += [f"### Base classifier {b.name}", "",
-               f"Fixed-sigma runs paired: on this file, and {pairing}{sel}.", ""]
+        if b.selector:
+            text = (f"VRS selector: {b.selector}. Fixed-sigma runs paired with it: those on this file; "
+                    + "; ".join(b.pairing) + ".")
+        else:
+            text = "Fixed-sigma runs on this file (no VRS run on it)."
+        md += [f"### Base classifier {b.name}", "", text, ""]
         for c in mine:
             md += [f"#### {c.name}", "", f"Clean accuracy: {c.clean_from}." + (f" {c.note}" if c.note else ""), ""]
             if not c.points:
