@@ -17,6 +17,10 @@ run is measured on the same radii. Writes report.md, report.csv and PNGs (certif
 robust accuracy, chosen sigma, training accuracy: each only when there is something to plot) in
 report.out_dir; each file atomically, and only after every input was read: a bad input leaves an earlier
 report in place.
+
+Also VRS against fixed sigma on the same base classifier (issue 17, vrs.apps.report_frontier): report.md's
+"Frontier", "Sigma diagnostics" and "Oracle headroom (diagnostic)" sections, frontier.csv,
+sigma_diagnostics.csv, frontier_robust.png and frontier_certified.png.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
+from vrs.apps.report_frontier import FRONTIER_PLOTS, build_frontier, frontier_csv, plot_frontier, sigma_csv
+from vrs.apps.report_frontier import markdown as frontier_markdown
 from vrs.apps.report_plots import PLOTS, matplotlib_color, save_plot
 from vrs.apps.report_runs import Row, collect  # noqa: F401 - Row: the row type, for callers (tests)
 from vrs.apps.report_table import (LEGEND, attack_names, cell, merge, name_rows, order_key, settings_lines, table,
@@ -51,6 +57,7 @@ class Report:
     files: list[Path]
     skipped: list[str]
     markdown: str
+    frontier: Any = None            # vrs.apps.report_frontier.Frontier
 
 
 def build_report(cfg: DictConfig) -> Report:
@@ -72,6 +79,7 @@ def build_report(cfg: DictConfig) -> Report:
                        f"attack.csv + summary.json or training run (.hydra/config.yaml + csv/metrics.csv) under "
                        f"them{why}")
     attack_names(found)
+    frontier = build_frontier(found.rows, [float(x) for x in radii])  # on the runs as read, before merging
     rows = merge(found.rows)
     name_rows(rows, set(r.get("hide_overrides") or []))
     rows.sort(key=order_key)
@@ -91,6 +99,13 @@ def build_report(cfg: DictConfig) -> Report:
             save_plot(plt, fig, out / name)
             files.append(out / name)
             figures.append((made["title"], name))
+    frontier_figures = []
+    for name, (kinds, title) in FRONTIER_PLOTS.items():
+        made = plot_frontier(frontier, kinds)
+        if made is not None:
+            save_plot(*made, out / name)
+            files.append(out / name)
+            frontier_figures.append((title, name))
     title = r.get("title") or "VRS report"
     md = [f"# {title}", "",
           f"Made by `vrs-report` on {datetime.now().strftime('%Y-%m-%d %H:%M')} from "
@@ -103,15 +118,18 @@ def build_report(cfg: DictConfig) -> Report:
     prefixes = {c.split("@")[0].split("[")[0] for c in cols}  # cert_acc@r=R, robust_acc[A]@eps=E: one entry each
     md += [f"- `{c}`: {LEGEND[c]}" for c in LEGEND if c.split("@")[0].split("[")[0] in prefixes]
     md += [""] + [f"## {t}\n\n![{t}]({f})\n" for t, f in figures]
+    md += frontier_markdown(frontier) + [f"### {t}\n\n![{t}]({f})\n" for t, f in frontier_figures]
     md += ["## Runs", ""] + [f"{i}. {rec['config']}: " + ", ".join(f"`{d}`" for d in rec["run_dirs"].split(" "))
                              for i, rec in enumerate(records, 1)]
     if found.skipped:
         md += ["", "## Skipped", ""] + [f"- {s}" for s in found.skipped]
     text = "\n".join(md) + "\n"
+    atomic_write(out / "frontier.csv", frontier_csv(frontier))
+    atomic_write(out / "sigma_diagnostics.csv", sigma_csv(frontier))
     atomic_write(out / "report.csv", to_csv(cols, records))
     atomic_write(out / "report.md", text)
-    files = [out / "report.md", out / "report.csv"] + files
-    return Report(out, cols, records, files, found.skipped, text)
+    files = [out / "report.md", out / "report.csv", out / "frontier.csv", out / "sigma_diagnostics.csv"] + files
+    return Report(out, cols, records, files, found.skipped, text, frontier)
 
 
 def print_summary(rep: Report) -> None:

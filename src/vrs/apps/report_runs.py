@@ -88,6 +88,13 @@ class Row:
     correct: np.ndarray | None = None                # ... and whether it counts (abstain = wrong)
     sigmas: np.ndarray | None = None                 # the sigma chosen per image (VRS)
     robust: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # attack -> [(eps, acc)]
+    # per-image results for the frontier (vrs.apps.report_frontier), of the one run this row was read from
+    idx: np.ndarray | None = None                    # dataset index per image (certify: per TSV row)
+    labels: np.ndarray | None = None                 # label per image
+    ckpt_path: str | None = None                     # the checkpoint's full path as the run recorded it
+    source: dict = field(default_factory=dict)       # the run's own description (certify meta / attack info)
+    per_image: dict | None = None                    # certify: {"correct"}; attack: {"norm", "clean",
+                                                     #   "sigma_clean", "eps": {eps: correct}}
 
 
 def fmt_num(v: float) -> str:
@@ -138,7 +145,10 @@ def read_certify(path: Path, radii: list[float]) -> Row:
         "abstain": core.abstain_rate([r["predict"] for r in rows]) if rows else None,
     }
     row = Row("certify", family, label, values, identity, [str(path)], sigmas=sigmas,
-              ckpt=short_ckpt(meta.get("checkpoint")))
+              ckpt=short_ckpt(meta.get("checkpoint")), ckpt_path=meta.get("checkpoint"), source=meta,
+              idx=np.array([r["idx"] for r in rows], dtype=np.int64),
+              labels=np.array([r["label"] for r in rows], dtype=np.int64),
+              per_image={"correct": correct.astype(np.float64)})
     if table != "predict":
         row.radii = np.array([r["radius"] for r in rows])
         row.correct = correct
@@ -192,9 +202,35 @@ def read_attack(path: Path) -> tuple[Row, dict]:
         values["sigma_mean"] = per_eps[0].get("sigma_clean_mean") if per_eps else None
     notes = [] if summary.get("complete", True) else [f"{name}: not every image attacked at every eps"]
     values["notes"] = "; ".join(notes) or None
-    row = Row("attack", family, label, values, identity, [str(path)], ckpt=short_ckpt(settings.get("checkpoint")))
+    row = Row("attack", family, label, values, identity, [str(path)], ckpt=short_ckpt(settings.get("checkpoint")),
+              ckpt_path=settings.get("checkpoint"), source={**info, "settings": settings})
+    read_attack_rows(path, row, summary)
     row.robust[name] = [(0.0, clean.get("acc"))] + [(float(p["eps"]), p["robust_acc"]) for p in per_eps]
     return row, {"name": name, **attack_setup(settings)}
+
+
+def read_attack_rows(path: Path, row: Row, summary: dict) -> None:
+    """attack.csv's per-image outcomes onto the row: per image (in idx order) the label, clean PREDICT
+    correctness (`clean_predict == label`, abstain = wrong), the clean sigma (`sigma_clean`) and, per eps of the
+    summary, PREDICT correctness on the adversarial input (`correct`); an image missing at some eps is dropped."""
+    eps_wanted = [float(p["eps"]) for p in summary["per_eps"]]
+    by_idx: dict[int, dict] = {}
+    with open(path / "attack.csv", newline="") as fh:
+        for rec in csv.DictReader(fh):
+            e = float(rec["eps"])
+            match = [w for w in eps_wanted if np.isclose(w, e, rtol=1e-5, atol=1e-9)]
+            if not match:
+                continue
+            d = by_idx.setdefault(int(rec["idx"]), {"label": int(rec["label"]), "clean": int(rec["clean_predict"])
+                                                    == int(rec["label"]), "sigma": float(rec["sigma_clean"])})
+            d[match[0]] = int(rec["correct"])
+    idx = np.array(sorted(i for i, d in by_idx.items() if all(e in d for e in eps_wanted)), dtype=np.int64)
+    row.idx = idx
+    row.labels = np.array([by_idx[i]["label"] for i in idx], dtype=np.int64)
+    row.per_image = {"norm": summary.get("norm"),
+                     "clean": np.array([by_idx[i]["clean"] for i in idx], dtype=np.float64),
+                     "sigma_clean": np.array([by_idx[i]["sigma"] for i in idx], dtype=np.float64),
+                     "eps": {e: np.array([by_idx[i][e] for i in idx], dtype=np.float64) for e in eps_wanted}}
 
 
 def last_logged(metrics_csv: Path) -> tuple[dict[str, float], int | None]:
