@@ -1,4 +1,4 @@
-"""The VRS part of vrs-certify: sample-wise certification of a VRS selector checkpoint (method.md section 6).
+"""The VRS part of vrs-certify: sample-wise certification of a VRS selector checkpoint (docs/method.md section 6).
 
     vrs-certify ckpt_path=<vrs run>/checkpoints/last.ckpt                      # C1 at lambda = 0.5 (default)
     vrs-certify ckpt_path=... certify=vrs_c1 certify.lam=0.25
