@@ -50,7 +50,7 @@ seeded split, seed 0 in every app, so they are never trained on):
 
 Sizes (--size):
   smoke  data=digits, tiny nets, 2 sigmas, 2 lambdas, 1 eps, 8 images, no certification on val: tests the script
-         (~35 app processes, ~7-8 minutes on 2 shared cores, nearly all of it process start-up)
+         (~33 app processes, ~5.5 minutes on 2 shared cores, nearly all of it process start-up)
   cpu    the issue's CPU size: Fashion-MNIST, 500 test images (every 20th; val: every 10th of the 5,000), sigma in
          {0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0}, lambda in {0, 0.2, ..., 1}, eps {0.5, 1.0} at the eot_pgd default
          budget (20 steps x 8 EOT, m = 8), all three attacks on val and test, PREDICT n = 1,000, C1 / Cohen
@@ -101,7 +101,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -201,7 +201,7 @@ def eps_list(values) -> str:
 
 # rough per-unit costs in seconds, per device (docstring); startup per process
 RATES = {
-    "h100": dict(start=15.0, cert_sample=1.25e-6, atk_vrs_fixed=0.011, atk_vrs_grad=4.6e-5 / 1.0,
+    "h100": dict(start=15.0, cert_sample=1.25e-6, atk_vrs_fixed=0.011, atk_vrs_grad=4.6e-5,
                  atk_fix_fixed=0.008, atk_fix_grad=2.5e-5, base=60.0, selector=60.0, adversarial=150.0),
     # 2 shared cores, measured 2026-12-06 (load ~2): LeNet forward 1,000-1,800 samples/s, EOT-PGD 700 noisy
     # samples/s forward + backward (benchmarks/attack_throughput.py --device cpu); PREDICT n = 1,000 ~1.5 s an image
@@ -271,8 +271,7 @@ def build_steps(size: Size, out: Path, data_root: str | None, splits: list[str])
                                    f"hydra.sweep.dir={root / f'cert_{obj}'}"],
                                   root / f"cert_{obj}", est))
             for a, a_args in ATTACKS.items():
-                est = r["start"] + len(size.lams) * n_eps * n_img * (
-                    r["atk_vrs_fixed"] + grads * r["atk_vrs_grad"] * (size.eot and 1))
+                est = r["start"] + len(size.lams) * n_eps * n_img * (r["atk_vrs_fixed"] + grads * r["atk_vrs_grad"])
                 steps.append(Step(f"{split}/atk_{obj}_{a}", "vrs", "attack",
                                   ["-m", f"ckpt_path={ckpt}", f"defense.lam={fmt(size.lams)}", *a_args, *atk,
                                    *vrs_def, *common, "task_name=vrs_frontier",
@@ -421,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
     p.add_argument("--out", type=Path, help="output root (fixed: rerun with the same --out to continue)")
-    p.add_argument("--data-root", help="Fashion-MNIST folder (*.gz), passed as data.root (GPU: .device-data/fashion-mnist)")
+    p.add_argument("--data-root",
+                   help="Fashion-MNIST folder (*.gz), passed as data.root (GPU: .device-data/fashion-mnist)")
     p.add_argument("--split", choices=("both", "val", "test"), default="both",
                    help="both (default): val first (choices), then test")
     p.add_argument("--steps", default="train,fixed,vrs,choose,report",
@@ -514,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
                 record["choices"] = (json.loads(choices_path.read_text()) if choices_path.is_file() else None)
                 record["choices_from"] = str(choices_path) if choices_path.is_file() else None
             # the first step of a call always starts, with at least 30 s (a rerun resumes it in its folder)
-            rc, timed_out = run_app(s, None if left is None else max(left, 30.0), out / "logs" / (s.name.replace("/", "_") + ".log"))
+            log = out / "logs" / (s.name.replace("/", "_") + ".log")
+            rc, timed_out = run_app(s, None if left is None else max(left, 30.0), log)
         wall = time.time() - t0
         ran_any = True
         entry["command"] = shlex.join(s.command()) if s.app else "(in-process: choose_on_val)"

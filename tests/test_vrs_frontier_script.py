@@ -1,4 +1,4 @@
-"""benchmarks/vrs_frontier.py --size smoke end to end (data=digits, tiny nets; ~30 app processes, ~6-8 minutes on
+"""benchmarks/vrs_frontier.py --size smoke end to end (data=digits, tiny nets; ~33 app processes, ~5.5 minutes on
 2 CPU cores), then a rerun that must skip every finished step."""
 
 from __future__ import annotations

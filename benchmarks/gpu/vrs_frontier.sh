@@ -9,7 +9,9 @@ set -uo pipefail
 OUT=${OUT:-gpu-out}; WORK=${WORK:-/tmp/frontier}; DATA=${DATA:-.device-data/fashion-mnist}
 SIZE=${SIZE:-gpu}; BUDGET=${BUDGET:-520}
 mkdir -p "$OUT"
-if [ ! -d "$WORK" ] && [ -f frontier.tgz ]; then mkdir -p "$(dirname "$WORK")" && tar xzf frontier.tgz -C "$(dirname "$WORK")"; fi
+if [ ! -d "$WORK" ] && [ -f frontier.tgz ]; then
+  mkdir -p "$(dirname "$WORK")" && tar xzf frontier.tgz -C "$(dirname "$WORK")"
+fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/device.txt" 2>/dev/null || true
 python3 benchmarks/vrs_frontier.py --size "$SIZE" --out "$WORK" --data-root "$DATA" --time-budget "$BUDGET" ${ARGS:-}
 rc=$?
