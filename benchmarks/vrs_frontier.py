@@ -32,6 +32,8 @@ What it runs (every row uses ONE multi-sigma base classifier):
       All at the eot_pgd config's default budget (20 steps x 8 EOT draws, m = 8), eps in {0.5, 1.0}, PREDICT at
       n = 1,000 (abstain = wrong). A VRS point is scored under its strongest attack PER IMAGE (robust only if
       robust under all three), which is at least as strict as its strongest single attack.
+  The selectors keep vrs_fmnist's settings (20 epochs, median smoothing sigma_h = 0.5, deployed grid
+  {0.12, 0.25, 0.5, 1.0}: a subset of the 7 fixed sigmas, so the oracle over the 7 bounds them from above).
   val/choices.json            written after the val split's runs (below)
   report/, report_val/        vrs-report report.inputs=[train, <split>] (frontier, oracle, sigma spread, tables)
   experiment.json             commands, sizes, seeds, wall time per step and in total, the machine
