@@ -212,7 +212,8 @@ RATES = {
 }
 
 
-def build_steps(size: Size, out: Path, data_root: str | None, splits: list[str]) -> list[Step]:
+def build_steps(size: Size, out: Path, data_root: str | None, splits: list[str],
+                objectives: tuple[str, ...] = OBJECTIVES) -> list[Step]:
     r = RATES[size.device]
     data = list(size.data) + ([f"data.root={data_root}"] if data_root else [])
     common = data + [f"seed={SEED}"] + QUIET
@@ -224,7 +225,7 @@ def build_steps(size: Size, out: Path, data_root: str | None, splits: list[str])
                       ["experiment=multi_fmnist", *size.trainer, *data, f"seed={SEED}", *TRAIN_QUIET, *size.base,
                        "task_name=vrs_frontier", f"hydra.run.dir={train_dir / 'base'}"],
                       train_dir / "base", r["base"] * smoke_scale))
-    for obj in OBJECTIVES:
+    for obj in objectives:
         est = r["adversarial" if obj == "adversarial" else "selector"] * smoke_scale
         extra = ["objective.steps=1"] if size.name == "smoke" and obj == "adversarial" else []
         steps.append(Step(f"train/{obj}", "train", "train",
@@ -263,7 +264,7 @@ def build_steps(size: Size, out: Path, data_root: str | None, splits: list[str])
                           ["-m", f"ckpt_path={base_ckpt}", f"defense.sigma={fmt(size.sigmas)}", *ATTACKS["eot"], *atk,
                            *vrs_def, *common, "task_name=vrs_frontier", f"hydra.sweep.dir={root / 'atk_fixed'}"],
                           root / "atk_fixed", est))
-        for obj in OBJECTIVES:
+        for obj in objectives:
             ckpt = train_dir / obj / "checkpoints" / "last.ckpt"
             if cert_on:
                 est = r["start"] + len(cert_lams) * cert_n * (size.n + size.n0) * r["cert_sample"]
@@ -312,7 +313,7 @@ def read_attack_runs(folder: Path) -> list[tuple[dict, dict]]:
     return jobs
 
 
-def choose_on_val(root: Path, size: Size) -> dict:
+def choose_on_val(root: Path, size: Size, objectives: tuple[str, ...] = OBJECTIVES) -> dict:
     """The pre-registered operating points from the val split (docstring, "Validation split")."""
     from vrs.analysis.frontier import frontier_gap
     from vrs.analysis.outcomes import align_images
@@ -324,7 +325,7 @@ def choose_on_val(root: Path, size: Size) -> dict:
                     "the fixed-sigma Pareto frontier at matched clean accuracy (vrs.analysis.frontier_gap); "
                     "best objective: the largest such z", "objectives": {}}
     best = None
-    for obj in OBJECTIVES:
+    for obj in objectives:
         per_attack = {a: {float(cfg["defense"]["lam"]): out for cfg, out in read_attack_runs(root / f"atk_{obj}_{a}")}
                       for a in ATTACKS}
         points, attack_acc = [], {a: [] for a in ATTACKS}
@@ -438,11 +439,16 @@ def main(argv: list[str] | None = None) -> int:
                         "adaptive attack that was stronger on val (gpu default; all three when no val choices)")
     p.add_argument("--estimate", action="store_true", help="print the steps and their estimated seconds, run nothing")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--objectives", default=",".join(OBJECTIVES),
+                   help="selector objectives to train and evaluate (comma-separated; default all)")
     args = p.parse_args(argv)
+    objectives = tuple(args.objectives.split(","))
+    if not objectives or set(objectives) - set(OBJECTIVES):
+        p.error(f"--objectives={args.objectives!r}: a comma-separated subset of {','.join(OBJECTIVES)}")
     size = SIZES[args.size]
     splits = ["val", "test"] if args.split == "both" else [args.split]
     out = (args.out or Path("outputs") / f"vrs_frontier_{size.name}").resolve()
-    steps = build_steps(size, out, args.data_root, splits)
+    steps = build_steps(size, out, args.data_root, splits, objectives)
     groups = set(args.steps.split(","))
     unknown = groups - {"train", "fixed", "vrs", "choose", "report"}
     if unknown:
@@ -466,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     record_path = out / "experiment.json"
     record = load_record(record_path)
     record.update(size=clean_json(asdict(size)), seed=SEED, out=str(out), data_root=args.data_root,
-                  objectives=list(OBJECTIVES), attacks={a: v for a, v in ATTACKS.items()},
+                  objectives=list(objectives), attacks={a: v for a, v in ATTACKS.items()},
                   python=sys.version.split()[0])
     started = time.time()
     inv = {"started": datetime.now(timezone.utc).isoformat(), "argv": sys.argv[1:] if argv is None else argv,
@@ -506,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         entry = record["steps"].setdefault(s.name, {"attempts": []})
         if s.kind == "choose":
-            choices = choose_on_val(s.folder, size)
+            choices = choose_on_val(s.folder, size, objectives)
             (s.folder / "choices.json").write_text(json.dumps(clean_json(choices), indent=2) + "\n")
             rc, timed_out = 0, False
         else:
