@@ -360,6 +360,13 @@ def choose_on_val(root: Path, size: Size, objectives: tuple[str, ...] = OBJECTIV
     return result
 
 
+def chose_all(folder: Path, objectives: tuple[str, ...]) -> bool:
+    """Whether the val choices in `folder` cover every objective of this run (a run with more objectives than the
+    one that chose redoes the choice, which is deterministic for the objectives already chosen)."""
+    path = folder / "choices.json"
+    return path.is_file() and set(objectives) <= set(json.loads(path.read_text()).get("objectives", {}))
+
+
 def clean_json(o):
     if isinstance(o, float) and not math.isfinite(o):
         return None
@@ -486,14 +493,20 @@ def main(argv: list[str] | None = None) -> int:
     for s in steps:
         if s.group not in groups:
             continue
-        if (s.folder / DONE).is_file():
+        if (s.folder / DONE).is_file() and not (s.kind == "choose" and not chose_all(s.folder, objectives)):
             inv["skipped"].append(s.name)
             continue
         if (s.attack and s.attack != "eot" and s.name.startswith("test/")
                 and (args.test_attacks or size.test_attacks) == "chosen"):
             choices_path = args.choices or out / "val" / "choices.json"
             if choices_path.is_file():
-                pick = json.loads(choices_path.read_text())["objectives"][s.objective]["strongest_adaptive_attack"]
+                chosen = json.loads(choices_path.read_text())["objectives"]
+                if s.objective not in chosen:
+                    print(f"vrs_frontier: {choices_path} has no choice for objective {s.objective!r} (it has "
+                          f"{sorted(chosen)}): rerun the val split with it, or pass --test-attacks all", flush=True)
+                    status = "failed"
+                    break
+                pick = chosen[s.objective]["strongest_adaptive_attack"]
                 if pick != s.attack:
                     inv["skipped"].append(s.name)
                     record["steps"].setdefault(s.name, {})["not_run"] = (
