@@ -366,3 +366,85 @@ def test_certified_frontier_uses_predict_clean_when_every_point_has_it(tmp_path)
                             np.stack([np.where(correct[s] > 0, radius[s], 0.0) for s in GRID]), vclean,
                             np.where(vc > 0, vr, 0.0))
     assert vrs.verdict == g.verdict
+
+
+SELECTORS = {"paper": None, "radius": "vrs.selection.objectives.radius.RadiusObjective",
+             "adversarial": "vrs.selection.objectives.adversarial.AdversarialObjective"}
+
+
+def several_selectors(root: Path, rule1: bool = False) -> Path:
+    """benchmarks/vrs_frontier.py's layout: one stage-1 base classifier train/base/checkpoints/last.ckpt, three VRS
+    selectors trained on it (train/{paper,radius,adversarial}, `base_ckpt=` the stage-1 file, no fine-tuning),
+    fixed-sigma certifications and attacks on the stage-1 file, VRS certifications and attacks of each selector.
+    rule1: the fixed-sigma attack at sigma 0.5 ran on the radius selector's file instead (rule 1 for it)."""
+    base_ckpt = root / "train" / "base" / "checkpoints" / "last.ckpt"
+    res = root / "results"
+    idx, labels = np.arange(N_CERT) * 3, np.arange(N_CERT) % 4
+    aidx, alab = np.arange(N_ATT) * 5, np.arange(N_ATT) % 10
+    for k, s in enumerate(GRID):
+        correct = outcomes(N_CERT, [0.9, 0.75, 0.5][k], 20 + k)
+        radius = np.round(np.random.default_rng(10 + k).uniform(0.01, 2 * s, N_CERT), 6)
+        write_certify(res / "certify_fixed" / str(k), base_ckpt, BASE_SHA, idx, labels, radius, correct, s)
+        c, r = FIXED_ATT[s]
+        on = (root / "train" / "radius" / "checkpoints" / "last.ckpt", "2" * 64) if rule1 and s == 0.5 \
+            else (base_ckpt, BASE_SHA)
+        write_attack(res / "attack_fixed" / str(k), *on, aidx, alab, outcomes(N_ATT, c, 100 + k),
+                     {0.5: outcomes(N_ATT, r, 200 + k)}, {"kind": "vrs", "defense": "fixed_sigma", "sigma": s, "m": 2})
+    for j, (name, target) in enumerate(SELECTORS.items()):
+        run = root / "train" / name
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({
+            "module": {"_target_": "vrs.modules.selector.SelectorModule", "base_ckpt": str(base_ckpt),
+                       "finetune": {"epochs": 0}},
+            "objective": {"_target_": target} if target else None, "base_ckpt": str(base_ckpt),
+            "data": {"name": "fashion_mnist"}}), run / ".hydra" / "config.yaml")
+        ckpt, sha = run / "checkpoints" / "last.ckpt", str(j + 1) * 64
+        for k, lam in enumerate((0.0, 0.5)):
+            sig = np.where(np.arange(N_CERT) % (2 + k) == 0, 0.25, 1.0)
+            correct = outcomes(N_CERT, 0.7, 40 + 10 * j + k)
+            radius = np.round(np.random.default_rng(30 + 10 * j + k).uniform(0.01, 1.5, N_CERT), 6)
+            write_certify(res / f"certify_{name}" / str(k), ckpt, sha, idx, labels, radius, correct, None,
+                          vrs={"lam": lam, "sigma": sig})
+            c, r = VRS_ATT[lam]
+            write_attack(res / f"attack_{name}" / str(k), ckpt, sha, aidx, alab, outcomes(N_ATT, c, 300 + 10 * j + k),
+                         {0.5: outcomes(N_ATT, r, 400 + 10 * j + k)},
+                         {"kind": "vrs", "defense": "vrs", "lam": lam, "median": {"grid": GRID}, "m": 2},
+                         sigma_clean=0.5)
+    return res
+
+
+@pytest.mark.parametrize("rule1", [False, True], ids=["stage1", "stage1+same-file"])
+def test_every_selector_trained_on_one_stage1_file_gets_the_frontier(tmp_path, rule1):
+    """Fixed-sigma runs on a stage-1 file pair with EVERY VRS selector trained on it (rule 2), also when a
+    fixed-sigma run on one selector's own file joins in (rule 1): one base classifier, the fixed-sigma curve once
+    and one curve per selector, each VRS point with its gap; sigma diagnostics (rho with the oracle's sigma) and
+    oracle headroom for every selector."""
+    res = several_selectors(tmp_path, rule1)
+    rep = report(res, tmp_path / "rep")
+    md = rep.markdown
+    assert "no fixed-sigma certification of this base classifier" not in md
+    assert "no fixed-sigma defence attacked" not in md
+    with open(tmp_path / "rep" / "frontier.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len({r["base"] for r in rows}) == 1
+    labels = {"paper": "objective paper", "radius": "objective radius", "adversarial": "objective adversarial"}
+    for comp, prefix in (("ACR", "VRS C1"), ("cert_acc@r=0.5", "VRS C1"), ("robust_acc[pgd l2]@eps=0.5", "VRS")):
+        got = [r for r in rows if r["comparison"] == comp]
+        assert sorted(float(r["sigma"]) for r in got if r["curve"] == "fixed sigma") == GRID  # once, not per selector
+        assert sum(r["curve"].startswith("oracle") for r in got) == 1
+        for sel in labels.values():
+            pts = [r for r in got if r["curve"] == f"{prefix} [{sel}]"]
+            assert sorted(float(r["lambda"]) for r in pts) == [0.0, 0.5], (comp, sel, {r["curve"] for r in got})
+            assert all(r["verdict"] for r in pts)
+            if comp.startswith("robust"):  # lambda 0: (0.85, 0.60), inside the fixed-sigma range: a gap
+                assert next(r for r in pts if float(r["lambda"]) == 0)["gap"] != ""
+    with open(tmp_path / "rep" / "sigma_diagnostics.csv", newline="") as fh:
+        sig = list(csv.DictReader(fh))
+    for sel in labels.values():
+        cert = [s for s in sig if s["curve"] == f"VRS C1 [{sel}]"]
+        assert len(cert) == 2 and all(s["rho_oracle"] != "" for s in cert), (sel, sig)
+        assert [s for s in sig if s["curve"] == f"VRS [{sel}]"]
+        assert f"- VRS C1 [{sel}] (certify.tsv sigma):" in md
+    headroom = md[md.index("## Oracle headroom (diagnostic)"):]
+    for sel in labels.values():
+        assert f"| {sel} |" in headroom, headroom

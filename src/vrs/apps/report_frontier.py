@@ -11,7 +11,11 @@ when they smoothed the same base classifier:
      the same vrs-train run), matched by resolved path; only when the training run's config is still next
      to the VRS checkpoint and says `module.finetune.epochs` = 0 (a fine-tuned base classifier is another
      classifier than the stage-1 file).
-  Two fixed-sigma runs at one sigma: the one on the VRS file is kept, else the one with more images.
+  Several VRS selectors trained on one stage-1 file (rule 2 for each) hold one base classifier: they form ONE
+  group with the fixed-sigma runs on the stage-1 file and on any of their files (rule 1), one curve per selector
+  next to the one fixed-sigma curve, every point of a comparison on the images all of them evaluated (each VRS
+  point's gap paired with the fixed sigmas over those images); the group is then named after the stage-1 file.
+  Two fixed-sigma runs at one sigma: the one on a VRS file is kept, else the one with more images.
 
 Comparisons (each on the images that every run in it evaluated, lined up by `idx`):
 - certification: clean accuracy against ACR (`radius if correct else 0`) and against certified accuracy at
@@ -106,44 +110,87 @@ def stage1_paths(ckpt_path: str | None) -> tuple[list[str], str | None]:
 
 @dataclass
 class Base:
-    """One base classifier: the VRS checkpoint (or classifier) file and every run paired with it."""
+    """One base classifier: the files that hold it (VRS checkpoints trained on one stage-1 file, the stage-1 file,
+    or one classifier file) and every run paired with it."""
 
-    key: tuple                               # (data, checkpoint_sha256) of the file the group is named after
+    key: tuple                               # (data, checkpoint_sha256) of the first file of the group
     name: str
     rows: list[Row] = field(default_factory=list)
     pairing: list[str] = field(default_factory=list)   # how the fixed-sigma runs were paired
-    selector: str | None = None              # the VRS selector's objective (None: no VRS runs)
+    selectors: dict[tuple, str] = field(default_factory=dict)  # VRS file (data, sha256) -> its selector's label
+    stage1: str | None = None                # the resolved stage-1 path the VRS files share (rule 2)
+
+    @property
+    def selector(self) -> str | None:
+        """The VRS selectors' labels, joined (None: no VRS runs)."""
+        return "; ".join(self.selectors.values()) or None
+
+    def selector_of(self, row: Row) -> str:
+        return self.selectors.get((row.identity[0], row.identity[1]), "VRS")
+
+    @property
+    def own_shas(self) -> set:
+        """The files a fixed-sigma run is preferred on (module docstring): the VRS files, else the group's file."""
+        return {k[1] for k in self.selectors} or {self.key[1]}
 
 
 def group_bases(rows: list[Row]) -> list[Base]:
-    """Group the certify / attack rows (one run each) by base classifier (module docstring)."""
+    """Group the certify / attack rows (one run each) by base classifier (module docstring). VRS selectors trained
+    on one stage-1 file (without fine-tuning) hold the same base classifier: one group, one curve per selector."""
     runs = [r for r in rows if r.kind in ("certify", "attack") and r.identity is not None]
     bases: dict[tuple, Base] = {}
+    group_of: dict[tuple, tuple] = {}   # VRS file key -> its group's key
+    stage1: dict[str, tuple] = {}       # resolved stage-1 path -> the group's key
 
     def base_of(key: tuple, row: Row) -> Base:
         if key not in bases:
             bases[key] = Base(key, f"{key[0]}: {short_ckpt(row.ckpt_path) or '?'} (sha256 {str(key[1])[:8]})")
         return bases[key]
 
-    stage1: dict[str, tuple] = {}       # resolved stage-1 path -> the VRS group's key
-    for r in runs:
-        if r.family == "vrs":
-            key = (r.identity[0], r.identity[1])
-            b = base_of(key, r)
-            if b.selector is None:
-                b.selector = describe_objective(r.ckpt_path)
-                paths, why = stage1_paths(r.ckpt_path)
-                for p in paths:
-                    stage1[p] = key
-                b.pairing.append(f"stage-1 checkpoint {paths[0]}" if paths else f"stage-1 file not paired: {why}")
     for r in runs:
         key = (r.identity[0], r.identity[1])
-        if r.family == "fixed" and key not in bases:
+        if r.family != "vrs" or key in group_of:
+            continue
+        paths, why = stage1_paths(r.ckpt_path)
+        gid = next((stage1[p] for p in paths if p in stage1 and stage1[p][0] == key[0]), key)
+        b = base_of(gid, r)
+        b.selectors[key] = describe_objective(r.ckpt_path)
+        group_of[key] = gid
+        for p in paths:
+            stage1.setdefault(p, gid)
+            b.stage1 = b.stage1 or p
+        how = (f"stage-1 checkpoint {paths[0]}" if paths
+               else f"stage-1 file of {short_ckpt(r.ckpt_path)} not paired: {why}")
+        if how not in b.pairing:
+            b.pairing.append(how)
+    for r in runs:
+        key = (r.identity[0], r.identity[1])
+        if key in group_of:          # a VRS run, or a fixed-sigma run on a VRS file (rule 1)
+            key = group_of[key]
+        elif r.family == "fixed":    # on a stage-1 file (rule 2)
             target = stage1.get(_resolved(r.ckpt_path) or "")
             if target is not None and target[0] == key[0]:
                 key = target
         base_of(key, r).rows.append(r)
+    for b in bases.values():
+        if len(b.selectors) > 1:     # named after the stage-1 file the selectors share
+            on = [r for r in b.rows if _resolved(r.ckpt_path) == b.stage1]
+            sha = f", sha256 {str(on[0].identity[1])[:8]}" if on else ""
+            b.name = (f"{b.key[0]}: {short_ckpt(b.stage1) or '?'} (stage-1 file of {len(b.selectors)} VRS "
+                      f"selectors{sha})")
+            seen: dict[str, int] = {}
+            for label in b.selectors.values():
+                seen[label] = seen.get(label, 0) + 1
+            for k, label in list(b.selectors.items()):  # two selectors of one objective: told apart by file
+                if seen[label] > 1:
+                    b.selectors[k] = f"{label}, {_ckpt_of(b, k)}"
     return list(bases.values())
+
+
+def _ckpt_of(b: Base, key: tuple) -> str:
+    """The short path of a VRS file of b (key: (data, sha256)), else its sha256's start."""
+    ckpt = next((r.ckpt_path for r in b.rows if (r.identity[0], r.identity[1]) == key), None)
+    return short_ckpt(ckpt) or str(key[1])[:8]
 
 
 # ---- per-image series and comparisons ----------------------------------------------------------------------
@@ -260,9 +307,10 @@ def right_of_range(sigmas, cm, fm: np.ndarray, m: np.ndarray) -> str:
 
 
 # ---- certification ----------------------------------------------------------------------------------------
-def _pick(rows: list[Row], prefer_sha: str) -> tuple[Row, list[Row]]:
-    """One run of several at the same point: on the group's own file first, then the most images."""
-    ranked = sorted(rows, key=lambda r: (r.identity[1] != prefer_sha, -len(r.idx), r.dirs[0]))
+def _pick(rows: list[Row], prefer: set) -> tuple[Row, list[Row]]:
+    """One run of several at the same point: on the group's own files (sha256 in prefer) first, then the most
+    images."""
+    ranked = sorted(rows, key=lambda r: (r.identity[1] not in prefer, -len(r.idx), r.dirs[0]))
     return ranked[0], ranked[1:]
 
 
@@ -288,7 +336,7 @@ def _restrict(s: Series, idx: np.ndarray) -> Series | None:
 
 
 def certified_comparisons(base: Base, radii: list[float], notes: list[str]) -> list[Comparison]:
-    sha = base.key[1]
+    sha = base.own_shas
     cert = [r for r in base.rows if r.kind == "certify" and r.radii is not None]
     fixed_rows: dict[float, list[Row]] = {}
     vrs_rows: dict[tuple[str, float], list[Row]] = {}
@@ -296,7 +344,8 @@ def certified_comparisons(base: Base, radii: list[float], notes: list[str]) -> l
         if r.family == "fixed":
             fixed_rows.setdefault(float(r.source["sigma"]), []).append(r)
         else:
-            vrs_rows.setdefault((str(r.source.get("certificate", "")).upper(), float(r.source["lam"])), []).append(r)
+            vrs_rows.setdefault((base.selector_of(r), str(r.source.get("certificate", "")).upper(),
+                                 float(r.source["lam"])), []).append(r)
     if not fixed_rows and not vrs_rows:
         return []
     chosen: dict[Any, Row] = {}
@@ -324,7 +373,6 @@ def certified_comparisons(base: Base, radii: list[float], notes: list[str]) -> l
     clean_from = ("PREDICT (abstain = wrong)" if use_predict
                   else "certify.tsv correct (certified accuracy at r = 0; no PREDICT run on these images for "
                        "every point)")
-    selector = base.selector or "VRS"
     metrics = [("ACR", "acr", radius_if_correct)] + [
         (f"cert_acc@r={fmt_num(r)}", "certified", (lambda rr: lambda rad, cor: certified_at(rad, cor, rr))(r))
         for r in radii]
@@ -344,8 +392,8 @@ def certified_comparisons(base: Base, radii: list[float], notes: list[str]) -> l
 
         f = {s: make(s, v) for s, v in fixed.items()}
         curves: dict[str, dict[float, Series]] = {}
-        for (cert_name, lam), v in vrs.items():
-            curves.setdefault(f"VRS {cert_name} [{selector}]", {})[lam] = make((cert_name, lam), v)
+        for (selector, cert_name, lam), v in vrs.items():
+            curves.setdefault(f"VRS {cert_name} [{selector}]", {})[lam] = make((selector, cert_name, lam), v)
 
         def oracle(sigmas, a, fn=fn):
             o = certified_oracle(sigmas, a["radius"], a["correct"])
@@ -364,13 +412,13 @@ def robust_comparisons(base: Base, notes: list[str]) -> list[Comparison]:
     att = [r for r in base.rows if r.kind == "attack" and r.per_image is not None]
     if not att:
         return []
-    sha = base.key[1]
-    selector = base.selector or "VRS"
-    # (attack name, norm, eps) -> defence key ("fixed", sigma) / ("vrs", lam) -> rows
-    by: dict[tuple[str, str, float], dict[tuple[str, float], list[Row]]] = {}
+    sha = base.own_shas
+    # (attack name, norm, eps) -> defence key ("fixed", "", sigma) / ("vrs", selector, lam) -> rows
+    by: dict[tuple[str, str, float], dict[tuple[str, str, float], list[Row]]] = {}
     for r in att:
         name = next(iter(r.robust))
-        dkey = ("fixed", float(r.source["sigma"])) if r.family == "fixed" else ("vrs", float(r.source["lam"]))
+        dkey = (("fixed", "", float(r.source["sigma"])) if r.family == "fixed"
+                else ("vrs", base.selector_of(r), float(r.source["lam"])))
         for e in r.per_image["eps"]:
             by.setdefault((name, str(r.per_image["norm"]), e), {}).setdefault(dkey, []).append(r)
     out = []
@@ -383,9 +431,9 @@ def robust_comparisons(base: Base, notes: list[str]) -> list[Comparison]:
         clean = rows_[0].per_image["clean"][pos[0]]
         return Series(common, {"metric": robust, "clean": clean}, [d for r in rows_ for d in r.dirs])
 
-    def build(title: str, defences: dict[tuple[str, float], list[Row]], eps: float, what: str):
+    def build(title: str, defences: dict[tuple[str, str, float], list[Row]], eps: float, what: str):
         fixed, curves = {}, {}
-        for (fam, v), rs in sorted(defences.items()):
+        for (fam, selector, v), rs in sorted(defences.items()):
             if len(rs) > 1 and what == "single":  # the same attack twice on one defence: keep one
                 keep, dropped = _pick(rs, sha)
                 notes.extend(f"{base.name}: attack {d.dirs[0]} not used (same attack and defence as "
@@ -410,7 +458,7 @@ def robust_comparisons(base: Base, notes: list[str]) -> list[Comparison]:
 
     for (name, norm, eps), defences in sorted(by.items()):
         build(f"robust_acc[{name}]@eps={fmt_num(eps)}", defences, eps, "single")
-    strongest: dict[tuple[str, float], dict[tuple[str, float], list[Row]]] = {}
+    strongest: dict[tuple[str, float], dict[tuple[str, str, float], list[Row]]] = {}
     names: dict[tuple[str, float], set] = {}
     for (name, norm, eps), defences in by.items():
         names.setdefault((norm, eps), set()).add(name)
@@ -444,9 +492,9 @@ def sigma_diagnostics(base: Base, notes: list[str]) -> list[SigmaRow]:
     for r in base.rows:
         if r.family == "fixed" and r.kind == "certify" and r.radii is not None:
             fixed_cert.setdefault(float(r.source["sigma"]), []).append(r)
-    fixed_cert = {s: _pick(rs, base.key[1])[0] for s, rs in sorted(fixed_cert.items())}
+    fixed_cert = {s: _pick(rs, base.own_shas)[0] for s, rs in sorted(fixed_cert.items())}
     out = []
-    for r in sorted(vrs, key=lambda r: (r.kind, float(r.source["lam"]), r.dirs[0])):
+    for r in sorted(vrs, key=lambda r: (base.selector_of(r), r.kind, float(r.source["lam"]), r.dirs[0])):
         if r.kind == "certify":
             sig, source = r.sigmas, "certify.tsv sigma"
             grid = r.source.get("grid")
@@ -482,8 +530,8 @@ def sigma_diagnostics(base: Base, notes: list[str]) -> list[SigmaRow]:
         summ = sigma_summary(sig, grid, labels=rlab, oracle_sigma=oracle_sigma, prefix="")
         hist = " ".join(f"{g:g}:{int(summ[f'count_{g:g}'])}" for g in grid)
         per_class = " ".join(f"{k[len('mean_class'):]}:{v:.3g}" for k, v in summ.items() if k.startswith("mean_class"))
-        out.append(SigmaRow(base.name, f"{curve} [{base.selector}]", source, float(r.source["lam"]), len(sig), grid,
-                            summ, per_class, hist))
+        out.append(SigmaRow(base.name, f"{curve} [{base.selector_of(r)}]", source, float(r.source["lam"]), len(sig),
+                            grid, summ, per_class, hist))
     return out
 
 
@@ -562,6 +610,11 @@ def sigma_csv(fr: Frontier) -> str:
     return buf.getvalue()
 
 
+def _selector_of_curve(curve: str) -> str:
+    """"VRS C1 [objective radius]" -> "objective radius"."""
+    return curve[curve.index(" [") + 2:-1] if " [" in curve and curve.endswith("]") else curve
+
+
 def markdown(fr: Frontier) -> list[str]:
     """The "Frontier", "Sigma diagnostics" and "Oracle headroom (diagnostic)" sections of report.md."""
     md = ["## Frontier", "",
@@ -579,7 +632,11 @@ def markdown(fr: Frontier) -> list[str]:
         mine = [c for c in fr.comparisons if c.base == b.name]
         if not mine:
             continue
-        if b.selector:
+        if len(b.selectors) > 1:
+            text = (f"VRS selectors (one curve each, trained on one base classifier): "
+                    + "; ".join(f"{sel} ({_ckpt_of(b, k)})" for k, sel in b.selectors.items())
+                    + ". Fixed-sigma runs paired with them: those on these files; " + "; ".join(b.pairing) + ".")
+        elif b.selector:
             text = (f"VRS selector: {b.selector}. Fixed-sigma runs paired with it: those on this file; "
                     + "; ".join(b.pairing) + ".")
         else:
@@ -635,15 +692,19 @@ def markdown(fr: Frontier) -> list[str]:
         if not orc or not fixed:
             continue
         bf = max(fixed, key=lambda p: p.metric)
-        bv = max(vrs, key=lambda p: p.metric) if vrs else None
         o = orc[0]
-        rows.append(f"| {c.base} | {c.name} | {_pm(bf.metric, bf.metric_se)} (sigma={fmt_num(bf.sigma)}, clean "
-                    f"{bf.clean:.3f}) | " + (f"{_pm(bv.metric, bv.metric_se)} (lambda={fmt_num(bv.lam)}, clean "
-                                             f"{bv.clean:.3f})" if bv else "") +
-                    f" | {_pm(o.metric, o.metric_se)} | {_pm(o.clean, o.clean_se)} | {o.verdict} | {o.n} |")
+        per_selector: dict[str, list[Point]] = {}
+        for p in vrs:
+            per_selector.setdefault(_selector_of_curve(p.curve), []).append(p)
+        for sel, pts in (sorted(per_selector.items()) or [("", [])]):  # one row per VRS selector
+            bv = max(pts, key=lambda p: p.metric) if pts else None
+            rows.append(f"| {c.base} | {c.name} | {sel} | {_pm(bf.metric, bf.metric_se)} (sigma={fmt_num(bf.sigma)}, "
+                        f"clean {bf.clean:.3f}) | " + (f"{_pm(bv.metric, bv.metric_se)} (lambda={fmt_num(bv.lam)}, "
+                                                       f"clean {bv.clean:.3f})" if bv else "") +
+                        f" | {_pm(o.metric, o.metric_se)} | {_pm(o.clean, o.clean_se)} | {o.verdict} | {o.n} |")
     if rows:
-        md += ["| base | metric | best fixed sigma | best VRS | oracle (diagnostic) | oracle clean | oracle gap to "
-               "frontier | n images |", "|---|---|---|---|---|---|---|---|"] + rows + [""]
+        md += ["| base | metric | VRS selector | best fixed sigma | best VRS | oracle (diagnostic) | oracle clean | "
+               "oracle gap to frontier | n images |", "|---|---|---|---|---|---|---|---|---|"] + rows + [""]
     else:
         md += ["No fixed-sigma runs to take an oracle over.", ""]
     return md
