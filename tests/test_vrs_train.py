@@ -263,6 +263,9 @@ def test_diagnostics_log_images_to_a_wandb_logger(tmp_path):
         def log_image(self, key, images, **kw):
             self.calls.append((key, images, kw))
 
+        def log_metrics(self, metrics, step=None):
+            self.calls.append(("metrics", metrics, {}))
+
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -270,8 +273,45 @@ def test_diagnostics_log_images_to_a_wandb_logger(tmp_path):
     lg = RecordingWandb()
     paths = write_diagnostics(data, tmp_path, [lg])
     assert len(paths) == 3 and all(p.is_file() for p in paths)
-    assert lg.calls and lg.calls[0][0] == "diagnostics/selector" and len(lg.calls[0][1]) == 3
+    images = [c for c in lg.calls if c[0] != "metrics"]
+    assert images and images[0][0] == "diagnostics/selector" and len(images[0][1]) == 3
     assert (tmp_path / "selector_diagnostics.npz").is_file()
+
+
+def test_diagnostics_log_the_spread_of_the_chosen_sigma_per_lambda(tmp_path):
+    """Known answers: at lambda 0 every image gets 0.25 (no spread); at lambda 1 the 25 images of class 0 get 0.12
+    and the 25 of class 1 get 1.0 (the middle half spans grid cells), in the order of the margin (rank correlation 1)."""
+    import json
+
+    import numpy as np
+    from pytorch_lightning.loggers import Logger
+
+    from vrs.selection.diagnostics import write_diagnostics
+
+    class Recording(Logger):
+        name, version = "recording", 0
+        def __init__(self):
+            super().__init__()
+            self.metrics = {}
+        def log_metrics(self, metrics, step=None):
+            self.metrics.update(metrics)
+        def log_hyperparams(self, *a, **kw):
+            pass
+
+    labels = np.repeat([0, 1], 25)
+    margin = np.where(labels == 0, 0.1, 0.9) + np.arange(50) * 1e-3
+    sigma = np.stack([np.full(50, 0.25), np.where(labels == 0, 0.12, 1.0)])
+    data = {"lams": [0.0, 1.0], "sigma": sigma, "confidence": margin, "margin": margin, "labels": labels,
+            "grid": [0.12, 0.25, 0.5, 1.0]}
+    lg = Recording()
+    write_diagnostics(data, tmp_path, [lg])
+    m = lg.metrics
+    assert m["diagnostics/sigma_lam0/iqr"] == 0 and m["diagnostics/sigma_lam0/spans_step"] == 0
+    assert m["diagnostics/sigma_lam0/count_0.25"] == 50 and "diagnostics/sigma_lam0/rho_margin" not in m  # constant
+    assert m["diagnostics/sigma_lam1/spans_step"] == 1 and m["diagnostics/sigma_lam1/iqr"] > 0.8
+    assert m["diagnostics/sigma_lam1/mean_class0"] == 0.12 and m["diagnostics/sigma_lam1/mean_class1"] == 1.0
+    assert m["diagnostics/sigma_lam1/rho_margin"] > 0.8
+    assert json.loads((tmp_path / "sigma_summary.json").read_text())["diagnostics/sigma_lam1/spans_step"] == 1
 
 
 # ---- vrs-train: both stages ------------------------------------------------------------------

@@ -239,11 +239,11 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         if dm is None or not hasattr(dm, "splits") or "val" not in dm.splits:
             return
         n = int(cfg.get("num_images", 512))
-        x, _ = dm.splits["val"]
+        x, y = dm.splits["val"]
         x = to_float(x[:n].to(self.device))
         lams = cfg.get("lams") or [i / 10 for i in range(11)]
         data = collect(self.base, self.selector, x, lams, sigma_h=self.median_cfg.sigma_h,
-                       n_h=int(cfg.get("n_h", 16)), grid=self.median_cfg.grid)
+                       n_h=int(cfg.get("n_h", 16)), grid=self.median_cfg.grid, labels=y[:n])
         out_dir = Path(self.trainer.default_root_dir) / "diagnostics"
         write_diagnostics(data, out_dir, self.trainer.loggers)
         log.info("selector diagnostics in %s", out_dir)

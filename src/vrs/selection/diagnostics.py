@@ -2,8 +2,11 @@
 
 `collect` evaluates the deployed sigma (`deployed_sigma`: median over n_h noisy copies, snapped to the
 grid) on a batch of images at several lambdas, together with the base classifier's clean confidence (max
-softmax probability). `write_diagnostics` draws three figures (matplotlib, Agg backend) as PNG files and, when a
-WandbLogger is among the loggers, logs them as W&B images:
+softmax probability) and margin (p_y - max_{c != y} p_c with labels, else p_top1 - p_top2). `write_diagnostics`
+logs, per lambda, the spread of the chosen sigma (`vrs.analysis.sigma_summary`: std, IQR, grid steps the middle
+half of the images spans, histogram, mean per class, rank correlation with the margin) to every logger as
+`diagnostics/sigma_lam<l>/<name>` and to sigma_summary.json, and draws three figures (matplotlib, Agg backend) as
+PNG files, logged as W&B images when a WandbLogger is among the loggers:
 
 * sigma_hist.png: histogram of the chosen sigma for a few lambdas;
 * sigma_vs_lambda.png: mean (and 10-90% band) of the chosen sigma against lambda;
@@ -17,22 +20,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vrs.analysis.sigma_spread import classifier_margin, sigma_summary
 from vrs.selection.median import MedianSmoothing, deployed_sigma
-from vrs.utils.io import atomic_path, save_figure
+from vrs.utils.io import atomic_path, save_figure, write_json_atomic
 
 
 @torch.no_grad()
 def collect(base, selector, x: torch.Tensor, lams, sigma_h: float, n_h: int = 16,
-            grid: list[float] | None = None, batch_size: int = 256) -> dict:
-    """{"lams": [...], "sigma": (L, N) array, "confidence": (N,) array} for images x (N, C, H, W) in [0,1]."""
+            grid: list[float] | None = None, batch_size: int = 256, labels: torch.Tensor | None = None) -> dict:
+    """{"lams": [...], "sigma": (L, N), "confidence": (N,), "margin": (N,), "labels": (N,) or None, "grid"} for
+    images x (N, C, H, W) in [0,1] (labels: their classes, for the margin p_y - max_{c != y} p_c)."""
     was_training = selector.training
     selector.eval()
     sigmas = np.zeros((len(lams), len(x)))
-    conf = np.zeros(len(x))
+    conf, margin = np.zeros(len(x)), np.zeros(len(x))
+    y = None if labels is None else labels.cpu().numpy()
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         b = xb.shape[0]
-        conf[start:start + b] = torch.softmax(base(xb).float(), dim=-1).max(dim=-1).values.cpu().numpy()
+        probs = torch.softmax(base(xb).float(), dim=-1).cpu().numpy()
+        conf[start:start + b] = probs.max(axis=-1)
+        margin[start:start + b] = classifier_margin(probs, None if y is None else y[start:start + b])
         # the same noisy copies at every lambda (one seed per batch), so the curves over lambda are smooth
         seed = int(torch.randint(0, 2**62, (1,)))
         median = MedianSmoothing(sigma_h=sigma_h, n_h=n_h, grid=grid, batch_size=b * n_h)
@@ -41,7 +49,21 @@ def collect(base, selector, x: torch.Tensor, lams, sigma_h: float, n_h: int = 16
             gen.manual_seed(seed)
             sigmas[i, start:start + b] = deployed_sigma(selector, xb, float(lam), median, generator=gen).cpu().numpy()
     selector.train(was_training)
-    return {"lams": [float(v) for v in lams], "sigma": sigmas, "confidence": conf}
+    return {"lams": [float(v) for v in lams], "sigma": sigmas, "confidence": conf, "margin": margin, "labels": y,
+            "grid": grid}
+
+
+def sigma_summaries(data: dict) -> dict[str, float]:
+    """Per lambda, `sigma_summary` of the chosen sigma as flat scalars `diagnostics/sigma_lam<l>/<name>`: the
+    spread that issue 17 asks of a selector (does it pick different sigmas for different images?). Without a grid
+    (continuous sigma) the grid steps are counted on the two ends of the chosen sigmas' range."""
+    sig = data["sigma"]
+    grid = data.get("grid") or sorted({float(sig.min()), float(sig.max())})
+    out: dict[str, float] = {}
+    for i, lam in enumerate(data["lams"]):
+        out.update(sigma_summary(sig[i], grid, labels=data.get("labels"), margin=data.get("margin"),
+                                 prefix=f"diagnostics/sigma_lam{lam:g}/"))
+    return out
 
 
 def _label(fig, ax, xlabel: str, ylabel: str, title: str) -> None:
@@ -87,14 +109,19 @@ def figures(data: dict) -> dict:
 
 
 def write_diagnostics(data: dict, out_dir: str | Path, loggers=()) -> list[Path]:
-    """Save the figures as PNG files under out_dir (plus the raw numbers as an .npz); log them to W&B
-    when a WandbLogger is present. Returns the PNG paths."""
+    """Save the figures as PNG files under out_dir (plus the raw numbers as an .npz and the per-lambda sigma
+    spread as sigma_summary.json); log the spread to every logger and the figures to W&B when a WandbLogger is
+    present. Returns the PNG paths."""
     import matplotlib.pyplot as plt  # deferred: heavy; only the end of training plots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "selector_diagnostics.npz") as tmp:
         np.savez(tmp, lams=np.asarray(data["lams"]), sigma=data["sigma"], confidence=data["confidence"])
+    scalars = sigma_summaries(data)
+    write_json_atomic(out_dir / "sigma_summary.json", scalars)
+    for lg in loggers or ():
+        lg.log_metrics({k: v for k, v in scalars.items() if np.isfinite(v)})
     paths = []
     for name, fig in figures(data).items():
         path = out_dir / f"{name}.png"
