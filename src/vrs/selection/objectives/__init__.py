@@ -20,6 +20,7 @@ that names none) uses `DEFAULT_OBJECTIVE`, the paper's.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -70,13 +71,14 @@ class ObjectiveOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class Objective:
+class Objective(ABC):
     """Base class: `__call__(inp) -> ObjectiveOutput`; `name` is how logs and reports call it."""
 
     name = "objective"
 
+    @abstractmethod
     def __call__(self, inp: ObjectiveInput) -> ObjectiveOutput:
-        raise NotImplementedError
+        """The per-sample training loss and its named terms."""
 
     def evaluate(self, inp: ObjectiveInput) -> ObjectiveOutput:
         """The objective in validation (no gradients, `inp.sigma` the deployed sigma, no `smooth` / `select`):
