@@ -39,7 +39,7 @@ from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, summary_extras,
 from vrs.apps.results import describe_subset, select_indices
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
-from vrs.checkpoint import check_data_matches, load_checkpoint, load_vrs
+from vrs.checkpoint import check_data_matches, load_checkpoint
 from vrs.config_schema import check_certify, check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
@@ -167,9 +167,10 @@ class Job:
 
 # ---- the work of one process ---------------------------------------------------------------------------
 def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Path, x_all: torch.Tensor,
-              y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, on_image=None,
+              y_all: torch.Tensor, network: torch.nn.Module, num_classes: int, selector=None, on_image=None,
               parent_pid: int | None = None) -> int:
-    """Certify (or predict) `indices`, appending one fsync'd row per finished image to tsv_path. Images go
+    """Certify (or predict) `indices`, appending one fsync'd row per finished image to tsv_path (selector: the
+    VRS checkpoint's, for VRS rows; None for Cohen's). Images go
     in groups of certify.images_per_group; Cohen's path (cohen_rows) or VRS's (vrs.selection.certify) turns
     each group into rows {idx, predict, sigma, ...}, completed here with label, correct and time."""
     opts, vopts = job.opts, VRSOptions(**job.vrs) if job.vrs is not None else None
@@ -179,7 +180,7 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
                                   fused_blocks=opts.fused_blocks, noise_block=opts.noise_block)
     if not indices:
         return 0
-    selector = load_vrs(job.ckpt_path, device=device).selector if vopts else None
+    selector = selector.to(device) if vopts else None
     if opts.compile:
         smoothed.warmup(opts.batch_size, tuple(x_all.shape[1:]))
     groups = [indices[i : i + opts.images_per_group] for i in range(0, len(indices), opts.images_per_group)]
@@ -234,7 +235,7 @@ def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, 
         raise SystemExit(f"rank {rank}: {job.ckpt_path} changed while certifying; stopping")
     x_all, y_all, _ = load_data(job.data_cfg, job.opts.split)
     run_shard(job, indices, rank, world, Path(tsv_path), x_all, y_all, loaded.network, loaded.num_classes,
-              on_image=_Progress(len(indices), False, counter).tick, parent_pid=parent_pid)  # counts for rank 0's bar
+              loaded.selector, on_image=_Progress(len(indices), False, counter).tick, parent_pid=parent_pid)  # counts for rank 0's bar
 
 
 # ---- progress ------------------------------------------------------------------------------------------
@@ -457,7 +458,7 @@ def certify(cfg: DictConfig) -> dict:
     def work(mine: list[int], rank: int, tsv: Path) -> None:
         with _Progress(len(todo) if spawned else len(mine), opts.progress and rank == 0, counter) as bar:
             run_shard(job, mine, rank, ranks.world, tsv, x_all, y_all, loaded.network, loaded.num_classes,
-                      on_image=bar.tick)
+                      loaded.selector, on_image=bar.tick)
 
     t0 = time.perf_counter()
     rows_by_idx = run_ranks(ranks, todo, results, work, _worker,

@@ -125,9 +125,12 @@ def selector_step(selector: NoiseSelector, f: Callable[[torch.Tensor], torch.Ten
     """One training evaluation of the selector's objective: h sees x + eta (eta ~ N(0, sigma_h^2 I), as under
     median smoothing at test time), picks sigma per sample, the soft smoothing of f at the clean x with that
     sigma gives log g_s(x), and the objective turns them into a per-sample loss."""
-    out = selector(add_noise(x, sigma_h), lam, sample=sample)
-    log_probs = soft_smooth_log(f, x, out.sigma, n_trf, tau)
-    inp = ObjectiveInput(x, y, lam, out, out.sigma, log_probs, prior,
-                         smooth=lambda x_, s_: soft_smooth_log(f, x_, s_, n_trf, tau),
-                         select=lambda x_, l_: selector(add_noise(x_, sigma_h), l_, sample=sample))
+    def select(x_: torch.Tensor, lam_: torch.Tensor) -> SelectorOutput:
+        return selector(add_noise(x_, sigma_h), lam_, sample=sample)
+
+    def smooth(x_: torch.Tensor, sigma_: torch.Tensor) -> torch.Tensor:
+        return soft_smooth_log(f, x_, sigma_, n_trf, tau)
+
+    out = select(x, lam)
+    inp = ObjectiveInput(x, y, lam, out, out.sigma, smooth(x, out.sigma), prior, smooth=smooth, select=select)
     return objective(inp), inp
