@@ -7,7 +7,7 @@ import csv, json, sys
 from pathlib import Path
 import numpy as np
 from vrs.analysis.frontier import frontier_gap
-from vrs.analysis.outcomes import align_images, robust_under_all
+from vrs.analysis.outcomes import robust_under_all
 
 root = Path(sys.argv[1]) / "test"
 def runs(folder):

@@ -316,7 +316,7 @@ def read_attack_runs(folder: Path) -> list[tuple[dict, dict]]:
 def choose_on_val(root: Path, size: Size, objectives: tuple[str, ...] = OBJECTIVES) -> dict:
     """The pre-registered operating points from the val split (docstring, "Validation split")."""
     from vrs.analysis.frontier import frontier_gap
-    from vrs.analysis.outcomes import align_images
+    from vrs.analysis.outcomes import align_images, robust_under_all
 
     fixed = {float(cfg["defense"]["sigma"]): out for cfg, out in read_attack_runs(root / "atk_fixed")}
     sigmas = sorted(fixed)
@@ -336,7 +336,7 @@ def choose_on_val(root: Path, size: Size, objectives: tuple[str, ...] = OBJECTIV
                 common, pos = align_images(*[r[0] for r in runs])
                 vrs_runs, fix_runs = runs[:len(ATTACKS)], runs[len(ATTACKS):]
                 vclean = vrs_runs[0][1][pos[0]]
-                robust = np.minimum.reduce([r[2][p] for r, p in zip(vrs_runs, pos)])
+                robust = robust_under_all(*[r[2][p] for r, p in zip(vrs_runs, pos)])
                 for a, r, p in zip(ATTACKS, vrs_runs, pos):
                     attack_acc[a].append(float(r[2][p].mean()))
                 fclean = np.stack([r[1][p] for r, p in zip(fix_runs, pos[len(ATTACKS):])])
@@ -396,9 +396,9 @@ def load_record(path: Path) -> dict:
 
 
 def save_record(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(clean_json(record), indent=2) + "\n")
-    os.replace(tmp, path)
+    from vrs.utils.io import write_json_atomic  # the apps' atomic writer (fsync'd); vrs is importable here
+
+    write_json_atomic(path, clean_json(record))
 
 
 def run_app(step: Step, timeout: float | None, log: Path) -> tuple[int, bool]:

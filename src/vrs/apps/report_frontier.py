@@ -46,8 +46,6 @@ a grid step). The base classifier's margin is not in any results file, so its co
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +59,7 @@ from vrs.analysis.outcomes import align_images, certified_at, radius_if_correct,
 from vrs.analysis.sigma_spread import sigma_summary
 from vrs.analysis.standard_error import accuracy_standard_error, mean_standard_error
 from vrs.apps.report_runs import Row, fmt_num, short_ckpt, training_config, value
+from vrs.apps.report_table import to_csv
 
 ORACLE = "oracle (diagnostic, uses the label)"
 FIXED = "fixed sigma"
@@ -584,30 +583,17 @@ SIGMA_COLUMNS = ["base", "curve", "source", "lambda", "n", "mean", "std", "q25",
 
 
 def frontier_csv(fr: Frontier) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FRONTIER_COLUMNS)
-    for c in fr.comparisons:
-        for p in c.points:
-            rec = {"base": p.base, "comparison": p.comparison, "clean_from": p.clean_from, "curve": p.curve,
-                   "sigma": p.sigma, "lambda": p.lam, "n": p.n, "clean": p.clean, "clean_se": p.clean_se,
-                   "metric": p.metric, "metric_se": p.metric_se, "gap": p.gap, "gap_se": p.gap_se, "z": p.z,
-                   "verdict": p.verdict}
-            w.writerow(["" if rec[k] is None else (f"{rec[k]:.6g}" if isinstance(rec[k], float) else rec[k])
-                        for k in FRONTIER_COLUMNS])
-    return buf.getvalue()
+    return to_csv(FRONTIER_COLUMNS, [
+        {"base": p.base, "comparison": p.comparison, "clean_from": p.clean_from, "curve": p.curve, "sigma": p.sigma,
+         "lambda": p.lam, "n": p.n, "clean": p.clean, "clean_se": p.clean_se, "metric": p.metric,
+         "metric_se": p.metric_se, "gap": p.gap, "gap_se": p.gap_se, "z": p.z, "verdict": p.verdict}
+        for c in fr.comparisons for p in c.points])
 
 
 def sigma_csv(fr: Frontier) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(SIGMA_COLUMNS)
-    for s in fr.sigma_rows:
-        rec = {"base": s.base, "curve": s.curve, "source": s.source, "lambda": s.lam, "n": s.n,
-               "histogram": s.histogram, "per_class": s.per_class, **s.summary}
-        w.writerow(["" if rec.get(k) is None else (f"{rec[k]:.6g}" if isinstance(rec[k], float) else rec[k])
-                    for k in SIGMA_COLUMNS])
-    return buf.getvalue()
+    return to_csv(SIGMA_COLUMNS, [
+        {"base": s.base, "curve": s.curve, "source": s.source, "lambda": s.lam, "n": s.n, "histogram": s.histogram,
+         "per_class": s.per_class, **s.summary} for s in fr.sigma_rows])
 
 
 def _selector_of_curve(curve: str) -> str:

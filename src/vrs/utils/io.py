@@ -12,7 +12,7 @@ Two kinds of file:
   back (`read_table`), cuts a torn last line (a power cut between write and fsync) and appends complete
   rows with one write() each, fsync'd before they count as done (`append_fsynced`).
 
-Also here: `lock_dir`, an exclusive flock on a results directory; `read_json`. The Lightning classes built on
+Also here: `lock_dir`, an exclusive flock on a results directory. The Lightning classes built on
 these (`AtomicCheckpointIO`, `CSVLogger`) are in vrs.utils.lightning_io.
 """
 
@@ -96,16 +96,6 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     atomic_write(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON file; VRSError when it does not parse (every write here is atomic, so it was damaged or
-    written by something else)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise VRSError(f"{path} is not valid JSON ({err}); move it away or use another output directory") from None
-
-
 # ---- append-only tables --------------------------------------------------------------------------------
 def append_fsynced(path: Path, text: str) -> None:
     """Append `text` (complete rows) to an existing file with one write(), fsync'd before returning: a kill
@@ -169,8 +159,8 @@ def read_table(path: Path, columns: Sequence[str], delimiter: str = ",",
 class RowWriter:
     """An append-only table with a fixed header (certify.tsv, attack.csv, their shards): the one row writer.
 
-    columns: the header; delimiter: "," (CSV) or "\\t" (TSV); key: the columns that identify a row for
-    `done_keys` (default: the first column), so a resumed run skips what earlier runs finished. Floats are
+    columns: the header; delimiter: "," (CSV) or "\\t" (TSV); key: the columns that identify a row
+    (`key_of`; default: the first column), so a resumed run skips what earlier runs finished. Floats are
     written with 6 significant digits, so keys made from floats (eps) compare as written; strings are written
     as they are (a caller with its own number format passes strings). An existing file is read back
     (`read_table`; another header is refused and the file left as it is) and a torn last line cut off.
@@ -209,9 +199,6 @@ class RowWriter:
     def rows(self) -> list[dict[str, str]]:
         """Every row in the file (values as written), the earlier runs' and this one's."""
         return list(self._rows)
-
-    def done_keys(self) -> set[tuple[str, ...]]:
-        return {tuple(r[k] for k in self.key) for r in self._rows}
 
     def key_of(self, row: Mapping[str, Any]) -> tuple[str, ...]:
         """A row's key as it is (or would be) written."""
