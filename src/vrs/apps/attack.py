@@ -144,12 +144,11 @@ def results_table() -> Table:
                  delimiter=",", key=("idx", "eps"), match=RESUME_KEYS)
 
 
-def shard_batches(indices: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
-    """Process `rank`'s batches: every world-th batch of `indices`, each batch as a one-process run forms
-    it, so every image is attacked with the same seeds (from the run seed, the batch's first image and eps:
-    evaluate.attack_batch_runs) whatever the number of processes."""
-    batches = [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
-    return batches[rank::world]
+def batches_of(indices: list[int], batch_size: int) -> list[list[int]]:
+    """`indices` in batches as a one-process run forms them; the skeleton hands every world-th batch to a rank
+    (skeleton.run_ranks), so every image is attacked with the same seeds (from the run seed, the batch's first
+    image and eps: evaluate.attack_batch_runs) whatever the number of processes."""
+    return [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
 
 
 def _device(cfg: DictConfig, rank: int, world: int):
@@ -253,7 +252,7 @@ def run(cfg: DictConfig) -> dict:
     store = ResultsStore(out, results_table(), settings)
     done = open_store(ranks, store)
     resumed = len(done)
-    todo = [b for b in shard_batches(indices, bs, 0, 1)
+    todo = [b for b in batches_of(indices, bs)
             if any(writer_key(i, e) not in done for i in b for e in eps_values)]
     t0 = time.perf_counter()
     if ranks.main:
