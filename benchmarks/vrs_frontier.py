@@ -109,7 +109,7 @@ from pathlib import Path
 
 import numpy as np
 
-OBJECTIVES = ("paper", "radius", "adversarial")
+OBJECTIVES = ("paper", "radius", "adversarial", "oracle_labels")
 ATTACKS = {  # name -> overrides (on top of the budget); see the docstring
     "eot": ["attack=eot_pgd", "attack.norm=l2"],
     "down": ["attack=sigma_down", "attack.norm=l2", "attack.sigma_target=down"],

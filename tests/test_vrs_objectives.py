@@ -12,7 +12,7 @@ from scipy.stats import norm
 
 from vrs.errors import ConfigError
 from vrs.selection.networks import build_selector
-from vrs.selection.objectives import DEFAULT_OBJECTIVE, build_objective, selector_step
+from vrs.selection.objectives import DEFAULT_OBJECTIVE, TrainingSplit, build_objective, selector_step
 from vrs.selection.objectives.adversarial import AdversarialObjective
 from vrs.selection.objectives.paper import PaperObjective
 from vrs.selection.objectives.radius import RadiusObjective
@@ -24,7 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.
 PAPER = {"_target_": "vrs.selection.objectives.paper.PaperObjective"}
 RADIUS = {"_target_": "vrs.selection.objectives.radius.RadiusObjective", "weight": 1.0, "gamma": 4.0, "eps": 1e-4}
 ADVERSARIAL = {"_target_": "vrs.selection.objectives.adversarial.AdversarialObjective", "eps": 0.5, "steps": 2}
-OBJECTIVES = {"paper": PAPER, "radius": RADIUS, "adversarial": ADVERSARIAL}
+ORACLE = {"_target_": "vrs.selection.objectives.oracle_labels.OracleLabelsObjective", "votes": 64, "cache": False}
+OBJECTIVES = {"paper": PAPER, "radius": RADIUS, "adversarial": ADVERSARIAL, "oracle_labels": ORACLE}
+GRID = (0.12, 0.25, 0.5, 1.0)
 SELECTOR = {"net": {"_target_": "vrs.selection.networks.SelectorCNN", "in_channels": 1, "width": 8, "depth": 2,
                     "cond_dim": 16},
             "posterior": "point", "sigma_min": 0.12, "sigma_max": 1.0}
@@ -89,6 +91,12 @@ def two_clusters(n: int, gen: torch.Generator, easy: float = 1.5, hard: float = 
     return x, y, cluster
 
 
+def prepare(obj, base, x, y) -> None:
+    """What SelectorModule does before training, for objectives with per-image labels (oracle_labels)."""
+    if obj.needs_index:
+        obj.prepare(TrainingSplit(base, base, x, y, GRID, torch.device("cpu"), None))
+
+
 def train_toy(objective: dict, steps: int = 300, seed: int = 0, sigma_h: float = 0.25):
     """A tiny selector trained with `objective` against LinearToy (lambda ~ U[0, 1] per batch, Gaussian prior
     sigma_t = 1, Adam 1e-2, batch 64, n_trf = 8); returns {lambda: (mean sigma easy, mean sigma hard)} on
@@ -100,13 +108,14 @@ def train_toy(objective: dict, steps: int = 300, seed: int = 0, sigma_h: float =
     base = LinearToy()
     sel = build_selector(SELECTOR, {"mean": [0.5], "std": [0.25]})
     prior, obj = build_prior({"name": "gaussian", "sigma_t": 1.0}, "point"), build_objective(objective)
+    prepare(obj, base, x, y)
     opt = torch.optim.Adam(sel.parameters(), lr=1e-2)
     sel.train()
     for _ in range(steps):
         idx = torch.randint(0, len(y), (64,), generator=gen)
         lam = torch.rand(1, generator=gen).expand(64)
         res, _ = selector_step(sel, base, obj, prior, x[idx], y[idx], lam, sigma_h=sigma_h, n_trf=8, tau=1.0,
-                               sample=True)
+                               sample=True, idx=idx)
         opt.zero_grad()
         res.loss.mean().backward()
         opt.step()
@@ -144,7 +153,8 @@ def test_paper_objective_on_the_two_cluster_toy_collapses_onto_the_prior_target(
 
 # ---- gradients and configs ---------------------------------------------------------------------
 @pytest.mark.parametrize("name,lam", [("paper", 0.5), ("paper", 1.0), ("radius", 0.5), ("radius", 1.0),
-                                      ("adversarial", 0.5), ("adversarial", 1.0)])
+                                      ("adversarial", 0.5), ("adversarial", 1.0), ("oracle_labels", 0.0),
+                                      ("oracle_labels", 1.0)])
 def test_each_objective_sends_a_gradient_to_the_selector(name, lam):
     """lambda = 1 checks the non-CE term alone (KL for paper, the radius reward for radius, the CE at the attacked
     input for adversarial)."""
@@ -152,8 +162,10 @@ def test_each_objective_sends_a_gradient_to_the_selector(name, lam):
     x, y, _ = two_clusters(32, torch.Generator().manual_seed(0))
     sel = build_selector(SELECTOR, {"mean": [0.5], "std": [0.25]})
     prior = build_prior({"name": "gaussian", "sigma_t": 1.0}, "point")
-    res, inp = selector_step(sel, LinearToy(), build_objective(OBJECTIVES[name]), prior, x, y, torch.full((32,), lam),
-                             sigma_h=0.25, n_trf=4, tau=1.0, sample=True)
+    obj = build_objective(OBJECTIVES[name])
+    prepare(obj, LinearToy(), x, y)
+    res, inp = selector_step(sel, LinearToy(), obj, prior, x, y, torch.full((32,), lam), sigma_h=0.25, n_trf=4,
+                             tau=1.0, sample=True, idx=torch.arange(32))
     assert res.loss.shape == (32,) and torch.isfinite(res.loss).all()
     assert all(v.shape == (32,) for v in res.terms.values()), res.terms
     res.loss.mean().backward()
@@ -250,3 +262,15 @@ def test_adversarial_objective_on_the_two_cluster_toy():
     means = train_toy(ADVERSARIAL)
     easy, hard = means[0.5]
     assert hard > 0.8 and hard / easy > 2.0, means
+
+
+def test_oracle_labels_objective_picks_a_larger_sigma_for_the_easy_cluster():
+    """The labels on the toy: the easy cluster (distance 1.5) reaches the radius cap 1 from sigma 0.5 on, so its
+    labels at lambda 0.5 lie on 0.5 and 1.0; the hard one (distance 0.2) has radius ~0.2 at every sigma, and its
+    label is the sigma with the most certain vote, 0.12. The selector learns this more slowly than the radius
+    objective (a soft label over a scalar), hence 800 steps: seeds 0-2 gave easy 0.42-0.78 and hard 0.19-0.28 at
+    lambda 0.5 (ratios 2.2-2.8), 0.73-0.99 and 0.28-0.47 at 0.75 (2.1-2.6); the threshold is 1.8."""
+    means = train_toy(ORACLE, steps=800)
+    for lam in (0.5, 0.75):
+        easy, hard = means[lam]
+        assert easy / hard > 1.8, (lam, means)

@@ -5,6 +5,10 @@ and slices batches there (these data sets fit in GPU memory, and a per-sample Py
 bottleneck of small-image training); `loader: torch` uses an ordinary DataLoader instead. Either way
 the batch reaches `on_after_batch_transfer` as uint8 on the device, where it becomes [0,1] floats and,
 when training, gets per-sample random crop and flip on the device.
+
+With `with_index = True` (set by a module before the loaders are built, e.g. by the selector stage when its
+objective reads per-image labels cached for the training split) the training batches are (x, y, index), index
+the images' positions in `splits["train"]`.
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ class TensorBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
                  epoch_fn: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False, done_fn: Callable[[], int] = lambda: 0):
-        self.x, self.y = x, y
+                 drop_last: bool = False, done_fn: Callable[[], int] = lambda: 0, with_index: bool = False):
+        self.x, self.y, self.with_index = x, y, with_index
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch_fn, self.rank, self.world_size, self.drop_last = epoch_fn, rank, world_size, drop_last
         self.done_fn = done_fn
@@ -75,7 +79,7 @@ class TensorBatches:
         n = len(self.y) // self.world_size if self.world_size > 1 else len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         skip = 0
         if self._resume_at is not None:  # the first epoch after a restart: skip what the checkpoint trained on
             epoch, done = self._resume_at
@@ -84,7 +88,7 @@ class TensorBatches:
         idx = self._indices().to(self.x.device)
         for b in range(skip, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.x[sel], self.y[sel]
+            yield (self.x[sel], self.y[sel], sel) if self.with_index else (self.x[sel], self.y[sel])
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +141,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.loader, self.num_workers, self.seed = loader, num_workers, seed
         self.synthetic_args = dict(synthetic or {}, channels=channels, size=size, num_classes=num_classes)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.with_index = False  # training batches as (x, y, index into splits["train"]): see the module docstring
 
     # ---- loading ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -178,6 +183,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool):
         self.setup()
         x, y = self.splits[split]
+        indexed = train and self.with_index
         bs = self.batch_size if train else self.eval_batch_size
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -187,8 +193,10 @@ class ImageDataModule(pl.LightningDataModule):
             done_fn = (lambda: 0) if not train or trainer is None else \
                 (lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed)  # batches trained this epoch
             return TensorBatches(x.to(dev), y.to(dev), bs, shuffle=train, seed=self.seed, epoch_fn=epoch_fn,
-                                 rank=rank, world_size=world, drop_last=False, done_fn=done_fn)
-        return DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=train, num_workers=self.num_workers,
+                                 rank=rank, world_size=world, drop_last=False, done_fn=done_fn,
+                                 with_index=indexed)
+        tensors = (x, y, torch.arange(len(y))) if indexed else (x, y)
+        return DataLoader(TensorDataset(*tensors), batch_size=bs, shuffle=train, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
@@ -201,9 +209,9 @@ class ImageDataModule(pl.LightningDataModule):
         return self._loader("test", train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        x, y = batch
+        x, *rest = batch  # (x, y) or (x, y, index)
         x = to_float(x)
         trainer = self.trainer
         if trainer is not None and trainer.training and (self.crop_padding or self.hflip):
             x = random_crop_flip(x, self.crop_padding, self.hflip)
-        return x, y
+        return (x, *rest)

@@ -32,7 +32,7 @@ from vrs.selection.diagnostics import collect, write_diagnostics
 from vrs.selection.lam import LambdaSampler, check_lambda
 from vrs.selection.median import MedianSmoothing, deployed_sigma
 from vrs.selection.networks import build_selector, check_sigma_range
-from vrs.selection.objectives import ObjectiveInput, build_objective, objective_config, selector_step
+from vrs.selection.objectives import ObjectiveInput, TrainingSplit, build_objective, objective_config, selector_step
 from vrs.selection.priors import build_prior
 from vrs.selection.soft import soft_smooth_log
 from vrs.smoothing.noise import add_noise
@@ -135,6 +135,25 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
             self.base.to(memory_format=torch.channels_last)
             self.selector.to(memory_format=torch.channels_last)
             self._channels_last = True
+        if stage == "fit" and self.objective.needs_index:
+            self._prepare_objective()
+
+    def _prepare_objective(self) -> None:
+        """Hand an objective with per-image labels the whole training split (before the loaders are built, so the
+        training batches can carry their indices)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "with_index"):
+            raise VRSError(f"objective={self.objective.name} needs the training split's indices: train with the "
+                           "project's data module (vrs-train data=<name>), not a bare dataloader")
+        dm.setup("fit")
+        dm.with_index = True
+        x, y = dm.splits["train"]
+        base_ckpt = self.hparams.base_ckpt
+        cache_dir = str(Path(base_ckpt).parent / "oracle_labels") if base_ckpt else \
+            str(Path(self.trainer.default_root_dir) / "oracle_labels")
+        grid = tuple(self.median_cfg.grid) if self.median_cfg.grid else None
+        self.base.to(self.device)
+        self.objective.prepare(TrainingSplit(self.base, self.base_forward, x, y, grid, self.device, cache_dir))
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The base classifier's logits (channels_last inputs when the networks are channels_last)."""
@@ -154,17 +173,19 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
             self.base.requires_grad_(True)
 
     # ---- loss ----------------------------------------------------------------------------------
-    def loss_terms(self, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, sample: bool):
-        """(loss (B,), terms {name: (B,)}, SelectorOutput, log g_s (B, K)) of the objective at per-sample lam."""
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, sample: bool,
+                   idx: torch.Tensor | None = None):
+        """(loss (B,), terms {name: (B,)}, SelectorOutput, log g_s (B, K)) of the objective at per-sample lam;
+        idx: the images' training-split indices (objectives with per-image labels)."""
         res, inp = selector_step(self.selector, self.base_forward, self.objective, self.prior, x, y, lam,
                                  sigma_h=self.median_cfg.sigma_h, n_trf=self.hparams.n_trf, tau=self.hparams.tau,
-                                 sample=sample)
+                                 sample=sample, idx=idx)
         return res.loss, res.terms, inp.out, inp.log_probs
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, *idx = batch  # (x, y, index) when the objective reads per-image labels
         lam = self.lam_sampler(x.shape[0], x.device)
-        loss, terms, out, _ = self.loss_terms(x, y, lam, sample=True)
+        loss, terms, out, _ = self.loss_terms(x, y, lam, sample=True, idx=idx[0] if idx else None)
         loss = loss.mean()
         self._check_finite(loss)
         bs = x.shape[0]

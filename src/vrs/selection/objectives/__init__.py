@@ -12,6 +12,12 @@ One objective is one small file here with its formula in its docstring, register
   data-dependent smoothing).
 * `adversarial` (`AdversarialObjective`): (1 - lambda) CE at x + lambda CE at x + delta, delta from a few L2
   PGD steps through the selector and the soft smoothing (SmoothAdv with the selector in the loop).
+* `oracle_labels` (`OracleLabelsObjective`): CE of the selector's distribution over the sigma grid against soft
+  labels from each training image's votes at every grid sigma (Dual RS), computed once per base classifier.
+
+An objective that needs the whole training split before the first step (per-image labels) sets
+`needs_index = True` and implements `prepare(TrainingSplit)`; the module then feeds it the batch's indices
+into that split (`ObjectiveInput.idx`).
 
 lambda stays a per-sample input of the selector for every objective, so one trained selector covers the
 trade-off and lambda is chosen at test time. A module built without an objective (an old checkpoint, a config
@@ -48,7 +54,9 @@ class ObjectiveInput:
     smooth: log g_s at other inputs or noise levels, `smooth(x, sigma) -> (B, K)` (same n_trf, tau, base
         classifier), for objectives that need more than one smoothing pass (None where not available);
     select: the selector at other inputs, `select(x, lam) -> SelectorOutput` (with its own input noise eta, as
-        for `out`), for objectives that move the input (None where not available).
+        for `out`), for objectives that move the input (None where not available);
+    idx: (B,) the images' positions in the training split, for objectives with `needs_index` (None in
+        validation and wherever the batch does not carry them).
     """
 
     x: torch.Tensor
@@ -60,6 +68,23 @@ class ObjectiveInput:
     prior: Any
     smooth: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     select: Callable[[torch.Tensor, torch.Tensor], SelectorOutput] | None = None
+    idx: torch.Tensor | None = None
+
+
+@dataclass
+class TrainingSplit:
+    """What `Objective.prepare` gets before training: the frozen base classifier (`base`, whose weights key caches)
+    and its forward f (logits of [0, 1] images), the training images x (N, C, H, W, uint8 or [0, 1]) and labels y
+    (N,) in split order (`ObjectiveInput.idx` indexes them), the deployed sigma grid, the device f runs on, and a
+    folder for caches (None: do not cache)."""
+
+    base: torch.nn.Module
+    f: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+    grid: tuple[float, ...] | None
+    device: torch.device
+    cache_dir: str | None
 
 
 @dataclass
@@ -75,6 +100,10 @@ class Objective(ABC):
     """Base class: `__call__(inp) -> ObjectiveOutput`; `name` is how logs and reports call it."""
 
     name = "objective"
+    needs_index = False  # True: training batches must carry their indices (ObjectiveInput.idx); see prepare
+
+    def prepare(self, split: TrainingSplit) -> None:  # noqa: B027 - optional hook, most objectives need nothing
+        """Called once before training with the whole training split (objectives with per-image labels)."""
 
     @abstractmethod
     def __call__(self, inp: ObjectiveInput) -> ObjectiveOutput:
@@ -96,7 +125,7 @@ def objective_config(cfg: dict | None) -> dict:
         return dict(DEFAULT_OBJECTIVE)
     if not isinstance(cfg, dict) or "_target_" not in cfg:
         raise ConfigError("module.objective", cfg, "an objective config with a _target_: choose one with "
-                                                     "objective=paper|radius")
+                                                     "objective=paper|radius|adversarial|oracle_labels")
     return dict(cfg)
 
 
@@ -121,7 +150,7 @@ def build_objective(cfg: dict | None) -> Objective:
 
 def selector_step(selector: NoiseSelector, f: Callable[[torch.Tensor], torch.Tensor], objective: Objective, prior,
                   x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor, *, sigma_h: float, n_trf: int, tau: float,
-                  sample: bool) -> tuple[ObjectiveOutput, ObjectiveInput]:
+                  sample: bool, idx: torch.Tensor | None = None) -> tuple[ObjectiveOutput, ObjectiveInput]:
     """One training evaluation of the selector's objective: h sees x + eta (eta ~ N(0, sigma_h^2 I), as under
     median smoothing at test time), picks sigma per sample, the soft smoothing of f at the clean x with that
     sigma gives log g_s(x), and the objective turns them into a per-sample loss."""
@@ -132,5 +161,6 @@ def selector_step(selector: NoiseSelector, f: Callable[[torch.Tensor], torch.Ten
         return soft_smooth_log(f, x_, sigma_, n_trf, tau)
 
     out = select(x, lam)
-    inp = ObjectiveInput(x, y, lam, out, out.sigma, smooth(x, out.sigma), prior, smooth=smooth, select=select)
+    inp = ObjectiveInput(x, y, lam, out, out.sigma, smooth(x, out.sigma), prior, smooth=smooth, select=select,
+                         idx=idx)
     return objective(inp), inp
