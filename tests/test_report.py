@@ -199,7 +199,7 @@ def test_every_make_demo_step_composes(tmp_path):
     from vrs.demo import steps
 
     parser = OverridesParser.create()
-    apps = []
+    apps, attacked = [], []
     for _, app, args in steps(tmp_path / "demo", []):
         parsed = parser.parse_overrides([a for a in args if a != "-m"])
         first = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override() else o.input_line
@@ -213,7 +213,9 @@ def test_every_make_demo_step_composes(tmp_path):
             assert cfg.certify.n == 500 and cfg.certify.max == 50
             assert cfg.ckpt_path.endswith("train/checkpoints/last.ckpt")
         elif app == "attack":
-            assert cfg.defense.sigma is None and cfg.attack.norm == "l2" and list(cfg.attack.eps) == [0.25, 0.5, 1.0]
+            assert cfg.attack.norm == "l2" and list(cfg.attack.eps) == [0.25, 0.5, 1.0]
+            attacked.append(cfg.defense.sigma)
         else:
             assert cfg.report.inputs == str(tmp_path / "demo") and cfg.report.title.startswith("make demo")
-    assert apps == ["train", "certify", "certify", "attack", "report"]
+    assert apps == ["train", "certify", "certify", "attack", "attack", "report"]
+    assert attacked == [None, 0.25]  # VRS (over lambda), then fixed sigma (over sigma): the frontier's two curves

@@ -4,10 +4,13 @@ Runs the real apps one after another (each as its own process, exactly as you wo
 outputs/demo/<time>/:
   1. train/          vrs-train experiment=demo: a narrow multi-sigma LeNet (4,096 images, 3 epochs), then
                      the VRS noise-level selector on it (1 epoch);
-  2. certify_vrs/    vrs-certify certify=vrs_c1 at two lambdas,
-     certify_fixed/  vrs-certify certify=cohen at two fixed sigmas (the same base classifier);
-  3. attack/         vrs-attack: L2 EOT-PGD at three eps against VRS (the first lambda) and both fixed sigmas;
-  4. report/         vrs-report over all of it: report.md, report.csv and the plots.
+  2. certify_vrs/    vrs-certify certify=vrs_c1 at three lambdas,
+     certify_fixed/  vrs-certify certify=cohen at three fixed sigmas (the same base classifier);
+  3. attack_vrs/     vrs-attack: L2 EOT-PGD at three eps against VRS at each lambda,
+     attack_fixed/   and against each fixed sigma;
+  4. report/         vrs-report over all of it: report.md, report.csv and the plots, among them the Pareto
+                     frontier (frontier_robust.png: clean accuracy against robust accuracy, fixed sigma one
+                     curve over sigma, VRS one curve over lambda; README "Reading the frontier").
 Small settings keep it to a few minutes on 2 cores (n = 500 samples, 50 test images certified, 24
 attacked): the numbers are real but rough; report.md's header lists the settings. Extra arguments are
 Hydra overrides for the training step, e.g. `python -m vrs.demo base_stage.trainer.max_epochs=5`.
@@ -22,8 +25,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-LAMBDAS = "0,0.5"        # VRS's test-time trade-off knob: 0 = accuracy first, larger = larger sigma
-SIGMAS = "0.5,1.0"       # the fixed-sigma baselines, the two noise levels the demo's selector picks from most
+LAMBDAS = "0,0.5,1"      # VRS's test-time trade-off knob: 0 = accuracy first, larger = larger sigma (one curve)
+SIGMAS = "0.25,0.5,1.0"  # the fixed-sigma baselines (the other curve of the frontier)
 CERTIFY = ["certify.n0=32", "certify.n=500", "certify.alpha=0.001", "certify.skip=200", "certify.max=50",
            "certify.progress=false"]
 # L2 EOT-PGD with small budgets; the VRS defence's deployed sigma from 32 selector draws, as certify's sigma0
@@ -65,10 +68,11 @@ def steps(root: Path, train_overrides: list[str]) -> list[tuple[str, str, list[s
         ("2/4 certify (fixed sigma)", "certify", ["-m", f"ckpt_path={ckpt}", "certify=cohen",
                                                   f"certify.sigma={SIGMAS}", *CERTIFY,
                                                   f"hydra.sweep.dir={root / 'certify_fixed'}", *QUIET]),
-        # one sweep, three defences: defense.sigma=null is VRS (at the first lambda), the others fixed sigma
-        ("3/4 attack", "attack", ["-m", f"ckpt_path={ckpt}", f"defense.sigma=null,{SIGMAS}",
-                                  f"defense.lam={LAMBDAS.split(',')[0]}", *ATTACK,
-                                  f"hydra.sweep.dir={root / 'attack'}", *QUIET]),
+        # defense.sigma=null is VRS (at each lambda); a number is fixed sigma with the same base classifier
+        ("3/4 attack (VRS)", "attack", ["-m", f"ckpt_path={ckpt}", "defense.sigma=null", f"defense.lam={LAMBDAS}",
+                                        *ATTACK, f"hydra.sweep.dir={root / 'attack_vrs'}", *QUIET]),
+        ("3/4 attack (fixed sigma)", "attack", ["-m", f"ckpt_path={ckpt}", f"defense.sigma={SIGMAS}", *ATTACK,
+                                                f"hydra.sweep.dir={root / 'attack_fixed'}", *QUIET]),
         ("4/4 report", "report", [f"report.inputs={root}", "report.title='make demo: VRS vs fixed sigma on "
                                   "Fashion-MNIST (CPU, small settings)'", f"hydra.run.dir={root / 'report'}"]),
     ]
@@ -90,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  training run     {root / 'train'} (checkpoints/last.ckpt: the VRS model; base/: its base classifier)")
     print(f"  certification    {root / 'certify_vrs'}/<job>/, {root / 'certify_fixed'}/<job>/ "
           "(certify.tsv, summary.json)")
-    print(f"  attacks          {root / 'attack'}/<job>/ (attack.csv, summary.json)")
+    print(f"  attacks          {root / 'attack_vrs'}/<job>/, {root / 'attack_fixed'}/<job>/ "
+          "(attack.csv, summary.json)")
+    print(f"  the frontier     {report / 'frontier_robust.png'} (how to read it: README.md, Reading the frontier)")
     print("Next: the same steps with the paper's settings are in README.md (experiment=vrs_fmnist, certify.n=100000).")
     return 0
 
