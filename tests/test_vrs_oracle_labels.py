@@ -65,7 +65,7 @@ def brute_force_targets(count_y, top, votes, lam, cap, temperature, reweight):
         e = [math.exp(score(i, j, lam[i]) / temperature) for j in range(g)]
         out.append([e[j] / sum(e) for j in range(g)])
         mine = max(range(g), key=lambda j: (score(i, j, lam[i]), -j))
-        weights.append(1 / (g * q[mine]) if reweight else 1.0)
+        weights.append(1 / (g * max(q[mine], 0.025)) if reweight else 1.0)
     return np.array(out), np.array(weights)
 
 
@@ -102,6 +102,8 @@ def test_balance_weights_give_each_best_sigma_an_equal_share_of_the_loss():
     w = balance_weights(score[:, :2], q[:, :2])  # over the first two sigmas (G = 2); the tie goes to sigma_0
     assert torch.allclose(w, torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0]))
     assert math.isclose(float(w[:3].sum()), float(w[3:].sum()))
+    rare = balance_weights(score[:, :2], torch.tensor([0.999, 0.001]).expand(4, 2))
+    assert math.isclose(float(rare[3]), 1 / (2 * 0.025))  # a rare best sigma: the weight is capped
 
 
 def test_grid_log_probs_peak_at_the_nearest_grid_sigma():

@@ -125,14 +125,16 @@ def soft_targets(score: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(score / temperature, dim=1)
 
 
-def balance_weights(score: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
-    """Per-image loss weights (B,) that balance the best sigmas: w(x) = 1 / (G q_{best(x)}), best(x) the grid
-    sigma with the largest score (ties to the smaller sigma), q (B, G) the share of training images whose best sigma
-    it is. A sigma that is best for a share q of the images then carries 1/G of the loss, whatever q, and a sigma
-    that is best for no image is not boosted (it gets no weight of its own)."""
+def balance_weights(score: torch.Tensor, shares: torch.Tensor, min_share: float = 0.025) -> torch.Tensor:
+    """Per-image loss weights (B,) that balance the best sigmas: w(x) = 1 / (G max(q_best(x), min_share)),
+    best(x) the grid sigma with the largest score (ties to the smaller sigma), q (B, G) the share of training images
+    whose best sigma it is. A sigma that is best for a share q >= min_share of the images then carries 1/G of the
+    loss, whatever q; a sigma that is best for no image is not boosted (it gets no weight of its own); min_share
+    caps a single image's weight at 1 / (G min_share) (10 for G = 4), so a few images with a rare best sigma
+    cannot dominate a batch."""
     best = torch.argmax(score, dim=1, keepdim=True)  # torch's argmax returns the first maximum
     q = shares.to(score.dtype).gather(1, best).squeeze(1)
-    return 1.0 / (score.shape[1] * q.clamp(min=1.0 / score.shape[1] ** 2 / 100))
+    return 1.0 / (score.shape[1] * q.clamp(min=min_share))
 
 
 def cache_key(base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid, votes: int, seed: int) -> str:

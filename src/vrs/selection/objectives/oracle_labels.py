@@ -3,7 +3,7 @@
     L(x, y, lambda) = - v(x, lambda) sum_i t_i(x, lambda) log P_i(x, lambda)
                       + beta * (log sigma(x + eta) - log sigma(x + eta'))^2 / (2 w^2)
 
-    t_i(x, lambda) = softmax_i(score_i(x, lambda) / T),      v(x, lambda) = 1 / (G q_best(x)(lambda))
+    t_i(x, lambda) = softmax_i(score_i(x, lambda) / T),      v(x, lambda) = 1 / (G max(q_best(x)(lambda), 0.025))
     score_i(x, lambda) = (1 - lambda) p_i(x) + lambda min(R_i(x), r_cap) / r_cap
     P_i(x, lambda) = softmax_i( -(log h(x + eta, lambda) - log sigma_i)^2 / (2 w^2) )
 
