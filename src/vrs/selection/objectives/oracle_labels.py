@@ -35,6 +35,8 @@ Validation (no training-split index there) scores the soft smoothed classifier's
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from vrs.errors import VRSError, check
@@ -42,6 +44,8 @@ from vrs.selection.objectives import Objective, ObjectiveInput, ObjectiveOutput,
 from vrs.selection.oracle_labels import (OracleTable, balance_weights, grid_log_probs, kernel_width, label_score,
                                          load_or_compute, soft_targets)
 from vrs.selection.soft import soft_smooth_nll_log
+
+log = logging.getLogger(__name__)
 
 
 class OracleLabelsObjective(Objective):
@@ -81,6 +85,11 @@ class OracleLabelsObjective(Objective):
             .to(split.device)
         if self.width is None:
             self.width = kernel_width(split.grid)
+        q = self.table.q.cpu()
+        for row in (0, q.shape[0] // 2, q.shape[0] - 1):  # what the labels ask for: lambda 0, 0.5, 1
+            shares = ", ".join(f"{s:g}: {float(v):.3f}" for s, v in zip(split.grid, q[row]))
+            log.info("oracle labels, lambda %g: share of training images whose best sigma is %s",
+                     row / (q.shape[0] - 1), shares)
 
     def targets(self, idx: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(t (B, G), v (B,)): the soft labels of the training images `idx` at their lambdas and their weights."""
