@@ -170,7 +170,7 @@ def _prepare(cfg: DictConfig, device):
     xs, ys, _ = load_data(plain(cfg.data), cfg.attack.get("split", "test"))
     predict = smoothed_predict_fn(base, loaded.num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
                                   int(cfg.predict.batch_size), seed=int(cfg.seed),
-                                  precision=cfg.predict.get("precision", "fp32"))
+                                  precision=cfg.predict.get("precision", "fp32"), source=str(cfg.ckpt_path))
     return model, base, loaded, info, xs, ys, predict
 
 

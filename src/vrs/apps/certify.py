@@ -177,7 +177,8 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
     device = shard_device(opts.device, rank, world)
     smoothed = SmoothedClassifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device=device,
                                   precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
-                                  fused_blocks=opts.fused_blocks, noise_block=opts.noise_block)
+                                  fused_blocks=opts.fused_blocks, noise_block=opts.noise_block,
+                                  source=job.ckpt_path)
     if not indices:
         return 0
     selector = selector.to(device) if vopts else None
