@@ -234,6 +234,10 @@ def run(cfg: DictConfig) -> dict:
     model, base, loaded, info, xs, ys, _ = prepared
     data_cfg = plain(cfg.data)
     check_data_matches(loaded, data_cfg, allow_other_dataset=bool(cfg.get("allow_other_dataset", False)))
+    if name == "sigma_down" and info["defense"] != "vrs" and ranks.main:
+        log.warning("attack=sigma_down on a fixed-sigma defence (sigma=%g, %s): it has no selector to push down, "
+                    "so its sigma term is constant and the attack is EOT-PGD (attack=eot_pgd) under another name",
+                    info["sigma"], cfg.ckpt_path)
     split = attack_cfg.get("split", "test")
     attack_settings = {k: v for k, v in attack_cfg.items() if k not in SUBSET_KEYS}
     settings = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": loaded.sha256,
