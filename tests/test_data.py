@@ -357,3 +357,15 @@ def test_datamodule_rejects_bad_config():
         ImageDataModule(name="imagenet", channels=3, size=32, num_classes=10, mean=[0.5] * 3, std=[0.2] * 3)
     with pytest.raises(ConfigError, match=r"data.mean/data.std"):
         ImageDataModule(name="digits", channels=1, size=8, num_classes=10, mean=[0.3, 0.3], std=[0.4])
+
+
+def test_an_explicit_root_is_never_replaced(tmp_path):
+    """data.root names the one place to read from: missing, a file or without the data set (and
+    data.download=false) it is an error, even where a system copy of the data set exists."""
+    with pytest.raises(VRSError, match=r"data.root='.*missing' does not exist, and data.download=false"):
+        locate("fashion_mnist", str(tmp_path / "missing"), None, download=False)
+    with pytest.raises(VRSError, match=r"holds no fashion_mnist files \(searched"):
+        locate("fashion_mnist", str(tmp_path), None, download=False)
+    assert sources.candidate_folders("fashion_mnist", str(tmp_path), "/data") == [tmp_path, tmp_path / "fashion-mnist"]
+    with pytest.raises(VRSError, match=r"data.root='.*missing' is not allowed: an existing directory"):
+        ImageDataModule("mnist", 1, 28, 10, [0.1], [0.3], root=str(tmp_path / "missing"), download=False)

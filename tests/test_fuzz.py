@@ -101,6 +101,36 @@ CASES = [
     case("attack", "ckpt_path={truncated}", "corrupt or truncated"),
     case("attack", "attack.indices=[5000]", "attack.indices=[5000] is not allowed", in_task=True),
     case("attack", "attack.out_dir={corrupt_attack}", "settings.json is not valid JSON", in_task=True),
+    # a model that cannot be right: non-finite weights (refused when the file is read, before a run directory)
+    # and finite weights whose logits overflow (refused while sampling: nothing written for those images)
+    case("train", "ckpt_path={nan_ckpt}", "holds non-finite weights: net.1.features.0.weight has 1 NaN"),
+    case("certify", "ckpt_path={nan_ckpt}", "checkpoint {nan_ckpt} holds non-finite weights: net.1.features.0.weight"),
+    case("certify", "ckpt_path={inf_ckpt}", "checkpoint {inf_ckpt} holds non-finite weights: net.1.classifier.4.bias "
+                                            "has 2 Inf"),
+    case("certify", "ckpt_path={nan_ckpt} certify.mode=predict", "holds non-finite weights"),
+    case("attack", "ckpt_path={nan_ckpt}", "checkpoint {nan_ckpt} holds non-finite weights"),
+    case("certify", "ckpt_path={overflow_ckpt} certify.max=2 certify.out_dir={tmp}/overflow_certify", "checkpoint {overflow_ckpt} gives non-finite (NaN / Inf) "
+                                                               "logits for 220 of 220 noisy samples", in_task=True),
+    case("certify", "ckpt_path={overflow_ckpt} certify.mode=predict certify.max=1 certify.out_dir={tmp}/overflow_predict",
+         "gives non-finite (NaN / Inf) logits for 100 of 100", in_task=True),
+    case("attack", "ckpt_path={overflow_ckpt} attack.max=1 attack.steps=1 predict.n=20 defense.m=1 "
+                   "attack.out_dir={tmp}/overflow_attack",
+         "checkpoint {overflow_ckpt} gives non-finite (NaN / Inf) logits", in_task=True),
+    # an explicit data.root that is missing is never replaced by another copy (here: the system Fashion-MNIST)
+    case("train", "data=fashion_mnist data.root={tmp}/missing data.download=false",
+         "data.root='{tmp}/missing' is not allowed: an existing directory with data.download=false: it does not exist"),
+    case("train", "data=mnist data.root={file} data.download=false", "data.root='{file}' is not allowed: an existing "
+                                                                      "directory with data.download=false: it is a file"),
+    case("certify", "data=fashion_mnist data.root={tmp}/missing data.download=false",
+         "data.root='{tmp}/missing' is not allowed"),
+    case("attack", "data=mnist data.size=8 allow_other_dataset=true data.root={empty_dir} data.download=false",
+         "data.root='{empty_dir}' holds no mnist files", in_task=True),
+    # radius grids: repeats refused (an unsorted one is sorted with a warning: test_warnings_name_the_problem)
+    case("certify", "certify.radius_grid=[0.5,0.25,0.5]", "certify.radius_grid=[0.5, 0.25, 0.5] is not allowed: a non-empty list "
+                                                          "without repeats"),
+    case("certify", "certify.radius_grid=[1,1.0]", "certify.radius_grid=[1, 1.0] is not allowed: radii without repeats "
+                                                   "(1 twice)", in_task=True),
+    case("report", "report.radii=[0.5,0.5]", "report.radii=[0.5, 0.5] is not allowed: a non-empty list without repeats"),
     # vrs-report
     case("report", "report.inputs=[]", "report.inputs=[] is not allowed"),
     case("report", "report.inputs=[{tmp}/missing]", "does not exist"),
@@ -110,7 +140,21 @@ CASES = [
     case("report", "report.out_dir={file}", "report.out_dir='{file}' is not allowed: a directory (this is a file)"),
     case("report", "report.inputs=[{empty_dir}]", "holds no runs", in_task=True),
     case("report", "report.inputs=[{corrupt_certify}]", "unreadable (JSONDecodeError", in_task=True),
+    # vrs-report on damaged rows of real results: one error naming file and line, whatever else is there
+    *[case("report", f"report.inputs=[{{results}},{{{name}}}]", expect, in_task=True) for name, expect in {
+        "radius_nan": "{radius_nan}/certify.tsv, line 3 is malformed (radius='nan' is not allowed: a finite number >= 0)",
+        "radius_inf": "{radius_inf}/certify.tsv, line 2 is malformed (radius='inf' is not allowed",
+        "radius_negative": "{radius_negative}/certify.tsv, line 4 is malformed (radius='-0.5' is not allowed",
+        "idx_text": "{idx_text}/certify.tsv, line 2 is malformed (idx='x7' is not an integer)",
+        "short_row": "{short_row}/certify.tsv, line 3 is malformed (6 fields, expected 7)",
+        "twice_differing": "{twice_differing}/certify.tsv, lines 2 and 7: image ",
+        "attack_l2_nan": "{attack_l2_nan}/attack.csv, line 2 is malformed (l2='nan' is out of range)",
+        "attack_predict": "{attack_predict}/attack.csv, line 3 is malformed (adv_predict='-7' is out of range)",
+        "attack_twice": "{attack_twice}/attack.csv, lines 2 and 5: image ",
+    }.items()],
 ]
+DAMAGED = ("radius_nan", "radius_inf", "radius_negative", "idx_text", "short_row", "twice_differing", "attack_l2_nan",
+           "attack_predict", "attack_twice")
 
 
 def key_of(arg: str) -> str:
@@ -151,6 +195,9 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
     paths = {"tmp": root, "ckpt": digits_ckpt, "file": root / "a_file", "empty_dir": root / "empty_dir",
              "corrupt_certify": outs["corrupt_certify"], "corrupt_attack": outs["corrupt_attack"],
              "truncated": root / "truncated.ckpt", "garbage": root / "garbage.ckpt", "empty": root / "empty.ckpt"}
+    paths.update(bad_checkpoints(digits_ckpt, root))
+    paths.update(damaged_results(digits_ckpt, root))
+    outs.update({name: paths[name] for name in ("results", *DAMAGED)})
     paths["file"].write_text("not a directory\n")
     paths["empty_dir"].mkdir()
     paths["truncated"].write_bytes(digits_ckpt.read_bytes()[:5000])
@@ -163,6 +210,74 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
             "attack": ["data=digits", f"ckpt_path={digits_ckpt}", f"attack.out_dir={outs['attack_out']}", *common],
             "report": [f"report.inputs=[{outs['certify_out']}]", f"report.out_dir={outs['report_out']}"]}
     return {"root": root, "run": run, "outs": [run, *outs.values()], "paths": paths, "base": base}
+
+
+def bad_checkpoints(ckpt: Path, root: Path) -> dict[str, Path]:
+    """The digits checkpoint with one NaN weight, with Inf in a bias, and with finite weights (the classifier
+    scaled by 1e30) whose logits overflow to NaN."""
+    import torch
+
+    out = {}
+    for name, change in {"nan_ckpt": ("net.1.features.0.weight", lambda w: w.view(-1)[0].fill_(float("nan"))),
+                         "inf_ckpt": ("net.1.classifier.4.bias", lambda w: w[:2].fill_(float("inf"))),
+                         "overflow_ckpt": ("net.1.classifier.1.weight", lambda w: w.mul_(1e30))}.items():
+        c = torch.load(ckpt, map_location="cpu", weights_only=True)
+        key, edit = change
+        edit(c["state_dict"][key])
+        if name == "overflow_ckpt":
+            c["state_dict"]["net.1.classifier.4.weight"].mul_(1e30)
+        out[name] = root / f"{name}.ckpt"
+        torch.save(c, out[name])
+    return out
+
+
+def damaged_results(ckpt: Path, root: Path) -> dict[str, Path]:
+    """Real vrs-certify and vrs-attack results of the digits checkpoint (a few images), and copies of them with
+    one kind of damage each in certify.tsv or attack.csv."""
+    from conftest import compose_config
+    from vrs.apps.attack import run as attack
+    from vrs.apps.certify import certify
+
+    results = root / "results"
+    cert, att = results / "certify", results / "attack"
+    certify(compose_config(f"ckpt_path={ckpt}", "data=digits", "certify.n0=10", "certify.n=100", "certify.max=5",
+                           "certify.progress=false", "logger=none", f"certify.out_dir={cert}", config_name="certify",
+                           output_dir=cert))
+    attack(compose_config(f"ckpt_path={ckpt}", "data=digits", "attack=pgd_l2", "attack.steps=1", "attack.eps=[0.5]",
+                          "attack.max=3", "defense.m=1", "predict.n=20", "logger=none", f"attack.out_dir={att}",
+                          config_name="attack", output_dir=att))
+
+    def damaged(name: str, src: Path, table: str, edit) -> Path:
+        where = root / "damaged" / name
+        shutil.copytree(src, where)
+        lines = (where / table).read_text().splitlines(keepends=True)
+        sep = "\t" if table.endswith(".tsv") else ","
+        header = lines[0].rstrip("\n").split(sep)
+        rows = [ln.rstrip("\n").split(sep) for ln in lines[1:]]
+        edit(header, rows)
+        (where / table).write_text("".join(sep.join(r) + "\n" for r in [header, *rows]))
+        return where
+
+    def setter(line: int, column: str, value: str):
+        def edit(header, rows):
+            rows[line - 2][header.index(column)] = value
+        return edit
+
+    def again_differing(header, rows):
+        rows.append(list(rows[0]))
+        rows[-1][header.index("radius" if "radius" in header else "correct")] = "9.5" if "radius" in header else \
+            str(1 - int(rows[0][header.index("correct")]))
+
+    out = {"results": results}
+    for name, line, column, value in (("radius_nan", 3, "radius", "nan"), ("radius_inf", 2, "radius", "inf"),
+                                      ("radius_negative", 4, "radius", "-0.5"), ("idx_text", 2, "idx", "x7")):
+        out[name] = damaged(name, cert, "certify.tsv", setter(line, column, value))
+    out["short_row"] = damaged("short_row", cert, "certify.tsv", lambda h, rows: rows[1].pop())
+    out["twice_differing"] = damaged("twice_differing", cert, "certify.tsv", again_differing)
+    out["attack_l2_nan"] = damaged("attack_l2_nan", att, "attack.csv", setter(2, "l2", "nan"))
+    out["attack_predict"] = damaged("attack_predict", att, "attack.csv", setter(3, "adv_predict", "-7"))
+    out["attack_twice"] = damaged("attack_twice", att, "attack.csv", again_differing)
+    return out
 
 
 def call_main(app: str, argv: list[str], capsys) -> tuple[int | str | None, str]:
@@ -323,3 +438,49 @@ def test_wandb_invalid_key_continues_offline(tmp_path, monkeypatch, caplog):
         server.listen(4)
         _wandb_env(monkeypatch, tmp_path, "too-short-key", f"http://127.0.0.1:{server.getsockname()[1]}")
         _offline_run(tmp_path, caplog, "W&B online logging failed (WANDB_API_KEY invalid")
+
+
+# ---- not errors, but said: a warning line, exit code 0, and what was asked for is done ----------------------
+def test_warnings_name_the_problem(world, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    runs = {  # app, extra arguments, the warning
+        "sigma_down": ("attack", ["attack=sigma_down", "attack.max=1", "attack.steps=1", "attack.eot=1", "predict.n=20",
+                                  "defense.m=1", f"attack.out_dir={tmp_path}/a"],
+                       "attack=sigma_down on a fixed-sigma defence (sigma=0.25"),
+        "grid": ("certify", ["certify.radius_grid=[1.0,0.25]", "certify.max=1", f"certify.out_dir={tmp_path}/c"],
+                 "certify.radius_grid=[1.0, 0.25] is not sorted: using [0.25, 1.0]"),
+    }
+    before = snapshot(*world["outs"])
+    for name, (app, extra, warning) in runs.items():
+        argv = merged(world["base"][app], [*extra, f"hydra.run.dir={tmp_path}/h_{name}"])
+        code, _ = call_main(app, argv, capsys)
+        out = capsys.readouterr()
+        log = (tmp_path / f"h_{name}" / f"{app}.log").read_text()  # Hydra's log file of the run
+        assert code == 0 and warning in log, (name, log[-2000:], out.err[-2000:])
+    assert snapshot(*world["outs"]) == before
+
+
+def test_repeated_result_rows_count_once_with_a_note(world, tmp_path):
+    """certify.tsv / attack.csv with rows repeated (two copies of a file concatenated): the same table as
+    without the repeats, a note in the row and a warning; repeats that disagree are refused (CASES)."""
+    from conftest import compose_config
+    from vrs.apps.report import build_report
+
+    src = world["paths"]["results"]
+    twice = tmp_path / "twice"
+    shutil.copytree(src, twice)
+    for table in (twice / "certify" / "certify.tsv", twice / "attack" / "attack.csv"):
+        lines = table.read_text().splitlines(keepends=True)
+        table.write_text("".join(lines + lines[1:]))
+
+    def report(inputs, out):
+        return build_report(compose_config(f"report.inputs=[{inputs}]", f"report.out_dir={out}",
+                                           config_name="report", output_dir=out))
+
+    once, repeated = report(src, tmp_path / "r1"), report(twice, tmp_path / "r2")
+    drop = ("notes", "run_dirs", "config")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in repeated.records] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in once.records]
+    notes = " ".join(str(r.get("notes")) for r in repeated.records)
+    assert "certify.tsv: 5 repeated row(s) (line 7, 8, 9, 10, 11) counted once" in notes, notes
+    assert "attack.csv: 3 repeated row(s) (line 5, 6, 7) counted once" in notes, notes

@@ -229,3 +229,23 @@ def test_training_callback_certifies_exactly_like_vrs_certify(vrs_ckpt, tmp_path
         ours = dict(zip(header, line.rstrip("\n").split("\t")))
         assert {k: v for k, v in ours.items() if k != "time"} == {k: v for k, v in app.items() if k != "time"}
     assert "c1" in {r["cert"] for r in got}, "expected some certified images"
+
+
+def test_too_few_selector_draws_warn_and_a_nan_selector_is_refused(vrs_ckpt, tmp_path, caplog):
+    """certify.n_h so small that no interval closes: a warning, and every image is sigma_undetermined; a
+    selector weight that is NaN: one error naming the checkpoint and the tensor."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="vrs.apps.certify"):
+        _, _, rows = certify_run(vrs_ckpt, tmp_path / "few", "certify=vrs_c1", "certify.n_h=5", "certify.max=3")
+    assert "certify.n_h=5 estimation draws cannot bound the selector's median" in caplog.text
+    assert {r["cert"] for r in rows} <= {"sigma_undetermined", "abstain"} and "sigma_undetermined" in \
+        {r["cert"] for r in rows}
+    ckpt = torch.load(vrs_ckpt, map_location="cpu", weights_only=True)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("selector.") and k.endswith("weight"))
+    ckpt["state_dict"][key].view(-1)[0] = float("nan")
+    bad = tmp_path / "nan_selector.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(VRSError, match=f"checkpoint {bad} holds non-finite weights: {key} has 1 NaN"):
+        certify_run(bad, tmp_path / "nan", "certify=vrs_c1")
+    assert not (tmp_path / "nan").exists()

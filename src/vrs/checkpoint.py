@@ -145,7 +145,21 @@ def read_checkpoint(path: str | Path) -> tuple[dict, str]:
     meta = ckpt.get("vrs")
     if not isinstance(meta, dict) or "kind" not in meta:
         raise VRSError(f"{path} was not written by vrs-train (no checkpoint['vrs'] entry)")
+    check_finite_weights(ckpt["state_dict"], path)
     return ckpt, digest
+
+
+def check_finite_weights(state_dict: dict, path: str | Path) -> None:
+    """VRSError naming the checkpoint and its first tensor with a NaN or Inf: a network with such weights
+    answers "class 0" (argmax of NaN logits) for every input, which certify and attack would otherwise report
+    as results. One pass over the weights, once per read of the file."""
+    for name, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            kinds = "/".join(k for k, n in (("NaN", int(torch.isnan(value).sum())),
+                                             ("Inf", int(torch.isinf(value).sum()))) if n)
+            raise VRSError(f"checkpoint {path} holds non-finite weights: {name} has {bad} {kinds} value(s) of "
+                           f"{value.numel()} (the training run diverged); use an earlier checkpoint of the run")
 
 
 # (resolved path, device, inode, size, mtime, ctime) -> (the parts loaders use, sha256), for the last few files.

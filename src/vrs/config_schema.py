@@ -180,7 +180,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "device": DEVICE, "precision": one_of("auto", "fp32", "tf32", "bf16", "fp16"),
                 "channels_last": AUTO_BOOL, "compile": COMPILE, "fused_blocks": AUTO_BOOL,
                 "images_per_group": either(one_of("auto"), integer(1)), "noise_block": integer(1),
-                "world_size": integer(1), "radius_grid": list_of(number(ge=0)), "allow_other_dataset": BOOL,
+                "world_size": integer(1), "radius_grid": list_of(number(ge=0), distinct=True), "allow_other_dataset": BOOL,
                 "progress": BOOL,
                 "certificate": one_of("c1", "c2"), "lam": LAMBDA,
                 "n_h0": optional(integer(1), " (the checkpoint's)"), "n_h": optional(integer(1), " (the checkpoint's)"),
@@ -202,7 +202,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "max_batch": optional(integer(1), " (all at once)"), "precision": one_of("fp32", "bf16", "fp16")},
     "predict": {"n": required(ANY), "alpha": required(ANY),
                 "batch_size": required(ANY), "precision": one_of("fp32", "tf32", "bf16", "fp16")},
-    "report": {"inputs": required(ANY), "out_dir": TEXT, "radii": list_of(number(ge=0)),
+    "report": {"inputs": required(ANY), "out_dir": TEXT, "radii": list_of(number(ge=0), distinct=True),
                "title": optional(TEXT), "hide_overrides": list_of(TEXT, nonempty=False)},
 }
 CLOSED = ("paths", "data.synthetic", "certify", "attack", "defense", "predict", "report")

@@ -170,7 +170,7 @@ def _prepare(cfg: DictConfig, device):
     xs, ys, _ = load_data(plain(cfg.data), cfg.attack.get("split", "test"))
     predict = smoothed_predict_fn(base, loaded.num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
                                   int(cfg.predict.batch_size), seed=int(cfg.seed),
-                                  precision=cfg.predict.get("precision", "fp32"))
+                                  precision=cfg.predict.get("precision", "fp32"), source=str(cfg.ckpt_path))
     return model, base, loaded, info, xs, ys, predict
 
 
@@ -234,6 +234,10 @@ def run(cfg: DictConfig) -> dict:
     model, base, loaded, info, xs, ys, _ = prepared
     data_cfg = plain(cfg.data)
     check_data_matches(loaded, data_cfg, allow_other_dataset=bool(cfg.get("allow_other_dataset", False)))
+    if name == "sigma_down" and info["defense"] != "vrs" and ranks.main:
+        log.warning("attack=sigma_down on a fixed-sigma defence (sigma=%g, %s): it has no selector to push down, "
+                    "so its sigma term is constant and the attack is EOT-PGD (attack=eot_pgd) under another name",
+                    info["sigma"], cfg.ckpt_path)
     split = attack_cfg.get("split", "test")
     attack_settings = {k: v for k, v in attack_cfg.items() if k not in SUBSET_KEYS}
     settings = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": loaded.sha256,

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
-from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, summary_extras, vrs_options
+from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, summary_extras, undetermined_problem, vrs_options
 from vrs.apps.results import describe_subset, select_indices
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
@@ -139,7 +139,7 @@ def parse_options(c: DictConfig) -> Options:
         per_group = max(1, min(256, math.ceil(4 * c["batch_size"] / total)))
     world = c.get("world_size", 1)
     block = c.get("noise_block", NOISE_BLOCK)
-    grid = c.get("radius_grid") or [0.0]
+    grid = core.radius_grid(c.get("radius_grid") or [0.0], "certify.radius_grid")
     return Options(mode=mode, n0=n0, n=c["n"], alpha=float(c["alpha"]), batch_size=c["batch_size"],
                    sigma=None if sigma is None else float(sigma), split=c.get("split", "test"), skip=skip, max=mx,
                    indices=indices, out_dir=c.get("out_dir"), device=device, precision=precision,
@@ -177,7 +177,8 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
     device = shard_device(opts.device, rank, world)
     smoothed = SmoothedClassifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device=device,
                                   precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
-                                  fused_blocks=opts.fused_blocks, noise_block=opts.noise_block)
+                                  fused_blocks=opts.fused_blocks, noise_block=opts.noise_block,
+                                  source=job.ckpt_path)
     if not indices:
         return 0
     selector = selector.to(device) if vopts else None
@@ -413,6 +414,9 @@ def certify(cfg: DictConfig) -> dict:
     chosen = select_indices(len(y_all), opts.split, "certify", opts.skip, opts.max, opts.indices)
     subset = describe_subset(chosen, opts.split, len(y_all), opts.skip, opts.max, opts.indices)
     problem = core.sample_size_problem(opts.n, opts.alpha, opts.mode)
+    if problem and ranks.main:
+        log.warning(problem)
+    problem = undetermined_problem(vopts) if vopts else None
     if problem and ranks.main:
         log.warning(problem)
 

@@ -69,9 +69,39 @@ _TYPES = {"idx": int, "label": int, "predict": int, "radius": float, "correct": 
           "sigma_lo": float, "sigma_hi": float, "radius_cohen": float, "cert": str}
 
 
+def _finite_at_least(low: float, strict: bool = False, nan_ok: bool = False):
+    def ok(v: float) -> bool:
+        return (nan_ok and math.isnan(v)) or (math.isfinite(v) and (v > low if strict else v >= low))
+    return ok
+
+
+# What a value must be besides parsing: a row that breaks one is damaged (a radius of NaN, Inf or < 0 would be
+# counted as certified; a NaN sigma is allowed, an older VRS row's "no sigma").
+_VALID = {"idx": (lambda v: v >= 0, "an integer >= 0"), "label": (lambda v: v >= 0, "an integer >= 0"),
+          "predict": (lambda v: v >= -1, "a class >= 0 or -1 (abstain)"), "correct": (lambda v: v in (0, 1), "0 or 1"),
+          "radius": (_finite_at_least(0.0), "a finite number >= 0"),
+          "radius_cohen": (_finite_at_least(0.0), "a finite number >= 0"),
+          "time": (_finite_at_least(0.0), "a finite number >= 0"),
+          "sigma": (_finite_at_least(0.0, strict=True, nan_ok=True), "a finite number > 0"),
+          "sigma_lo": (_finite_at_least(0.0, strict=True, nan_ok=True), "a finite number > 0"),
+          "sigma_hi": (_finite_at_least(0.0, strict=True, nan_ok=True), "a finite number > 0"),
+          "cert": (lambda v: v in ("c1", "c2", "abstain", "sigma_undetermined"),
+                   "one of c1, c2, abstain, sigma_undetermined")}
+
+
 def typed_row(row: dict[str, str]) -> dict:
-    """A row as written (strings) with its values typed; ValueError when one does not parse."""
-    return {c: _TYPES[c](v) for c, v in row.items()}
+    """A row as written (strings) with its values typed; ValueError, naming the column, when one does not parse
+    or is out of range (e.g. a radius that is NaN, Inf or negative)."""
+    out = {}
+    for c, v in row.items():
+        try:
+            out[c] = _TYPES[c](v)
+        except ValueError:
+            raise ValueError(f"{c}={v!r} is not {'an integer' if _TYPES[c] is int else 'a number'}") from None
+        ok, allowed = _VALID.get(c, (None, ""))
+        if ok is not None and not ok(out[c]):
+            raise ValueError(f"{c}={v!r} is not allowed: {allowed}")
+    return out
 
 
 def table(mode: str) -> Table:

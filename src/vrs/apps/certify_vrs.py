@@ -17,6 +17,7 @@ no certificate, counted as an abstention). A certificate holds with probability 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,30 @@ def resolve_vrs_options(c: dict, median: MedianSmoothing, sigma_min: float, sigm
     check(isinstance(tol, (int, float)) and tol > 0, "certify.c2_tol", tol, "a number > 0")
     return VRSOptions(c["certificate"], float(c["lam"]), m.n_h0, m.n_h, float(m.alpha_h), float(m.sigma_h), m.grid,
                       m.batch_size, float(sigma_min), float(sigma_max), float(tol))
+
+
+def undetermined_problem(v: VRSOptions) -> str | None:
+    """A message when certify.n_h estimation draws are too few to bound the selector's median at alpha_h, so
+    every image comes out sigma_undetermined (C1: no grid cell's interval closes, even with every draw at the
+    cell's own sigma) or with the vacuous interval [sigma_min, sigma_max] (C2); else None."""
+    from vrs.selection.median import cell_radius, grid_cell, median_bounds  # deferred: scipy
+
+    clip = (v.sigma_min, v.sigma_max)
+    need = math.ceil(math.log2(2 / v.alpha_h))  # 0.5 ** n_h <= alpha_h / 2: one order statistic qualifies
+    if v.certificate == "c1" and v.grid:
+        best = max(cell_radius(np.full(v.n_h, g), v.grid, int(grid_cell(g, v.grid)), v.sigma_h, v.alpha_h, clip)
+                   for g in v.grid)
+        if best < 0:
+            return (f"certify.n_h={v.n_h} estimation draws cannot bound the selector's median at "
+                    f"certify.alpha_h={v.alpha_h:g}: every image will be sigma_undetermined (no certificate); "
+                    f"use certify.n_h >= {need} (certify.n_h=null: the checkpoint's)")
+        return None
+    lo, hi = median_bounds(np.full(v.n_h, 0.5 * (clip[0] + clip[1])), 0.0, v.sigma_h, v.alpha_h, clip)
+    if (lo, hi) == clip:
+        return (f"certify.n_h={v.n_h} estimation draws cannot bound the selector's median at "
+                f"certify.alpha_h={v.alpha_h:g}: every image's sigma interval is the whole range "
+                f"[{clip[0]:g}, {clip[1]:g}], so most images will be sigma_undetermined; use certify.n_h >= {need}")
+    return None
 
 
 def meta_keys(v: VRSOptions) -> dict:

@@ -43,6 +43,7 @@ from vrs.apps.report_table import (LEGEND, attack_names, cell, merge, name_rows,
                                    to_csv, to_markdown)
 from vrs.config_schema import parse_inputs, validate_app_config
 from vrs.errors import VRSError, check, hydra_errors_exit, user_errors_exit
+from vrs.smoothing.core import radius_grid
 from vrs.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,7 @@ def build_report(cfg: DictConfig) -> Report:
     """Read every run under report.inputs, then write the table and the plots to report.out_dir."""
     r = OmegaConf.to_container(cfg.report, resolve=True)
     inputs = parse_inputs(r.get("inputs"))
-    radii = r.get("radii") or []
-    check(isinstance(radii, list) and all(isinstance(x, (int, float)) and x >= 0 for x in radii), "report.radii",
-          radii, "a list of radii >= 0")
+    radii = radius_grid(r.get("radii") or [], "report.radii")
     out = r.get("out_dir")
     check(isinstance(out, str) and bool(out), "report.out_dir", out, "a directory path")
     out = Path(out)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,9 @@ from vrs.apps.certify_store import COLUMNS, META_NAME, TSV_NAME, typed_row
 from vrs.apps.results import normalize_settings
 from vrs.errors import VRSError
 from vrs.smoothing import core
-from vrs.utils.io import read_table
+from vrs.utils.io import DamagedRow, read_table
+
+log = logging.getLogger(__name__)
 
 # Directories that never hold results (or hold thousands of files): not walked.
 PRUNE = {"wandb", "checkpoints", ".submitit", ".hydra", "tensorboard", "diagnostics", "csv", "__pycache__", ".git"}
@@ -111,6 +115,38 @@ def short_ckpt(path: str | None) -> str | None:
     return name if p.name == "last.ckpt" else f"{name}/{p.name}"
 
 
+def once_each(rows: list[dict], key, path: Path, what) -> tuple[list[dict], list[str]]:
+    """Rows (typed, in file order; row i on line i + 2) with each key once: a repeated row (equal in every
+    column but `time`, e.g. two copies of a file concatenated) is counted once, with a warning and a note;
+    one that disagrees with the first is DamagedRow naming both lines (which one is right cannot be told)."""
+    first: dict[Any, tuple[int, dict]] = {}
+    out, repeated = [], []
+    for line, r in enumerate(rows, start=2):
+        k = key(r)
+        if k in first:
+            line0, r0 = first[k]
+            differ = [c for c in r if c != "time" and not _same(r0[c], r[c])]
+            if differ:
+                raise DamagedRow(f"{path}, lines {line0} and {line}: {what(r)} twice with different results "
+                                 f"({', '.join(f'{c} {r0[c]} / {r[c]}' for c in differ[:3])}): delete the wrong line")
+            repeated.append(line)
+            continue
+        first[k] = (line, r)
+        out.append(r)
+    if not repeated:
+        return out, []
+    lines = ", ".join(map(str, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
+    note = f"{path.name}: {len(repeated)} repeated row(s) (line {lines}) counted once"
+    log.warning("%s: %d repeated row(s) (line %s) counted once", path, len(repeated), lines)
+    return out, [note]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
 def read_certify(path: Path, radii: list[float]) -> Row:
     """A vrs-certify results directory: certify.meta.json + certify.tsv (+ summary.json)."""
     meta = normalize_settings(json.loads((path / META_NAME).read_text()))
@@ -119,9 +155,11 @@ def read_certify(path: Path, radii: list[float]) -> Row:
         raise VRSError(f"{path / META_NAME} has mode={table!r}, not one of {', '.join(COLUMNS)}: not a vrs-certify "
                        "results directory this version reads")
     rows = [typed_row(r) for r in read_table(path / TSV_NAME, COLUMNS[table], "\t", typed_row)[0]]
+    rows, repeats = once_each(rows, lambda r: r["idx"], path / TSV_NAME, lambda r: f"image {r['idx']}")
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     notes = [] if summary else ["no summary.json (interrupted? rerun vrs-certify with this out_dir to finish)"]
+    notes += repeats
     if list(path.glob("certify.rank*.tsv")):
         notes.append("unmerged shard files (certify.rank*.tsv) not counted")
     correct = np.array([bool(r["correct"]) for r in rows])
@@ -209,21 +247,52 @@ def read_attack(path: Path) -> tuple[Row, dict]:
     return row, {"name": name, **attack_setup(settings)}
 
 
+# attack.csv (vrs.attacks.evaluate.ROW_COLUMNS; test_report.py checks they agree): type and allowed values.
+_INT, _PROB = (int, lambda v: v >= -1), (int, lambda v: v in (0, 1))
+ATTACK_TYPES = {"idx": (int, lambda v: v >= 0), "eps": (float, lambda v: math.isfinite(v) and v >= 0),
+                "label": (int, lambda v: v >= 0), "clean_predict": _INT, "adv_predict": _INT, "correct": _PROB,
+                "soft_predict": _INT, "soft_correct": _PROB, "clean_soft_predict": _INT,
+                "l2": (float, lambda v: math.isfinite(v) and v >= 0), "linf": (float, lambda v: math.isfinite(v) and v >= 0),
+                "sigma_clean": (float, lambda v: math.isnan(v) or (math.isfinite(v) and v > 0)),
+                "sigma_adv": (float, lambda v: math.isnan(v) or (math.isfinite(v) and v > 0)),
+                "time": (float, lambda v: math.isfinite(v) and v >= 0)}
+ATTACK_COLUMNS = tuple(ATTACK_TYPES)
+
+
+def typed_attack_row(row: dict[str, str]) -> dict:
+    """An attack.csv row typed; ValueError, naming the column, for a value that does not parse or is out of
+    range (a class below -1, a negative or non-finite eps or norm, ...)."""
+    out = {}
+    for c, v in row.items():
+        kind, ok = ATTACK_TYPES[c]
+        try:
+            out[c] = kind(v)
+        except ValueError:
+            raise ValueError(f"{c}={v!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not ok(out[c]):
+            raise ValueError(f"{c}={v!r} is out of range")
+    return out
+
+
 def read_attack_rows(path: Path, row: Row, summary: dict) -> None:
     """attack.csv's per-image outcomes onto the row: per image (in idx order) the label, clean PREDICT
     correctness (`clean_predict == label`, abstain = wrong), the clean sigma (`sigma_clean`) and, per eps of the
     summary, PREDICT correctness on the adversarial input (`correct`); an image missing at some eps is dropped."""
     eps_wanted = [float(p["eps"]) for p in summary["per_eps"]]
     by_idx: dict[int, dict] = {}
-    with open(path / "attack.csv", newline="") as fh:
-        for rec in csv.DictReader(fh):
-            e = float(rec["eps"])
-            match = [w for w in eps_wanted if np.isclose(w, e, rtol=1e-5, atol=1e-9)]
-            if not match:
-                continue
-            d = by_idx.setdefault(int(rec["idx"]), {"label": int(rec["label"]), "clean": int(rec["clean_predict"])
-                                                    == int(rec["label"]), "sigma": float(rec["sigma_clean"])})
-            d[match[0]] = int(rec["correct"])
+    table = path / "attack.csv"
+    rows = [typed_attack_row(r) for r in read_table(table, ATTACK_COLUMNS, ",", typed_attack_row)[0]]
+    rows, repeats = once_each(rows, lambda r: (r["idx"], r["eps"]), table,
+                              lambda r: f"image {r['idx']} at eps={r['eps']:g}")
+    if repeats:
+        row.values["notes"] = "; ".join(filter(None, [row.values.get("notes"), *repeats]))
+    for rec in rows:
+        match = [w for w in eps_wanted if np.isclose(w, rec["eps"], rtol=1e-5, atol=1e-9)]
+        if not match:
+            continue
+        d = by_idx.setdefault(rec["idx"], {"label": rec["label"], "clean": rec["clean_predict"] == rec["label"],
+                                           "sigma": rec["sigma_clean"]})
+        d[match[0]] = rec["correct"]
     idx = np.array(sorted(i for i, d in by_idx.items() if all(e in d for e in eps_wanted)), dtype=np.int64)
     row.idx = idx
     row.labels = np.array([by_idx[i]["label"] for i in idx], dtype=np.int64)
@@ -327,6 +396,8 @@ def collect(inputs: list[Path], radii: list[float]) -> Found:
             for row in new:
                 row.overrides = overrides
             rows += new
+        except DamagedRow:
+            raise  # a damaged row is one clear error (file and line), never a run quietly left out
         except (OSError, ValueError, KeyError, TypeError, VRSError) as err:
             # one unreadable run must not hide the rest: named in the report's "Skipped" list
             skipped.append(f"{d}: unreadable ({type(err).__name__}: {err})")

@@ -33,10 +33,11 @@ SigmaFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def smoothed_predict_fn(base: torch.nn.Module, num_classes: int, n: int, alpha: float, batch_size: int,
-                        seed: int = 0, precision: str = "fp32") -> PredictFn:
+                        seed: int = 0, precision: str = "fp32", source: str | None = None) -> PredictFn:
     """PREDICT(n, alpha) of the smoothed base classifier, with each image's noise seeded from (seed, idx)
-    (the same noise for an image's clean and adversarial versions: common random numbers)."""
-    smoothed = SmoothedClassifier(base, num_classes, 1.0, precision=precision)
+    (the same noise for an image's clean and adversarial versions: common random numbers). source (the
+    checkpoint's path) is named when the network gives non-finite logits (NonFiniteOutputError)."""
+    smoothed = SmoothedClassifier(base, num_classes, 1.0, precision=precision, source=source)
 
     def predict(x: torch.Tensor, sigma: torch.Tensor, idx: Sequence[int]) -> torch.Tensor:
         seeds = [image_seed(seed, int(i)) for i in idx]

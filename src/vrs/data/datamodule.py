@@ -14,13 +14,14 @@ the images' positions in `splits["train"]`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from vrs.data.sources import DATASETS, load_splits
+from vrs.data.sources import DATASETS, FOLDERS, load_splits
 from vrs.errors import VRSError, check, check_choice
 
 
@@ -133,6 +134,10 @@ class ImageDataModule(pl.LightningDataModule):
         check(all(s > 0 for s in std), "data.std", std, "positive values")
         check(val_size >= 0, "data.val_size", val_size, "an integer >= 0")
         check(crop_padding >= 0, "data.crop_padding", crop_padding, "an integer >= 0")
+        if root and not download and name in FOLDERS:  # checked before the run starts (vrs.config_schema)
+            check(Path(root).is_dir(), "data.root", root, f"an existing directory with data.download=false: it "
+                  f"{'is a file' if Path(root).exists() else 'does not exist'}, and an explicit root is never "
+                  "replaced by another copy (data.root=null searches data.data_dir and the system copies)")
         self.spec = DataSpec(name, channels, size, num_classes, list(mean), list(std))
         self.root, self.data_dir, self.download = root, data_dir, download
         self.val_size, self.train_subset, self.test_subset = val_size, train_subset, test_subset

@@ -72,10 +72,11 @@ def _is_complete(name: str, folder: Path) -> bool:
 
 
 def candidate_folders(name: str, root: str | None, data_dir: str | None) -> list[Path]:
-    """Folders searched for a data set, in order: explicit root, <data_dir>/<folder>, system copies."""
-    out: list[Path] = []
+    """Folders searched for a data set, in order: <data_dir>/<folder> ($VRS_DATA_DIR's too), system copies; an
+    explicit root is the only place searched (the root itself and <root>/<folder>): never replaced by another copy."""
     if root:
-        out += [Path(root), Path(root) / FOLDERS[name]]
+        return [Path(root), Path(root) / FOLDERS[name]]
+    out: list[Path] = []
     for base in filter(None, [data_dir, os.environ.get("VRS_DATA_DIR")]):
         out.append(Path(base) / FOLDERS[name])
     out += SYSTEM_COPIES.get(name, [])
@@ -83,11 +84,20 @@ def candidate_folders(name: str, root: str | None, data_dir: str | None) -> list
 
 
 def locate(name: str, root: str | None, data_dir: str | None, download: bool) -> Path:
-    """Find the data set's folder, downloading it into <root or data_dir> when allowed."""
+    """Find the data set's folder, downloading it into <root or data_dir> when allowed. An explicit data.root
+    is never replaced by another copy: missing (without data.download) or without the data set, it is an
+    error."""
     candidates = candidate_folders(name, root, data_dir)
     for folder in candidates:
         if _is_complete(name, folder):
             return folder
+    if root and not download:
+        where = Path(root)
+        why = ("does not exist" if not where.exists() else "is not a directory" if not where.is_dir()
+               else f"holds no {name} files (searched {where} and {where / FOLDERS[name]})")
+        raise VRSError(f"data.root={root!r} {why}, and data.download=false: pass the folder that holds the "
+                       f"official files, data.root=null to search {data_dir or 'data.data_dir'} and the system "
+                       "copies, or data.download=true to download into it")
     if not download:
         raise VRSError(f"data set {name} not found in any of {[str(c) for c in candidates]} and "
                        f"data.download=false: pass data.root=<folder with the official files> or data.download=true")

@@ -150,6 +150,25 @@ def warn_sample_size(n: int, alpha: float, mode: str = "certify") -> str | None:
 
 
 # ---- metrics ----------------------------------------------------------------------------------------
+def radius_grid(radii, key: str) -> list[float]:
+    """The radii at which certified accuracy is reported (certify.radius_grid, report.radii), sorted: each a
+    finite number >= 0 and none twice (ConfigError naming `key`: a repeat would be one table column or
+    summary key twice); an unsorted grid is sorted, with a logged warning."""
+    from vrs.errors import check  # deferred: this module stays free of the app layer
+
+    ok = isinstance(radii, (list, tuple)) and all(
+        isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 0 for r in radii)
+    check(ok, key, radii, "a list of finite radii >= 0")
+    values = [float(r) for r in radii]
+    repeats = sorted({r for r in values if values.count(r) > 1})
+    check(not repeats, key, list(radii), f"radii without repeats ({', '.join(f'{r:g}' for r in repeats)} twice)")
+    if values != sorted(values):
+        import logging  # deferred: only a warning needs it
+
+        logging.getLogger(__name__).warning("%s=%s is not sorted: using %s", key, list(radii), sorted(values))
+    return sorted(values)
+
+
 def certified_accuracy(radii: Sequence[float], correct: Sequence[bool], r_grid: Sequence[float]) -> np.ndarray:
     """Certified accuracy at each r in r_grid: mean over ALL points of [correct and radius >= r].
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vrs.errors import check, check_choice
+from vrs.errors import VRSError, check, check_choice
 from vrs.smoothing import core
 from vrs.smoothing.noise import standard_normal
 
@@ -42,6 +42,11 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 NOISE_BLOCK = 1024
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
 _SEED_MASK = (1 << 63) - 1
+
+
+class NonFiniteOutputError(VRSError):
+    """The base classifier returned NaN / Inf logits while sampling: its argmax would be counted as a vote
+    ("class 0" for all-NaN logits), so the counts, and every radius from them, would be wrong."""
 
 
 def image_seed(seed: int, idx: int) -> int:
@@ -155,11 +160,17 @@ class SmoothedClassifier:
             (vrs.models.fused_blocks.fuse_residual_stages, on a copy of the network). Takes effect on CUDA in
             bf16/fp16; elsewhere the copy computes exactly what the original does.
         device: where to sample; default: the network's device.
+        source: what the network is, e.g. its checkpoint's path: named by NonFiniteOutputError.
+
+    Non-finite logits: every forward batch adds the number of its samples with a NaN / Inf logit to a counter
+    on the device, read with the counts (once per group of images, no extra synchronisation); any such
+    sample raises NonFiniteOutputError when its group's counts reach the host.
     """
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma, *, precision: str = "fp32",
                  channels_last: bool = False, compile: bool | str | dict = False, noise_block: int = NOISE_BLOCK,
-                 fused_blocks: bool = False, device: torch.device | str | None = None):
+                 fused_blocks: bool = False, device: torch.device | str | None = None, source: str | None = None):
+        self.source = source  # what the network is (a checkpoint path), for NonFiniteOutputError
         check(isinstance(num_classes, int) and num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
         check_choice("precision", precision, PRECISIONS)
         check(isinstance(noise_block, int) and noise_block >= 1, "noise_block", noise_block, "an integer >= 1")
@@ -241,11 +252,13 @@ class SmoothedClassifier:
     def sample_counts(self, x: torch.Tensor, n: int, batch_size: int, *, seeds: Sequence[int] | None = None,
                       sigma=None, stream: int = ESTIMATION) -> torch.Tensor:
         """(B, K) int64 counts of the base classifier's top class over n noisy copies of each image (on the
-        device, not synchronised)."""
+        device; one number, the count of non-finite logits, is read back: NonFiniteOutputError)."""
         with torch.inference_mode(), self._precision_context():
             x, seeds, sigmas = self._prepare(x, seeds, sigma)
             jobs = [(row, n, stream_seed(seeds[row], stream)) for row in range(x.shape[0])]
-            return self._count(x, sigmas, jobs, batch_size)
+            counts = self._count(x, sigmas, jobs, batch_size)
+            self._check_finite(counts[-1, 0].item(), n * x.shape[0])
+            return counts[:-1]
 
     def warmup(self, batch_size: int, shape: Sequence[int]) -> None:
         """One forward pass on a full batch (compiles the network when torch.compile is on)."""
@@ -294,16 +307,24 @@ class SmoothedClassifier:
                 host, event = self._to_host(counts)
             if pending is not None:
                 yield self._finish(pending, finish)
-            pending = (sigmas, host, event)
+            pending = (sigmas, host, event, sum(num for _, num, _ in jobs))
         if pending is not None:
             yield self._finish(pending, finish)
 
-    @staticmethod
-    def _finish(pending, finish):
-        sigmas, host, event = pending
+    def _finish(self, pending, finish):
+        sigmas, host, event, samples = pending
         if event is not None:
             event.synchronize()
-        return finish(sigmas, host)
+        self._check_finite(int(host[-1, 0]), samples)
+        return finish(sigmas, host[:-1])
+
+    def _check_finite(self, bad: int, samples: int) -> None:
+        if bad:
+            what = f"checkpoint {self.source}" if self.source else "the base classifier"
+            raise NonFiniteOutputError(
+                f"{what} gives non-finite (NaN / Inf) logits for {bad} of {samples} noisy samples of these "
+                "images: their votes (argmax) would be wrong, so no result is written for them; the network "
+                "overflows on these inputs (with fp16, try precision fp32 or bf16)")
 
     def _to_host(self, counts: torch.Tensor):
         if self.device.type != "cuda":
@@ -325,13 +346,15 @@ class SmoothedClassifier:
 
     def _count(self, x: torch.Tensor, sigmas: np.ndarray, jobs: list[tuple[int, int, int]],
                batch_size: int) -> torch.Tensor:
-        """Counts (len(jobs), K) on the device: row j counts the top classes of jobs[j] = (image row, number
-        of samples, stream seed)."""
+        """Counts (len(jobs) + 1, K) on the device: row j counts the top classes of jobs[j] = (image row, number
+        of samples, stream seed); the last row's first entry counts the samples with a non-finite logit."""
         k = self.num_classes
         shape = tuple(x.shape[1:])
         buf = self._buffer(batch_size, shape)
-        trash = len(jobs)  # padding rows of the last batch are counted here and dropped
-        counts = torch.zeros((len(jobs) + 1) * k, dtype=torch.int64, device=self.device)
+        # rows: one per job, then the non-finite counter (its first entry), then the padding rows of the last
+        # batch (counted there and dropped)
+        flag, trash = len(jobs) * k, len(jobs) + 1
+        counts = torch.zeros((len(jobs) + 2) * k, dtype=torch.int64, device=self.device)
         ones = torch.ones(batch_size, dtype=torch.int64, device=self.device)
         fill, segments = 0, []
         for slot, (row, num, seed) in enumerate(jobs):
@@ -345,17 +368,19 @@ class SmoothedClassifier:
                     fill += m
                 segments.append((slot, take))
                 if fill == batch_size:
-                    self._forward_count(buf, segments, counts, ones)
+                    self._forward_count(buf, segments, counts, ones, flag, fill)
                     fill, segments = 0, []
         if fill:
             if self.compile_mode is not None:  # keep one shape for compiled code (and CUDA graphs): pad
                 segments.append((trash, batch_size - fill))
-                self._forward_count(buf, segments, counts, ones)
+                self._forward_count(buf, segments, counts, ones, flag, fill)
             else:
-                self._forward_count(buf[:fill], segments, counts, ones)
-        return counts.view(len(jobs) + 1, k)[:-1]
+                self._forward_count(buf[:fill], segments, counts, ones, flag, fill)
+        return counts.view(len(jobs) + 2, k)[:-1]
 
-    def _forward_count(self, buf, segments, counts, ones) -> None:
+    def _forward_count(self, buf, segments, counts, ones, flag: int, real: int) -> None:
+        """Count the top class of each of buf's samples into `counts` (segments: (row, samples) in order) and
+        the samples among the first `real` (the rest is padding) with a non-finite logit into counts[flag]."""
         k = self.num_classes
         offsets = torch.cat([torch.full((m,), slot * k, dtype=torch.int64, device=self.device)
                              for slot, m in segments])
@@ -366,6 +391,7 @@ class SmoothedClassifier:
             raise ValueError(f"base classifier returned logits of shape {tuple(logits.shape)}, expected "
                              f"({buf.shape[0]}, {k})")
         counts.index_add_(0, logits.argmax(1) + offsets, ones[: buf.shape[0]])
+        counts[flag : flag + 1].add_(torch.isfinite(logits[:real]).all(1).logical_not().sum())
 
     @contextlib.contextmanager
     def _precision_context(self):

@@ -126,6 +126,10 @@ def format_line(values: Sequence[Any], delimiter: str = ",") -> str:
     return buf.getvalue()
 
 
+class DamagedRow(VRSError):
+    """A table row that does not parse (wrong number of fields, a value out of range): names the file and line."""
+
+
 def read_table(path: Path, columns: Sequence[str], delimiter: str = ",",
                check_row: Callable[[dict[str, str]], Any] | None = None) -> tuple[list[dict[str, str]], int]:
     """The rows of a table (values as written) and the byte length of its complete part (shorter than the
@@ -144,14 +148,14 @@ def read_table(path: Path, columns: Sequence[str], delimiter: str = ",",
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if len(line) != len(columns):
-            raise VRSError(f"{path}, line {number} is malformed ({len(line)} fields, expected {len(columns)}): "
-                           "fix or delete that line")
+            raise DamagedRow(f"{path}, line {number} is malformed ({len(line)} fields, expected {len(columns)}): "
+                             "fix or delete that line")
         row = dict(zip(columns, line))
         if check_row is not None:
             try:
                 check_row(row)
             except ValueError as err:
-                raise VRSError(f"{path}, line {number} is malformed ({err}): fix or delete that line") from None
+                raise DamagedRow(f"{path}, line {number} is malformed ({err}): fix or delete that line") from None
         rows.append(row)
     return rows, cut
 
