@@ -110,6 +110,35 @@ CASES = [
     case("report", "report.out_dir={file}", "report.out_dir='{file}' is not allowed: a directory (this is a file)"),
     case("report", "report.inputs=[{empty_dir}]", "holds no runs", in_task=True),
     case("report", "report.inputs=[{corrupt_certify}]", "unreadable (JSONDecodeError", in_task=True),
+    # issue 23, class 1: an output folder that holds another app's results, another app's Hydra run, or a
+    # training run that this run does not resume (vrs.apps.folders): refused before Hydra writes anything
+    case("attack", "attack.out_dir={certify_out}", "attack.out_dir={certify_out} holds vrs-certify results "
+                                                   "(certify.meta.json, certify.tsv); vrs-attack writes only into"),
+    case("attack", "attack.out_dir={report_out}", "holds vrs-report results (report.csv, report.md)"),
+    case("attack", "attack.out_dir={run}", "attack.out_dir={run} holds vrs-train results (checkpoints/last.ckpt"),
+    case("attack", "hydra.run.dir={certify_out}", "paths.output_dir={certify_out} holds vrs-certify results"),
+    case("certify", "certify.out_dir={attack_store}", "certify.out_dir={attack_store} holds vrs-attack results "
+                                                      "(attack.csv, settings.json)"),
+    case("certify", "certify.out_dir={report_out}", "holds vrs-report results"),
+    case("certify", "certify.out_dir={run}", "holds vrs-train results"),
+    case("certify", "hydra.run.dir={run}", "paths.output_dir={run} holds vrs-train results"),
+    case("certify", "hydra.run.dir={train_hydra_run}", "paths.output_dir={train_hydra_run} is the run directory of a "
+                                                       "vrs-train run (.hydra/)"),
+    case("report", "report.out_dir={certify_out}", "report.out_dir={certify_out} holds vrs-certify results"),
+    case("report", "report.out_dir={attack_store}", "holds vrs-attack results"),
+    case("report", "report.out_dir={run}", "report.out_dir={run} holds vrs-train results"),
+    case("report", "hydra.run.dir={certify_hydra_run}", "is the run directory of a vrs-certify run (.hydra/)"),
+    case("train", "hydra.run.dir={certify_out}", "paths.output_dir={certify_out} holds vrs-certify results"),
+    case("train", "hydra.run.dir={attack_store}", "holds vrs-attack results"),
+    case("train", "hydra.run.dir={report_out}", "holds vrs-report results"),
+    case("train", "hydra.run.dir={certify_hydra_run}", "is the run directory of a vrs-certify run (.hydra/)"),
+    case("train", "noise.sigma=0.5", "paths.output_dir={run} holds a vrs-train run (checkpoints/last.ckpt, "
+                                     "csv/metrics.csv); vrs-train writes into an existing training run only to "
+                                     "resume it"),
+    case("train", "ckpt_path={ckpt} model.width=16 model.hidden=64", "ckpt_path={ckpt} is not one of its checkpoints"),
+    case("train", "ckpt_path={run}/checkpoints/last.ckpt model.width=16 model.hidden=64",
+         "holds a vrs-train run made with other settings (callbacks, data, logger, model, module, ... (14 keys) "
+         "differ from its .hydra/config.yaml)"),
 ]
 
 
@@ -143,12 +172,21 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
     for name, files in {"certify_out": ("certify.tsv", "certify.meta.json", "summary.json"),
                         "attack_out": ("summary.json", "robust_accuracy.png"), "report_out": ("report.md", "report.csv"),
                         "corrupt_certify": ("certify.tsv", "certify.meta.json"),
-                        "corrupt_attack": ("attack.csv", "settings.json")}.items():
+                        "corrupt_attack": ("attack.csv", "settings.json"),
+                        "attack_store": ("attack.csv", "settings.json", "summary.json", "robust_accuracy.png"),
+                        # Hydra run directories of other apps whose results went elsewhere (.hydra/ only)
+                        "certify_hydra_run": (".hydra/config.yaml", ".hydra/overrides.yaml"),
+                        "train_hydra_run": (".hydra/config.yaml", ".hydra/overrides.yaml")}.items():
         outs[name] = root / name
         outs[name].mkdir()
         for file in files:
+            (outs[name] / file).parent.mkdir(exist_ok=True)
             (outs[name] / file).write_bytes(f"existing {file}\n".encode())
-    paths = {"tmp": root, "ckpt": digits_ckpt, "file": root / "a_file", "empty_dir": root / "empty_dir",
+    for name in ("certify", "train"):
+        (outs[f"{name}_hydra_run"] / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    config_name: {name}\n")
+    paths = {"tmp": root, "ckpt": digits_ckpt, "file": root / "a_file", "empty_dir": root / "empty_dir", "run": run,
+             **{k: outs[k] for k in ("certify_out", "report_out", "attack_store", "certify_hydra_run",
+                                     "train_hydra_run")},
              "corrupt_certify": outs["corrupt_certify"], "corrupt_attack": outs["corrupt_attack"],
              "truncated": root / "truncated.ckpt", "garbage": root / "garbage.ckpt", "empty": root / "empty.ckpt"}
     paths["file"].write_text("not a directory\n")
