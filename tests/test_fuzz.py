@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -247,6 +248,121 @@ def test_malformed_input_gives_one_line_and_changes_nothing(c, world, capsys, mo
 def test_the_table_covers_every_app_with_thirty_cases_or_more():
     assert len(CASES) >= 30 and {c.app for c in CASES} == {"train", "certify", "attack", "report"}
     assert any("certify=vrs_c1" in c.args for c in CASES)
+
+
+# ---- issue 23, class 2: results stores that a rerun finds; summaries describe the whole store, a refusal
+# writes nothing -----------------------------------------------------------------------------------------------
+STORE_ARGS = {"certify": ["certify.n0=10", "certify.n=100", "certify.max=6", "certify.progress=false"],
+              "attack": ["attack=fgsm", "attack.eps=[0.5]", "attack.batch_size=4", "attack.max=4", "predict.n=100",
+                         "defense.m=2"]}
+STORE_FILES = {"certify": ("certify.tsv", "certify.meta.json", "summary.json", "certified_accuracy.png"),
+               "attack": ("attack.csv", "settings.json", "summary.json", "robust_accuracy.png")}
+
+
+def run_main(app: str, argv: list[str]) -> int | str | None:
+    module = importlib.import_module(f"vrs.apps.{app}")
+    GlobalHydra.instance().clear()
+    old, sys.argv = sys.argv, [f"vrs-{app}", *argv]
+    try:
+        module.main()
+        return 0
+    except SystemExit as exc:
+        return exc.code
+    finally:
+        sys.argv = old
+
+
+@pytest.fixture(scope="module")
+def stores(world, tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
+    """A finished vrs-certify store (6 images) and vrs-attack store (4 images), made by the apps' main:
+    app -> (folder, the arguments that made it)."""
+    root = tmp_path_factory.mktemp("stores")
+    made = {}
+    for app in ("certify", "attack"):
+        out = root / app
+        argv = merged(world["base"][app], [*STORE_ARGS[app], f"{app}.out_dir={out}", f"hydra.run.dir={root}/h_{app}"])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("VRS_ROOT", str(root))
+            assert run_main(app, argv) == 0
+        assert {p.name for p in out.iterdir()} >= set(STORE_FILES[app])
+        made[app] = (out, argv)
+    return made
+
+
+def store_copy(stores, app: str, tmp_path: Path) -> tuple[Path, list[str]]:
+    src, argv = stores[app]
+    out = tmp_path / app
+    shutil.copytree(src, out)
+    return out, merged(argv, [f"{app}.out_dir={out}", f"hydra.run.dir={tmp_path}/h"])
+
+
+def damage_row(text: str, line: int, column: int, value: str, sep: str) -> str:
+    lines = text.splitlines(keepends=True)
+    fields = lines[line].rstrip("\n").split(sep)
+    fields[column] = value
+    lines[line] = sep.join(fields) + "\n"
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("app,extra,count", [("certify", ["certify.max=2"], 6), ("certify", ["certify.indices=[1,3]"], 6),
+                                            ("attack", ["attack.max=2"], 4)])
+def test_a_resume_with_nothing_to_do_describes_the_whole_store(stores, app, extra, count, tmp_path, capsys,
+                                                               monkeypatch):
+    """Rerun into a finished store with fewer images: the table is untouched, and summary.json (and the plot,
+    drawn from the same rows) still describe every row of it, with this run's subset under subset.this_run."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    out, argv = store_copy(stores, app, tmp_path)
+    table = STORE_FILES[app][0]
+    before = (out / table).read_bytes()
+    code, err = call_main(app, merged(argv, extra), capsys)
+    assert code == 0, err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / table).read_bytes() == before
+    assert summary["subset"]["count"] == count and summary["subset"]["this_run"]["count"] == 2
+    assert f"every image in {table} ({count})" in summary["subset"]["rule"]
+    if app == "certify":
+        assert summary["num_images"] == count == summary["rows_in_file"] and summary["images_this_run"] == 0
+    else:
+        assert summary["clean"]["n"] == count and [p["n"] for p in summary["per_eps"]] == [count]
+        assert summary["complete"] is True
+
+
+REFUSED = [  # (app, how the store is damaged or the rerun differs, extra arguments, the error line)
+    ("certify", "label", ["certify.max=2"], "has label {label} for image 4, the data now says"),
+    ("certify", "garbage", [], "certify.tsv, line 4 is malformed"),
+    ("certify", "torn", ["certify.n=200"], "already holds results made with other settings (n: existing 100, now 200)"),
+    ("attack", "garbage", [], "attack.csv, line 3 is malformed (invalid literal for int()"),
+    ("attack", "torn", ["predict.n=120"], "already holds results made with other settings (predict.n: existing 100, now 120)"),
+    ("attack", "no_settings", [], "holds attack.csv rows but no settings.json, so their settings are unknown"),
+]
+
+
+@pytest.mark.parametrize("app,damage,extra,expect", REFUSED, ids=[f"{a}:{d}:{' '.join(e)}" for a, d, e, _ in REFUSED])
+def test_a_refused_resume_writes_nothing(stores, app, damage, extra, expect, tmp_path, capsys, monkeypatch):
+    """A rerun refused by the store (a row of other data, a damaged row, other settings, rows of unknown
+    settings): one error line, exit 2, and every file of the store byte-identical: no settings file written,
+    no torn line cut, no summary or plot rewritten."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    out, argv = store_copy(stores, app, tmp_path)
+    table, sidecar = STORE_FILES[app][:2]
+    sep = "\t" if app == "certify" else ","
+    text = (out / table).read_text()
+    if damage == "label":  # image 4's label (beyond this run's 2 images), as if the data set had changed; a torn line
+        label = "7" if text.splitlines()[5].split(sep)[1] != "7" else "3"
+        text = damage_row(text, 5, 1, label, sep)
+        (out / table).write_text(text + text.splitlines(keepends=True)[1][:9])
+        expect = expect.format(label=label)
+    elif damage == "garbage":
+        (out / table).write_text(damage_row(text, 3 if app == "certify" else 2, 4, "abc", sep))
+    elif damage == "torn":  # a killed writer's half line: cut only by a run that goes ahead
+        (out / table).write_text(text + text.splitlines(keepends=True)[1][:9])
+    elif damage == "no_settings":
+        (out / sidecar).unlink()
+        (out / table).write_text(damage_row(text, 2, 4, "abc", sep))
+    before = snapshot(out)
+    code, err = call_main(app, merged(argv, extra), capsys)
+    assert expect in one_error_line(code, err)
+    assert snapshot(out) == before
 
 
 # ---- as real console processes (exit code and stderr of the process itself); test_train.py,
