@@ -365,6 +365,25 @@ def test_a_refused_resume_writes_nothing(stores, app, damage, extra, expect, tmp
     assert snapshot(out) == before
 
 
+def test_a_training_run_resumes_in_its_own_folder_and_only_so(tmp_path, capsys, monkeypatch):
+    """vrs-train into its own run folder: the resume of docs/reliability.md (the same command plus ckpt_path and
+    hydra.run.dir) goes ahead; the same folder without ckpt_path, or with other settings, is refused untouched."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    run = tmp_path / "run"
+    argv = ["data=digits", "model.width=8", "model.hidden=16", "debug=limit", "trainer.max_epochs=1", "test=false",
+            "optimized_metric=null",  # a resume of a finished run logs no metric
+            "trainer=cpu", "print_config=false", "~callbacks.progress_bar", f"hydra.run.dir={run}"]
+    assert run_main("train", argv) == 0
+    resume = [*argv, f"ckpt_path={run}/checkpoints/last.ckpt"]
+    for extra, expect in ((argv, "holds a vrs-train run (checkpoints/"),
+                          ([*resume, "seed=5"], "made with other settings (seed differ")):
+        before = snapshot(run)
+        assert expect in one_error_line(*call_main("train", extra, capsys))
+        assert snapshot(run) == before
+    code, err = call_main("train", resume, capsys)
+    assert code == 0, err[-3000:]
+
+
 # ---- as real console processes (exit code and stderr of the process itself); test_train.py,
 # test_certify_app.py and test_attacks_app.py run more of them ------------------------------------------------
 def test_real_processes(world, tmp_path):
