@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -152,6 +153,35 @@ CASES = [
         "attack_predict": "{attack_predict}/attack.csv, line 3 is malformed (adv_predict='-7' is out of range)",
         "attack_twice": "{attack_twice}/attack.csv, lines 2 and 5: image ",
     }.items()],
+    # issue 23, class 1: an output folder that holds another app's results, another app's Hydra run, or a
+    # training run that this run does not resume (vrs.apps.folders): refused before Hydra writes anything
+    case("attack", "attack.out_dir={certify_out}", "attack.out_dir={certify_out} holds vrs-certify results "
+                                                   "(certify.meta.json, certify.tsv); vrs-attack writes only into"),
+    case("attack", "attack.out_dir={report_out}", "holds vrs-report results (report.csv, report.md)"),
+    case("attack", "attack.out_dir={run}", "attack.out_dir={run} holds vrs-train results (checkpoints/last.ckpt"),
+    case("attack", "hydra.run.dir={certify_out}", "paths.output_dir={certify_out} holds vrs-certify results"),
+    case("certify", "certify.out_dir={attack_store}", "certify.out_dir={attack_store} holds vrs-attack results "
+                                                      "(attack.csv, settings.json)"),
+    case("certify", "certify.out_dir={report_out}", "holds vrs-report results"),
+    case("certify", "certify.out_dir={run}", "holds vrs-train results"),
+    case("certify", "hydra.run.dir={run}", "paths.output_dir={run} holds vrs-train results"),
+    case("certify", "hydra.run.dir={train_hydra_run}", "paths.output_dir={train_hydra_run} is the run directory of a "
+                                                       "vrs-train run (.hydra/)"),
+    case("report", "report.out_dir={certify_out}", "report.out_dir={certify_out} holds vrs-certify results"),
+    case("report", "report.out_dir={attack_store}", "holds vrs-attack results"),
+    case("report", "report.out_dir={run}", "report.out_dir={run} holds vrs-train results"),
+    case("report", "hydra.run.dir={certify_hydra_run}", "is the run directory of a vrs-certify run (.hydra/)"),
+    case("train", "hydra.run.dir={certify_out}", "paths.output_dir={certify_out} holds vrs-certify results"),
+    case("train", "hydra.run.dir={attack_store}", "holds vrs-attack results"),
+    case("train", "hydra.run.dir={report_out}", "holds vrs-report results"),
+    case("train", "hydra.run.dir={certify_hydra_run}", "is the run directory of a vrs-certify run (.hydra/)"),
+    case("train", "noise.sigma=0.5", "paths.output_dir={run} holds a vrs-train run (checkpoints/last.ckpt, "
+                                     "csv/metrics.csv); vrs-train writes into an existing training run only to "
+                                     "resume it"),
+    case("train", "ckpt_path={ckpt} model.width=16 model.hidden=64", "ckpt_path={ckpt} is not one of its checkpoints"),
+    case("train", "ckpt_path={run}/checkpoints/last.ckpt model.width=16 model.hidden=64",
+         "holds a vrs-train run made with other settings (callbacks, data, logger, model, module, ... (14 keys) "
+         "differ from its .hydra/config.yaml)"),
 ]
 DAMAGED = ("radius_nan", "radius_inf", "radius_negative", "idx_text", "short_row", "twice_differing", "attack_l2_nan",
            "attack_predict", "attack_twice")
@@ -187,12 +217,21 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
     for name, files in {"certify_out": ("certify.tsv", "certify.meta.json", "summary.json"),
                         "attack_out": ("summary.json", "robust_accuracy.png"), "report_out": ("report.md", "report.csv"),
                         "corrupt_certify": ("certify.tsv", "certify.meta.json"),
-                        "corrupt_attack": ("attack.csv", "settings.json")}.items():
+                        "corrupt_attack": ("attack.csv", "settings.json"),
+                        "attack_store": ("attack.csv", "settings.json", "summary.json", "robust_accuracy.png"),
+                        # Hydra run directories of other apps whose results went elsewhere (.hydra/ only)
+                        "certify_hydra_run": (".hydra/config.yaml", ".hydra/overrides.yaml"),
+                        "train_hydra_run": (".hydra/config.yaml", ".hydra/overrides.yaml")}.items():
         outs[name] = root / name
         outs[name].mkdir()
         for file in files:
+            (outs[name] / file).parent.mkdir(exist_ok=True)
             (outs[name] / file).write_bytes(f"existing {file}\n".encode())
-    paths = {"tmp": root, "ckpt": digits_ckpt, "file": root / "a_file", "empty_dir": root / "empty_dir",
+    for name in ("certify", "train"):
+        (outs[f"{name}_hydra_run"] / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    config_name: {name}\n")
+    paths = {"tmp": root, "ckpt": digits_ckpt, "file": root / "a_file", "empty_dir": root / "empty_dir", "run": run,
+             **{k: outs[k] for k in ("certify_out", "report_out", "attack_store", "certify_hydra_run",
+                                     "train_hydra_run")},
              "corrupt_certify": outs["corrupt_certify"], "corrupt_attack": outs["corrupt_attack"],
              "truncated": root / "truncated.ckpt", "garbage": root / "garbage.ckpt", "empty": root / "empty.ckpt"}
     paths.update(bad_checkpoints(digits_ckpt, root))
@@ -324,6 +363,140 @@ def test_malformed_input_gives_one_line_and_changes_nothing(c, world, capsys, mo
 def test_the_table_covers_every_app_with_thirty_cases_or_more():
     assert len(CASES) >= 30 and {c.app for c in CASES} == {"train", "certify", "attack", "report"}
     assert any("certify=vrs_c1" in c.args for c in CASES)
+
+
+# ---- issue 23, class 2: results stores that a rerun finds; summaries describe the whole store, a refusal
+# writes nothing -----------------------------------------------------------------------------------------------
+STORE_ARGS = {"certify": ["certify.n0=10", "certify.n=100", "certify.max=6", "certify.progress=false"],
+              "attack": ["attack=fgsm", "attack.eps=[0.5]", "attack.batch_size=4", "attack.max=4", "predict.n=100",
+                         "defense.m=2"]}
+STORE_FILES = {"certify": ("certify.tsv", "certify.meta.json", "summary.json", "certified_accuracy.png"),
+               "attack": ("attack.csv", "settings.json", "summary.json", "robust_accuracy.png")}
+
+
+def run_main(app: str, argv: list[str]) -> int | str | None:
+    module = importlib.import_module(f"vrs.apps.{app}")
+    GlobalHydra.instance().clear()
+    old, sys.argv = sys.argv, [f"vrs-{app}", *argv]
+    try:
+        module.main()
+        return 0
+    except SystemExit as exc:
+        return exc.code
+    finally:
+        sys.argv = old
+
+
+@pytest.fixture(scope="module")
+def stores(world, tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
+    """A finished vrs-certify store (6 images) and vrs-attack store (4 images), made by the apps' main:
+    app -> (folder, the arguments that made it)."""
+    root = tmp_path_factory.mktemp("stores")
+    made = {}
+    for app in ("certify", "attack"):
+        out = root / app
+        argv = merged(world["base"][app], [*STORE_ARGS[app], f"{app}.out_dir={out}", f"hydra.run.dir={root}/h_{app}"])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("VRS_ROOT", str(root))
+            assert run_main(app, argv) == 0
+        assert {p.name for p in out.iterdir()} >= set(STORE_FILES[app])
+        made[app] = (out, argv)
+    return made
+
+
+def store_copy(stores, app: str, tmp_path: Path) -> tuple[Path, list[str]]:
+    src, argv = stores[app]
+    out = tmp_path / app
+    shutil.copytree(src, out)
+    return out, merged(argv, [f"{app}.out_dir={out}", f"hydra.run.dir={tmp_path}/h"])
+
+
+def damage_row(text: str, line: int, column: int, value: str, sep: str) -> str:
+    lines = text.splitlines(keepends=True)
+    fields = lines[line].rstrip("\n").split(sep)
+    fields[column] = value
+    lines[line] = sep.join(fields) + "\n"
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("app,extra,count", [("certify", ["certify.max=2"], 6), ("certify", ["certify.indices=[1,3]"], 6),
+                                            ("attack", ["attack.max=2"], 4)])
+def test_a_resume_with_nothing_to_do_describes_the_whole_store(stores, app, extra, count, tmp_path, capsys,
+                                                               monkeypatch):
+    """Rerun into a finished store with fewer images: the table is untouched, and summary.json (and the plot,
+    drawn from the same rows) still describe every row of it, with this run's subset under subset.this_run."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    out, argv = store_copy(stores, app, tmp_path)
+    table = STORE_FILES[app][0]
+    before = (out / table).read_bytes()
+    code, err = call_main(app, merged(argv, extra), capsys)
+    assert code == 0, err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (out / table).read_bytes() == before
+    assert summary["subset"]["count"] == count and summary["subset"]["this_run"]["count"] == 2
+    assert f"every image in {table} ({count})" in summary["subset"]["rule"]
+    if app == "certify":
+        assert summary["num_images"] == count == summary["rows_in_file"] and summary["images_this_run"] == 0
+    else:
+        assert summary["clean"]["n"] == count and [p["n"] for p in summary["per_eps"]] == [count]
+        assert summary["complete"] is True
+
+
+REFUSED = [  # (app, how the store is damaged or the rerun differs, extra arguments, the error line)
+    ("certify", "label", ["certify.max=2"], "has label {label} for image 4, the data now says"),
+    ("certify", "garbage", [], "certify.tsv, line 4 is malformed"),
+    ("certify", "torn", ["certify.n=200"], "already holds results made with other settings (n: existing 100, now 200)"),
+    ("attack", "garbage", [], "attack.csv, line 3 is malformed (invalid literal for int()"),
+    ("attack", "torn", ["predict.n=120"], "already holds results made with other settings (predict.n: existing 100, now 120)"),
+    ("attack", "no_settings", [], "holds attack.csv rows but no settings.json, so their settings are unknown"),
+]
+
+
+@pytest.mark.parametrize("app,damage,extra,expect", REFUSED, ids=[f"{a}:{d}:{' '.join(e)}" for a, d, e, _ in REFUSED])
+def test_a_refused_resume_writes_nothing(stores, app, damage, extra, expect, tmp_path, capsys, monkeypatch):
+    """A rerun refused by the store (a row of other data, a damaged row, other settings, rows of unknown
+    settings): one error line, exit 2, and every file of the store byte-identical: no settings file written,
+    no torn line cut, no summary or plot rewritten."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    out, argv = store_copy(stores, app, tmp_path)
+    table, sidecar = STORE_FILES[app][:2]
+    sep = "\t" if app == "certify" else ","
+    text = (out / table).read_text()
+    if damage == "label":  # image 4's label (beyond this run's 2 images), as if the data set had changed; a torn line
+        label = "7" if text.splitlines()[5].split(sep)[1] != "7" else "3"
+        text = damage_row(text, 5, 1, label, sep)
+        (out / table).write_text(text + text.splitlines(keepends=True)[1][:9])
+        expect = expect.format(label=label)
+    elif damage == "garbage":
+        (out / table).write_text(damage_row(text, 3 if app == "certify" else 2, 4, "abc", sep))
+    elif damage == "torn":  # a killed writer's half line: cut only by a run that goes ahead
+        (out / table).write_text(text + text.splitlines(keepends=True)[1][:9])
+    elif damage == "no_settings":
+        (out / sidecar).unlink()
+        (out / table).write_text(damage_row(text, 2, 4, "abc", sep))
+    before = snapshot(out)
+    code, err = call_main(app, merged(argv, extra), capsys)
+    assert expect in one_error_line(code, err)
+    assert snapshot(out) == before
+
+
+def test_a_training_run_resumes_in_its_own_folder_and_only_so(tmp_path, capsys, monkeypatch):
+    """vrs-train into its own run folder: the resume of docs/reliability.md (the same command plus ckpt_path and
+    hydra.run.dir) goes ahead; the same folder without ckpt_path, or with other settings, is refused untouched."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    run = tmp_path / "run"
+    argv = ["data=digits", "model.width=8", "model.hidden=16", "debug=limit", "trainer.max_epochs=1", "test=false",
+            "optimized_metric=null",  # a resume of a finished run logs no metric
+            "trainer=cpu", "print_config=false", "~callbacks.progress_bar", f"hydra.run.dir={run}"]
+    assert run_main("train", argv) == 0
+    resume = [*argv, f"ckpt_path={run}/checkpoints/last.ckpt"]
+    for extra, expect in ((argv, "holds a vrs-train run (checkpoints/"),
+                          ([*resume, "seed=5"], "made with other settings (seed differ")):
+        before = snapshot(run)
+        assert expect in one_error_line(*call_main("train", extra, capsys))
+        assert snapshot(run) == before
+    code, err = call_main("train", resume, capsys)
+    assert code == 0, err[-3000:]
 
 
 # ---- as real console processes (exit code and stderr of the process itself); test_train.py,

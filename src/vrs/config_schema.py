@@ -18,6 +18,8 @@ what is allowed (`certify.alpha=1.5 is not allowed: a number in (0, 1)`):
    (vrs.checkpoint.check_data_matches).
 3. `check_output_dirs`: every directory the app writes into is a directory, can be written (a real test
    write), and has at least paths.min_free_mb MB free.
+4. `check_output_folders`: none of them holds another app's results, or (the run directory) another app's
+   Hydra run; vrs-train reuses a training run's folder only to resume it (vrs.apps.folders).
 """
 
 from __future__ import annotations
@@ -506,13 +508,30 @@ def check_output_dirs(cfg: dict, app: str) -> None:
         check_writable_dir(key, path, min_free, appended)
 
 
+# ---- layer 4: what the output directories hold -----------------------------------------------------------
+def check_output_folders(cfg: DictConfig | dict, plain: dict, app: str) -> None:
+    """Every directory the app writes into may take its files (vrs.apps.folders.check_output_folder): not one
+    holding another app's results or Hydra run, and for vrs-train no earlier training run but the one it
+    resumes. `cfg` as given (unresolved: compared with a training run's .hydra/config.yaml), `plain` resolved."""
+    from vrs.apps.folders import check_output_folder
+
+    run_dir = _node(plain, "paths.output_dir")
+    for key in OUTPUT_DIRS[app]:
+        path = _node(plain, key)
+        if path is None or (key != "paths.output_dir" and path == run_dir):
+            continue  # null: the run directory, checked as paths.output_dir
+        check_output_folder(app, key, path, hydra_dir=key == "paths.output_dir", ckpt_path=plain.get("ckpt_path"),
+                            config=cfg)
+
+
 # ---- all of it -------------------------------------------------------------------------------------------
 def validate_config(cfg: DictConfig | dict, app: str) -> dict:
-    """Everything a run relies on, before any compute: values, checkpoints, output directories. Returns
-    the resolved config."""
+    """Everything a run relies on, before any compute: values, checkpoints, output directories and what they
+    hold. Returns the resolved config."""
     plain = check_values(cfg, app)
     check_output_dirs(plain, app)
     check_checkpoints(plain, app)
+    check_output_folders(cfg, plain, app)
     return plain
 
 

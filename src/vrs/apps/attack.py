@@ -20,6 +20,7 @@ The same metrics go to every configured logger (logger=wandb: W&B, with the plot
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table, describe_subset, select_indices
+from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table, select_indices, store_subset
 from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
 from vrs.config_schema import check_values
 from vrs.errors import hydra_errors_exit, user_errors_exit
@@ -141,7 +142,21 @@ def results_table() -> Table:
 
     name, sidecar = APP_FILES["vrs-attack"]  # attack.csv, settings.json
     return Table(app="vrs-attack", out_key="attack.out_dir", name=name, sidecar=sidecar, columns=tuple(ROW_COLUMNS),
-                 delimiter=",", key=("idx", "eps"), match=RESUME_KEYS)
+                 delimiter=",", key=("idx", "eps"), match=RESUME_KEYS, check_row=check_row)
+
+
+INT_COLUMNS = ("idx", "label", "clean_predict", "adv_predict", "correct", "soft_predict", "soft_correct",
+               "clean_soft_predict")
+
+
+def check_row(row: dict[str, str]) -> None:
+    """ValueError unless every value of an attack.csv row is a number (integers where the column holds them):
+    a damaged row is refused when the store is opened, before anything is written."""
+    for column, value in row.items():
+        if column in INT_COLUMNS:
+            int(value)
+        else:
+            float(value)
 
 
 def batches_of(indices: list[int], batch_size: int) -> list[list[int]]:
@@ -276,12 +291,18 @@ def run(cfg: DictConfig) -> dict:
         ranks.close()
         return {}
     try:
-        wanted = {str(i) for i in indices}
-        summary = summarize([r for r in rows.values() if r["idx"] in wanted], eps_values)
+        # The summary and the plot describe every row of attack.csv (every image at every eps it holds), not
+        # only this run's subset and eps (issue 23: a resume that found nothing to do rewrote them for less).
+        stored = sorted({int(r["idx"]) for r in rows.values()})
+        earlier = {float(r["eps"]) for r in rows.values()}  # this run's eps first (the sweep objective), then the rest
+        all_eps = [float(e) for e in eps_values] + sorted(e for e in earlier if not any(
+            math.isclose(e, float(v), rel_tol=1e-5, abs_tol=1e-9) for v in eps_values))
+        summary = summarize(list(rows.values()), all_eps)
         summary.update({
-            "attack": name, "norm": attack_cfg.get("norm"), "eps": eps_values,
-            "complete": all(p["n"] == len(indices) for p in summary["per_eps"]),
-            "subset": describe_subset(indices, split, len(ys), skip, max_images, attack_cfg.get("indices")),
+            "attack": name, "norm": attack_cfg.get("norm"), "eps": all_eps,
+            "complete": all(p["n"] == len(stored) for p in summary["per_eps"]),
+            "subset": store_subset(stored, indices, split, len(ys), store.table.name, skip, max_images,
+                                   attack_cfg.get("indices")),
             "defense": info, "device": str(device), "world_size": ranks.world, "torch": torch.__version__,
             "seconds": round(time.perf_counter() - t0, 2), "rows_resumed": resumed,
             "note": "robust_acc: PREDICT on the adversarial input over ALL attacked images; an abstention (-1) "

@@ -36,7 +36,7 @@ from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
 from vrs.apps.certify_vrs import TABLE as VRS_TABLE
 from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, summary_extras, undetermined_problem, vrs_options
-from vrs.apps.results import describe_subset, select_indices
+from vrs.apps.results import describe_subset, select_indices, store_subset
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
 from vrs.checkpoint import check_data_matches, load_checkpoint
@@ -437,11 +437,12 @@ def certify(cfg: DictConfig) -> dict:
               vopts.to_dict() if vopts else None)
 
     def same_labels(finished: dict) -> None:  # rows of another data set (same name) are not mixed in
-        for idx in chosen:
-            row = finished.get(idx)
-            if row is not None and row["label"] != int(y_all[idx]):
-                raise VRSError(f"{results.tsv} has label {row['label']} for image {idx}, the data now says "
-                               f"{int(y_all[idx])}: the data set changed; use another certify.out_dir")
+        for idx, row in sorted(finished.items()):  # every row: the summary describes all of them
+            now = int(y_all[idx]) if 0 <= idx < len(y_all) else None
+            if row["label"] != now:
+                what = f"the data now says {now}" if now is not None else f"the {opts.split} split has {len(y_all)} images"
+                raise VRSError(f"{results.tsv} has label {row['label']} for image {idx}, {what}: the data set "
+                               f"changed; use another certify.out_dir")
 
     done = open_store(ranks, results, same_labels)
     todo = [i for i in chosen if i not in done]
@@ -473,7 +474,11 @@ def certify(cfg: DictConfig) -> dict:
         ranks.close()
         return {}
 
-    rows = [rows_by_idx[i] for i in sorted(chosen)]
+    # The summary and the plot describe every row of the store, not only this run's subset (issue 23: a resume
+    # with fewer images rewrote them for those while certify.tsv held more).
+    rows = [rows_by_idx[i] for i in sorted(rows_by_idx)]
+    subset = store_subset(sorted(rows_by_idx), chosen, opts.split, len(y_all), results.tsv.name, opts.skip, opts.max,
+                          opts.indices)
     extra = {"device": device_name(opts.device), "world_size": ranks.world, "images_this_run": len(todo),
              "wall_seconds_this_run": wall,
              "wall_seconds_per_image_this_run": wall / len(todo) if todo else None,

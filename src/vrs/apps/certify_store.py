@@ -120,9 +120,6 @@ class ResultsDir(ResultsStore):
 
     check_meta = ResultsStore.check_settings  # the name tests and callers know
 
-    def open(self) -> dict[int, dict]:
-        """The finished rows {idx: typed row} after ResultsStore.open (validate, then repair)."""
-        return {int(k[0]): typed_row(r) for k, r in super().open().items()}
-
-    def merge(self, order=None) -> dict[int, dict]:
-        return {int(k[0]): typed_row(r) for k, r in super().merge(order).items()}
+    def rows_view(self, rows: dict) -> dict[int, dict]:
+        """The finished rows {idx: typed row} (open: after validating, then repairing; merge: every row)."""
+        return {int(k[0]): typed_row(r) for k, r in rows.items()}

@@ -36,8 +36,9 @@ SHARED_KEYS = ("checkpoint_sha256", "data", "split", "seed")
 # current name, so those directories still resume.
 ALIASES = {"ckpt_sha256": "checkpoint_sha256", "ckpt_path": "checkpoint"}
 SUMMARY_NAME = "summary.json"
-# The table and sidecar of every app that keeps its results here: a store refuses a directory that holds
-# another app's (issue 23: vrs-attack into a vrs-certify directory replaced its summary.json).
+# The table and sidecar of every app that keeps its results here: marker files of vrs.apps.folders, which
+# refuses a directory that holds another app's (issue 23: vrs-attack into a vrs-certify directory replaced its
+# summary.json).
 APP_FILES = {"vrs-certify": ("certify.tsv", "certify.meta.json"), "vrs-attack": ("attack.csv", "settings.json")}
 
 
@@ -132,12 +133,10 @@ class ResultsStore:
     def check_settings(self) -> None:
         """Refuse (VRSError) a directory that holds another app's results, rows made with other settings, or rows
         whose settings are unknown."""
+        from vrs.apps.folders import check_output_folder  # the rule of all four apps (it imports APP_FILES)
+
         t = self.table
-        for app, files in APP_FILES.items():
-            held = [f for f in files if app != t.app and (self.path / f).exists()]
-            if held:
-                raise VRSError(f"{self.path} holds {app} results ({', '.join(held)}); refusing to write {t.app} "
-                               f"results there: use another {t.out_key}")
+        check_output_folder(t.app.removeprefix("vrs-"), t.out_key, self.path)
         if self.settings_path.exists():
             old = self.read_settings()
             diffs = settings_diff(old, self.settings, t.match, t.defaults)
@@ -150,20 +149,27 @@ class ResultsStore:
             raise VRSError(f"{self.path} holds {t.name} rows but no {t.sidecar}, so their settings are unknown; "
                            f"use another {t.out_key}")
 
-    def open(self) -> dict[tuple[str, ...], dict[str, str]]:
-        """Validate everything first (settings, every row of the table and its shards); only then write the
-        sidecar (when new) and fold leftover shard rows or a torn line into the table. Returns the finished
-        rows {key: row} (values as written)."""
+    def rows_view(self, rows: dict[tuple[str, ...], dict[str, str]]) -> Any:
+        """The finished rows as open() returns them (here as written; subclasses type them)."""
+        return rows
+
+    def open(self, check: Callable[[Any], None] | None = None) -> Any:
+        """Validate everything first (settings, every row of the table and its shards, then check(rows) of the
+        caller); only then write the sidecar (when new) and fold leftover shard rows or a torn line into the
+        table: a refused directory is left as it was. Returns the finished rows (rows_view of {key: row})."""
         self.check_settings()
         found = self._read_all()
+        if check is not None:
+            check(self.rows_view(found[0]))
         if not self.settings_path.exists():
             write_json_atomic(self.settings_path, self.settings)
-        return self._fold(found)
+        return self.rows_view(self._fold(found))
 
     def merge(self, order: Callable[[dict[str, str]], Any] | None = None) -> dict[tuple[str, ...], dict[str, str]]:
         """Fold the shard tables (this run's, or a killed run's) into the table, new rows in `order` (the
-        table's sort_key, if it has one, orders the whole table), and delete the shards. Returns every row."""
-        return self._fold(self._read_all(), order)
+        table's sort_key, if it has one, orders the whole table), and delete the shards. Returns every row
+        (rows_view)."""
+        return self.rows_view(self._fold(self._read_all(), order))
 
     def _key(self, row: dict[str, str]) -> tuple[str, ...]:
         return tuple(row[k] for k in self.table.key)
@@ -235,6 +241,21 @@ def select_indices(num_images: int, split: str, prefix: str, skip: int = 1, max_
         return indices
     chosen = list(range(0, num_images, skip))
     return chosen[:max_images] if max_images is not None else chosen
+
+
+def store_subset(stored: Sequence[int], chosen: list[int], split: str, num_images: int, table: str, skip: int = 1,
+                 max_images: int | None = None, indices: Sequence[int] | None = None) -> dict:
+    """summary.json's `subset` when the summary covers every image in the store (`stored`): this run's subset
+    (describe_subset) when they are the same images, else the stored images as a list, with this run's rule
+    under `this_run` (a resume that asked for fewer or other images than the table holds)."""
+    this_run = describe_subset(chosen, split, num_images, skip, max_images, indices)
+    stored = sorted(set(stored))
+    if stored == sorted(set(chosen)):
+        return this_run
+    whole = describe_subset(stored, split, num_images, indices=stored)
+    whole["rule"] = f"every image in {table} ({len(stored)}); this run asked for {this_run['rule']} ({len(chosen)})"
+    whole["this_run"] = this_run
+    return whole
 
 
 def describe_subset(chosen: list[int], split: str, num_images: int, skip: int = 1, max_images: int | None = None,

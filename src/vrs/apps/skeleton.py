@@ -155,16 +155,14 @@ def load_data(data_cfg: dict, split: str) -> tuple[Any, Any, dict]:
 
 # ---- the store across ranks ----------------------------------------------------------------------------
 def open_store(ranks: Ranks, store: ResultsStore, check: Callable[[dict], None] | None = None) -> set:
-    """Rank 0 locks the store and opens it (refusing other settings or damaged rows before anything in it
-    changes), then runs check(rows); every rank gets the keys of the finished rows (as store.open gives
+    """Rank 0 locks the store and opens it (refusing other settings, damaged rows or rows check(rows) refuses
+    before anything in it changes); every rank gets the keys of the finished rows (as store.open gives
     them), or the same VRSError (and the lock is released)."""
     status: dict[str, Any] = {}
     if ranks.main:
         try:
             store.lock()
-            rows = store.open()
-            if check is not None:
-                check(rows)
+            rows = store.open(check)  # check(rows) before open() writes anything
             status = {"done": sorted(rows)}
         except VRSError as err:
             status = {"error": str(err)}

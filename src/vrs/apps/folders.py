@@ -1,0 +1,141 @@
+"""What an output folder holds, and whether an app may write into it (issue 23): one rule for the four apps.
+
+    held_results(folder)    -> {"vrs-certify": ["certify.tsv", ...], ...}   by the apps' marker files
+    hydra_run_of(folder)    -> "certify"                                    the app of its .hydra/ files
+    check_output_folder(app, key, folder, ...)                              VRSError, or nothing
+
+An app writes into a folder that is new or empty, or holds its own results:
+- never into one that holds another app's results (vrs-attack's summary.json would replace vrs-certify's;
+  vrs-report's plots bear the same names as theirs; a training run's .hydra/ and metrics.csv would be mixed
+  with another run's) nor, as the Hydra run directory, into another app's run (Hydra would replace its
+  .hydra/*.yaml);
+- vrs-certify and vrs-attack resume their own results only with the same settings (their results store,
+  vrs.apps.results, compares the settings sidecar);
+- vrs-train writes into a training run only to resume it: ckpt_path=<that run>/checkpoints/<file> and the same
+  config (its .hydra/config.yaml) apart from ckpt_path and print_config.
+
+vrs.config_schema runs check_output_folders before Hydra creates (or writes into) the run directory, so a
+refused folder is left byte-identical.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from vrs.apps.results import APP_FILES
+from vrs.errors import VRSError
+
+# Files only one app writes (patterns relative to the folder). Plots and summary.json are not markers: several
+# apps write files of those names.
+MARKERS: dict[str, tuple[str, ...]] = {
+    "vrs-certify": (*APP_FILES["vrs-certify"], "certify.rank*.tsv"),  # certify.tsv, certify.meta.json, shards
+    "vrs-attack": (*APP_FILES["vrs-attack"], "attack.rank*.csv"),      # attack.csv, settings.json, shards
+    "vrs-report": ("report.md", "report.csv", "frontier.csv", "sigma_diagnostics.csv"),
+    "vrs-train": ("checkpoints/*.ckpt", "csv/metrics.csv", "csv/hparams.yaml", "base/checkpoints/*.ckpt",
+                  "base/csv/metrics.csv"),
+}
+# Keys of a training run's config that may differ when it is resumed in its own folder.
+RESUME_FREE_KEYS = ("ckpt_path", "print_config")
+
+
+def held_results(folder: str | Path) -> dict[str, list[str]]:
+    """{app: the marker files found} for every app whose results `folder` holds (empty when none, or when
+    the folder does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    found: dict[str, list[str]] = {}
+    for app, patterns in MARKERS.items():
+        files = sorted({str(p.relative_to(folder)) for pat in patterns for p in folder.glob(pat) if p.is_file()})
+        if files:
+            found[app] = files
+    return found
+
+
+def hydra_run_of(folder: str | Path) -> str | None:
+    """The app (train, certify, attack, report) whose Hydra run `folder` is, from its .hydra/hydra.yaml
+    (job.config_name); None when there is none or it does not say."""
+    path = Path(folder) / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    try:
+        import yaml  # deferred: only reused run directories are read
+
+        job = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("job") or {}
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    name = job.get("config_name")
+    return name if isinstance(name, str) else None
+
+
+def _show(items: Iterable[str], most: int = 3, what: str = "files") -> str:
+    items = list(items)
+    return ", ".join(items[:most]) + (f", ... ({len(items)} {what})" if len(items) > most else "")
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs (plain containers, interpolations unresolved)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if prefix == "" and k in RESUME_FREE_KEYS:
+                continue
+            if k not in old or k not in new:
+                out.append(key)
+            else:
+                out += config_diff(old[k], new[k], key)
+        return out
+    return [] if old == new else [prefix]
+
+
+def check_training_resume(key: str, folder: Path, ckpt_path: Any, config: Any) -> None:
+    """vrs-train into a folder holding a training run: only a resume of that run (ckpt_path inside it, the
+    same config as its .hydra/config.yaml), else VRSError."""
+    how = (f"vrs-train writes into an existing training run only to resume it (ckpt_path={folder}/checkpoints/"
+           f"last.ckpt and the same settings): use another {key}")
+    if not ckpt_path:
+        raise VRSError(f"{key}={folder} holds a vrs-train run ({_show(held_results(folder)['vrs-train'])}); {how}")
+    ckpt = Path(str(ckpt_path)).absolute()
+    if folder.absolute() not in ckpt.parents:
+        raise VRSError(f"{key}={folder} holds a vrs-train run, and ckpt_path={ckpt_path} is not one of its "
+                       f"checkpoints; {how}")
+    old_path = folder / ".hydra" / "config.yaml"
+    if config is None or not old_path.is_file():
+        return  # nothing to compare with (a run made outside Hydra, or a direct call)
+    from omegaconf import DictConfig, OmegaConf  # deferred: only a resume in place compares configs
+
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(old_path), resolve=False)
+    except Exception as err:  # noqa: BLE001 - a damaged config.yaml: the settings are unknown
+        raise VRSError(f"{key}={folder} holds a vrs-train run whose {old_path.name} is unreadable "
+                       f"({type(err).__name__}), so its settings are unknown; use another {key}") from None
+    new = OmegaConf.to_container(config, resolve=False) if isinstance(config, DictConfig) else config
+    new = {k: v for k, v in new.items() if k != "hydra"}
+    diffs = config_diff(old, new)
+    if diffs:
+        raise VRSError(f"{key}={folder} holds a vrs-train run made with other settings ({_show(diffs, 5, 'keys')} differ "
+                       f"from its .hydra/config.yaml); {how}")
+
+
+def check_output_folder(app: str, key: str, folder: str | Path, hydra_dir: bool = False, ckpt_path: Any = None,
+                        config: Any = None) -> None:
+    """VRSError (naming `key`, the folder, what it holds and what is allowed) unless vrs-`app` may write into
+    `folder`. hydra_dir: Hydra writes its .hydra/ files there too (paths.output_dir). ckpt_path, config:
+    vrs-train's, to tell a resume in place from another run."""
+    folder = Path(folder)
+    held = held_results(folder)
+    mine = f"vrs-{app}"
+    allowed = ("a new or empty folder, or one of vrs-train's own runs to resume it" if app == "train" else
+               f"a new or empty folder, or one of {mine}'s own results folders")
+    for other, files in held.items():
+        if other != mine:
+            raise VRSError(f"{key}={folder} holds {other} results ({_show(files)}); {mine} writes only into "
+                           f"{allowed}: use another {key}")
+    run_of = hydra_run_of(folder) if hydra_dir else None
+    if run_of is not None and run_of != app:
+        raise VRSError(f"{key}={folder} is the run directory of a vrs-{run_of} run (.hydra/), whose files this run "
+                       f"would replace; {mine} writes only into {allowed}: use another {key}")
+    if app == "train" and mine in held:
+        check_training_resume(key, folder, ckpt_path, config)
