@@ -27,6 +27,7 @@ import importlib
 import inspect
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -61,8 +62,9 @@ def _show(v: Any) -> str:
     return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v)
 
 
-def integer(min: int | None = None) -> Rule:
-    return Rule(lambda v: _is_int(v) and (min is None or v >= min), "an integer" + ("" if min is None else f" >= {min}"))
+def integer(min: int | None = None, max: int | None = None, why: str = "") -> Rule:
+    return Rule(lambda v: _is_int(v) and (min is None or v >= min) and (max is None or v <= max),
+                "an integer" + ("" if min is None else f" >= {min}") + ("" if max is None else f" and <= {max}") + why)
 
 
 def number(gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None) -> Rule:
@@ -128,12 +130,16 @@ INDICES = list_of(integer(0), distinct=True)
 TRAINER_PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
                       "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
 BATCH_LIMIT = either(integer(0), number(ge=0, le=1))
+# Lightning's seed_everything replaces a seed outside numpy's range with 0 (a warning only); numpy takes 32 bits.
+SEED = integer(0, 2**32 - 1, " (numpy's seed range)")
+# Every number in a config ends up in torch or numpy: integers must fit int64, floats float32 (finite there).
+INT64_MAX, FLOAT32_MAX, FLOAT32_TINY = 2**63 - 1, 3.4028234663852886e38, 1.1754943508222875e-38
 
 
 # ---- the tables --------------------------------------------------------------------------------------
 # Each node's keys that no constructor checks. `CLOSED` nodes may hold no other keys (a typo added with
 # `+` is caught); the other nodes take what their `_target_` takes (checked against its signature).
-TOP = {"seed": integer(0), "task_name": TEXT, "tags": list_of(either(TEXT, number()), nonempty=False),
+TOP = {"seed": SEED, "task_name": TEXT, "tags": list_of(either(TEXT, number()), nonempty=False),
        "print_config": BOOL}
 APP_TOP = {
     "train": {"test": BOOL, "optimized_metric": optional(TEXT), "ckpt_path": optional(CKPT_PATH, " (a new run)"),
@@ -149,8 +155,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     # val_size >= 0, crop_padding; the data set's size is checked in cross_checks.
     "data": {"root": optional(TEXT), "data_dir": optional(TEXT), "download": BOOL, "val_size": integer(0),
              "train_subset": optional(integer(1), " (all)"), "test_subset": optional(integer(1), " (all)"),
-             "crop_padding": integer(0), "hflip": BOOL, "num_workers": integer(0), "seed": integer(0)},
-    "data.synthetic": {"num_train": integer(1), "num_test": integer(1), "seed": integer(0)},
+             "crop_padding": integer(0), "hflip": BOOL, "num_workers": integer(0), "seed": SEED},
+    "data.synthetic": {"num_train": integer(1), "num_test": integer(1), "seed": SEED},
     # Network depths are checked by the networks (6n+2 for ResNets, ...); the input shape in cross_checks.
     "model": {"width": integer(1), "hidden": integer(1), "dropout": number(ge=0, lt=1)},
     "module": {"channels_last": AUTO_BOOL, "compile": COMPILE, "cuda_graph": AUTO_BOOL},
@@ -275,6 +281,35 @@ def _target_nodes(node: Any, path: str = "") -> Iterable[tuple[str, dict]]:
             yield from _target_nodes(value, f"{path}[{i}]")
 
 
+def _fits(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return True
+    if isinstance(v, int):
+        return -INT64_MAX - 1 <= v <= INT64_MAX
+    return math.isfinite(v) and (v == 0 or FLOAT32_TINY <= abs(v) <= FLOAT32_MAX)
+
+
+def check_number_ranges(node: Any, path: str = "") -> None:
+    """Every number is one torch and numpy take: integers within int64, floats finite in float32 (a larger one
+    becomes inf on the device). A list is named as a whole (`data.std=[1e+39]`)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not (path == "" and key == "hydra"):
+                check_number_ranges(value, f"{path}.{key}" if path else str(key))
+        return
+    items = node if isinstance(node, list) else [node]
+    for value in items:
+        if isinstance(value, (dict, list)):
+            check_number_ranges(value, path)
+        elif not _fits(value):
+            each = "each " if isinstance(node, list) else ""
+            if isinstance(value, int):
+                raise ConfigError(path, node, f"{each}an integer of at most {INT64_MAX} in size (int64: what torch "
+                                              "and numpy take)")
+            raise ConfigError(path, node, f"{each}0 or a finite number between {FLOAT32_TINY:.4g} and {FLOAT32_MAX:.4g} "
+                                          "in size (float32, where torch computes: beyond, it becomes inf or 0)")
+
+
 def check_targets(cfg: dict) -> None:
     """Every `_target_` imports, and every key of its node is one of its parameters (unless it takes **kwargs)."""
     for path, node in _target_nodes(cfg):
@@ -340,6 +375,12 @@ def cross_checks(cfg: dict, app: str) -> None:
     if app == "train" and not cfg.get("logger") and "lr_monitor" in (cfg.get("callbacks") or {}):
         raise ConfigError("logger", cfg.get("logger") or "none", "a logger (csv, wandb, ...) while callbacks.lr_monitor is on: "
                           "Lightning's LearningRateMonitor needs one (or drop it: ~callbacks.lr_monitor)")
+    if app == "train" and isinstance(trainer, dict):
+        for key in ("logger", "callbacks"):  # vrs-train passes its own: these would be ignored without a word
+            if key in trainer:
+                raise ConfigError(f"trainer.{key}", trainer[key], f"no key of trainer: the {key} group sets the "
+                                  f"Trainer's {key} ({key}=<option>, or {key}.<name>.<key>=...)")
+        check_logged_metrics(cfg)
     module = cfg.get("module")
     if isinstance(module, dict) and str(module.get("_target_", "")).endswith("SelectorModule"):
         from vrs.modules.selector import SelectorModule  # deferred: Lightning, off the apps' start-up path
@@ -359,6 +400,67 @@ def cross_checks(cfg: dict, app: str) -> None:
         check_sampling(p["n"], p["alpha"], p["batch_size"], prefix="predict.")
     if app == "report":
         parse_inputs(cfg["report"]["inputs"])
+
+
+def check_logged_metrics(cfg: dict) -> None:
+    """The metrics vrs-train reads (optimized_metric, returned to sweepers, and the callbacks' `monitor`) come from a
+    phase the run has: val/* needs validation (data.val_size >= 1, trainer.limit_val_batches > 0, a validation
+    epoch within trainer.max_epochs), test/* needs test=true (and no callback can monitor it)."""
+    data, trainer, test = cfg.get("data") or {}, cfg.get("trainer") or {}, cfg.get("test")
+    readers = [("optimized_metric", cfg.get("optimized_metric"))]
+    readers += [(f"callbacks.{name}.monitor", cb.get("monitor")) for name, cb in (cfg.get("callbacks") or {}).items()
+                if isinstance(cb, dict)]
+    every, epochs = trainer.get("check_val_every_n_epoch", 1), trainer.get("max_epochs")
+    no_val = None  # (key, value, what would allow validation)
+    if data.get("val_size", 1) == 0:
+        no_val = ("data.val_size", 0, "an integer >= 1")
+    elif trainer.get("limit_val_batches", 1) == 0:
+        no_val = ("trainer.limit_val_batches", trainer["limit_val_batches"], "a number > 0")
+    elif _is_int(every) and _is_int(epochs) and every > epochs and trainer.get("max_steps", -1) == -1:
+        no_val = ("trainer.check_val_every_n_epoch", every, f"at most trainer.max_epochs ({epochs})")
+    for key, metric in readers:
+        if not isinstance(metric, str):
+            continue
+        if metric.startswith("val/") and no_val:
+            raise ConfigError(no_val[0], no_val[1], f"{no_val[2]} while {key}={metric} reads a validation metric "
+                              f"(none is logged: no validation runs); or set {key}=null")
+        if metric.startswith("test/") and (key != "optimized_metric" or not test):
+            allowed = ("a train/ or val/ metric: callbacks run during fitting, before the test" if key != "optimized_metric"
+                       else "a train/ or val/ metric while test=false (no test/ metric is logged)")
+            raise ConfigError(key, metric, allowed)
+
+
+def check_trainer(cfg: dict) -> None:
+    """Build Lightning's Trainer with the configured callbacks (no fit, nothing written), as vrs-train will: what
+    it refuses (a flag that contradicts a callback, an accelerator or device count this machine lacks, an unknown
+    profiler, ...) fails here, naming the trainer key its message names."""
+    import logging
+
+    from hydra.utils import instantiate
+
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, dict) or "_target_" not in trainer:
+        return
+    quiet = logging.getLogger("pytorch_lightning")  # "GPU available: ..." is printed once, by the real run
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if isinstance(c, dict) and "_target_" in c]
+        instantiate(trainer, callbacks=callbacks, logger=False)
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps Lightning's MisconfigurationException / ValueError
+        user = find_user_error(exc)
+        if user is not None:
+            raise user from None
+        while isinstance(exc.__cause__, Exception):
+            exc = exc.__cause__
+        why = first_line(exc, 300)
+        named = [k for k in sorted(trainer, key=len, reverse=True) if k not in HYDRA_KEYS and k in why]
+        named += [k for k, v in trainer.items() if isinstance(v, str) and len(v) > 2 and re.search(rf"\b{re.escape(v)}\b", why)]
+        if named:
+            raise ConfigError(f"trainer.{named[0]}", trainer[named[0]], f"a value Lightning's Trainer takes with this "
+                              f"config and machine; it says: {why}") from None
+        raise VRSError(f"trainer: Lightning's Trainer refuses this config: {why}") from None
+    finally:
+        quiet.level = level
 
 
 def parse_inputs(inputs: Any) -> list[Path]:
@@ -412,6 +514,7 @@ def check_values(cfg: DictConfig | dict, app: str) -> dict:
             raise VRSError(f"the config has no {name} node: vrs-{app} needs it")
         if node is not None:
             check_node(name, node, table)
+    check_number_ranges(plain)
     check_targets(plain)
     cross_checks(plain, app)
     return plain
@@ -511,6 +614,8 @@ def validate_config(cfg: DictConfig | dict, app: str) -> dict:
     """Everything a run relies on, before any compute: values, checkpoints, output directories. Returns
     the resolved config."""
     plain = check_values(cfg, app)
+    if app == "train":
+        check_trainer(plain)
     check_output_dirs(plain, app)
     check_checkpoints(plain, app)
     return plain
