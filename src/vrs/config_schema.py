@@ -648,9 +648,48 @@ except ImportError:  # pragma: no cover - Hydra < 1.1
     _HydraCallback = object
 
 
+def sweep_jobs(config: DictConfig, loader: Any) -> list[list[str]]:
+    """The override lists of a multirun's jobs: Hydra's basic sweeper's own expansion (every job); for another
+    sweeper (Optuna), whose jobs are drawn as it goes, the first value of every swept key, then each other
+    choice and each interval's end in turn (the same key = value pairs its trials can take, one at a time)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(args)
+    if str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    values: dict[str, list[str]] = {}
+    for o in parsed:
+        if o.is_discrete_sweep():
+            vals = list(o.sweep_string_iterator())
+        elif o.is_sweep_override():  # interval(a, b): its ends
+            vals = [str(o.value().start), str(o.value().end)]
+        else:
+            vals = [o.get_value_element_as_str()]
+        values[o.get_key_element()] = [f"{o.get_key_element()}={v}" for v in vals]
+    first = [v[0] for v in values.values()]
+    return [first] + [first[:i] + [alt] + first[i + 1:] for i, v in enumerate(values.values()) for alt in v[1:]]
+
+
+def check_sweeper(config: DictConfig) -> None:
+    """hydra.sweeper.storage (Optuna's RDB storage): optuna 2.x cannot record its schema version with SQLAlchemy 2
+    (an AssertionError when the study is created); requirements.lock pins SQLAlchemy 1.4."""
+    storage = config.hydra.sweeper.get("storage")
+    if isinstance(storage, str) and "://" in storage:
+        import optuna
+        import sqlalchemy
+
+        if int(optuna.__version__.split(".")[0]) < 3 and int(sqlalchemy.__version__.split(".")[0]) >= 2:
+            raise ConfigError("hydra.sweeper.storage", storage, f"null with SQLAlchemy {sqlalchemy.__version__}: optuna "
+                              f"{optuna.__version__} needs SQLAlchemy < 2 for a database (pip install -r requirements.lock)")
+
+
 class ValidateBeforeRun(_HydraCallback):
     """Hydra callback (conf/hydra/default.yaml): validate_config before Hydra creates the run directory and
-    writes its .hydra/ files, so a bad config changes nothing on disk, not even a reused run directory."""
+    writes its .hydra/ files, so a bad config changes nothing on disk, not even a reused run directory. With -m,
+    every job of the sweep before the first starts (and before the sweep directory exists)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         app = kwargs.get("config_name")
@@ -659,18 +698,59 @@ class ValidateBeforeRun(_HydraCallback):
         cfg = copy.deepcopy(config)
         with open_dict(cfg):  # what Hydra's run_job sets next: `${hydra:runtime.output_dir}` resolves
             cfg.hydra.runtime.output_dir = os.path.abspath(str(cfg.hydra.run.dir))
+        self._exit_on_user_error(lambda: self._validate(cfg, app))
+        _validated_runs.add(_run_key(app, cfg.hydra))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        app = kwargs.get("config_name")
+        if app not in APPS:
+            return
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.hydra_config import HydraConfig
+
+        loader = GlobalHydra.instance().config_loader()
+        self._exit_on_user_error(lambda: check_sweeper(config))
+        jobs = sweep_jobs(config, loader)
+        saved = HydraConfig.instance().cfg
+        try:
+            for num, job in enumerate(jobs):
+                def validate_job() -> None:
+                    cfg = loader.load_sweep_config(config, list(job))
+                    with open_dict(cfg):  # what the launcher sets for job `num`
+                        cfg.hydra.job.id = cfg.hydra.job.num = num
+                        cfg.hydra.runtime.output_dir = os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir),
+                                                                                    str(cfg.hydra.sweep.subdir)))
+                    self._validate(cfg, app)
+
+                self._exit_on_user_error(validate_job, f" (multirun job {num} of {len(jobs)}: {' '.join(job)})")
+        finally:
+            HydraConfig.instance().cfg = saved
+
+    @staticmethod
+    def _validate(cfg: DictConfig, app: str) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(cfg)
         task = copy.deepcopy(cfg)
         with open_dict(task):
             del task["hydra"]
+        validate_config(task, app)
+
+    @staticmethod
+    def _exit_on_user_error(fn: Callable[[], None], where: str = "") -> None:
+        """fn(); a user error (or, for a multirun job, one of Hydra's composition errors) is one line and exit
+        code 2. Anything else is re-raised: Hydra turns it into a warning and the app's main meets it again."""
+        from hydra.errors import HydraException
+
         try:
-            validate_config(task, app)
+            fn()
         except Exception as exc:  # noqa: BLE001 - user errors end the run here; anything else is left to main
             err = find_user_error(exc)
-            if err is None or os.environ.get("VRS_FULL_ERROR"):
-                raise  # Hydra turns it into a warning; the app's main validates again and reports it
-            print(f"error: {err}", file=sys.stderr)
+            if os.environ.get("VRS_FULL_ERROR") or (err is None and not (where and isinstance(exc, HydraException))):
+                raise
+            if err is None:
+                from vrs.errors import describe_hydra_error
+
+                err = describe_hydra_error(exc)
+            print(f"error: {err}{where}", file=sys.stderr)
             sys.exit(2)
-        _validated_runs.add(_run_key(app, cfg.hydra))
