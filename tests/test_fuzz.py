@@ -72,6 +72,26 @@ CASES = [
                   "model.hidden=64 ckpt_path={ckpt}", "was trained on other data"),
     case("train", "hydra.run.dir={file}", "paths.output_dir='{file}' is not allowed: a directory (this is a file)"),
     case("train", "paths.min_free_mb=1000000000000", "MB free (paths.min_free_mb)"),
+    # vrs-train: values that used to pass validation and fail later (after an epoch, or with a traceback)
+    case("train", "data.val_size=0", "data.val_size=0 is not allowed: an integer >= 1 while optimized_metric=val/acc"),
+    case("train", "+trainer.limit_val_batches=0", "trainer.limit_val_batches=0 is not allowed: a number > 0 while"),
+    case("train", "trainer.check_val_every_n_epoch=5 trainer.max_epochs=2",
+         "trainer.check_val_every_n_epoch=5 is not allowed: at most trainer.max_epochs (2)"),
+    case("train", "test=false optimized_metric=test/acc", "optimized_metric='test/acc' is not allowed: a train/ or val/"),
+    case("train", "callbacks.model_checkpoint.monitor=test/acc", "callbacks.model_checkpoint.monitor='test/acc' is not"),
+    case("train", "+trainer.enable_checkpointing=false", "trainer.enable_checkpointing=False is not allowed: a value "
+                                                         "Lightning's Trainer takes"),
+    case("train", "+trainer.enable_progress_bar=false", "trainer.enable_progress_bar=False is not allowed"),
+    case("train", "+trainer.profiler=foo", "trainer.profiler='foo' is not allowed"),
+    case("train", "+trainer.strategy=foo", "trainer.strategy='foo' is not allowed"),
+    case("train", "trainer.accelerator=mps", "trainer.accelerator='mps' is not allowed"),  # no MPS on Linux
+    case("train", "+trainer.logger=false", "trainer.logger=False is not allowed: no key of trainer: the logger group"),
+    case("train", "+trainer.callbacks=[]", "trainer.callbacks=[] is not allowed: no key of trainer"),
+    case("train", "seed=4294967296", "seed=4294967296 is not allowed: an integer >= 0 and <= 4294967295"),
+    case("train", "data.seed=18446744073709551616", "data.seed=18446744073709551616 is not allowed"),
+    case("train", "noise.sigma=1e39", "noise.sigma=1e+39 is not allowed: 0 or a finite number between"),
+    case("train", "data.std=[1e-50]", "data.std=[1e-50] is not allowed: each 0 or a finite number"),
+    case("train", "data.batch_size=9223372036854775808", "an integer of at most 9223372036854775807 in size"),
     # vrs-certify (Cohen's and VRS's certification)
     case("certify", "certify=nope", "certify='nope' is not allowed: one of cohen"),
     case("certify", "certify.n0=0", "certify.n0=0 is not allowed"),
@@ -86,6 +106,8 @@ CASES = [
     case("certify", "data=synthetic", "was trained on digits (1x8x8, 10 classes)"),
     case("certify", "data.mean=[0.5]", "other normalisation constants (mean [0.3] there, [0.5] here)"),
     case("certify", "certify.indices=[5000]", "certify.indices", in_task=True),
+    case("certify", "certify.n=9223372036854775808", "certify.n=9223372036854775808 is not allowed: an integer of"),
+    case("certify", "seed=4294967296", "seed=4294967296 is not allowed"),
     case("certify", "certify.out_dir={file}", "certify.out_dir='{file}' is not allowed: a directory (this is a file)"),
     case("certify", "certify.out_dir={corrupt_certify}", "certify.meta.json is unreadable", in_task=True),
     # vrs-attack
@@ -99,6 +121,8 @@ CASES = [
     case("attack", "+defense.foo=1", "defense.foo=1 is not allowed: a key of defense"),
     case("attack", "predict.alpha=0", "predict.alpha=0 is not allowed"),
     case("attack", "device=tpu", "device='tpu' is not allowed"),
+    case("attack", "attack.steps=9223372036854775808", "attack.steps=9223372036854775808 is not allowed"),
+    case("attack", "defense.sigma=1e39", "defense.sigma=1e+39 is not allowed"),
     case("attack", "ckpt_path={truncated}", "corrupt or truncated"),
     case("attack", "attack.indices=[5000]", "attack.indices=[5000] is not allowed", in_task=True),
     case("attack", "attack.out_dir={corrupt_attack}", "settings.json is not valid JSON", in_task=True),
@@ -358,6 +382,37 @@ def test_malformed_input_gives_one_line_and_changes_nothing(c, world, capsys, mo
     assert snapshot(*world["outs"]) == before  # existing outputs byte-identical
     if not c.in_task:  # stopped before Hydra made (or wrote into) a run directory
         assert not fresh_run.exists()
+
+
+# ---- multirun: every job is validated before the first one runs (and before the sweep directory exists) ----------
+MULTIRUN_CASES = [
+    case("train", "noise.sigma=0.25,-1", "noise.sigma=-1 is not allowed: a number > 0 (multirun job 1 of 2:"),
+    case("train", "data=digits,foo", "data='foo' is not allowed: one of cifar10"),
+    case("train", "noise=multi noise.sigma_min=0.1,0.5 noise.sigma_max=0.25", "noise.sigma_max=0.25 is not allowed"),
+    case("train", "seed=0,1,4294967296", "seed=4294967296 is not allowed"),
+    case("train", "data.val_size=100,0", "data.val_size=0 is not allowed"),
+    case("train", "hparams_search=optuna hydra.sweeper.n_trials=2 data.batch_size=choice(4,0)",
+         "data.batch_size=0 is not allowed"),
+    case("certify", "certify.alpha=0.001,1.5", "certify.alpha=1.5 is not allowed: a number strictly between 0 and 1 (multirun job 1 of 2:"),
+    case("attack", "defense.lam=0.5,2", "defense.lam=2 is not allowed"),
+    case("report", "report.radii=[0.5],[-1]", "report.radii=[-1] is not allowed"),
+]
+
+
+@pytest.mark.parametrize("c", MULTIRUN_CASES, ids=[f"{c.app}:-m {' '.join(c.args)}" for c in MULTIRUN_CASES])
+def test_a_bad_multirun_job_stops_the_sweep_before_any_job_runs(c, world, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    fmt = {k: str(v) for k, v in world["paths"].items()}
+    sweep = tmp_path / "sweep"
+    base = [a for a in world["base"][c.app] if not a.startswith("hydra.run.dir=")]
+    argv = ["-m", *merged(base, [a.format(**fmt) for a in c.args]), f"hydra.sweep.dir={sweep}",
+            "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    before = snapshot(*world["outs"])
+    code, err = call_main(c.app, argv, capsys)
+    line = one_error_line(code, err)
+    assert c.expect in line and "multirun job" in line, line
+    assert snapshot(*world["outs"]) == before
+    assert not sweep.exists() and not (tmp_path / "outputs").exists()  # no job ran, no sweep folder was made
 
 
 def test_the_table_covers_every_app_with_thirty_cases_or_more():

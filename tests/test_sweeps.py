@@ -106,6 +106,28 @@ def test_optuna_optimises_the_metric_named_in_config(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.db"))  # storage: null keeps the study in memory
 
 
+def test_optuna_study_in_sqlite_runs_two_trials_and_resumes_a_third(tmp_path, monkeypatch):
+    """README: `hydra.sweeper.storage=sqlite:///study.db` keeps the study; a second sweep continues it."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import optuna
+    import sqlalchemy
+
+    assert int(sqlalchemy.__version__.split(".")[0]) < 2, (
+        f"SQLAlchemy {sqlalchemy.__version__} is installed; requirements.lock pins 1.4.54 (optuna 2.10 cannot create a "
+        "study in a database under SQLAlchemy 2): reinstall with `make install`")
+    storage = f"sqlite:///{tmp_path}/study.db"
+    common = ["hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=tiny", *TINY_TRAIN]
+    run_multirun("train", *common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}/a",
+                 monkeypatch=monkeypatch, root=tmp_path)
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 2
+    run_multirun("train", *common, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}/b",
+                 monkeypatch=monkeypatch, root=tmp_path)
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 and trials[2].number == 2
+    best = yaml.safe_load((tmp_path / "b" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(t.value for t in trials)  # the resumed sweep knows all three trials
+
+
 def test_an_optimized_metric_no_run_logs_is_one_clear_error(tmp_path):
     from vrs.apps.train import optimized_value
 

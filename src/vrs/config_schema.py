@@ -29,6 +29,7 @@ import importlib
 import inspect
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -63,8 +64,9 @@ def _show(v: Any) -> str:
     return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v)
 
 
-def integer(min: int | None = None) -> Rule:
-    return Rule(lambda v: _is_int(v) and (min is None or v >= min), "an integer" + ("" if min is None else f" >= {min}"))
+def integer(min: int | None = None, max: int | None = None, why: str = "") -> Rule:
+    return Rule(lambda v: _is_int(v) and (min is None or v >= min) and (max is None or v <= max),
+                "an integer" + ("" if min is None else f" >= {min}") + ("" if max is None else f" and <= {max}") + why)
 
 
 def number(gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None) -> Rule:
@@ -130,12 +132,16 @@ INDICES = list_of(integer(0), distinct=True)
 TRAINER_PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
                       "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
 BATCH_LIMIT = either(integer(0), number(ge=0, le=1))
+# Lightning's seed_everything replaces a seed outside numpy's range with 0 (a warning only); numpy takes 32 bits.
+SEED = integer(0, 2**32 - 1, " (numpy's seed range)")
+# Every number in a config ends up in torch or numpy: integers must fit int64, floats float32 (finite there).
+INT64_MAX, FLOAT32_MAX, FLOAT32_TINY = 2**63 - 1, 3.4028234663852886e38, 1.1754943508222875e-38
 
 
 # ---- the tables --------------------------------------------------------------------------------------
 # Each node's keys that no constructor checks. `CLOSED` nodes may hold no other keys (a typo added with
 # `+` is caught); the other nodes take what their `_target_` takes (checked against its signature).
-TOP = {"seed": integer(0), "task_name": TEXT, "tags": list_of(either(TEXT, number()), nonempty=False),
+TOP = {"seed": SEED, "task_name": TEXT, "tags": list_of(either(TEXT, number()), nonempty=False),
        "print_config": BOOL}
 APP_TOP = {
     "train": {"test": BOOL, "optimized_metric": optional(TEXT), "ckpt_path": optional(CKPT_PATH, " (a new run)"),
@@ -151,8 +157,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     # val_size >= 0, crop_padding; the data set's size is checked in cross_checks.
     "data": {"root": optional(TEXT), "data_dir": optional(TEXT), "download": BOOL, "val_size": integer(0),
              "train_subset": optional(integer(1), " (all)"), "test_subset": optional(integer(1), " (all)"),
-             "crop_padding": integer(0), "hflip": BOOL, "num_workers": integer(0), "seed": integer(0)},
-    "data.synthetic": {"num_train": integer(1), "num_test": integer(1), "seed": integer(0)},
+             "crop_padding": integer(0), "hflip": BOOL, "num_workers": integer(0), "seed": SEED},
+    "data.synthetic": {"num_train": integer(1), "num_test": integer(1), "seed": SEED},
     # Network depths are checked by the networks (6n+2 for ResNets, ...); the input shape in cross_checks.
     "model": {"width": integer(1), "hidden": integer(1), "dropout": number(ge=0, lt=1)},
     "module": {"channels_last": AUTO_BOOL, "compile": COMPILE, "cuda_graph": AUTO_BOOL},
@@ -277,6 +283,35 @@ def _target_nodes(node: Any, path: str = "") -> Iterable[tuple[str, dict]]:
             yield from _target_nodes(value, f"{path}[{i}]")
 
 
+def _fits(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return True
+    if isinstance(v, int):
+        return -INT64_MAX - 1 <= v <= INT64_MAX
+    return math.isfinite(v) and (v == 0 or FLOAT32_TINY <= abs(v) <= FLOAT32_MAX)
+
+
+def check_number_ranges(node: Any, path: str = "") -> None:
+    """Every number is one torch and numpy take: integers within int64, floats finite in float32 (a larger one
+    becomes inf on the device). A list is named as a whole (`data.std=[1e+39]`)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not (path == "" and key == "hydra"):
+                check_number_ranges(value, f"{path}.{key}" if path else str(key))
+        return
+    items = node if isinstance(node, list) else [node]
+    for value in items:
+        if isinstance(value, (dict, list)):
+            check_number_ranges(value, path)
+        elif not _fits(value):
+            each = "each " if isinstance(node, list) else ""
+            if isinstance(value, int):
+                raise ConfigError(path, node, f"{each}an integer of at most {INT64_MAX} in size (int64: what torch "
+                                              "and numpy take)")
+            raise ConfigError(path, node, f"{each}0 or a finite number between {FLOAT32_TINY:.4g} and {FLOAT32_MAX:.4g} "
+                                          "in size (float32, where torch computes: beyond, it becomes inf or 0)")
+
+
 def check_targets(cfg: dict) -> None:
     """Every `_target_` imports, and every key of its node is one of its parameters (unless it takes **kwargs)."""
     for path, node in _target_nodes(cfg):
@@ -342,6 +377,12 @@ def cross_checks(cfg: dict, app: str) -> None:
     if app == "train" and not cfg.get("logger") and "lr_monitor" in (cfg.get("callbacks") or {}):
         raise ConfigError("logger", cfg.get("logger") or "none", "a logger (csv, wandb, ...) while callbacks.lr_monitor is on: "
                           "Lightning's LearningRateMonitor needs one (or drop it: ~callbacks.lr_monitor)")
+    if app == "train" and isinstance(trainer, dict):
+        for key in ("logger", "callbacks"):  # vrs-train passes its own: these would be ignored without a word
+            if key in trainer:
+                raise ConfigError(f"trainer.{key}", trainer[key], f"no key of trainer: the {key} group sets the "
+                                  f"Trainer's {key} ({key}=<option>, or {key}.<name>.<key>=...)")
+        check_logged_metrics(cfg)
     module = cfg.get("module")
     if isinstance(module, dict) and str(module.get("_target_", "")).endswith("SelectorModule"):
         from vrs.modules.selector import SelectorModule  # deferred: Lightning, off the apps' start-up path
@@ -361,6 +402,67 @@ def cross_checks(cfg: dict, app: str) -> None:
         check_sampling(p["n"], p["alpha"], p["batch_size"], prefix="predict.")
     if app == "report":
         parse_inputs(cfg["report"]["inputs"])
+
+
+def check_logged_metrics(cfg: dict) -> None:
+    """The metrics vrs-train reads (optimized_metric, returned to sweepers, and the callbacks' `monitor`) come from a
+    phase the run has: val/* needs validation (data.val_size >= 1, trainer.limit_val_batches > 0, a validation
+    epoch within trainer.max_epochs), test/* needs test=true (and no callback can monitor it)."""
+    data, trainer, test = cfg.get("data") or {}, cfg.get("trainer") or {}, cfg.get("test")
+    readers = [("optimized_metric", cfg.get("optimized_metric"))]
+    readers += [(f"callbacks.{name}.monitor", cb.get("monitor")) for name, cb in (cfg.get("callbacks") or {}).items()
+                if isinstance(cb, dict)]
+    every, epochs = trainer.get("check_val_every_n_epoch", 1), trainer.get("max_epochs")
+    no_val = None  # (key, value, what would allow validation)
+    if data.get("val_size", 1) == 0:
+        no_val = ("data.val_size", 0, "an integer >= 1")
+    elif trainer.get("limit_val_batches", 1) == 0:
+        no_val = ("trainer.limit_val_batches", trainer["limit_val_batches"], "a number > 0")
+    elif _is_int(every) and _is_int(epochs) and every > epochs and trainer.get("max_steps", -1) == -1:
+        no_val = ("trainer.check_val_every_n_epoch", every, f"at most trainer.max_epochs ({epochs})")
+    for key, metric in readers:
+        if not isinstance(metric, str):
+            continue
+        if metric.startswith("val/") and no_val:
+            raise ConfigError(no_val[0], no_val[1], f"{no_val[2]} while {key}={metric} reads a validation metric "
+                              f"(none is logged: no validation runs); or set {key}=null")
+        if metric.startswith("test/") and (key != "optimized_metric" or not test):
+            allowed = ("a train/ or val/ metric: callbacks run during fitting, before the test" if key != "optimized_metric"
+                       else "a train/ or val/ metric while test=false (no test/ metric is logged)")
+            raise ConfigError(key, metric, allowed)
+
+
+def check_trainer(cfg: dict) -> None:
+    """Build Lightning's Trainer with the configured callbacks (no fit, nothing written), as vrs-train will: what
+    it refuses (a flag that contradicts a callback, an accelerator or device count this machine lacks, an unknown
+    profiler, ...) fails here, naming the trainer key its message names."""
+    import logging
+
+    from hydra.utils import instantiate
+
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, dict) or "_target_" not in trainer:
+        return
+    quiet = logging.getLogger("pytorch_lightning")  # "GPU available: ..." is printed once, by the real run
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if isinstance(c, dict) and "_target_" in c]
+        instantiate(trainer, callbacks=callbacks, logger=False)
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps Lightning's MisconfigurationException / ValueError
+        user = find_user_error(exc)
+        if user is not None:
+            raise user from None
+        while isinstance(exc.__cause__, Exception):
+            exc = exc.__cause__
+        why = first_line(exc, 300)
+        named = [k for k in sorted(trainer, key=len, reverse=True) if k not in HYDRA_KEYS and k in why]
+        named += [k for k, v in trainer.items() if isinstance(v, str) and len(v) > 2 and re.search(rf"\b{re.escape(v)}\b", why)]
+        if named:
+            raise ConfigError(f"trainer.{named[0]}", trainer[named[0]], f"a value Lightning's Trainer takes with this "
+                              f"config and machine; it says: {why}") from None
+        raise VRSError(f"trainer: Lightning's Trainer refuses this config: {why}") from None
+    finally:
+        quiet.level = level
 
 
 def parse_inputs(inputs: Any) -> list[Path]:
@@ -414,6 +516,7 @@ def check_values(cfg: DictConfig | dict, app: str) -> dict:
             raise VRSError(f"the config has no {name} node: vrs-{app} needs it")
         if node is not None:
             check_node(name, node, table)
+    check_number_ranges(plain)
     check_targets(plain)
     cross_checks(plain, app)
     return plain
@@ -529,6 +632,8 @@ def validate_config(cfg: DictConfig | dict, app: str) -> dict:
     """Everything a run relies on, before any compute: values, checkpoints, output directories and what they
     hold. Returns the resolved config."""
     plain = check_values(cfg, app)
+    if app == "train":
+        check_trainer(plain)
     check_output_dirs(plain, app)
     check_checkpoints(plain, app)
     check_output_folders(cfg, plain, app)
@@ -562,9 +667,48 @@ except ImportError:  # pragma: no cover - Hydra < 1.1
     _HydraCallback = object
 
 
+def sweep_jobs(config: DictConfig, loader: Any) -> list[list[str]]:
+    """The override lists of a multirun's jobs: Hydra's basic sweeper's own expansion (every job); for another
+    sweeper (Optuna), whose jobs are drawn as it goes, the first value of every swept key, then each other
+    choice and each interval's end in turn (the same key = value pairs its trials can take, one at a time)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(args)
+    if str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    values: dict[str, list[str]] = {}
+    for o in parsed:
+        if o.is_discrete_sweep():
+            vals = list(o.sweep_string_iterator())
+        elif o.is_sweep_override():  # interval(a, b): its ends
+            vals = [str(o.value().start), str(o.value().end)]
+        else:
+            vals = [o.get_value_element_as_str()]
+        values[o.get_key_element()] = [f"{o.get_key_element()}={v}" for v in vals]
+    first = [v[0] for v in values.values()]
+    return [first] + [first[:i] + [alt] + first[i + 1:] for i, v in enumerate(values.values()) for alt in v[1:]]
+
+
+def check_sweeper(config: DictConfig) -> None:
+    """hydra.sweeper.storage (Optuna's RDB storage): optuna 2.x cannot record its schema version with SQLAlchemy 2
+    (an AssertionError when the study is created); requirements.lock pins SQLAlchemy 1.4."""
+    storage = config.hydra.sweeper.get("storage")
+    if isinstance(storage, str) and "://" in storage:
+        import optuna
+        import sqlalchemy
+
+        if int(optuna.__version__.split(".")[0]) < 3 and int(sqlalchemy.__version__.split(".")[0]) >= 2:
+            raise ConfigError("hydra.sweeper.storage", storage, f"null with SQLAlchemy {sqlalchemy.__version__}: optuna "
+                              f"{optuna.__version__} needs SQLAlchemy < 2 for a database (pip install -r requirements.lock)")
+
+
 class ValidateBeforeRun(_HydraCallback):
     """Hydra callback (conf/hydra/default.yaml): validate_config before Hydra creates the run directory and
-    writes its .hydra/ files, so a bad config changes nothing on disk, not even a reused run directory."""
+    writes its .hydra/ files, so a bad config changes nothing on disk, not even a reused run directory. With -m,
+    every job of the sweep before the first starts (and before the sweep directory exists)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         app = kwargs.get("config_name")
@@ -573,18 +717,59 @@ class ValidateBeforeRun(_HydraCallback):
         cfg = copy.deepcopy(config)
         with open_dict(cfg):  # what Hydra's run_job sets next: `${hydra:runtime.output_dir}` resolves
             cfg.hydra.runtime.output_dir = os.path.abspath(str(cfg.hydra.run.dir))
+        self._exit_on_user_error(lambda: self._validate(cfg, app))
+        _validated_runs.add(_run_key(app, cfg.hydra))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        app = kwargs.get("config_name")
+        if app not in APPS:
+            return
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.hydra_config import HydraConfig
+
+        loader = GlobalHydra.instance().config_loader()
+        self._exit_on_user_error(lambda: check_sweeper(config))
+        jobs = sweep_jobs(config, loader)
+        saved = HydraConfig.instance().cfg
+        try:
+            for num, job in enumerate(jobs):
+                def validate_job() -> None:
+                    cfg = loader.load_sweep_config(config, list(job))
+                    with open_dict(cfg):  # what the launcher sets for job `num`
+                        cfg.hydra.job.id = cfg.hydra.job.num = num
+                        cfg.hydra.runtime.output_dir = os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir),
+                                                                                    str(cfg.hydra.sweep.subdir)))
+                    self._validate(cfg, app)
+
+                self._exit_on_user_error(validate_job, f" (multirun job {num} of {len(jobs)}: {' '.join(job)})")
+        finally:
+            HydraConfig.instance().cfg = saved
+
+    @staticmethod
+    def _validate(cfg: DictConfig, app: str) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(cfg)
         task = copy.deepcopy(cfg)
         with open_dict(task):
             del task["hydra"]
+        validate_config(task, app)
+
+    @staticmethod
+    def _exit_on_user_error(fn: Callable[[], None], where: str = "") -> None:
+        """fn(); a user error (or, for a multirun job, one of Hydra's composition errors) is one line and exit
+        code 2. Anything else is re-raised: Hydra turns it into a warning and the app's main meets it again."""
+        from hydra.errors import HydraException
+
         try:
-            validate_config(task, app)
+            fn()
         except Exception as exc:  # noqa: BLE001 - user errors end the run here; anything else is left to main
             err = find_user_error(exc)
-            if err is None or os.environ.get("VRS_FULL_ERROR"):
-                raise  # Hydra turns it into a warning; the app's main validates again and reports it
-            print(f"error: {err}", file=sys.stderr)
+            if os.environ.get("VRS_FULL_ERROR") or (err is None and not (where and isinstance(exc, HydraException))):
+                raise
+            if err is None:
+                from vrs.errors import describe_hydra_error
+
+                err = describe_hydra_error(exc)
+            print(f"error: {err}{where}", file=sys.stderr)
             sys.exit(2)
-        _validated_runs.add(_run_key(app, cfg.hydra))
