@@ -27,7 +27,8 @@ def per_image(rows, eps):
     rob = np.array([int(x["correct"]) for x in r], float)
     return idx, clean, rob
 fixed = runs("atk_fixed")
-for obj in ("paper", "radius", "adversarial"):
+objectives = sorted({d.name[4:].rsplit("_", 1)[0] for d in root.glob("atk_*_*") if d.name != "atk_fixed"})
+for obj in objectives:
     atks = [a for a in ("eot", "down", "median") if (root / f"atk_{obj}_{a}").is_dir()]
     per = {a: runs(f"atk_{obj}_{a}") for a in atks}
     for eps in (0.5, 1.0):

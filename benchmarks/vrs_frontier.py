@@ -371,6 +371,16 @@ def choose_on_val(root: Path, size: Size, objectives: tuple[str, ...] = OBJECTIV
     return result
 
 
+def reported_all(folder: Path, objectives: tuple[str, ...]) -> bool:
+    """Whether the report in `folder` was made with every objective of this run (its .done lists them; a run that
+    adds an objective to an existing folder redoes the report, which would otherwise describe the old runs only)."""
+    try:
+        done = json.loads((folder / DONE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(done, dict) and set(objectives) <= set(done.get("objectives", []))
+
+
 def chose_all(folder: Path, objectives: tuple[str, ...]) -> bool:
     """Whether the val choices in `folder` cover every objective of this run (a run with more objectives than the
     one that chose redoes the choice, which is deterministic for the objectives already chosen)."""
@@ -504,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in steps:
         if s.group not in groups:
             continue
-        if (s.folder / DONE).is_file() and not (s.kind == "choose" and not chose_all(s.folder, objectives)):
+        if (s.folder / DONE).is_file() and not (s.kind == "choose" and not chose_all(s.folder, objectives)) \
+                and not (s.app == "report" and not reported_all(s.folder, objectives)):
             inv["skipped"].append(s.name)
             continue
         if (s.attack and s.attack != "eot" and s.name.startswith("test/")
@@ -557,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         entry["estimate_s"] = round(s.estimate_s, 1)
         inv["ran"].append(s.name)
         if rc == 0 and not timed_out:
-            (s.folder / DONE).write_text(f"{wall:.1f}\n")
+            (s.folder / DONE).write_text(json.dumps({"wall_s": round(wall, 1), "objectives": list(objectives)}) + "\n")
             entry["done"] = True
             print(f"== {s.name}: done in {wall:.0f} s", flush=True)
         else:
