@@ -119,6 +119,9 @@ OBJECTIVE_RUNS = {
     # the oracle labels without the best-sigma balance weights (docs/results.md: with them, the weighted mean
     # target sigma is ~0.34-0.44 at every lambda, and the selector learns that instead of the per-image labels)
     "oracle_labels_unweighted": ["objective=oracle_labels", "objective.reweight=false"],
+    # the same labels, the selector also seeing the base classifier's probabilities at its input (docs/vrs.md:
+    # the labels depend on the base classifier's votes, which the plain selector recovers poorly)
+    "oracle_labels_sees_base": ["objective=oracle_labels", "objective.reweight=false", "selector.sees_base=true"],
 }
 OBJECTIVES = tuple(OBJECTIVE_RUNS)
 ATTACKS = {  # name -> overrides (on top of the budget); see the docstring

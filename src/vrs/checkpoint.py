@@ -244,7 +244,7 @@ def _load_vrs(ckpt: dict, path: Path, digest: str) -> LoadedCheckpoint:
     base = meta["base"] if isinstance(meta["base"], dict) else {}
     network = _network(base.get("net"), _check_data_spec(base.get("data"), path), ckpt["state_dict"], "base.", path)
     try:
-        selector = build_selector(meta["selector"], data)
+        selector = build_selector(meta["selector"], data, base=network)
         selector.load_state_dict(_weights(ckpt["state_dict"], "selector."))
     except (RuntimeError, KeyError, TypeError, VRSError) as err:
         raise VRSError(f"{path}: the stored selector weights do not fit its config ({first_line(err, 300)})") from None

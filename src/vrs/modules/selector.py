@@ -75,7 +75,7 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
                                    "objective": objective})
         self.base = net
         self.base.requires_grad_(False)
-        self.selector = build_selector(selector, data)
+        self.selector = build_selector(selector, data, base=net)
         self.prior = build_prior(prior, self.selector.posterior)
         self.objective = build_objective(objective)
         self.lam_sampler = LambdaSampler(**(lam or {}))

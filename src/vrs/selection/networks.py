@@ -13,10 +13,17 @@ pooling and a linear head. `NoiseSelector` turns the head's raw outputs into a n
 The squash is log-space: sigma = exp(log sigma_min + (log sigma_max - log sigma_min) * sigmoid(raw)), so
 a raw output of 0 gives the geometric middle of the range. Inputs are [0,1] images; the data set's
 normalisation is the trunk's first layer, as for the base classifier.
+
+`sees_base: true` [choice] also gives the head the base classifier's class probabilities softmax(f(x')) at the
+selector's own (noisy) input x': what the best sigma of an image depends on is how the base classifier votes
+near it, which a small CNN on a heavily noised image may not recover (docs/vrs.md, issue 17). The selector keeps a
+frozen copy of f (`base_view`, saved with its weights), so it is self-contained and a joint fine-tune of f does
+not change what it was trained on.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -67,24 +74,27 @@ class FiLM(nn.Module):
 
 
 class _Head(nn.Module):
-    """Pooled features and the lambda embedding -> raw outputs (bias 0: mid-range sigma at the start)."""
+    """Pooled features, the lambda embedding and `extra_dim` extra features (the base classifier's view, when the
+    selector sees it) -> raw outputs (bias 0: mid-range sigma at the start)."""
 
-    def __init__(self, channels: int, cond_dim: int, out_dim: int):
+    def __init__(self, channels: int, cond_dim: int, out_dim: int, extra_dim: int = 0):
         super().__init__()
-        self.linear = nn.Linear(channels + cond_dim, out_dim)
+        self.linear = nn.Linear(channels + cond_dim + extra_dim, out_dim)
         nn.init.normal_(self.linear.weight, std=0.01)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, c: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         pooled = h.mean(dim=(2, 3))
-        return self.linear(torch.cat([pooled, c.to(pooled.dtype)], dim=-1))
+        parts = [pooled, c.to(pooled.dtype)] + ([extra.to(pooled.dtype)] if extra is not None else [])
+        return self.linear(torch.cat(parts, dim=-1))
 
 
 class SelectorCNN(nn.Module):
     """`depth` conv-BN-FiLM-ReLU blocks (the first at stride 1, later ones at stride 2, width doubling
     every block up to 4x), global average pooling, linear head. ~20k parameters at width 16."""
 
-    def __init__(self, in_channels: int, out_dim: int = 1, width: int = 16, depth: int = 3, cond_dim: int = 32):
+    def __init__(self, in_channels: int, out_dim: int = 1, width: int = 16, depth: int = 3, cond_dim: int = 32,
+                 extra_dim: int = 0):
         super().__init__()
         check(isinstance(depth, int) and depth >= 1, "selector.net.depth", depth, "an integer >= 1")
         check(isinstance(width, int) and width >= 1, "selector.net.width", width, "an integer >= 1")
@@ -97,20 +107,20 @@ class SelectorCNN(nn.Module):
                                             nn.BatchNorm2d(c_out)))
             self.films.append(FiLM(c_out, cond_dim))
             c_in = c_out
-        self.head = _Head(c_in, cond_dim, out_dim)
+        self.head = _Head(c_in, cond_dim, out_dim, extra_dim)
 
-    def forward(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lam: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         c = self.embed(lam)
         h = x
         for conv, film in zip(self.convs, self.films):
             h = torch.relu(film(conv(h), c))
-        return self.head(h, c)
+        return self.head(h, c, extra)
 
 
 class SelectorResNet(nn.Module):
     """A CIFAR ResNet trunk (depth 6n+2; 20 by default) with FiLM after every residual block."""
 
-    def __init__(self, in_channels: int, out_dim: int = 1, depth: int = 20, cond_dim: int = 64):
+    def __init__(self, in_channels: int, out_dim: int = 1, depth: int = 20, cond_dim: int = 64, extra_dim: int = 0):
         super().__init__()
         check((depth - 2) % 6 == 0 and depth >= 8, "selector.net.depth", depth, "6n+2 with n >= 1 (20, 32, ...)")
         n = (depth - 2) // 6
@@ -124,17 +134,17 @@ class SelectorResNet(nn.Module):
                 self.blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
                 self.films.append(FiLM(planes, cond_dim))
                 in_planes = planes
-        self.head = _Head(in_planes, cond_dim, out_dim)
+        self.head = _Head(in_planes, cond_dim, out_dim, extra_dim)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lam: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         c = self.embed(lam)
         h = self.stem(x)
         for block, film in zip(self.blocks, self.films):
             h = film(block(h), c)
-        return self.head(h, c)
+        return self.head(h, c, extra)
 
 
 @dataclass
@@ -159,7 +169,8 @@ class NoiseSelector(nn.Module):
     """h(x, lambda): Normalize -> trunk -> squash into [sigma_min, sigma_max] (section 2)."""
 
     def __init__(self, trunk: nn.Module, mean: list[float], std: list[float], sigma_min: float, sigma_max: float,
-                 posterior: str = "point", s_min: float = 1e-3, s_max: float = 1.0):
+                 posterior: str = "point", s_min: float = 1e-3, s_max: float = 1.0,
+                 base_view: nn.Module | None = None):
         super().__init__()
         check_sigma_range(sigma_min, sigma_max)
         check_choice("selector.posterior", posterior, POSTERIORS)
@@ -169,11 +180,19 @@ class NoiseSelector(nn.Module):
         self.sigma_min, self.sigma_max, self.posterior = float(sigma_min), float(sigma_max), posterior
         self.s_min, self.s_max = float(s_min), float(s_max)
         self.log_lo, self.log_hi = math.log(sigma_min), math.log(sigma_max)
+        self.base_view = base_view  # a frozen copy of the base classifier whose probabilities the head sees, or None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.base_view is not None:
+            self.base_view.eval()  # frozen: batch-norm statistics and dropout as trained
+        return self
 
     def forward(self, x: torch.Tensor, lam: torch.Tensor | float, sample: bool | None = None) -> SelectorOutput:
         """sample: draw sigma from the log-normal posterior (default: in training mode only)."""
         lam = as_lambda(lam, x.shape[0], x.device)
-        raw = self.trunk(self.normalize(x), lam).float()
+        extra = None if self.base_view is None else torch.softmax(self.base_view(x).float(), dim=-1)
+        raw = self.trunk(self.normalize(x), lam, extra).float()
         mu = self.log_lo + (self.log_hi - self.log_lo) * torch.sigmoid(raw[:, 0])
         if self.posterior == "point":
             return SelectorOutput(torch.exp(mu), mu, None, mu)
@@ -198,13 +217,23 @@ def check_sigma_range(sigma_min: float, sigma_max: float) -> None:
           f"a number > selector.sigma_min ({sigma_min})")
 
 
-def build_selector(cfg: dict, data: dict) -> NoiseSelector:
-    """A NoiseSelector from the `selector` config group (net: the trunk's config, sigma range, posterior)
-    and the data spec (normalisation constants)."""
+def build_selector(cfg: dict, data: dict, base: nn.Module | None = None) -> NoiseSelector:
+    """A NoiseSelector from the `selector` config group (net: the trunk's config, sigma range, posterior,
+    sees_base) and the data spec (normalisation constants, classes). With `sees_base: true` the selector keeps a
+    frozen copy of `base` (the base classifier; its weights are overwritten when a checkpoint's selector state is
+    loaded)."""
     cfg = dict(cfg)
     check_sigma_range(cfg.get("sigma_min"), cfg.get("sigma_max"))
     posterior = cfg.get("posterior", "point")
     check_choice("selector.posterior", posterior, POSTERIORS)
-    trunk = instantiate(cfg["net"], out_dim=1 if posterior == "point" else 2)
+    sees_base = cfg.get("sees_base", False)
+    check(isinstance(sees_base, bool), "selector.sees_base", sees_base, "true or false")
+    base_view = None
+    if sees_base:
+        if base is None:
+            raise ValueError("build_selector: selector.sees_base=true needs the base classifier")
+        base_view = copy.deepcopy(base).eval().requires_grad_(False)
+    trunk = instantiate(cfg["net"], out_dim=1 if posterior == "point" else 2,
+                        extra_dim=int(data["num_classes"]) if sees_base else 0)
     return NoiseSelector(trunk, data["mean"], data["std"], cfg["sigma_min"], cfg["sigma_max"], posterior,
-                         s_min=cfg.get("s_min", 1e-3), s_max=cfg.get("s_max", 1.0))
+                         s_min=cfg.get("s_min", 1e-3), s_max=cfg.get("s_max", 1.0), base_view=base_view)
