@@ -195,6 +195,13 @@ CASES = [
     case("report", "report.out_dir={attack_store}", "holds vrs-attack results"),
     case("report", "report.out_dir={run}", "report.out_dir={run} holds vrs-train results"),
     case("report", "hydra.run.dir={certify_hydra_run}", "is the run directory of a vrs-certify run (.hydra/)"),
+    # a report folder made from other inputs (its report.meta.json), as report.out_dir or as the run directory
+    case("report", "report.out_dir={report_other}", "report.out_dir={report_other} holds the report of other inputs "
+                                                    "(report.inputs=[/elsewhere/earlier_runs]); a report folder is "
+                                                    "rewritten only by a report of the same inputs (a refresh): use "
+                                                    "another report.out_dir for report.inputs=[{certify_out}]"),
+    case("report", "report.out_dir=${{paths.output_dir}} hydra.run.dir={report_other}",
+         "report.out_dir={report_other} holds the report of other inputs"),
     case("train", "hydra.run.dir={certify_out}", "paths.output_dir={certify_out} holds vrs-certify results"),
     case("train", "hydra.run.dir={attack_store}", "holds vrs-attack results"),
     case("train", "hydra.run.dir={report_out}", "holds vrs-report results"),
@@ -240,6 +247,7 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
     # the corrupt_* directories hold damaged files of an earlier run.)
     for name, files in {"certify_out": ("certify.tsv", "certify.meta.json", "summary.json"),
                         "attack_out": ("summary.json", "robust_accuracy.png"), "report_out": ("report.md", "report.csv"),
+                        "report_other": ("report.md", "report.csv"),  # + report.meta.json of other inputs (below)
                         "corrupt_certify": ("certify.tsv", "certify.meta.json"),
                         "corrupt_attack": ("attack.csv", "settings.json"),
                         "attack_store": ("attack.csv", "settings.json", "summary.json", "robust_accuracy.png"),
@@ -251,10 +259,11 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
         for file in files:
             (outs[name] / file).parent.mkdir(exist_ok=True)
             (outs[name] / file).write_bytes(f"existing {file}\n".encode())
+    (outs["report_other"] / "report.meta.json").write_text('{"inputs": ["/elsewhere/earlier_runs"]}\n')
     for name in ("certify", "train"):
         (outs[f"{name}_hydra_run"] / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    config_name: {name}\n")
     paths = {"tmp": root, "ckpt": digits_ckpt, "file": root / "a_file", "empty_dir": root / "empty_dir", "run": run,
-             **{k: outs[k] for k in ("certify_out", "report_out", "attack_store", "certify_hydra_run",
+             **{k: outs[k] for k in ("certify_out", "report_out", "report_other", "attack_store", "certify_hydra_run",
                                      "train_hydra_run")},
              "corrupt_certify": outs["corrupt_certify"], "corrupt_attack": outs["corrupt_attack"],
              "truncated": root / "truncated.ckpt", "garbage": root / "garbage.ckpt", "empty": root / "empty.ckpt"}
