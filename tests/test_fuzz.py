@@ -544,6 +544,38 @@ def test_a_refused_resume_writes_nothing(stores, app, damage, extra, expect, tmp
     assert snapshot(out) == before
 
 
+RUN_DIR_CASES = [  # (app, extra arguments, the error line or None: the run goes ahead)
+    ("certify", ["certify.n=200"], "already holds results made with other settings (n: existing 100, now 200)"),
+    ("certify", ["certify.indices=[5000]"], "certify.indices=[5000] is not allowed"),
+    ("attack", ["predict.n=120"], "already holds results made with other settings (predict.n: existing 100, now 120)"),
+    ("certify", [], None),
+]
+
+
+@pytest.mark.parametrize("app,extra,expect", RUN_DIR_CASES, ids=[f"{a}:{' '.join(e)}" for a, e, _ in RUN_DIR_CASES])
+def test_a_refusal_in_its_own_run_directory_leaves_hydras_files(stores, app, extra, expect, tmp_path, capsys,
+                                                                monkeypatch):
+    """The store in the run directory (out_dir unset, hydra.run.dir=<an earlier run of the app>): the store's
+    settings (from the checkpoint) or the app refuse only once it runs, after Hydra rewrote .hydra/*.yaml and
+    appended to the log; those are put back, so the folder stays byte-identical. A run the store takes keeps
+    Hydra's new files."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    src, argv = stores[app]
+    run = tmp_path / "run"
+    shutil.copytree(src.parent / f"h_{app}", run)  # an earlier run directory (.hydra/, <app>.log) ...
+    for f in src.iterdir():  # ... holding its store
+        shutil.copy(f, run / f.name)
+    argv = merged(argv, [f"{app}.out_dir=null", f"hydra.run.dir={run}", *extra])
+    before = snapshot(run)
+    code, err = call_main(app, argv, capsys)
+    if expect is None:
+        assert code == 0, err[-3000:]
+        assert f"{app}.out_dir=null" in (run / ".hydra" / "overrides.yaml").read_text()
+        return
+    assert expect in one_error_line(code, err)
+    assert snapshot(run) == before
+
+
 def test_a_training_run_resumes_in_its_own_folder_and_only_so(tmp_path, capsys, monkeypatch):
     """vrs-train into its own run folder: the resume of docs/reliability.md (the same command plus ckpt_path and
     hydra.run.dir) goes ahead; the same folder without ckpt_path, or with other settings, is refused untouched."""
