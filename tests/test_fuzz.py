@@ -195,6 +195,13 @@ CASES = [
     case("report", "report.out_dir={attack_store}", "holds vrs-attack results"),
     case("report", "report.out_dir={run}", "report.out_dir={run} holds vrs-train results"),
     case("report", "hydra.run.dir={certify_hydra_run}", "is the run directory of a vrs-certify run (.hydra/)"),
+    # a report folder made from other inputs (its report.meta.json), as report.out_dir or as the run directory
+    case("report", "report.out_dir={report_other}", "report.out_dir={report_other} holds the report of other inputs "
+                                                    "(report.inputs=[/elsewhere/earlier_runs]); a report folder is "
+                                                    "rewritten only by a report of the same inputs (a refresh): use "
+                                                    "another report.out_dir for report.inputs=[{certify_out}]"),
+    case("report", "report.out_dir=${{paths.output_dir}} hydra.run.dir={report_other}",
+         "report.out_dir={report_other} holds the report of other inputs"),
     case("train", "hydra.run.dir={certify_out}", "paths.output_dir={certify_out} holds vrs-certify results"),
     case("train", "hydra.run.dir={attack_store}", "holds vrs-attack results"),
     case("train", "hydra.run.dir={report_out}", "holds vrs-report results"),
@@ -240,6 +247,7 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
     # the corrupt_* directories hold damaged files of an earlier run.)
     for name, files in {"certify_out": ("certify.tsv", "certify.meta.json", "summary.json"),
                         "attack_out": ("summary.json", "robust_accuracy.png"), "report_out": ("report.md", "report.csv"),
+                        "report_other": ("report.md", "report.csv"),  # + report.meta.json of other inputs (below)
                         "corrupt_certify": ("certify.tsv", "certify.meta.json"),
                         "corrupt_attack": ("attack.csv", "settings.json"),
                         "attack_store": ("attack.csv", "settings.json", "summary.json", "robust_accuracy.png"),
@@ -251,10 +259,11 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
         for file in files:
             (outs[name] / file).parent.mkdir(exist_ok=True)
             (outs[name] / file).write_bytes(f"existing {file}\n".encode())
+    (outs["report_other"] / "report.meta.json").write_text('{"inputs": ["/elsewhere/earlier_runs"]}\n')
     for name in ("certify", "train"):
         (outs[f"{name}_hydra_run"] / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    config_name: {name}\n")
     paths = {"tmp": root, "ckpt": digits_ckpt, "file": root / "a_file", "empty_dir": root / "empty_dir", "run": run,
-             **{k: outs[k] for k in ("certify_out", "report_out", "attack_store", "certify_hydra_run",
+             **{k: outs[k] for k in ("certify_out", "report_out", "report_other", "attack_store", "certify_hydra_run",
                                      "train_hydra_run")},
              "corrupt_certify": outs["corrupt_certify"], "corrupt_attack": outs["corrupt_attack"],
              "truncated": root / "truncated.ckpt", "garbage": root / "garbage.ckpt", "empty": root / "empty.ckpt"}
@@ -533,6 +542,38 @@ def test_a_refused_resume_writes_nothing(stores, app, damage, extra, expect, tmp
     code, err = call_main(app, merged(argv, extra), capsys)
     assert expect in one_error_line(code, err)
     assert snapshot(out) == before
+
+
+RUN_DIR_CASES = [  # (app, extra arguments, the error line or None: the run goes ahead)
+    ("certify", ["certify.n=200"], "already holds results made with other settings (n: existing 100, now 200)"),
+    ("certify", ["certify.indices=[5000]"], "certify.indices=[5000] is not allowed"),
+    ("attack", ["predict.n=120"], "already holds results made with other settings (predict.n: existing 100, now 120)"),
+    ("certify", [], None),
+]
+
+
+@pytest.mark.parametrize("app,extra,expect", RUN_DIR_CASES, ids=[f"{a}:{' '.join(e)}" for a, e, _ in RUN_DIR_CASES])
+def test_a_refusal_in_its_own_run_directory_leaves_hydras_files(stores, app, extra, expect, tmp_path, capsys,
+                                                                monkeypatch):
+    """The store in the run directory (out_dir unset, hydra.run.dir=<an earlier run of the app>): the store's
+    settings (from the checkpoint) or the app refuse only once it runs, after Hydra rewrote .hydra/*.yaml and
+    appended to the log; those are put back, so the folder stays byte-identical. A run the store takes keeps
+    Hydra's new files."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    src, argv = stores[app]
+    run = tmp_path / "run"
+    shutil.copytree(src.parent / f"h_{app}", run)  # an earlier run directory (.hydra/, <app>.log) ...
+    for f in src.iterdir():  # ... holding its store
+        shutil.copy(f, run / f.name)
+    argv = merged(argv, [f"{app}.out_dir=null", f"hydra.run.dir={run}", *extra])
+    before = snapshot(run)
+    code, err = call_main(app, argv, capsys)
+    if expect is None:
+        assert code == 0, err[-3000:]
+        assert f"{app}.out_dir=null" in (run / ".hydra" / "overrides.yaml").read_text()
+        return
+    assert expect in one_error_line(code, err)
+    assert snapshot(run) == before
 
 
 def test_a_training_run_resumes_in_its_own_folder_and_only_so(tmp_path, capsys, monkeypatch):

@@ -6,6 +6,7 @@ leaves an earlier report as it was (also through the real `vrs-report` process: 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -153,13 +154,43 @@ def test_bad_input_is_one_error_and_keeps_the_old_report(runs, tmp_path):
     with pytest.raises(VRSError, match=r"report.radii=\[-1\] is not allowed"):
         build_report(report_cfg(str(root), out, "report.radii=[-1]"))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    # the real process: exit code 2, one line naming the key, the report still as it was
-    proc = run_app("report", f"report.inputs={tmp_path / 'empty'}", f"report.out_dir={out}", root=tmp_path)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the real process: exit code 2, one line naming the key, no report folder made (into `out`, a report of
+    # other inputs is refused before: test_a_report_folder_takes_only_a_report_of_the_same_inputs)
+    proc = run_app("report", f"report.inputs={tmp_path / 'empty'}", f"report.out_dir={tmp_path / 'new'}", root=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [f"error: report.inputs=['{tmp_path / 'empty'}'] holds no runs: no "
                                                "certify.tsv + certify.meta.json, attack.csv + summary.json or "
                                                "training run (.hydra/config.yaml + csv/metrics.csv) under them"]
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_report_folder_takes_only_a_report_of_the_same_inputs(runs, tmp_path):
+    """Issue 23: report.meta.json records the report's inputs (resolved). A report of other inputs into the folder
+    is refused by the config check (before Hydra's run directory, so nothing changes); one of the same inputs,
+    however written, is a refresh (title and radii may change). A folder of an older version, without the
+    sidecar, is taken and gets one."""
+    from vrs.config_schema import validate_config
+
+    root, _ = runs
+    out = tmp_path / "rep"
+    build_report(report_cfg(str(root / "certify"), out))
+    meta = json.loads((out / "report.meta.json").read_text())
+    assert meta == {"inputs": [str((root / "certify").resolve())], "radii": [0.25, 0.5, 0.75, 1.0], "title": None}
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(VRSError) as err:
+        validate_config(report_cfg([root / "certify", root / "attack"], out), "report")
+    assert str(err.value) == (f"report.out_dir={out} holds the report of other inputs (report.inputs=[{root.resolve()}"
+                              f"/certify]); a report folder is rewritten only by a report of the same inputs (a "
+                              f"refresh): use another report.out_dir for report.inputs=[{root.resolve()}/attack,"
+                              f"{root.resolve()}/certify]")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    same = report_cfg([root / "certify" / ".." / "certify", root / "certify"], out, "report.title=Again")
+    validate_config(same, "report")
+    build_report(same)
+    assert json.loads((out / "report.meta.json").read_text())["title"] == "Again"
+    (out / "report.meta.json").unlink()  # as an older version left it
+    validate_config(report_cfg(str(root), out), "report")
 
 
 def test_equal_names_get_what_tells_them_apart():

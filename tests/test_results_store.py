@@ -109,3 +109,21 @@ def test_a_directory_of_another_apps_results_is_refused_untouched(tmp_path):
     ResultsStore(tmp_path / "a", attack, {}).open()
     with pytest.raises(VRSError, match="holds vrs-attack results \\(settings.json\\).*use another certify.out_dir"):
         ResultsDir(tmp_path / "a", OLD_META).open()
+
+
+def test_a_refused_store_leaves_no_new_folder(tmp_path):
+    """The lock creates the results folder (and its parents); a store refused when it is opened removes those it
+    created while they are empty, and never a folder that was there before."""
+    from vrs.apps.skeleton import Ranks, open_store
+
+    def refuse(rows):
+        raise VRSError("refused")
+
+    out = tmp_path / "new" / "store"
+    with pytest.raises(VRSError, match="refused"):
+        open_store(Ranks(0, 1), ResultsDir(out, dict(OLD_META)), refuse)
+    assert list(tmp_path.iterdir()) == []
+    out.mkdir(parents=True)
+    with pytest.raises(VRSError, match="refused"):
+        open_store(Ranks(0, 1), ResultsDir(out, dict(OLD_META)), refuse)
+    assert out.is_dir() and list(out.iterdir()) == []

@@ -615,8 +615,9 @@ def check_output_dirs(cfg: dict, app: str) -> None:
 def check_output_folders(cfg: DictConfig | dict, plain: dict, app: str) -> None:
     """Every directory the app writes into may take its files (vrs.apps.folders.check_output_folder): not one
     holding another app's results or Hydra run, and for vrs-train no earlier training run but the one it
-    resumes. `cfg` as given (unresolved: compared with a training run's .hydra/config.yaml), `plain` resolved."""
-    from vrs.apps.folders import check_output_folder
+    resumes; vrs-report's folder only a report of the same inputs. `cfg` as given (unresolved: compared with a
+    training run's .hydra/config.yaml), `plain` resolved."""
+    from vrs.apps.folders import check_output_folder, check_report_folder
 
     run_dir = _node(plain, "paths.output_dir")
     for key in OUTPUT_DIRS[app]:
@@ -625,6 +626,8 @@ def check_output_folders(cfg: DictConfig | dict, plain: dict, app: str) -> None:
             continue  # null: the run directory, checked as paths.output_dir
         check_output_folder(app, key, path, hydra_dir=key == "paths.output_dir", ckpt_path=plain.get("ckpt_path"),
                             config=cfg)
+    if app == "report":  # a report folder holds the report of one set of inputs
+        check_report_folder(_node(plain, "report.out_dir"), _node(plain, "report.inputs"))
 
 
 # ---- all of it -------------------------------------------------------------------------------------------
@@ -719,6 +722,20 @@ class ValidateBeforeRun(_HydraCallback):
             cfg.hydra.runtime.output_dir = os.path.abspath(str(cfg.hydra.run.dir))
         self._exit_on_user_error(lambda: self._validate(cfg, app))
         _validated_runs.add(_run_key(app, cfg.hydra))
+        self._keep_run_files(cfg)
+
+    @staticmethod
+    def _keep_run_files(cfg: DictConfig) -> None:
+        """What Hydra writes next into a reused run directory (.hydra/*.yaml, the log), kept so that the app can put
+        it back when it refuses the run (vrs.apps.folders.keep_run_files)."""
+        from vrs.apps.folders import keep_run_files
+
+        run_dir = Path(cfg.hydra.runtime.output_dir)
+        sub = cfg.hydra.get("output_subdir")
+        whole = [run_dir / str(sub) / f"{name}.yaml" for name in ("config", "hydra", "overrides")] if sub else []
+        log = OmegaConf.select(cfg, "hydra.job_logging.handlers.file.filename", default=None,
+                               throw_on_resolution_failure=False)
+        keep_run_files(run_dir, whole, [Path(str(log))] if log else [])
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         app = kwargs.get("config_name")

@@ -12,10 +12,16 @@ An app writes into a folder that is new or empty, or holds its own results:
 - vrs-certify and vrs-attack resume their own results only with the same settings (their results store,
   vrs.apps.results, compares the settings sidecar);
 - vrs-train writes into a training run only to resume it: ckpt_path=<that run>/checkpoints/<file> and the same
-  config (its .hydra/config.yaml) apart from ckpt_path and print_config.
+  config (its .hydra/config.yaml) apart from ckpt_path and print_config;
+- vrs-report rewrites a report folder only with a report of the same inputs (a refresh; its title and radii
+  may change): report.meta.json records the inputs, resolved. A folder of an older version without it is
+  taken as it is (its report.md names the inputs as typed, relative to a directory it does not record, so
+  they cannot be compared) and gets the sidecar with the new report.
 
 vrs.config_schema runs check_output_folders before Hydra creates (or writes into) the run directory, so a
-refused folder is left byte-identical.
+refused folder is left byte-identical. A refusal only the app can make (vrs-certify's and vrs-attack's store
+comparing settings that come from the checkpoint; a damaged input of vrs-report) comes after Hydra wrote its
+files into a reused run directory: keep_run_files / restore_run_files put them back (see there).
 """
 
 from __future__ import annotations
@@ -25,16 +31,19 @@ from typing import Any, Iterable
 
 from vrs.apps.results import APP_FILES
 from vrs.errors import VRSError
+from vrs.utils.io import atomic_write, truncate
 
 # Files only one app writes (patterns relative to the folder). Plots and summary.json are not markers: several
 # apps write files of those names.
 MARKERS: dict[str, tuple[str, ...]] = {
     "vrs-certify": (*APP_FILES["vrs-certify"], "certify.rank*.tsv"),  # certify.tsv, certify.meta.json, shards
     "vrs-attack": (*APP_FILES["vrs-attack"], "attack.rank*.csv"),      # attack.csv, settings.json, shards
-    "vrs-report": ("report.md", "report.csv", "frontier.csv", "sigma_diagnostics.csv"),
+    "vrs-report": ("report.md", "report.csv", "frontier.csv", "sigma_diagnostics.csv", "report.meta.json"),
     "vrs-train": ("checkpoints/*.ckpt", "csv/metrics.csv", "csv/hparams.yaml", "base/checkpoints/*.ckpt",
                   "base/csv/metrics.csv"),
 }
+# vrs-report's sidecar: the inputs (resolved), radii and title of the report in the folder.
+REPORT_META = "report.meta.json"
 # Keys of a training run's config that may differ when it is resumed in its own folder.
 RESUME_FREE_KEYS = ("ckpt_path", "print_config")
 
@@ -139,3 +148,86 @@ def check_output_folder(app: str, key: str, folder: str | Path, hydra_dir: bool 
                        f"would replace; {mine} writes only into {allowed}: use another {key}")
     if app == "train" and mine in held:
         check_training_resume(key, folder, ckpt_path, config)
+
+
+def report_inputs(inputs: Any) -> list[str]:
+    """What a report is the report of: report.inputs resolved to absolute paths, sorted, without repeats."""
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs or [])
+    return sorted({str(Path(str(p)).resolve()) for p in inputs})
+
+
+def check_report_folder(folder: Any, inputs: Any) -> None:
+    """VRSError unless report.out_dir=`folder` is new, holds no report.meta.json (see the module's doc) or holds
+    the report of the same inputs."""
+    path = Path(str(folder)) / REPORT_META if folder else None
+    if path is None or not path.is_file():
+        return
+    import json  # deferred: only an existing report folder is read
+
+    try:
+        held = json.loads(path.read_text()).get("inputs")
+        if not (isinstance(held, list) and all(isinstance(p, str) for p in held)):
+            raise ValueError("no list of inputs")
+    except (OSError, ValueError, AttributeError) as err:
+        raise VRSError(f"report.out_dir={folder} holds a report whose {REPORT_META} is unreadable "
+                       f"({type(err).__name__}), so its inputs are unknown; use another report.out_dir") from None
+    if report_inputs(held) != report_inputs(inputs):
+        raise VRSError(f"report.out_dir={folder} holds the report of other inputs (report.inputs=[{','.join(held)}]); "
+                       f"a report folder is rewritten only by a report of the same inputs (a refresh): use another "
+                       f"report.out_dir for report.inputs=[{','.join(report_inputs(inputs))}]")
+
+
+# ---- a reused run directory: Hydra's files put back when the app refuses the run -----------------------------
+# Hydra writes .hydra/config.yaml, hydra.yaml and overrides.yaml and appends to <task_name>.log in the run directory
+# after ValidateBeforeRun checked the config, before the app runs. Some refusals come only then: vrs-certify's and
+# vrs-attack's results store (by default in the run directory: `hydra.run.dir=<an earlier run>` resumes it) compares
+# settings that come from the checkpoint (its hash, the sigma it was trained with, the fused stages of its network),
+# so they cannot be compared before Hydra writes without loading and deriving them twice. Instead the callback keeps
+# those files as they are when the run directory already exists (keep_run_files); an app that stops before it wrote
+# anything puts them back (restore_run_files: the refused run leaves the directory byte-identical), and one whose
+# store opened lets Hydra's files stand (forget_run_files: they describe the run that now writes there).
+_kept: dict[str, Any] = {}
+
+
+def keep_run_files(run_dir: str | Path, whole: Iterable[Path], appended: Iterable[Path] = ()) -> None:
+    """Remember the files Hydra is about to write into an existing run directory: `whole` (rewritten: their bytes)
+    and `appended` (the log: its size); None for those that do not exist yet."""
+    _kept.clear()
+    run_dir = Path(run_dir).absolute()
+    if not run_dir.is_dir():
+        return  # a new run directory: nothing to put back
+    whole = [Path(p) for p in whole]
+    _kept.update(dir=run_dir, whole={p: p.read_bytes() if p.is_file() else None for p in whole},
+                 appended={Path(p): Path(p).stat().st_size if Path(p).is_file() else None for p in appended},
+                 new_dirs=sorted({p.parent for p in whole if not p.parent.exists()}, reverse=True))
+
+
+def forget_run_files() -> None:
+    """The run writes its results now: Hydra's files describe it and stay."""
+    _kept.clear()
+
+
+def restore_run_files() -> None:
+    """Put back what keep_run_files kept of the current Hydra run's directory (the files byte-identical, the log
+    cut to its old length, files and folders Hydra added removed); nothing when another directory was kept."""
+    from hydra.core.hydra_config import HydraConfig  # deferred: only a refused run gets here
+
+    kept = dict(_kept)
+    _kept.clear()
+    if not kept or not HydraConfig.initialized() or Path(HydraConfig.get().runtime.output_dir).absolute() != kept["dir"]:
+        return
+    for path, data in kept["whole"].items():
+        if data is None:
+            path.unlink(missing_ok=True)
+        elif not path.is_file() or path.read_bytes() != data:
+            atomic_write(path, data)
+    for path, size in kept["appended"].items():
+        if size is None:
+            path.unlink(missing_ok=True)
+        elif path.is_file() and path.stat().st_size > size:
+            truncate(path, size)
+    for folder in kept["new_dirs"]:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass

@@ -16,7 +16,8 @@ their own rows. Certified accuracy, ACR and sigma statistics are recomputed from
 run is measured on the same radii. Writes report.md, report.csv and PNGs (certified accuracy, ACR,
 robust accuracy, chosen sigma, training accuracy: each only when there is something to plot) in
 report.out_dir; each file atomically, and only after every input was read: a bad input leaves an earlier
-report in place.
+report in place. report.meta.json records the inputs: a later report of other inputs into the same folder is
+refused (vrs.apps.folders), one of the same inputs rewrites it (a refresh).
 
 Also VRS against fixed sigma on the same base classifier (issue 17, vrs.apps.report_frontier): report.md's
 "Frontier", "Sigma diagnostics" and "Oracle headroom (diagnostic)" sections, frontier.csv,
@@ -35,6 +36,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
+from vrs.apps.folders import REPORT_META, forget_run_files, report_inputs, restore_run_files
 from vrs.apps.report_frontier import FRONTIER_PLOTS, build_frontier, frontier_csv, plot_frontier, sigma_csv
 from vrs.apps.report_frontier import markdown as frontier_markdown
 from vrs.apps.report_plots import PLOTS, matplotlib_color, save_plot
@@ -44,7 +46,7 @@ from vrs.apps.report_table import (LEGEND, attack_names, cell, merge, name_rows,
 from vrs.config_schema import parse_inputs, validate_app_config
 from vrs.errors import VRSError, check, hydra_errors_exit, user_errors_exit
 from vrs.smoothing.core import radius_grid
-from vrs.utils.io import atomic_write
+from vrs.utils.io import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,13 @@ def build_report(cfg: DictConfig) -> Report:
         row.color = matplotlib_color(palette, i)
     cols, records = table(rows, [float(x) for x in radii])
 
-    # Everything is computed; only now is anything written (plots first, the table last).
+    # Everything is computed; only now is anything written (the sidecar first, then the plots, the table last).
+    # report.meta.json: what the folder is the report of (vrs.apps.folders.check_report_folder refuses a report
+    # of other inputs into it). First: after a crash mid-way the folder belongs to the report that was being
+    # written, which the same command completes.
     out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / REPORT_META, {"inputs": report_inputs(inputs), "radii": [float(x) for x in radii],
+                                          "title": r.get("title")})
     files: list[Path] = []
     figures = []
     for name, make in PLOTS.items():
@@ -153,7 +160,12 @@ def print_summary(rep: Report) -> None:
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     validate_app_config(cfg, "report")  # before any compute or output: one clear error line
-    rep = build_report(cfg)
+    try:
+        rep = build_report(cfg)
+    except BaseException:
+        restore_run_files()  # a refused report writes nothing, not even Hydra's files in a reused run directory
+        raise
+    forget_run_files()
     print_summary(rep)
     for s in rep.skipped:
         log.warning("skipped %s", s)

@@ -101,6 +101,7 @@ class ResultsStore:
         self.table_path = self.path / table.name
         self.settings_path = self.path / table.sidecar
         self._lock_fd: int | None = None
+        self._created: list[Path] = []  # the directories lock() created
 
     def shard_path(self, rank: int) -> Path:
         stem, suffix = self.table.stem_suffix
@@ -113,12 +114,22 @@ class ResultsStore:
     # -- locking --
     def lock(self) -> None:
         """Exclusive lock on the directory (created if missing); VRSError if another run holds it."""
+        missing = [p for p in (self.path.absolute(), *self.path.absolute().parents) if not p.exists()]
         self._lock_fd = lock_dir(self.path, self.table.app, self.table.out_key)
+        self._created = missing  # deepest first
 
     def unlock(self) -> None:
+        """Release the lock. The directories lock() created and nothing was written into (a store refused when
+        it was opened) are removed: a refusal leaves no new empty folder behind (issue 23)."""
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only an empty folder: never anything written into it
+            except OSError:
+                break
+        self._created = []
 
     # -- opening --
     def read_settings(self) -> dict:

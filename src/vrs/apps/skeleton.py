@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from vrs.apps.folders import forget_run_files, restore_run_files
 from vrs.apps.results import ResultsStore
 from vrs.config_schema import validate_app_config
 from vrs.errors import VRSError
@@ -170,6 +171,7 @@ def open_store(ranks: Ranks, store: ResultsStore, check: Callable[[dict], None] 
     if "error" in status:
         store.unlock()
         raise VRSError(status["error"])
+    forget_run_files()  # the run writes here now: Hydra's files in its run directory describe it
     return set(status["done"])
 
 
@@ -232,15 +234,20 @@ def run_app(cfg: DictConfig, app: str, run: Callable[[DictConfig], dict], print_
             order: Sequence[str]) -> Any:
     """The body of vrs-<app>'s `main` (under hydra_errors_exit / hydra.main / user_errors_exit, which turn a
     VRSError into one line and exit code 2): validate the config before any compute or output, print it
-    (rank 0), run, finish W&B whatever happened, print the results (rank 0) and return the sweep's objective."""
+    (rank 0), run, finish W&B whatever happened, print the results (rank 0) and return the sweep's objective. A run
+    that stops before its store opened puts back Hydra's files of a reused run directory (vrs.apps.folders)."""
     validate_app_config(cfg, app)
     launched = torchrun_env()
     if cfg.get("print_config", True) and (launched is None or launched[0] == 0):
         print_config_tree(cfg, order=tuple(order))
     try:
-        summary = run(cfg)
-    finally:
-        finish_wandb()
+        try:
+            summary = run(cfg)
+        finally:
+            finish_wandb()
+    except BaseException:
+        restore_run_files()  # refused before its store opened: Hydra's files in a reused run directory put back
+        raise
     if not summary:  # a torchrun rank other than 0
         return None
     return print_results(summary, cfg)
