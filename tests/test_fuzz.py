@@ -178,7 +178,7 @@ CASES = [
         "attack_twice": "{attack_twice}/attack.csv, lines 2 and 5: image ",
     }.items()],
     # issue 23, class 1: an output folder that holds another app's results, another app's Hydra run, or a
-    # training run that this run does not resume (vrs.apps.folders): refused before Hydra writes anything
+    # training run that this run does not resume (vrs.utils.output_folders): refused before Hydra writes anything
     case("attack", "attack.out_dir={certify_out}", "attack.out_dir={certify_out} holds vrs-certify results "
                                                    "(certify.meta.json, certify.tsv); vrs-attack writes only into"),
     case("attack", "attack.out_dir={report_out}", "holds vrs-report results (report.csv, report.md)"),

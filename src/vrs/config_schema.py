@@ -19,7 +19,7 @@ what is allowed (`certify.alpha=1.5 is not allowed: a number in (0, 1)`):
 3. `check_output_dirs`: every directory the app writes into is a directory, can be written (a real test
    write), and has at least paths.min_free_mb MB free.
 4. `check_output_folders`: none of them holds another app's results, or (the run directory) another app's
-   Hydra run; vrs-train reuses a training run's folder only to resume it (vrs.apps.folders).
+   Hydra run; vrs-train reuses a training run's folder only to resume it (vrs.utils.output_folders).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vrs.errors import ConfigError, VRSError, check, find_user_error, first_line
+from vrs.errors import ConfigError, VRSError, check, describe_hydra_error, find_user_error, first_line
+from vrs.utils.output_folders import check_output_folder, check_report_folder, keep_run_files
 
 APPS = ("train", "certify", "attack", "report")
 
@@ -612,13 +613,29 @@ def check_output_dirs(cfg: dict, app: str) -> None:
 
 
 # ---- layer 4: what the output directories hold -----------------------------------------------------------
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def secondary_rank() -> bool:
+    """Whether a multi-process launcher started this process for a rank > 0 (Lightning's DDP launcher re-runs the
+    app with LOCAL_RANK set, torchrun sets RANK, srun SLURM_PROCID): its run folder is rank 0's, which rank 0 has
+    checked and may already have written into."""
+    def rank(name: str) -> int:
+        try:
+            return int(os.environ.get(name) or 0)
+        except ValueError:
+            return 0
+    return any(rank(name) > 0 for name in RANK_VARIABLES)
+
+
 def check_output_folders(cfg: DictConfig | dict, plain: dict, app: str) -> None:
-    """Every directory the app writes into may take its files (vrs.apps.folders.check_output_folder): not one
+    """Every directory the app writes into may take its files (vrs.utils.output_folders.check_output_folder): not one
     holding another app's results or Hydra run, and for vrs-train no earlier training run but the one it
     resumes; vrs-report's folder only a report of the same inputs. `cfg` as given (unresolved: compared with a
     training run's .hydra/config.yaml), `plain` resolved."""
-    from vrs.apps.folders import check_output_folder, check_report_folder
 
+    if secondary_rank():
+        return  # rank 0 of this run checked (and now fills) the same folders
     run_dir = _node(plain, "paths.output_dir")
     for key in OUTPUT_DIRS[app]:
         path = _node(plain, key)
@@ -727,8 +744,7 @@ class ValidateBeforeRun(_HydraCallback):
     @staticmethod
     def _keep_run_files(cfg: DictConfig) -> None:
         """What Hydra writes next into a reused run directory (.hydra/*.yaml, the log), kept so that the app can put
-        it back when it refuses the run (vrs.apps.folders.keep_run_files)."""
-        from vrs.apps.folders import keep_run_files
+        it back when it refuses the run (vrs.utils.output_folders.keep_run_files)."""
 
         run_dir = Path(cfg.hydra.runtime.output_dir)
         sub = cfg.hydra.get("output_subdir")
@@ -785,8 +801,6 @@ class ValidateBeforeRun(_HydraCallback):
             if os.environ.get("VRS_FULL_ERROR") or (err is None and not (where and isinstance(exc, HydraException))):
                 raise
             if err is None:
-                from vrs.errors import describe_hydra_error
-
                 err = describe_hydra_error(exc)
             print(f"error: {err}{where}", file=sys.stderr)
             sys.exit(2)

@@ -28,7 +28,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table, select_indices, store_subset
+from vrs.utils.output_folders import APP_FILES
+from vrs.apps.results import SHARED_KEYS, ResultsStore, Table, select_indices, store_subset
 from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
 from vrs.config_schema import check_values
 from vrs.errors import hydra_errors_exit, user_errors_exit

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from vrs.apps.results import APP_FILES, SHARED_KEYS, ResultsStore, Table
+from vrs.utils.output_folders import APP_FILES
+from vrs.apps.results import SHARED_KEYS, ResultsStore, Table
 from vrs.utils.io import RowWriter
 
 TSV_NAME, META_NAME = APP_FILES["vrs-certify"]  # certify.tsv, certify.meta.json

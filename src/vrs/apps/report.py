@@ -17,7 +17,7 @@ run is measured on the same radii. Writes report.md, report.csv and PNGs (certif
 robust accuracy, chosen sigma, training accuracy: each only when there is something to plot) in
 report.out_dir; each file atomically, and only after every input was read: a bad input leaves an earlier
 report in place. report.meta.json records the inputs: a later report of other inputs into the same folder is
-refused (vrs.apps.folders), one of the same inputs rewrites it (a refresh).
+refused (vrs.utils.output_folders), one of the same inputs rewrites it (a refresh).
 
 Also VRS against fixed sigma on the same base classifier (issue 17, vrs.apps.report_frontier): report.md's
 "Frontier", "Sigma diagnostics" and "Oracle headroom (diagnostic)" sections, frontier.csv,
@@ -36,7 +36,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.folders import REPORT_META, forget_run_files, report_inputs, restore_run_files
+from vrs.utils.output_folders import REPORT_META, forget_run_files, report_inputs, restore_run_files
 from vrs.apps.report_frontier import FRONTIER_PLOTS, build_frontier, frontier_csv, plot_frontier, sigma_csv
 from vrs.apps.report_frontier import markdown as frontier_markdown
 from vrs.apps.report_plots import PLOTS, matplotlib_color, save_plot
@@ -90,7 +90,7 @@ def build_report(cfg: DictConfig) -> Report:
     cols, records = table(rows, [float(x) for x in radii])
 
     # Everything is computed; only now is anything written (the sidecar first, then the plots, the table last).
-    # report.meta.json: what the folder is the report of (vrs.apps.folders.check_report_folder refuses a report
+    # report.meta.json: what the folder is the report of (vrs.utils.output_folders.check_report_folder refuses a report
     # of other inputs into it). First: after a crash mid-way the folder belongs to the report that was being
     # written, which the same command completes.
     out.mkdir(parents=True, exist_ok=True)

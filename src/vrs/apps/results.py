@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from vrs.errors import ConfigError, VRSError
 from vrs.utils.io import (RowWriter, append_fsynced, atomic_write, format_line, fsync_dir, lock_dir, read_table,
                           truncate, write_json_atomic)
+from vrs.utils.output_folders import check_output_folder
 
 # Settings both apps record under these names (the rest of a sidecar is the app's own).
 SHARED_KEYS = ("checkpoint_sha256", "data", "split", "seed")
@@ -36,10 +37,6 @@ SHARED_KEYS = ("checkpoint_sha256", "data", "split", "seed")
 # current name, so those directories still resume.
 ALIASES = {"ckpt_sha256": "checkpoint_sha256", "ckpt_path": "checkpoint"}
 SUMMARY_NAME = "summary.json"
-# The table and sidecar of every app that keeps its results here: marker files of vrs.apps.folders, which
-# refuses a directory that holds another app's (issue 23: vrs-attack into a vrs-certify directory replaced its
-# summary.json).
-APP_FILES = {"vrs-certify": ("certify.tsv", "certify.meta.json"), "vrs-attack": ("attack.csv", "settings.json")}
 
 
 def normalize_settings(settings: dict) -> dict:
@@ -144,7 +141,6 @@ class ResultsStore:
     def check_settings(self) -> None:
         """Refuse (VRSError) a directory that holds another app's results, rows made with other settings, or rows
         whose settings are unknown."""
-        from vrs.apps.folders import check_output_folder  # the rule of all four apps (it imports APP_FILES)
 
         t = self.table
         check_output_folder(t.app.removeprefix("vrs-"), t.out_key, self.path)

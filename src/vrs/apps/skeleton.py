@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from vrs.apps.folders import forget_run_files, restore_run_files
+from vrs.utils.output_folders import forget_run_files, restore_run_files
 from vrs.apps.results import ResultsStore
 from vrs.config_schema import validate_app_config
 from vrs.errors import VRSError
@@ -235,7 +235,7 @@ def run_app(cfg: DictConfig, app: str, run: Callable[[DictConfig], dict], print_
     """The body of vrs-<app>'s `main` (under hydra_errors_exit / hydra.main / user_errors_exit, which turn a
     VRSError into one line and exit code 2): validate the config before any compute or output, print it
     (rank 0), run, finish W&B whatever happened, print the results (rank 0) and return the sweep's objective. A run
-    that stops before its store opened puts back Hydra's files of a reused run directory (vrs.apps.folders)."""
+    that stops before its store opened puts back Hydra's files of a reused run directory (vrs.utils.output_folders)."""
     validate_app_config(cfg, app)
     launched = torchrun_env()
     if cfg.get("print_config", True) and (launched is None or launched[0] == 0):

@@ -29,9 +29,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from vrs.apps.results import APP_FILES
 from vrs.errors import VRSError
 from vrs.utils.io import atomic_write, truncate
+
+# The table and sidecar of each app that keeps its results in a results store (vrs.apps.results): its marker files
+# here, and the names the apps write (issue 23: vrs-attack into a vrs-certify directory replaced its summary.json).
+APP_FILES = {"vrs-certify": ("certify.tsv", "certify.meta.json"), "vrs-attack": ("attack.csv", "settings.json")}
 
 # Files only one app writes (patterns relative to the folder). Plots and summary.json are not markers: several
 # apps write files of those names.
