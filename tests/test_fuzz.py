@@ -75,6 +75,9 @@ CASES = [
     # vrs-train: values that used to pass validation and fail later (after an epoch, or with a traceback)
     case("train", "data.val_size=0", "data.val_size=0 is not allowed: an integer >= 1 while optimized_metric=val/acc"),
     case("train", "+trainer.limit_val_batches=0", "trainer.limit_val_batches=0 is not allowed: a number > 0 while"),
+    case("train", "+trainer.val_check_interval=100000", "trainer.val_check_interval=100000 is not allowed: at most the"),
+    case("train", "+trainer.val_check_interval=5 +trainer.limit_train_batches=3",
+         "trainer.val_check_interval=5 is not allowed: at most the 3 training batches of an epoch"),
     case("train", "trainer.check_val_every_n_epoch=5 trainer.max_epochs=2",
          "trainer.check_val_every_n_epoch=5 is not allowed: at most trainer.max_epochs (2)"),
     case("train", "test=false optimized_metric=test/acc", "optimized_metric='test/acc' is not allowed: a train/ or val/"),

@@ -466,6 +466,36 @@ def check_trainer(cfg: dict) -> None:
         quiet.level = level
 
 
+def check_val_check_interval(cfg: dict) -> None:
+    """trainer.val_check_interval given as a batch count must not exceed an epoch's training batches (Lightning
+    refuses it only when fitting starts). The epoch's batches follow from the data set's training-split size, the
+    data keys and trainer.limit_train_batches; with check_val_every_n_epoch=null Lightning counts across epochs."""
+    from vrs.data.sources import TRAIN_SIZES  # deferred: torch, which vrs-attack and vrs-train start without
+
+    trainer, data = cfg.get("trainer") or {}, cfg.get("data") or {}
+    interval = trainer.get("val_check_interval")
+    if not isinstance(interval, int) or isinstance(interval, bool) or trainer.get("check_val_every_n_epoch", 1) is None:
+        return
+    name = data.get("name")
+    n = (data.get("synthetic") or {}).get("num_train") if name == "synthetic" else TRAIN_SIZES.get(name)
+    if not isinstance(n, int) or not isinstance(data.get("batch_size"), int):
+        return
+    n -= int(data.get("val_size") or 0)
+    if data.get("train_subset"):
+        n = min(n, int(data["train_subset"]))
+    devices = trainer.get("devices")
+    if isinstance(devices, int) and devices > 1:
+        n //= devices  # each DDP rank takes every world_size-th image
+    batches = math.ceil(max(n, 0) / data["batch_size"])
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    check(interval <= batches, "trainer.val_check_interval", interval,
+          f"at most the {batches} training batches of an epoch here, or a fraction of an epoch in (0, 1]")
+
+
 def parse_inputs(inputs: Any) -> list[Path]:
     """report.inputs as paths: a run or multirun directory, or a list of them, each existing."""
     if isinstance(inputs, str):
@@ -653,6 +683,7 @@ def validate_config(cfg: DictConfig | dict, app: str) -> dict:
     hold. Returns the resolved config."""
     plain = check_values(cfg, app)
     if app == "train":
+        check_val_check_interval(plain)
         check_trainer(plain)
     check_output_dirs(plain, app)
     check_checkpoints(plain, app)
