@@ -1,0 +1,110 @@
+"""Issue 17: how well can an image's best grid sigma (the `oracle_labels` label) be predicted from what a selector
+sees? A CPU measurement (~5 minutes on 2 cores) that tells whether `selector.sees_base` has something to add.
+
+    python benchmarks/label_predictability.py --ckpt <multi-sigma base classifier .ckpt> \\
+        --data-root /usr/share/datasets/fashion-mnist --images 3000 --out docs/data/label_predictability.json
+
+On --images training images (the first of the seeded training split, seed 0 as in every app) it computes the
+oracle labels of vrs.selection.oracle_labels (--votes votes per grid sigma, radius cap 1), takes each image's best
+grid sigma at --lam, and fits multinomial logistic regressions (scikit-learn, 5-fold cross-validation) from:
+  pixels      the image plus the selector's input noise (x + eta, eta ~ N(0, sigma_h^2 I)), what `selector=cnn` sees
+              (a linear model: a lower bound on what a CNN extracts from it);
+  base        the base classifier's class probabilities at --copies draws of x + eta, averaged (what
+              `selector.sees_base=true` adds, and roughly what median smoothing over copies averages);
+  both        the two together.
+It reports accuracy and balanced accuracy (the mean of per-class recalls: the majority sigma alone scores 1/G)
+against the majority baseline, with their standard errors over the folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+
+from vrs.checkpoint import load_base_classifier
+from vrs.data.datamodule import ImageDataModule, to_float
+from vrs.selection.oracle_labels import OracleTable, grid_votes, label_score
+
+GRID = (0.12, 0.25, 0.5, 1.0)
+
+
+def cross_validated(features: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> dict:
+    """Accuracy and balanced accuracy of a standardised multinomial logistic regression over stratified folds."""
+    acc, bal = [], []
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
+        scaler = StandardScaler().fit(features[train])
+        model = LogisticRegression(max_iter=2000, C=0.1).fit(scaler.transform(features[train]), labels[train])
+        pred = model.predict(scaler.transform(features[test]))
+        acc.append(float(np.mean(pred == labels[test])))
+        bal.append(float(balanced_accuracy_score(labels[test], pred)))
+    se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v)))  # noqa: E731
+    return {"accuracy": float(np.mean(acc)), "accuracy_se": se(acc), "balanced_accuracy": float(np.mean(bal)),
+            "balanced_accuracy_se": se(bal)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, type=Path, help="the multi-sigma base classifier (stage 1 of VRS)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--votes", type=int, default=64)
+    p.add_argument("--lam", type=float, default=0.5)
+    p.add_argument("--sigma-h", type=float, default=0.5)
+    p.add_argument("--copies", type=int, default=8)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    t0 = time.time()
+    torch.manual_seed(0)
+    f, spec = load_base_classifier(args.ckpt)
+    f.eval()
+    d = spec["data"]
+    dm = ImageDataModule(**{k: d[k] for k in ("name", "channels", "size", "num_classes", "mean", "std")},
+                         root=args.data_root, val_size=5000, seed=0)
+    dm.setup()
+    x, y = dm.splits["train"]
+    x, y = to_float(x[: args.images]), y[: args.images]
+    count_y, top_is_y = grid_votes(f, x, y, GRID, args.votes, seed=0, batch_size=4096)
+    table = OracleTable.from_votes(count_y, top_is_y, GRID, args.votes, 1.0)
+    score = label_score(table.p, table.radius, torch.full((len(y),), args.lam, dtype=torch.float64), 1.0)
+    labels = score.argmax(1).numpy()
+    shares = np.bincount(labels, minlength=len(GRID)) / len(labels)
+
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        noisy = x + args.sigma_h * torch.randn(x.shape, generator=gen)
+        probs = torch.zeros(len(y), d["num_classes"])
+        for _ in range(args.copies):
+            probs += torch.softmax(f(x + args.sigma_h * torch.randn(x.shape, generator=gen)), 1)
+        probs /= args.copies
+    pixels = noisy.flatten(1).numpy()
+    base = probs.numpy()
+    results = {"majority": {"accuracy": float(shares.max()), "balanced_accuracy": 1.0 / len(GRID)},
+               "pixels": cross_validated(pixels, labels, args.folds, 0),
+               "base": cross_validated(base, labels, args.folds, 0),
+               "both": cross_validated(np.concatenate([pixels, base], 1), labels, args.folds, 0)}
+    out = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+           "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+           "ckpt": str(args.ckpt), "images": len(y), "votes": args.votes, "lam": args.lam, "sigma_h": args.sigma_h,
+           "copies": args.copies, "grid": GRID, "best_sigma_shares": shares.tolist(), "results": results,
+           "wall_s": round(time.time() - t0, 1)}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
