@@ -13,7 +13,9 @@ grid sigma at --lam, and fits multinomial logistic regressions (scikit-learn, 5-
               `selector.sees_base=true` adds, and roughly what median smoothing over copies averages);
   both        the two together.
 It reports accuracy and balanced accuracy (the mean of per-class recalls: the majority sigma alone scores 1/G)
-against the majority baseline, with their standard errors over the folds.
+against the majority baseline, with their standard errors over the folds. --reliability also recomputes the labels
+from fresh votes (another seed) and reports how often an image's best sigma agrees between the two, and Cohen's
+kappa: the ceiling any predictor of these labels runs into.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigma-h", type=float, default=0.5)
     p.add_argument("--copies", type=int, default=8)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--reliability", action="store_true", help="also label from a second set of votes (seed 1)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     t0 = time.time()
@@ -75,10 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     dm.setup()
     x, y = dm.splits["train"]
     x, y = to_float(x[: args.images]), y[: args.images]
-    count_y, top_is_y = grid_votes(f, x, y, GRID, args.votes, seed=0, batch_size=4096)
-    table = OracleTable.from_votes(count_y, top_is_y, GRID, args.votes, 1.0)
-    score = label_score(table.p, table.radius, torch.full((len(y),), args.lam, dtype=torch.float64), 1.0)
-    labels = score.argmax(1).numpy()
+    def best_sigma(seed: int) -> np.ndarray:
+        count_y, top_is_y = grid_votes(f, x, y, GRID, args.votes, seed=seed, batch_size=4096)
+        table = OracleTable.from_votes(count_y, top_is_y, GRID, args.votes, 1.0)
+        score = label_score(table.p, table.radius, torch.full((len(y),), args.lam, dtype=torch.float64), 1.0)
+        return score.argmax(1).numpy()
+
+    labels = best_sigma(0)
     shares = np.bincount(labels, minlength=len(GRID)) / len(labels)
 
     gen = torch.Generator().manual_seed(1)
@@ -88,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.copies):
             probs += torch.softmax(f(x + args.sigma_h * torch.randn(x.shape, generator=gen)), 1)
         probs /= args.copies
+    reliability = None
+    if args.reliability:
+        again = best_sigma(1)
+        agree = float(np.mean(again == labels))
+        chance = float(sum(np.mean(labels == g) * np.mean(again == g) for g in range(len(GRID))))
+        reliability = {"agreement": agree, "agreement_se": float(np.sqrt(agree * (1 - agree) / len(labels))),
+                       "cohen_kappa": (agree - chance) / (1 - chance)}
     pixels = noisy.flatten(1).numpy()
     base = probs.numpy()
     results = {"majority": {"accuracy": float(shares.max()), "balanced_accuracy": 1.0 / len(GRID)},
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
            "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
            "ckpt": str(args.ckpt), "images": len(y), "votes": args.votes, "lam": args.lam, "sigma_h": args.sigma_h,
-           "copies": args.copies, "grid": GRID, "best_sigma_shares": shares.tolist(), "results": results,
+           "copies": args.copies, "grid": GRID, "best_sigma_shares": shares.tolist(), "results": results, "reliability": reliability,
            "wall_s": round(time.time() - t0, 1)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
