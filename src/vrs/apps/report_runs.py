@@ -334,7 +334,10 @@ def read_train(path: Path, cfg: DictConfig, base_stage: bool = False) -> Row:
                       sigma_mean=first_of(m, "test/sigma_mean", "val/sigma_mean"))
         if lam.get("dist") == "uniform":
             values["lambda"] = f"U[{fmt_num(lam['low'])}, {fmt_num(lam['high'])}]"
-        label = f"train VRS selector ({values['prior'] or 'no prior'})"
+        # the objective's module name (paper, radius, ...); the prior enters only the paper objective's loss
+        objective = str(value(cfg, "module.objective._target_", "") or "paper.").rsplit(".", 2)[-2]
+        label = f"train VRS selector ({objective}" + (f", {values['prior'] or 'no prior'})" if objective == "paper"
+                                                       else ")")
     else:
         sigma = f"[{fmt_num(noise['sigma_min'])}, {fmt_num(noise['sigma_max'])}]" if multi else noise.get("sigma")
         what = "multi-sigma" if multi else "fixed-sigma"
