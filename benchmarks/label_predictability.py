@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     f, spec = load_base_classifier(args.ckpt)
     f.eval()
     d = spec["data"]
-    dm = ImageDataModule(**{k: d[k] for k in ("name", "channels", "size", "num_classes", "mean", "std")},
-                         root=args.data_root, val_size=5000, seed=0)
+    dm = ImageDataModule.from_spec(d, root=args.data_root, val_size=5000, seed=0)
     dm.setup()
     x, y = dm.splits["train"]
     x, y = to_float(x[: args.images]), y[: args.images]

@@ -36,7 +36,7 @@ from vrs.checkpoint import load_checkpoint
 from vrs.data.datamodule import ImageDataModule, to_float
 from vrs.selection.networks import SelectorOutput
 from vrs.selection.priors import build_prior
-from vrs.selection.soft import soft_smooth_nll_log
+from vrs.selection.soft import log_mean_softmax, soft_smooth_log, soft_smooth_nll_log
 from vrs.smoothing.noise import add_noise, standard_normal
 
 LAMS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -51,8 +51,7 @@ def ce_curves(f, x, y, sigmas, draws, seed) -> np.ndarray:
         for i in range(len(y)):
             z = standard_normal((draws, *x.shape[1:]), generator=gen)
             for j, s in enumerate(sigmas):
-                logits = f(x[i : i + 1] + s * z)
-                log_g = torch.logsumexp(torch.log_softmax(logits, 1), 0, keepdim=True) - math.log(draws)
+                log_g = log_mean_softmax(f(x[i : i + 1] + s * z).unsqueeze(0))  # (1, K): log g_s at x_i
                 out[i, j] = float(soft_smooth_nll_log(log_g, y[i : i + 1]))
     return out
 
@@ -75,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     prior_cfg = meta.get("prior") or {"name": "gaussian", "sigma_t": 1.0}
     prior = build_prior(prior_cfg, sel.posterior)
     data = dict(loaded.data)
-    dm = ImageDataModule(**{k: data[k] for k in ("name", "channels", "size", "num_classes", "mean", "std")},
-                         root=args.data_root, val_size=5000, seed=0)
+    dm = ImageDataModule.from_spec(data, root=args.data_root, val_size=5000, seed=0)
     dm.setup()
     vx, vy = dm.splits["val"]
     step = max(1, len(vy) // args.images)
@@ -125,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     sel.train()
     b = min(128, len(y))
     out = sel(add_noise(x[:b], sigma_h), 0.5, sample=True)
-    z = standard_normal((b, 4, *x.shape[1:]))
-    noisy = x[:b, None] + out.sigma.view(b, 1, 1, 1, 1) * z
-    log_g = torch.logsumexp(torch.log_softmax(f(noisy.flatten(0, 1)).view(b, 4, -1), -1), 1) - math.log(4)
+    log_g = soft_smooth_log(f, x[:b], out.sigma, 4)  # the training loss's soft smoothing, n_trf = 4
     ce_term = soft_smooth_nll_log(log_g, y[:b]).mean() * 0.5
     kl_term = prior.kl(out).mean() * 0.5
     norms = {}

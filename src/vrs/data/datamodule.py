@@ -148,6 +148,11 @@ class ImageDataModule(pl.LightningDataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.with_index = False  # training batches as (x, y, index into splits["train"]): see the module docstring
 
+    @classmethod
+    def from_spec(cls, spec: dict, **kwargs) -> "ImageDataModule":
+        """The data module of a stored data spec (a checkpoint's `DataSpec.to_dict()`); kwargs: the other settings."""
+        return cls(**{k: spec[k] for k in ("name", "channels", "size", "num_classes", "mean", "std")}, **kwargs)
+
     # ---- loading ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if not self.splits:  # downloads (if any) happen here, once per node

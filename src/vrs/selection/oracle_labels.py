@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vrs.analysis.oracle import best_sigma_shares
+from vrs.data.datamodule import to_float
 from vrs.smoothing.noise import standard_normal
 from vrs.utils.io import atomic_path
 
@@ -54,7 +55,7 @@ def grid_votes(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
     for i, sigma in enumerate(grid):
         for start in range(0, n, per):
             xb = x[start : start + per]
-            xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb
+            xb = to_float(xb)
             yb = y[start : start + per]
             copies = xb.unsqueeze(1).expand(len(xb), votes, *xb.shape[1:])
             noisy = copies + float(sigma) * standard_normal(copies.shape, device=x.device, dtype=xb.dtype,
