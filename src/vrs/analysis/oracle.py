@@ -132,6 +132,34 @@ def robust_oracle(sigmas: Sequence[float], robust, clean) -> RobustOracle:
                         clean=np.where(some, cle[safe, cols], False).astype(np.float64))
 
 
+def cross_fitted_robust_oracle(sigmas: Sequence[float], robust_pick, clean_pick, robust_score,
+                               clean_score) -> RobustOracle:
+    """The robust oracle chosen on one attack run and scored on an independent one (other seeds, same images).
+
+    `robust_oracle` picks and scores on the same outcomes, so it also selects the luck of the draw: if each
+    image's outcome at each sigma were a coin flip with probability p, independent of sigma, it would report
+    1 - (1 - p)^S although no choice of sigma helps. Here the sigma is picked with the pick run's outcomes
+    (`robust_oracle`'s rule) and scored with the score run's, whose noise is independent of the choice, so the
+    coin-flip case gives p: what a selector that knew the label could reach once chance is taken out. Images
+    without an oracle sigma in the pick run take the smallest sigma (the least noise) for scoring.
+    All four arrays (S, n), the same images in the same order."""
+    sig, (rp, cp, rs, cs) = _grid_and_rows(sigmas, robust_pick, clean_pick, robust_score, clean_score)
+    pick = robust_oracle(sig, rp, cp)
+    idx = np.maximum(pick.index, 0)
+    cols = np.arange(rs.shape[1])
+    return RobustOracle(index=idx, sigma=sig[idx], robust=(rs[idx, cols] > 0).astype(np.float64),
+                        clean=(cs[idx, cols] > 0).astype(np.float64))
+
+
+def outcome_agreement(a, b) -> np.ndarray:
+    """Per grid sigma (row), the share of images whose 0/1 outcome is the same in two runs: how repeatable
+    a per-image label is (1: fully; for independent coin flips with probability p: p^2 + (1 - p)^2)."""
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"outcomes must be two (S, n) arrays of one shape, got {a.shape} and {b.shape}")
+    return (a == b).mean(axis=1)
+
+
 # ---- labels for the `oracle_labels` objective (issue 17 section 2; Dual Randomized Smoothing's recipe) ----
 def oracle_soft_labels(score, temperature: float) -> np.ndarray:
     """Soft labels over the sigma grid, (n, S): softmax_i(score_i(x) / T) per image.
