@@ -42,6 +42,7 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "vrs-certify": (*APP_FILES["vrs-certify"], "certify.rank*.tsv"),  # certify.tsv, certify.meta.json, shards
     "vrs-attack": (*APP_FILES["vrs-attack"], "attack.rank*.csv"),      # attack.csv, settings.json, shards
     "vrs-report": ("report.md", "report.csv", "frontier.csv", "sigma_diagnostics.csv", "report.meta.json"),
+    "vrs-import": ("imported.ckpt",),
     "vrs-train": ("checkpoints/*.ckpt", "csv/metrics.csv", "csv/hparams.yaml", "base/checkpoints/*.ckpt",
                   "base/csv/metrics.csv"),
 }
