@@ -425,3 +425,16 @@ def test_the_app_writes_the_checkpoint_and_says_how_to_certify_it(files, capsys,
     assert f"vrs-certify ckpt_path={out} data=cifar10" in stdout and "normalisation standardize" in stdout
     assert load_checkpoint(out).meta["imported"]["mean"] == list(ANCHOR_CONSTANTS["cifar10"][0])
     assert not list(out.parent.glob(".*"))  # no temporary file left beside it
+
+
+def test_published_numbers_reads_cohens_certify_log(tmp_path):
+    """scripts/published_numbers.py (docs/importing.md's table) on a log in the format of Cohen's certify.py:
+    4 images, one abstention; certified accuracy and ACR by hand."""
+    import runpy
+
+    log = tmp_path / "sigma_0.25"
+    log.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.6\t1\t0:00:14.1\n20\t7\t-1\t0.0\t0\t0:00:15.6\n"
+                   "40\t4\t4\t0.3\t1\t0:00:15.7\n60\t7\t2\t0.9\t0\t0:00:15.8\n")
+    row = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "published_numbers.py"))["row"]
+    # r = 0: 2 of 4; r = 0.25: 2 (0.6, 0.3); r = 0.5: 1 (0.6); beyond: 0. ACR = (0.6 + 0.3) / 4; s.e. sqrt(.25/4)
+    assert row(str(log)) == f"| {log} | 4 | 0.500 | 0.500 | 0.250 | 0.000 | 0.000 | 0.000 | 0.000 | 0.225 | 0.250 |"
