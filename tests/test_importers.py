@@ -12,16 +12,15 @@ Bad files and settings each give one clear error (in-process app runs: exit code
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
 from conftest import compose_config
+from test_fuzz import call_main, one_error_line
+from vrs.apps.importer import print_results
 from vrs.apps.importer import run as import_run
 from vrs.checkpoint import check_data_matches, load_base_classifier, load_checkpoint
 from vrs.config_schema import data_spec, validate_config
@@ -348,22 +347,7 @@ def test_a_bad_published_file_is_refused_with_one_clear_error(name, tmp_path):
     assert not (tmp_path / "imported.ckpt").exists()
 
 
-# ---- the app: bad settings and files from the command line ---------------------------------------------------
-def call_main(argv: list[str], capsys) -> tuple[object, str, str]:
-    module = importlib.import_module("vrs.apps.importer")
-    GlobalHydra.instance().clear()
-    old, sys.argv = sys.argv, ["vrs-import", *argv]
-    try:
-        module.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = old
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
+# ---- the app: bad settings and files from the command line (tests/test_fuzz.py's way) --------------------------
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("import")
@@ -409,20 +393,22 @@ def test_bad_settings_give_one_error_line_and_write_nothing(args, expect, files,
     argv = [f"ckpt_path={files['cohen']}", f"out_path={out}", "data=cifar10", f"hydra.run.dir={tmp_path / 'run'}",
             *[a.format(**fmt) for a in args.split()]]
     before = files["existing"].read_bytes()
-    code, _, err = call_main(argv, capsys)
-    assert code == 2 and "Traceback" not in err, err[-3000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and expect.format(**fmt) in lines[0], err[-3000:]
+    line = one_error_line(*call_main("importer", argv, capsys))
+    assert expect.format(**fmt) in line, line
     assert not out.exists() and files["existing"].read_bytes() == before
 
 
 def test_the_app_writes_the_checkpoint_and_says_how_to_certify_it(files, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("VRS_ROOT", str(tmp_path))
     out = tmp_path / "models" / "cohen_0.25.ckpt"
-    code, stdout, err = call_main([f"ckpt_path={files['cohen']}", "source.format=cohen", "source.sigma=0.25",
-                                   f"out_path={out}", f"hydra.run.dir={tmp_path / 'run'}", "print_config=false"], capsys)
+    code, err = call_main("importer", [f"ckpt_path={files['cohen']}", "source.format=cohen", "source.sigma=0.25",
+                                       f"out_path={out}", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert code == 0, err[-3000:]
-    assert f"vrs-certify ckpt_path={out} data=cifar10" in stdout and "normalisation standardize" in stdout
+    summary = import_file(files["cohen"], tmp_path / "again.ckpt", "cohen")
+    print_results(summary, None)
+    stdout = capsys.readouterr().out
+    assert f"vrs-certify ckpt_path={tmp_path / 'again.ckpt'} data=cifar10" in stdout
+    assert "normalisation standardize" in stdout
     assert load_checkpoint(out).meta["imported"]["mean"] == list(ANCHOR_CONSTANTS["cifar10"][0])
     assert not list(out.parent.glob(".*"))  # no temporary file left beside it
 
@@ -438,3 +424,12 @@ def test_published_numbers_reads_cohens_certify_log(tmp_path):
     row = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "published_numbers.py"))["row"]
     # r = 0: 2 of 4; r = 0.25: 2 (0.6, 0.3); r = 0.5: 1 (0.6); beyond: 0. ACR = (0.6 + 0.3) / 4; s.e. sqrt(.25/4)
     assert row(str(log)) == f"| {log} | 4 | 0.500 | 0.500 | 0.250 | 0.000 | 0.000 | 0.000 | 0.000 | 0.225 | 0.250 |"
+
+
+def test_a_sigma_other_than_the_folder_says_is_a_warning(files, tmp_path, caplog):
+    """The anchors' folders name the training sigma (noise_0.25): another source.sigma is allowed (it is the user's
+    statement) but warned about."""
+    with caplog.at_level("WARNING", logger="vrs.apps.importer"):
+        import_file(files["adv"], tmp_path / "imported.ckpt", "smoothadv", 0.5, "cifar10", "source.normalization=center")
+    assert "source.sigma=0.5, but the path says noise_0.25" in caplog.text
+    assert load_checkpoint(tmp_path / "imported.ckpt").train_sigma == 0.5

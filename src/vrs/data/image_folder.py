@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vrs.data.datamodule import DataSpec, to_float
+from vrs.data.datamodule import DataSpec, SplitLoaders, to_float
 from vrs.errors import VRSError, check
 
 # The file types torchvision's ImageFolder takes (its IMG_EXTENSIONS), compared case-insensitively.
@@ -227,7 +226,7 @@ class _Splits(dict):
         raise VRSError(f"no {key} split: {self.missing}")
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(SplitLoaders):
     """train (train/ less `val_size` held-out images), val (those, with the test transform) and test (val/)."""
 
     def __init__(self, name: str, channels: int, size: int, num_classes: int, mean: list[float], std: list[float],
@@ -316,15 +315,6 @@ class ImageFolderDataModule(pl.LightningDataModule):
                           batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self):
-        return self._loader("train", train=True)
-
-    def val_dataloader(self):
-        return self._loader("val", train=False)
-
-    def test_dataloader(self):
-        return self._loader("test", train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, *rest = batch
