@@ -1,4 +1,4 @@
-"""What an output folder holds, and whether an app may write into it (issue 23): one rule for the four apps.
+"""What an output folder holds, and whether an app may write into it (issue 23): one rule for every app.
 
     held_results(folder)    -> {"vrs-certify": ["certify.tsv", ...], ...}   by the apps' marker files
     hydra_run_of(folder)    -> "certify"                                    the app of its .hydra/ files
