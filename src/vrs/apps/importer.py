@@ -56,7 +56,7 @@ def run(cfg: DictConfig) -> dict:
     arch = published.arch
     if data["name"] != arch.dataset:
         raise VRSError(f"{cfg.ckpt_path}: arch {published.arch_name!r} of {published.codebase.repository} is a "
-                       f"{arch.dataset} network, but data={data['name']}: pass data={arch.dataset}")
+                       f"network for data={arch.dataset}, not data={data['name']}: pass data={arch.dataset}")
     sigma = float(source.sigma)
     check_sigma_against_path(str(cfg.ckpt_path), sigma)
     normalization = resolve_normalization(published, source.normalization)
