@@ -180,7 +180,7 @@ def map_weights(published: Published, backbone: nn.Module, network_name: str) ->
     mapped, unmapped = {}, []
     for key, value in published.weights.items():
         new = project_key(key, stage_blocks)
-        if new is None or new not in own:
+        if new is None or new not in own or new in mapped:  # (a second name for one weight maps nowhere either)
             unmapped.append(published.prefix + key)
         else:
             mapped[new] = (key, value)
