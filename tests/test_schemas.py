@@ -192,7 +192,7 @@ def test_every_output_dir_of_an_app_is_checked(tmp_path):
 
 # ---- Hydra's own errors, one line each ---------------------------------------------------------------------------
 HYDRA_ERRORS = [
-    (["data=foo"], "data='foo' is not allowed: one of cifar10, cifar100, digits, fashion_mnist, mnist, synthetic"),
+    (["data=foo"], "data='foo' is not allowed: one of cifar10, cifar100, digits, fashion_mnist, imagenet, mnist, synthetic"),
     (["noise.sgima=0.3"], "noise.sgima=0.3 is not allowed: a key of noise: one of _target_, sigma (to add a new "
                           "key write +noise.sgima=0.3)"),
     (["+foo=[1"], "cannot parse the override '+foo=[1': no viable alternative at input '[1'"),

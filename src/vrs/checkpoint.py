@@ -12,6 +12,9 @@ Every checkpoint written by this project carries `checkpoint["vrs"] = {"format",
       checkpoint["vrs"] = {"format": 1, "kind": "vrs", "data": ..., "base": {"net", "noise", "data", "source"},
                            "selector": ..., "sigma_min", "sigma_max", "median": ..., "prior", "lam", ...}
   with the weights under "base." and "selector.".
+A base classifier brought in from another codebase by vrs-import (vrs.importers) is of kind "classifier" too,
+with checkpoint["vrs"]["imported"] = its provenance (codebase, commit, source file and hash, normalisation and
+where it comes from); its data spec's mean/std are the constants of the original code, inside the network.
 A new kind registers a loader in `LOADERS` and its format in `FORMATS`.
 
 Files are read with torch.load(weights_only=True): no code from a checkpoint is ever executed. A process reads
@@ -336,8 +339,10 @@ def check_data_matches(loaded: LoadedCheckpoint, data: dict, allow_other_dataset
         raise VRSError(f"checkpoint {loaded.path} was trained on {loaded.data['name']}, not {data.get('name')}: "
                        f"pass data={loaded.data['name']}, or certify.allow_other_dataset=true if this is intended")
     # The network normalises with its own stored constants; other data.mean / data.std mean this data config
-    # is not the one the network was trained with.
-    diffs = data_differences(loaded.data, data, ("mean", "std")) if not allow_other_dataset else []
+    # is not the one the network was trained with. An imported network was trained by another codebase with its
+    # own constants (recorded in its provenance), never with a data config of this project: nothing to compare.
+    imported = isinstance(loaded.meta.get("imported"), dict)
+    diffs = data_differences(loaded.data, data, ("mean", "std")) if not (allow_other_dataset or imported) else []
     if diffs:
         raise VRSError(f"checkpoint {loaded.path} was trained with other normalisation constants ({'; '.join(diffs)}): "
                        "pass the data.* settings of its training run")

@@ -40,9 +40,10 @@ from typing import Any, Callable, Iterable
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vrs.errors import ConfigError, VRSError, check, describe_hydra_error, find_user_error, first_line
+from vrs.importers.codebases import CODEBASES, NORMALIZATIONS
 from vrs.utils.output_folders import check_output_folder, check_report_folder, keep_run_files
 
-APPS = ("train", "certify", "attack", "report")
+APPS = ("train", "certify", "attack", "report", "import")
 
 
 # ---- rules: a test and what it allows, in words ---------------------------------------------------
@@ -150,6 +151,9 @@ APP_TOP = {
     "certify": {"ckpt_path": CKPT_PATH},
     "attack": {"ckpt_path": CKPT_PATH, "device": DEVICE, "allow_other_dataset": BOOL},
     "report": {},
+    "import": {"ckpt_path": required(Rule(lambda v: isinstance(v, str) and v != "", "the path of a published "
+                                          "checkpoint (e.g. checkpoint.pth.tar of locuslab/smoothing)")),
+               "out_path": required(TEXT)},
 }
 SCHEMA: dict[str, dict[str, Rule]] = {
     "paths": {"root_dir": TEXT, "data_dir": TEXT, "log_dir": TEXT, "output_dir": TEXT,
@@ -211,10 +215,13 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "max_batch": optional(integer(1), " (all at once)"), "precision": one_of("fp32", "bf16", "fp16")},
     "predict": {"n": required(ANY), "alpha": required(ANY),
                 "batch_size": required(ANY), "precision": one_of("fp32", "tf32", "bf16", "fp16")},
+    # vrs-import's published checkpoint (vrs.importers.codebases)
+    "source": {"format": required(one_of(*CODEBASES)), "sigma": required(number(gt=0)),
+               "normalization": optional(one_of(*NORMALIZATIONS), " (what the codebase's code applies)")},
     "report": {"inputs": required(ANY), "out_dir": TEXT, "radii": list_of(number(ge=0), distinct=True),
                "title": optional(TEXT), "hide_overrides": list_of(TEXT, nonempty=False)},
 }
-CLOSED = ("paths", "data.synthetic", "certify", "attack", "defense", "predict", "report")
+CLOSED = ("paths", "data.synthetic", "certify", "attack", "defense", "predict", "report", "source")
 # Keys a `_target_` node may hold beyond its target's parameters (read by our code, not the target).
 EXTRA_KEYS = {"scheduler": ("interval",)}
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -222,11 +229,13 @@ HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 OUTPUT_DIRS = {"train": {"paths.output_dir": ()},
                "certify": {"paths.output_dir": (), "certify.out_dir": ("certify.tsv",)},
                "attack": {"paths.output_dir": (), "attack.out_dir": ("attack.csv",)},
-               "report": {"paths.output_dir": (), "report.out_dir": ()}}
+               "report": {"paths.output_dir": (), "report.out_dir": ()},
+               "import": {"paths.output_dir": ()}}
 DEFAULT_MIN_FREE_MB = 100
 # The nodes each app cannot run without.
 APP_NODES = {"train": ("data", "model", "module", "trainer", "paths"), "certify": ("data", "certify", "paths"),
-             "attack": ("data", "attack", "defense", "predict", "paths"), "report": ("report", "paths")}
+             "attack": ("data", "attack", "defense", "predict", "paths"), "report": ("report", "paths"),
+             "import": ("data", "source", "paths")}
 
 
 # ---- layer 1: values ---------------------------------------------------------------------------------
@@ -640,6 +649,11 @@ def check_output_dirs(cfg: dict, app: str) -> None:
             continue
         seen.add(path)
         check_writable_dir(key, path, min_free, appended)
+    if app == "import":  # one new file, written next to where it will be
+        out = Path(str(cfg["out_path"]))
+        if out.exists() or out.is_symlink():
+            raise ConfigError("out_path", str(out), "a path where nothing exists yet: vrs-import never replaces a file")
+        check_writable_dir("out_path", out.parent, min_free)
 
 
 # ---- layer 4: what the output directories hold -----------------------------------------------------------

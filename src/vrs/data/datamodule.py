@@ -114,7 +114,23 @@ def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor
     return x
 
 
-class ImageDataModule(pl.LightningDataModule):
+class SplitLoaders(pl.LightningDataModule):
+    """Lightning's three loaders, each `self._loader(split, train)` of the subclass."""
+
+    def _loader(self, split: str, train: bool):
+        raise NotImplementedError
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("val", train=False)
+
+    def test_dataloader(self):
+        return self._loader("test", train=False)
+
+
+class ImageDataModule(SplitLoaders):
     """Train / val / test splits of one data set, with a seeded train/val split."""
 
     def __init__(self, name: str, channels: int, size: int, num_classes: int, mean: list[float],
@@ -208,15 +224,6 @@ class ImageDataModule(pl.LightningDataModule):
         tensors = (x, y, torch.arange(len(y))) if indexed else (x, y)
         return DataLoader(TensorDataset(*tensors), batch_size=bs, shuffle=train, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self):
-        return self._loader("train", train=True)
-
-    def val_dataloader(self):
-        return self._loader("val", train=False)
-
-    def test_dataloader(self):
-        return self._loader("test", train=False)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         x, *rest = batch  # (x, y) or (x, y, index)

@@ -1,4 +1,4 @@
-"""What an output folder holds, and whether an app may write into it (issue 23): one rule for the four apps.
+"""What an output folder holds, and whether an app may write into it (issue 23): one rule for every app.
 
     held_results(folder)    -> {"vrs-certify": ["certify.tsv", ...], ...}   by the apps' marker files
     hydra_run_of(folder)    -> "certify"                                    the app of its .hydra/ files
@@ -42,6 +42,7 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "vrs-certify": (*APP_FILES["vrs-certify"], "certify.rank*.tsv"),  # certify.tsv, certify.meta.json, shards
     "vrs-attack": (*APP_FILES["vrs-attack"], "attack.rank*.csv"),      # attack.csv, settings.json, shards
     "vrs-report": ("report.md", "report.csv", "frontier.csv", "sigma_diagnostics.csv", "report.meta.json"),
+    "vrs-import": ("imported.ckpt",),
     "vrs-train": ("checkpoints/*.ckpt", "csv/metrics.csv", "csv/hparams.yaml", "base/checkpoints/*.ckpt",
                   "base/csv/metrics.csv"),
 }
