@@ -191,7 +191,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "images_per_group": either(one_of("auto"), integer(1)), "noise_block": integer(1),
                 "world_size": integer(1), "radius_grid": list_of(number(ge=0), distinct=True), "allow_other_dataset": BOOL,
                 "progress": BOOL,
-                "certificate": one_of("c1", "c2"), "lam": LAMBDA,
+                "certificate": one_of("c1", "c2", "dual_rs"), "lam": LAMBDA,
                 "n_h0": optional(integer(1), " (the checkpoint's)"), "n_h": optional(integer(1), " (the checkpoint's)"),
                 "alpha_h": optional(PROBABILITY, " (the checkpoint's)"),
                 "sigma_h": optional(number(gt=0), " (the checkpoint's)"),
