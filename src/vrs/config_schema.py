@@ -207,6 +207,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     "defense": {"sigma": optional(number(gt=0), " (the training sigma, or the VRS selector)"), "lam": LAMBDA,
                 "m": integer(1), "noise": one_of("fresh", "fixed"), "tau": number(gt=0),
                 "selector_grad": one_of("straight_through", "mean", "median"), "n_h": integer(0),
+                "selector_smoothing": one_of("median", "vote"),
                 "deployed_n_h": optional(integer(1), " (the checkpoint's)"),
                 "max_batch": optional(integer(1), " (all at once)"), "precision": one_of("fp32", "bf16", "fp16")},
     "predict": {"n": required(ANY), "alpha": required(ANY),

@@ -75,6 +75,15 @@ def estimator_draws(selector, x: torch.Tensor, keys: Sequence[int], v) -> dict[s
             "p_lower": stats["p_lower"]}
 
 
+@torch.no_grad()
+def vote_sigma(selector, x: torch.Tensor, lam, sigma_e: float, n: int, grid: Sequence[float], batch_size: int = 1000,
+               generator=None) -> torch.Tensor:
+    """(B,) the deployed Dual RS noise level: the grid sigma with the most of n votes snap(h(x + eta_j)),
+    eta_j ~ N(0, sigma_e^2 I) (ties: the smaller sigma). generator: None, one, or one per image (`selector_samples`)."""
+    counts = vote_counts(selector_samples(selector, x, lam, n, sigma_e, batch_size, generator), grid)
+    return torch.as_tensor(np.asarray(grid, dtype=np.float64)[counts.argmax(axis=1)], device=x.device)
+
+
 def certify_one(cohen_pred: int, radius_c: float, radius_sigma: float) -> dict:
     """The Dual RS row of one image: {"predict", "radius", "cert"}; cert is dual_rs (certified), abstain (the
     classifier at sigma0 abstains) or sigma_undetermined (the estimator abstains: no certificate, counted as an
