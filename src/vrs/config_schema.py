@@ -394,6 +394,9 @@ def cross_checks(cfg: dict, app: str) -> None:
         for conf in cfg["callbacks"].values():  # the robustness callbacks check their settings when built
             if isinstance(conf, dict) and "_target_" in conf:
                 instantiate(conf)
+    if app in ("certify", "attack") and isinstance(cfg.get("sigma_search"), dict):
+        _construct(cfg["sigma_search"])  # Multiscale / DataDependentSmoothing check their own settings
+        check_sigma_search(cfg, app)
     if app == "certify":
         check_certify(cfg["certify"])
     if app == "attack":
@@ -509,6 +512,21 @@ def parse_inputs(inputs: Any) -> list[Path]:
             raise VRSError(f"report.inputs: {str(p)!r} does not exist (give run or multirun directories)")
         check(p.is_dir(), "report.inputs", str(p), "directories (a run or multirun directory), not files")
     return paths
+
+
+def check_sigma_search(cfg: dict, app: str) -> None:
+    """A test-time sigma search chooses sigma itself: no fixed sigma, no VRS certificate, no PREDICT beside it."""
+    name = str(cfg["sigma_search"].get("_target_", "?.?")).split(".")[-2]
+    node = cfg["certify"] if app == "certify" else cfg["defense"]
+    prefix = "certify" if app == "certify" else "defense"
+    check(node.get("sigma") is None, f"{prefix}.sigma", node.get("sigma"),
+          f"null with sigma_search={name} (the search chooses sigma per image)")
+    if app == "certify":
+        if "certificate" in node:
+            raise VRSError(f"sigma_search={name} chooses sigma by a test-time search: use it with certify=cohen, not "
+                           f"certify.certificate={node['certificate']!r}")
+        check(node.get("mode", "certify") == "certify", "certify.mode", node.get("mode"),
+              f"certify with sigma_search={name} (its PREDICT is not part of vrs-certify)")
 
 
 def check_certify(c: dict) -> None:

@@ -64,10 +64,7 @@ def load_defense(cfg: DictConfig, device):
     common = dict(m=int(d.m), noise=d.noise, tau=float(d.tau), max_batch=d.get("max_batch"),
                   precision=d.get("precision", "fp32"), seed=int(cfg.seed))
     smoothing = d.get("selector_smoothing", "median")
-    if cfg.get("sigma_search"):
-        if d.get("sigma") is not None:
-            raise VRSError(f"defense.sigma={d.sigma} with a sigma_search: the search chooses sigma per image; leave "
-                           "defense.sigma=null")
+    if cfg.get("sigma_search"):  # config_schema.check_sigma_search refused a fixed sigma beside it
         method = instantiate(plain(cfg.sigma_search))
         network = loaded.vrs_model(device).base if loaded.kind == "vrs" else loaded.network
         network = network.to(device).eval()
@@ -102,6 +99,9 @@ def load_defense(cfg: DictConfig, device):
                     "median": vrs.median.to_dict(), "deployed_n_h": n_dep, "attack_n_h": int(d.n_h),
                     "selector_grad": d.selector_grad, "selector_smoothing": smoothing}
     else:
+        if smoothing != "median":
+            raise VRSError(f"defense.selector_smoothing={smoothing} needs a VRS selector checkpoint (it smooths the "
+                           f"selector); {cfg.ckpt_path} is a base classifier: leave defense.selector_smoothing=median")
         sigma = loaded.smoothing_sigma(d.get("sigma"), "defense.sigma")
         model = DefendedModel(loaded.network, sigma, **common)
         info = {"kind": "classifier", "defense": "fixed_sigma", "sigma": float(sigma)}

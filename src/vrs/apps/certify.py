@@ -153,20 +153,10 @@ def parse_options(c: DictConfig) -> Options:
 
 
 # ---- test-time sigma searches (sigma_search=multiscale | dds) --------------------------------------------
-def search_options(search_cfg: dict | None, cfg_certify, opts: Options):
-    """The sigma_search method (vrs.selection.sigma_search), or None; refused with VRS-only certify keys."""
-    if search_cfg is None:
-        return None
-    keys = cfg_certify.keys() if hasattr(cfg_certify, "keys") else ()
-    if "certificate" in keys:
-        raise VRSError(f"sigma_search={search_cfg.get('_target_', '?').split('.')[-1]} chooses sigma by a test-time "
-                       f"search: use it with certify=cohen, not certify.certificate={cfg_certify['certificate']!r}")
-    if opts.sigma is not None:
-        raise VRSError(f"certify.sigma={opts.sigma} with a sigma_search: the search chooses sigma per image; "
-                       "leave certify.sigma=null")
-    if opts.mode != "certify":
-        raise VRSError("sigma_search certifies (certify.mode=certify); its PREDICT is not part of vrs-certify")
-    return instantiate(search_cfg)
+def search_options(search_cfg: dict | None):
+    """The sigma_search method (vrs.selection.sigma_search), or None (config_schema.check_sigma_search has refused
+    a fixed sigma, a VRS certificate or PREDICT beside it)."""
+    return instantiate(search_cfg) if search_cfg is not None else None
 
 
 def search_summary(rows: list[dict], search, alpha: float) -> dict:
@@ -458,7 +448,7 @@ def certify(cfg: DictConfig) -> dict:
     x_all, y_all, spec = load_data(data_cfg, opts.split)
     check_data_matches(loaded, spec, opts.allow_other_dataset)
     search_cfg = OmegaConf.to_container(cfg.sigma_search, resolve=True) if cfg.get("sigma_search") else None
-    search = search_options(search_cfg, cfg.certify, opts)
+    search = search_options(search_cfg)
     vrs_cfg = None if search else vrs_options(cfg.certify, loaded.kind, opts.sigma)  # None: Cohen's fixed-sigma path
     vopts = None
     if search is not None:

@@ -63,7 +63,7 @@ def vrs_options(cfg_certify: DictConfig, kind: str, sigma) -> dict | None:
                  "certify.sigma=<value> certifies its base classifier at a fixed sigma instead", defaults["lam"])
         c = {**defaults, **c}
     if kind != "vrs":
-        raise VRSError(f"certify.certificate={c['certificate']!r} (certify=vrs_c1/vrs_c2) needs a VRS selector "
+        raise VRSError(f"certify.certificate={c['certificate']!r} (certify=vrs_c1/vrs_c2/dual_rs) needs a VRS selector "
                        "checkpoint (vrs-train experiment=vrs_<dataset>); this checkpoint is a base classifier: "
                        "use certify=cohen")
     check_choice("certify.certificate", c["certificate"], CERTIFICATES)
@@ -137,7 +137,8 @@ def undetermined_problem(v: VRSOptions) -> str | None:
 def meta_keys(v: VRSOptions) -> dict:
     """What VRS rows depend on (beyond Cohen's keys), for certify.meta.json (vrs.apps.certify_store.MATCH_KEYS)."""
     return {"certificate": v.certificate, "selector_smoothing": SELECTOR_SMOOTHING[v.certificate], "lam": v.lam,
-            "n_h0": v.n_h0, "n_h": v.n_h, "alpha_h": v.alpha_h, "sigma_h": v.sigma_h, "grid": v.grid, "sigma_range": [v.sigma_min, v.sigma_max]}
+            "n_h0": v.n_h0, "n_h": v.n_h, "alpha_h": v.alpha_h, "sigma_h": v.sigma_h, "grid": v.grid,
+            "sigma_range": [v.sigma_min, v.sigma_max]}
 
 
 def summary_extras(rows: list[dict], v: VRSOptions, alpha: float) -> dict:

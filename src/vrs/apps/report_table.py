@@ -88,7 +88,8 @@ def order_key(row: Row) -> tuple:
 
 
 # ---- the table -----------------------------------------------------------------------------------------
-FIXED_COLUMNS = ["config", "kind", "method", "certificate", "data", "sigma", "lambda", "prior", "epochs", "n0", "n", "alpha",
+FIXED_COLUMNS = ["config", "kind", "method", "certificate", "data", "sigma", "lambda", "prior", "epochs", "n0", "n",
+                 "alpha",
                  "images", "clean_acc", "noisy_acc", "abstain", "ACR"]
 TAIL_COLUMNS = ["sigma_mean", "sigma_median", "s/img", "attack_images", "attack_clean_acc"]
 LEGEND = {

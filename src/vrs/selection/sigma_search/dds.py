@@ -3,7 +3,8 @@ UAI 2022): each input's sigma by gradient ascent on the soft certified radius, a
 
     psi(x, sigma) = 1/m sum_k softmax(f(x + sigma z_k)),  z_k ~ N(0, I)              (m = `draws`, reparameterised)
     R(x, sigma) = sigma / 2 (Phi^-1(clamp(psi_top1)) - Phi^-1(clamp(psi_top2))),  clamp to [c, 1 - c] (c = `clamp`)
-    sigma_{t+1} = clip(sigma_t + lr * dR/dsigma (x, sigma_t), sigma_min, sigma_max),  t = 0..steps-1, sigma_0 = `sigma_init`
+    sigma_{t+1} = clip(sigma_t + lr * dR/dsigma (x, sigma_t), sigma_min, sigma_max),   t = 0..steps-1,
+    sigma_0 = `sigma_init`
 
 (`vrs.selection.soft.soft_radius` is R; the reference code's step is plain gradient ascent with fresh z every step.)
 The deployed classifier is Cohen's smoothed classifier at sigma(x) = sigma_steps.
@@ -61,7 +62,8 @@ class DataDependentSmoothing:
         check(isinstance(lr, (int, float)) and lr > 0, "sigma_search.lr", lr, "a number > 0")
         check(isinstance(draws, int) and draws >= 1, "sigma_search.draws", draws, "an integer >= 1")
         check(isinstance(clamp, (int, float)) and 0 < clamp < 0.5, "sigma_search.clamp", clamp, "a number in (0, 0.5)")
-        check(isinstance(sigma_min, (int, float)) and sigma_min > 0, "sigma_search.sigma_min", sigma_min, "a number > 0")
+        check(isinstance(sigma_min, (int, float)) and sigma_min > 0, "sigma_search.sigma_min", sigma_min,
+              "a number > 0")
         check(isinstance(sigma_max, (int, float)) and sigma_max > sigma_min, "sigma_search.sigma_max", sigma_max,
               f"a number > sigma_search.sigma_min ({sigma_min})")
         check(isinstance(sigma_init, (int, float)) and sigma_min <= sigma_init <= sigma_max, "sigma_search.sigma_init",

@@ -39,7 +39,6 @@ import torch
 from scipy.stats import norm
 
 from vrs.errors import check
-from vrs.selection.median import check_grid
 from vrs.selection.sigma_search import SEARCH_STREAM
 from vrs.smoothing import core
 from vrs.smoothing.noise import standard_normal
@@ -118,13 +117,18 @@ class Multiscale:
 
     def __init__(self, grid: Sequence[float] = (0.12, 0.25, 0.5, 1.0), p0: float = 0.5, n_predict: int = 100,
                  alpha_predict: float = 0.001, batch_size: int = 1000):
-        self.grid = check_grid(list(grid)) if grid is not None else check_grid(grid)
+        grid = list(grid) if isinstance(grid, Sequence) and not isinstance(grid, str) else grid  # Hydra: a ListConfig
+        ok = isinstance(grid, list) and len(grid) >= 1 and all(
+            isinstance(g, (int, float)) and not isinstance(g, bool) and g > 0 for g in grid) and len(set(grid)) == len(grid)
+        check(ok, "sigma_search.grid", grid, "a non-empty list of distinct noise levels > 0")
+        self.grid = sorted(float(g) for g in grid)
         check(isinstance(p0, (int, float)) and 0.5 <= p0 < 1, "sigma_search.p0", p0, "a number in [0.5, 1)")
         check(isinstance(n_predict, int) and n_predict >= 1, "sigma_search.n_predict", n_predict, "an integer >= 1")
         check(isinstance(alpha_predict, (int, float)) and 0 < alpha_predict < 1, "sigma_search.alpha_predict",
               alpha_predict, "a number in (0, 1)")
         check(isinstance(batch_size, int) and batch_size >= 1, "sigma_search.batch_size", batch_size, "an integer >= 1")
-        self.p0, self.n_predict, self.alpha_predict, self.batch_size = float(p0), n_predict, float(alpha_predict), batch_size
+        self.p0, self.n_predict, self.alpha_predict = float(p0), n_predict, float(alpha_predict)
+        self.batch_size = batch_size
         self.levels = sorted(self.grid, reverse=True)  # cascade order: largest sigma first
 
     def to_dict(self) -> dict:
