@@ -22,8 +22,10 @@ Failure probability: which level stops, and so which bounds are used, depends on
 could be used must hold at once. Per level j (budget alpha / L): the lower bound of its guessed class c_j at
 alpha / (2L) (c_j comes from independent selection draws, one event) and one-sided upper bounds of all K classes at
 alpha / (2 L K) each (Bonferroni: they then hold for whichever class c the cascade stops with). Union bound: the
-certificate fails with probability <= alpha. [As published, the reference code bounds each level at the full alpha
-and the other classes by the runner-up's bound; that is the part made sound here.]
+certificate fails with probability <= alpha. [As published (jh-jeong/smoothing-multiscale @ 5f31c79) the stage k
+where the cascade stops gets alpha / (k + 1) for all its bounds; since k depends on the data, a union bound over the
+possible stops exceeds alpha (the lower bounds alone: alpha (1 + 1/2 + ... + 1/L)); and the other classes are bounded
+by an asymptotic multinomial interval. The fixed exact split here is what makes it sound.]
 
 Deployment (`deployed_sigma`, what the attacks run PREDICT at): the same stopping rule on `n_predict` draws per level
 (no selection draws: the top class of the level's draws, bounded at alpha_predict / L); the sigma of the stopping
