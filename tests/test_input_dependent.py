@@ -194,7 +194,7 @@ def test_dds_search_increases_the_soft_radius():
 # ---- app level: one run per method on digits -------------------------------------------------------------------
 FAST = ["data=digits", "certify.n0=10", "certify.n=200", "certify.max=6", "certify.progress=false",
         "print_config=false", "logger=none"]
-ATTACK = ["data=digits", "attack=eot_pgd", "attack.eps=[0.5]", "attack.steps=2", "attack.eot=1", "attack.max=4",
+ATTACK = ["data=digits", "attack=eot_pgd", "attack.norm=l2", "attack.eps=[0.5]", "attack.steps=2", "attack.eot=1", "attack.max=4",
           "predict.n=50", "defense.m=2", "print_config=false", "logger=none"]
 
 
@@ -261,6 +261,8 @@ def test_each_method_certifies_and_is_attacked_on_digits_and_the_report_puts_the
     curves = {(r["curve"], r["comparison"].split("@")[0].split("[")[0]) for r in frontier}
     assert ("Multiscale (multiscale)", "ACR") in curves and ("Multiscale (multiscale)", "robust_acc") in curves
     assert ("DDS (empirical)", "robust_acc") in curves and ("DDS (empirical)", "ACR") not in curves
+    attacked = {r["curve"] for r in frontier if r["comparison"] == "robust_acc[eot_pgd l2]@eps=0.5"}
+    assert {"fixed sigma", "Multiscale (multiscale)", "DDS (empirical)"} <= attacked, attacked  # one comparison
     table = (out / "report.md").read_text()
     assert "| dual-rs | dual_rs |" in table and "| multiscale | multiscale |" in table and "| dds | empirical |" in table
     assert json.loads((tmp_path / "c_ms" / "summary.json").read_text())["certificate"] == "multiscale"

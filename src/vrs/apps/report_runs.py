@@ -236,9 +236,9 @@ def read_attack(path: Path) -> tuple[Row, dict]:
     info = summary["defense"]
     name = attack_name(summary)
     if "sigma_search" in info:
-        name = info["sigma_search"]["name"]
-        family, method, label = "search", name, f"{SEARCH_NAMES.get(name, name)} ({info['certificate']})"
-        identity = (settings["data"], settings["checkpoint_sha256"], "search", name)
+        search = info["sigma_search"]["name"]
+        family, method, label = "search", search, f"{SEARCH_NAMES.get(search, search)} ({info['certificate']})"
+        identity = (settings["data"], settings["checkpoint_sha256"], "search", search)
     elif info.get("defense") == "vrs" and info.get("selector_smoothing") == "vote":
         family, method, label = "vrs", "dual-rs", f"Dual RS lambda={fmt_num(info['lam'])}"
         identity = (settings["data"], settings["checkpoint_sha256"], "dual_rs", float(info["lam"]))
