@@ -28,7 +28,9 @@ Sizes (--size):
   cpu    the issue's size: Fashion-MNIST, sigmas {0.12, 0.25, 0.5, 1.0}, lambda {0, 0.25, 0.5, 0.75, 1}, certification
          of 200 test images (every 50th) at n0 = 100, n = 10,000, alpha = 0.001 (VRS / Dual RS: n_h = 1,000 selector
          draws, alpha_h = 0.001), EOT-PGD (20 steps x 8 EOT, m = 8) at L2 eps {0.5, 1.0} on 500 test images (every 20th),
-         PREDICT n = 1,000. Run --estimate: it does not fit an hour on 2 cores (benchmarks/vrs_frontier.py's rates).
+         PREDICT n = 1,000. DDS's attack runs a 10-step search in its forward passes (`defense.search_surrogate`; its
+         100-step search in each of the 160 passes would cost ~100 attacks), PREDICT the deployed 100-step one.
+         Run --estimate: it does not fit an hour on 2 cores (benchmarks/vrs_frontier.py's rates).
   gpu    the cpu size on a GPU (trainer=gpu, bf16 attacks); in device calls: benchmarks/gpu/input_dependent.sh.
 """
 
@@ -72,7 +74,9 @@ class Size:
     predict_n: int
     attack_batch: int
     precision: str
-    search: tuple[str, ...] = ()     # extra overrides of the sigma searches
+    search: tuple[str, ...] = ()     # extra overrides of DDS's search
+    search_batch: int | None = None  # noisy images per forward pass of both searches (None: their configs')
+    dds_surrogate: int | None = None  # DDS steps in the attack's forward passes (None: the deployed search's)
     device: str = "cpu"
 
 
@@ -91,10 +95,10 @@ SIZES = {
     "cpu": Size("cpu", data=FMNIST, trainer=("trainer=cpu",), base=(), selector=(),
                 sigmas=(0.12, 0.25, 0.5, 1.0), lams=(0.0, 0.25, 0.5, 0.75, 1.0), eps=(0.5, 1.0),
                 cert_images=(50, 200), attack_images=(20, 500), n0=100, n=10_000, alpha=0.001, n_h=None, steps=None,
-                eot=None, m=8, predict_n=1000, attack_batch=50, precision="fp32"),
+                eot=None, m=8, predict_n=1000, attack_batch=50, precision="fp32", dds_surrogate=10),
 }
 SIZES["gpu"] = replace(SIZES["cpu"], name="gpu", trainer=("trainer=gpu",), attack_batch=250, precision="bf16",
-                       device="h100")
+                       search_batch=8192, device="h100")
 METHODS = ("fixed", "vrs", "dual_rs", "multiscale", "dds")
 
 
@@ -153,18 +157,29 @@ def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str
         for lam in size.lams:
             points.append((f"{name}_{lam:g}", ckpt, [certificate, f"certify.lam={lam}", *cert_sel],
                            [f"defense.lam={lam}", f"defense.selector_smoothing={smoothing}"], 1.0))
+    # Cost relative to a fixed-sigma step (rough): Multiscale certifies up to len(grid) = 4 levels (~2.5 on average)
+    # and reruns its stopping rule (<= 4 x n_predict = 400 forward passes) in every attack forward pass (m = 8 draws
+    # with a backward, ~3 forward passes each): ~17x; DDS searches (steps x draws = 800 forward + backward passes) per
+    # image before CERTIFY (~1.25x at n = 10,000) and again in every attack forward pass (~100x).
+    dds_work = 800 if size.name != "smoke" else 20
+    batch = [f"sigma_search.batch_size={size.search_batch}"] if size.search_batch else []
     if "multiscale" in methods:
-        points.append(("multiscale", base_ckpt, ["sigma_search=multiscale"], ["sigma_search=multiscale"], 2.0))
+        search = ["sigma_search=multiscale", *batch]
+        points.append(("multiscale", base_ckpt, search, search, (2.5, 1 + 400 / (3 * size.m))))
     if "dds" in methods:
-        search = ["sigma_search=dds", *size.search]
-        points.append(("dds", base_ckpt, search, search, 3.0))
+        search = ["sigma_search=dds", *size.search, *batch]
+        surrogate = [f"defense.search_surrogate={{steps:{size.dds_surrogate}}}"] if size.dds_surrogate else []
+        attack_work = dds_work * (size.dds_surrogate / 100 if size.dds_surrogate else 1)
+        points.append(("dds", base_ckpt, search, search + surrogate,
+                       (1 + 3 * dds_work / (size.n + size.n0), 1 + attack_work / size.m)))
     for name, ckpt, c_args, a_args, cost in points:
+        c_cost, a_cost = cost if isinstance(cost, tuple) else (cost, cost)
         steps.append(Step(f"cert/{name}", "certify", [f"ckpt_path={ckpt}", *c_args, *cert,
                                                       f"certify.out_dir={out / 'cert' / name}"],
-                          out / "cert" / name, one_cert * cost))
+                          out / "cert" / name, one_cert * c_cost))
         steps.append(Step(f"atk/{name}", "attack", [f"ckpt_path={ckpt}", *a_args, *atk,
                                                     f"attack.out_dir={out / 'atk' / name}"],
-                          out / "atk" / name, one_atk * cost))
+                          out / "atk" / name, one_atk * a_cost))
     title = f"'Input-dependent smoothing methods on one frontier ({size.name} size)'"
     steps.append(Step("report", "report", [f"report.inputs=[{tr},{out / 'cert'},{out / 'atk'}]",
                                            f"report.title={title}", f"report.out_dir={out / 'report'}"],

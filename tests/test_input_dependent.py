@@ -241,7 +241,8 @@ def test_each_method_certifies_and_is_attacked_on_digits_and_the_report_puts_the
     # attacks against each whole pipeline
     for name, ckpt, extra in (("dual", vrs_ckpt, ["defense.selector_smoothing=vote"]),
                               ("ms", base, ["sigma_search=multiscale"]),
-                              ("dds", base, ["sigma_search=dds", "sigma_search.steps=2"]),
+                              ("dds", base, ["sigma_search=dds", "sigma_search.steps=2",
+                                             "defense.search_surrogate={steps:1}"]),
                               ("fix", base, ["defense.sigma=0.25"])):
         s = attack_run(ckpt, tmp_path / f"a_{name}", *extra)
         assert len(s["per_eps"]) == 1 and 0 <= s["per_eps"][0]["robust_acc"] <= 1
@@ -249,6 +250,8 @@ def test_each_method_certifies_and_is_attacked_on_digits_and_the_report_puts_the
             assert s["defense"]["selector_smoothing"] == "vote"
         elif name != "fix":
             assert s["defense"]["sigma_search"]["name"] == {"ms": "multiscale", "dds": "dds"}[name]
+        if name == "dds":  # the attack's passes run a 1-step search, PREDICT the deployed 2-step one
+            assert s["defense"]["search_surrogate"]["steps"] == 1 and s["defense"]["sigma_search"]["steps"] == 2
     # the report: every method on the frontier of its base classifier (DDS on the attack comparisons only)
     from vrs.apps.report import build_report
 

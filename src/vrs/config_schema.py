@@ -208,6 +208,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "m": integer(1), "noise": one_of("fresh", "fixed"), "tau": number(gt=0),
                 "selector_grad": one_of("straight_through", "mean", "median"), "n_h": integer(0),
                 "selector_smoothing": one_of("median", "vote"),
+                "search_surrogate": optional(Rule(lambda v: isinstance(v, dict), "a mapping of sigma_search keys"),
+                                             " (the deployed search in every forward pass)"),
                 "deployed_n_h": optional(integer(1), " (the checkpoint's)"),
                 "max_batch": optional(integer(1), " (all at once)"), "precision": one_of("fp32", "bf16", "fp16")},
     "predict": {"n": required(ANY), "alpha": required(ANY),
@@ -396,6 +398,9 @@ def cross_checks(cfg: dict, app: str) -> None:
                 instantiate(conf)
     if app in ("certify", "attack") and isinstance(cfg.get("sigma_search"), dict):
         _construct(cfg["sigma_search"])  # Multiscale / DataDependentSmoothing check their own settings
+        surrogate = (cfg.get("defense") or {}).get("search_surrogate") if app == "attack" else None
+        if surrogate:
+            _construct({**cfg["sigma_search"], **surrogate})
         check_sigma_search(cfg, app)
     if app == "certify":
         check_certify(cfg["certify"])

@@ -66,11 +66,14 @@ def load_defense(cfg: DictConfig, device):
     smoothing = d.get("selector_smoothing", "median")
     if cfg.get("sigma_search"):  # config_schema.check_sigma_search refused a fixed sigma beside it
         method = instantiate(plain(cfg.sigma_search))
+        surrogate_cfg = plain(d.get("search_surrogate")) or None
+        surrogate = instantiate({**plain(cfg.sigma_search), **surrogate_cfg}) if surrogate_cfg else None
         network = loaded.vrs_model(device).base if loaded.kind == "vrs" else loaded.network
         network = network.to(device).eval()
-        model = DefendedModel(network, SearchSigma(method, network), **common)
+        model = DefendedModel(network, SearchSigma(method, network, surrogate), **common)
         info = {"kind": loaded.kind, "defense": method.to_dict()["name"], "sigma_search": method.to_dict(),
-                "certificate": method.certificate}
+                "certificate": method.certificate,
+                "search_surrogate": surrogate.to_dict() if surrogate else "the deployed search"}
         info.update(noise=d.noise, m=int(d.m))
         return model.to(device), network, loaded, info
     if loaded.kind == "vrs":

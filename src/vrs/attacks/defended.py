@@ -195,20 +195,28 @@ class SearchSigma(nn.Module):
 
     The search is a discrete stopping rule (multiscale) or an inner optimisation (dds) with no useful gradient, so
     the attack differentiates the classifier at the searched sigma and treats sigma as a constant (detached); every
-    forward pass runs the search again (fresh noise from the defence's generator), so EOT also averages over it."""
+    forward pass runs the search again (fresh noise from the defence's generator), so EOT also averages over it.
+    `surrogate`: another configuration of the search for the attack's forward passes only (e.g. DDS with fewer steps:
+    its full search in each of steps x EOT passes costs ~100 attacks); PREDICT always uses the deployed one."""
 
-    def __init__(self, method, base: nn.Module):
+    def __init__(self, method, base: nn.Module, surrogate=None):
         super().__init__()
         self.method, self.base = method, base
+        self.surrogate = surrogate if surrogate is not None else method  # a cheaper search for the attack's steps
         self.noise: _NoiseSource | None = None  # set by DefendedModel (shared generator)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _search(self, method, x: torch.Tensor) -> torch.Tensor:
         gen = self.noise._gen(x.device) if self.noise is not None else None
-        return self.method.deployed_sigma(self.base, x.detach(), gen).float().detach()
+        return method.deployed_sigma(self.base, x.detach(), gen).float().detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The sigma the attack's forward pass smooths with: the surrogate search (the deployed one by default)."""
+        return self._search(self.surrogate, x)
 
     @torch.no_grad()
     def exact(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
+        """The deployed search's sigma (what PREDICT on the clean and the adversarial input uses)."""
+        return self._search(self.method, x)
 
 
 class DefendedModel(nn.Module):
