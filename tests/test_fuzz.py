@@ -106,6 +106,8 @@ CASES = [
     case("certify", "certify=vrs_c1", "needs a VRS selector checkpoint", in_task=True),
     # issue 18: the input-dependent methods' options
     case("certify", "certify=dual_rs", "needs a VRS selector checkpoint", in_task=True),
+    case("certify", "certify=vrs_c1 certify.selector_smoothing=vote", "certify.certificate='c1' is not allowed: "
+                                                                      "dual_rs with certify.selector_smoothing=vote"),
     case("certify", "sigma_search=nope", "sigma_search='nope' is not allowed: one of dds, multiscale"),
     case("certify", "sigma_search=multiscale sigma_search.p0=0.4", "sigma_search.p0=0.4 is not allowed: a number in "
                                                                   "[0.5, 1)"),

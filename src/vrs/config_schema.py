@@ -191,7 +191,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "images_per_group": either(one_of("auto"), integer(1)), "noise_block": integer(1),
                 "world_size": integer(1), "radius_grid": list_of(number(ge=0), distinct=True), "allow_other_dataset": BOOL,
                 "progress": BOOL,
-                "certificate": one_of("c1", "c2", "dual_rs"), "lam": LAMBDA,
+                "certificate": one_of("c1", "c2", "dual_rs"), "selector_smoothing": one_of("median", "vote"),
+                "lam": LAMBDA,
                 "n_h0": optional(integer(1), " (the checkpoint's)"), "n_h": optional(integer(1), " (the checkpoint's)"),
                 "alpha_h": optional(PROBABILITY, " (the checkpoint's)"),
                 "sigma_h": optional(number(gt=0), " (the checkpoint's)"),
@@ -541,6 +542,11 @@ def check_certify(c: dict) -> None:
     check_node("certify", c)
     certify_mode = c.get("mode", "certify") == "certify"
     check_sampling(c["n"], c["alpha"], c["batch_size"], n0=c["n0"] if certify_mode else None, prefix="certify.")
+    if "certificate" in c and "selector_smoothing" in c:  # median: c1 / c2; vote: dual_rs
+        vote = c["selector_smoothing"] == "vote"
+        check((c["certificate"] == "dual_rs") == vote, "certify.certificate", c["certificate"],
+              f"{'dual_rs' if vote else 'c1 or c2'} with certify.selector_smoothing={c['selector_smoothing']} "
+              "(median: certify=vrs_c1 / vrs_c2; vote: certify=dual_rs)")
     if "certificate" in c:
         check(certify_mode, "certify.mode", c.get("mode"),
               "certify with certify=vrs_c1 / vrs_c2 (PREDICT of a VRS model is not part of vrs-certify)")

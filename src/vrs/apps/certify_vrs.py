@@ -63,8 +63,8 @@ def vrs_options(cfg_certify: DictConfig, kind: str, sigma) -> dict | None:
                  "certify.sigma=<value> certifies its base classifier at a fixed sigma instead", defaults["lam"])
         c = {**defaults, **c}
     if kind != "vrs":
-        raise VRSError(f"certify.certificate={c['certificate']!r} (certify=vrs_c1/vrs_c2/dual_rs) needs a VRS selector "
-                       "checkpoint (vrs-train experiment=vrs_<dataset>); this checkpoint is a base classifier: "
+        raise VRSError(f"certify.certificate={c['certificate']!r} (certify=vrs_c1/vrs_c2/dual_rs) needs a VRS "
+                       "selector checkpoint (vrs-train experiment=vrs_<dataset>); this checkpoint is a base classifier: "
                        "use certify=cohen")
     check_choice("certify.certificate", c["certificate"], CERTIFICATES)
     check(sigma is None, "certify.sigma", sigma, f"null with certify=vrs_{c['certificate']} (the selector picks sigma)")
