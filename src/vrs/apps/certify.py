@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import hydra
-from hydra.utils import instantiate
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
@@ -45,8 +45,8 @@ from vrs.config_schema import check_certify, check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.selection.certificates import ARGUMENTS
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
-from vrs.selection.vote import certify_dual_rs_groups
 from vrs.selection.median import MedianSmoothing
+from vrs.selection.vote import certify_dual_rs_groups
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device

@@ -42,8 +42,8 @@ from torch import nn
 
 from vrs.errors import check, check_choice
 from vrs.selection.median import smoothed_sigma
-from vrs.selection.vote import vote_counts
 from vrs.selection.soft import log_mean_softmax
+from vrs.selection.vote import vote_counts
 from vrs.smoothing.noise import standard_normal
 
 NOISE_MODES = ("fresh", "fixed")
