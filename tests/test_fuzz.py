@@ -104,6 +104,18 @@ CASES = [
     case("certify", "+certify.nn=10", "certify.nn=10 is not allowed: a key of certify"),
     case("certify", "certify=vrs_c1 certify.lam=1.5", "certify.lam=1.5 is not allowed: a number in [0, 1]"),
     case("certify", "certify=vrs_c1", "needs a VRS selector checkpoint", in_task=True),
+    # issue 18: the input-dependent methods' options
+    case("certify", "certify=dual_rs", "needs a VRS selector checkpoint", in_task=True),
+    case("certify", "certify=vrs_c1 certify.selector_smoothing=vote", "certify.certificate='c1' is not allowed: "
+                                                                      "dual_rs with certify.selector_smoothing=vote"),
+    case("certify", "sigma_search=nope", "sigma_search='nope' is not allowed: one of dds, multiscale"),
+    case("certify", "sigma_search=multiscale sigma_search.p0=0.4", "sigma_search.p0=0.4 is not allowed: a number in "
+                                                                  "[0.5, 1)"),
+    case("certify", "sigma_search=dds sigma_search.steps=-1", "sigma_search.steps=-1 is not allowed: an integer >= 0"),
+    case("certify", "sigma_search=dds sigma_search.sigma_init=2", "sigma_search.sigma_init=2 is not allowed"),
+    case("certify", "sigma_search=multiscale certify.sigma=0.5", "certify.sigma=0.5 is not allowed: null with "
+                                                                "sigma_search=multiscale"),
+    case("certify", "sigma_search=multiscale certify=vrs_c1", "use it with certify=cohen"),
     case("certify", "ckpt_path={garbage}", "corrupt or truncated"),
     case("certify", "ckpt_path=null", "ckpt_path=None is not allowed"),
     case("certify", "data=synthetic", "was trained on digits (1x8x8, 10 classes)"),
@@ -122,6 +134,11 @@ CASES = [
     case("attack", "attack=fgsm attack.eot=4", "attack.eot=4 is not allowed"),
     case("attack", "defense.lam=2", "defense.lam=2 is not allowed: a number in [0, 1]"),
     case("attack", "+defense.foo=1", "defense.foo=1 is not allowed: a key of defense"),
+    case("attack", "defense.selector_smoothing=mean", "defense.selector_smoothing='mean' is not allowed: one of median, "
+                                                      "vote"),
+    case("attack", "defense.selector_smoothing=vote", "needs a VRS selector checkpoint", in_task=True),
+    case("attack", "sigma_search=multiscale sigma_search.grid=[]", "sigma_search.grid=[] is not allowed"),
+    case("attack", "sigma_search=dds defense.sigma=0.5", "defense.sigma=0.5 is not allowed: null with sigma_search=dds"),
     case("attack", "predict.alpha=0", "predict.alpha=0 is not allowed"),
     case("attack", "device=tpu", "device='tpu' is not allowed"),
     case("attack", "attack.steps=9223372036854775808", "attack.steps=9223372036854775808 is not allowed"),

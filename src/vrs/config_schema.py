@@ -195,7 +195,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "images_per_group": either(one_of("auto"), integer(1)), "noise_block": integer(1),
                 "world_size": integer(1), "radius_grid": list_of(number(ge=0), distinct=True), "allow_other_dataset": BOOL,
                 "progress": BOOL,
-                "certificate": one_of("c1", "c2"), "lam": LAMBDA,
+                "certificate": one_of("c1", "c2", "dual_rs"), "selector_smoothing": one_of("median", "vote"),
+                "lam": LAMBDA,
                 "n_h0": optional(integer(1), " (the checkpoint's)"), "n_h": optional(integer(1), " (the checkpoint's)"),
                 "alpha_h": optional(PROBABILITY, " (the checkpoint's)"),
                 "sigma_h": optional(number(gt=0), " (the checkpoint's)"),
@@ -211,6 +212,9 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     "defense": {"sigma": optional(number(gt=0), " (the training sigma, or the VRS selector)"), "lam": LAMBDA,
                 "m": integer(1), "noise": one_of("fresh", "fixed"), "tau": number(gt=0),
                 "selector_grad": one_of("straight_through", "mean", "median"), "n_h": integer(0),
+                "selector_smoothing": one_of("median", "vote"),
+                "search_surrogate": optional(Rule(lambda v: isinstance(v, dict), "a mapping of sigma_search keys"),
+                                             " (the deployed search in every forward pass)"),
                 "deployed_n_h": optional(integer(1), " (the checkpoint's)"),
                 "max_batch": optional(integer(1), " (all at once)"), "precision": one_of("fp32", "bf16", "fp16")},
     "predict": {"n": required(ANY), "alpha": required(ANY),
@@ -402,6 +406,12 @@ def cross_checks(cfg: dict, app: str) -> None:
         for conf in cfg["callbacks"].values():  # the robustness callbacks check their settings when built
             if isinstance(conf, dict) and "_target_" in conf:
                 instantiate(conf)
+    if app in ("certify", "attack") and isinstance(cfg.get("sigma_search"), dict):
+        _construct(cfg["sigma_search"])  # Multiscale / DataDependentSmoothing check their own settings
+        surrogate = (cfg.get("defense") or {}).get("search_surrogate") if app == "attack" else None
+        if surrogate:
+            _construct({**cfg["sigma_search"], **surrogate})
+        check_sigma_search(cfg, app)
     if app == "certify":
         check_certify(cfg["certify"])
     if app == "attack":
@@ -519,6 +529,21 @@ def parse_inputs(inputs: Any) -> list[Path]:
     return paths
 
 
+def check_sigma_search(cfg: dict, app: str) -> None:
+    """A test-time sigma search chooses sigma itself: no fixed sigma, no VRS certificate, no PREDICT beside it."""
+    name = str(cfg["sigma_search"].get("_target_", "?.?")).split(".")[-2]
+    node = cfg["certify"] if app == "certify" else cfg["defense"]
+    prefix = "certify" if app == "certify" else "defense"
+    check(node.get("sigma") is None, f"{prefix}.sigma", node.get("sigma"),
+          f"null with sigma_search={name} (the search chooses sigma per image)")
+    if app == "certify":
+        if "certificate" in node:
+            raise VRSError(f"sigma_search={name} chooses sigma by a test-time search: use it with certify=cohen, not "
+                           f"certify.certificate={node['certificate']!r}")
+        check(node.get("mode", "certify") == "certify", "certify.mode", node.get("mode"),
+              f"certify with sigma_search={name} (its PREDICT is not part of vrs-certify)")
+
+
 def check_certify(c: dict) -> None:
     """The certify node: its table, then n0 <= n and the rest of check_sampling, and no PREDICT for VRS."""
     from vrs.smoothing.smoothed import check_sampling  # deferred: torch; vrs-attack and vrs-train import this module at start-up
@@ -526,6 +551,11 @@ def check_certify(c: dict) -> None:
     check_node("certify", c)
     certify_mode = c.get("mode", "certify") == "certify"
     check_sampling(c["n"], c["alpha"], c["batch_size"], n0=c["n0"] if certify_mode else None, prefix="certify.")
+    if "certificate" in c and "selector_smoothing" in c:  # median: c1 / c2; vote: dual_rs
+        vote = c["selector_smoothing"] == "vote"
+        check((c["certificate"] == "dual_rs") == vote, "certify.certificate", c["certificate"],
+              f"{'dual_rs' if vote else 'c1 or c2'} with certify.selector_smoothing={c['selector_smoothing']} "
+              "(median: certify=vrs_c1 / vrs_c2; vote: certify=dual_rs)")
     if "certificate" in c:
         check(certify_mode, "certify.mode", c.get("mode"),
               "certify with certify=vrs_c1 / vrs_c2 (PREDICT of a VRS model is not part of vrs-certify)")

@@ -32,7 +32,7 @@ from vrs.utils.output_folders import APP_FILES
 from vrs.apps.results import SHARED_KEYS, ResultsStore, Table, select_indices, store_subset
 from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
 from vrs.config_schema import check_values
-from vrs.errors import hydra_errors_exit, user_errors_exit
+from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import plain
 from vrs.utils.io import format_value, save_figure
 
@@ -54,13 +54,28 @@ def load_defense(cfg: DictConfig, device):
     """
     # deferred here and below: vrs.attacks, vrs.checkpoint and vrs.data load torch (and Lightning), which
     # vrs-attack --help and config errors do not need
-    from vrs.attacks.defended import DefendedModel, SelectorSigma  # deferred: torch
+    from hydra.utils import instantiate  # deferred: only a sigma search needs it
+
+    from vrs.attacks.defended import DefendedModel, SearchSigma, SelectorSigma  # deferred: torch
     from vrs.checkpoint import load_checkpoint  # deferred: torch
 
     loaded = load_checkpoint(cfg.ckpt_path, kinds=("classifier", "vrs"))
     d = cfg.defense
     common = dict(m=int(d.m), noise=d.noise, tau=float(d.tau), max_batch=d.get("max_batch"),
                   precision=d.get("precision", "fp32"), seed=int(cfg.seed))
+    smoothing = d.get("selector_smoothing", "median")
+    if cfg.get("sigma_search"):  # config_schema.check_sigma_search refused a fixed sigma beside it
+        method = instantiate(plain(cfg.sigma_search))
+        surrogate_cfg = plain(d.get("search_surrogate")) or None
+        surrogate = instantiate({**plain(cfg.sigma_search), **surrogate_cfg}) if surrogate_cfg else None
+        network = loaded.vrs_model(device).base if loaded.kind == "vrs" else loaded.network
+        network = network.to(device).eval()
+        model = DefendedModel(network, SearchSigma(method, network, surrogate), **common)
+        info = {"kind": loaded.kind, "defense": method.to_dict()["name"], "sigma_search": method.to_dict(),
+                "certificate": method.certificate,
+                "search_surrogate": surrogate.to_dict() if surrogate else "the deployed search"}
+        info.update(noise=d.noise, m=int(d.m))
+        return model.to(device), network, loaded, info
     if loaded.kind == "vrs":
         vrs = loaded.vrs_model(device)
         if d.get("sigma") is not None:
@@ -69,14 +84,27 @@ def load_defense(cfg: DictConfig, device):
         else:
             lam = float(d.lam)
             n_dep = int(d.get("deployed_n_h") or vrs.median.n_h)
+            if smoothing == "vote":  # Dual RS: the majority vote over the grid at sigma_e = the selector's sigma_h
+                from vrs.selection.vote import vote_sigma  # deferred: torch
+
+                if not vrs.median.grid:
+                    raise VRSError("defense.selector_smoothing=vote needs the checkpoint's sigma grid (the vote is "
+                                   "over grid cells); this selector has none: use defense.selector_smoothing=median")
+                deployed = lambda x: vote_sigma(vrs.selector, x, lam, vrs.median.sigma_h, n_dep,  # noqa: E731
+                                                vrs.median.grid, vrs.median.batch_size)
+            else:
+                deployed = lambda x: vrs.sigma(x, lam, n_h=n_dep)  # noqa: E731
             sel = SelectorSigma(vrs.selector, lam, vrs.sigma_min, vrs.sigma_max, n_h=int(d.n_h),
                                 sigma_h=vrs.median.sigma_h, grad=d.selector_grad, grid=vrs.median.grid,
-                                deployed=lambda x: vrs.sigma(x, lam, n_h=n_dep))
+                                deployed=deployed, smoothing=smoothing)
             model = DefendedModel(vrs.base, sel, **common)
             info = {"kind": "vrs", "defense": "vrs", "lam": lam, "sigma_range": [vrs.sigma_min, vrs.sigma_max],
                     "median": vrs.median.to_dict(), "deployed_n_h": n_dep, "attack_n_h": int(d.n_h),
-                    "selector_grad": d.selector_grad}
+                    "selector_grad": d.selector_grad, "selector_smoothing": smoothing}
     else:
+        if smoothing != "median":
+            raise VRSError(f"defense.selector_smoothing={smoothing} needs a VRS selector checkpoint (it smooths the "
+                           f"selector); {cfg.ckpt_path} is a base classifier: leave defense.selector_smoothing=median")
         sigma = loaded.smoothing_sigma(d.get("sigma"), "defense.sigma")
         model = DefendedModel(loaded.network, sigma, **common)
         info = {"kind": "classifier", "defense": "fixed_sigma", "sigma": float(sigma)}
@@ -132,7 +160,9 @@ def run_facts(summary: dict) -> dict:
     """W&B tags of this run (vrs.utils.loggers.run_tags): data, method (a fixed sigma is Cohen's smoothing,
     also on a VRS checkpoint's base classifier), sigma or lambda, and the attack."""
     info = summary["defense"]
-    return {"data": summary["settings"]["data"], "method": "vrs" if info["defense"] == "vrs" else "cohen",
+    method = (info["defense"] if "sigma_search" in info else "dual_rs" if info.get("selector_smoothing") == "vote"
+              else "vrs" if info["defense"] == "vrs" else "cohen")
+    return {"data": summary["settings"]["data"], "method": method,
             "sigma": info.get("sigma"), "lam": info.get("lam"), "attack": summary["attack"]}
 
 
@@ -250,7 +280,7 @@ def run(cfg: DictConfig) -> dict:
     model, base, loaded, info, xs, ys, _ = prepared
     data_cfg = plain(cfg.data)
     check_data_matches(loaded, data_cfg, allow_other_dataset=bool(cfg.get("allow_other_dataset", False)))
-    if name == "sigma_down" and info["defense"] != "vrs" and ranks.main:
+    if name == "sigma_down" and "sigma" in info and ranks.main:
         log.warning("attack=sigma_down on a fixed-sigma defence (sigma=%g, %s): it has no selector to push down, "
                     "so its sigma term is constant and the attack is EOT-PGD (attack=eot_pgd) under another name",
                     info["sigma"], cfg.ckpt_path)
@@ -311,7 +341,8 @@ def run(cfg: DictConfig) -> dict:
             "settings": settings, "config": OmegaConf.to_container(cfg, resolve=True),
         })
         store.write_summary(summary)
-        what = f"sigma={info['sigma']:g}" if "sigma" in info else f"VRS lambda={info.get('lam')}"
+        what = (f"sigma={info['sigma']:g}" if "sigma" in info else info["defense"] if "sigma_search" in info
+                else f"VRS ({info.get('selector_smoothing', 'median')}) lambda={info.get('lam')}")
         plot = out / "robust_accuracy.png"
         plot_robust_accuracy(summary, plot, f"{name} ({attack_cfg.get('norm')}) vs {what}, m={info['m']}")
     finally:

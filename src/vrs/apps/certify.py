@@ -30,20 +30,23 @@ from typing import Any, Iterator
 import hydra
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
 from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
-from vrs.apps.certify_vrs import TABLE as VRS_TABLE
-from vrs.apps.certify_vrs import meta_keys, resolve_vrs_options, summary_extras, undetermined_problem, vrs_options
+from vrs.apps.certify_vrs import (meta_keys, resolve_vrs_options, summary_extras, table_of, undetermined_problem,
+                                  vrs_options)
 from vrs.apps.results import describe_subset, select_indices, store_subset
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
 from vrs.checkpoint import check_data_matches, load_checkpoint
 from vrs.config_schema import check_certify, check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.selection.certificates import ARGUMENTS
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.selection.median import MedianSmoothing
+from vrs.selection.vote import certify_dual_rs_groups
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
@@ -149,6 +152,37 @@ def parse_options(c: DictConfig) -> Options:
                    progress=bool(c.get("progress", True)))
 
 
+# ---- test-time sigma searches (sigma_search=multiscale | dds) --------------------------------------------
+def search_options(search_cfg: dict | None):
+    """The sigma_search method (vrs.selection.sigma_search), or None (config_schema.check_sigma_search has refused
+    a fixed sigma, a VRS certificate or PREDICT beside it)."""
+    return instantiate(search_cfg) if search_cfg is not None else None
+
+
+def search_summary(rows: list[dict], search, alpha: float) -> dict:
+    """summary.json entries of a sigma-search certification: the method, its soundness argument, sigma and cert use."""
+    sig = np.array([r["sigma"] for r in rows]) if rows else np.zeros(0)
+    certs = [r["cert"] for r in rows]
+    unsound = np.array([r["radius_unsound"] for r in rows], dtype=np.float64)
+    sound = search.certificate != "empirical"
+    return {
+        "sigma": f"per image ({search.to_dict()['name']} search)",
+        "sigma_search": search.to_dict(),
+        "certificate": search.certificate,
+        "soundness": {"certificate": search.certificate, "argument": ARGUMENTS[search.certificate], "sound": sound},
+        "alpha_budget": {"alpha": alpha, "alpha_total": alpha,
+                         "note": ("split over every level's bounds by a union bound" if sound else
+                                  "an empirical defence: alpha covers only the prediction at x itself")},
+        "mean_sigma": float(sig.mean()) if len(sig) else None,
+        "sigma_counts": ({f"{s:g}": int(c) for s, c in zip(*np.unique(sig, return_counts=True))}
+                         if len(np.unique(sig)) <= 16 else None),
+        "cert_counts": {k: certs.count(k) for k in (search.certificate, "abstain", "sigma_undetermined")},
+        "mean_radius_unsound": float(np.nanmean(unsound)) if len(unsound) and np.isfinite(unsound).any() else None,
+        "radius_unsound_note": "the published certificate's radius (Cohen's at the image's own sigma), not sound for "
+                               "an input-dependent sigma: never counted in certified accuracy or ACR",
+    }
+
+
 # ---- set-up shared by every process --------------------------------------------------------------------
 @dataclass
 class Job:
@@ -163,6 +197,7 @@ class Job:
     out_dir: str
     meta: dict
     vrs: dict | None = None  # VRS certification settings (certify_vrs.VRSOptions); None: Cohen's path
+    search: dict | None = None  # the sigma_search config (a `_target_` node); None: no test-time sigma search
 
 
 # ---- the work of one process ---------------------------------------------------------------------------
@@ -192,12 +227,17 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
                 raise SystemExit(f"rank {rank}: the launching process is gone; stopping")
             yield x_all[g].float().div_(255.0)
 
-    if vopts:
-        results = certify_vrs_groups(smoothed, selector, ((x.to(device), g) for g, x in zip(groups, images())),
-                                     job.seed, vopts, opts.n0, opts.n, opts.alpha, opts.batch_size)
+    if job.search is not None:
+        method = instantiate(job.search)
+        results = method.certify_groups(smoothed, ((x.to(device), g) for g, x in zip(groups, images())), job.seed,
+                                        opts.n0, opts.n, opts.alpha, opts.batch_size)
+    elif vopts:
+        run = certify_dual_rs_groups if vopts.certificate == "dual_rs" else certify_vrs_groups
+        results = run(smoothed, selector, ((x.to(device), g) for g, x in zip(groups, images())), job.seed, vopts,
+                      opts.n0, opts.n, opts.alpha, opts.batch_size)
     else:
         results = cohen_rows(job, smoothed, groups, images())
-    table = VRS_TABLE if vopts else opts.mode
+    table = job.meta["mode"]
     done = 0
     with row_writer(tsv_path, table) as out:
         t_prev = time.perf_counter()
@@ -312,6 +352,8 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         "num_images": len(rows),
         "clean_accuracy": float(correct.mean()) if len(rows) else None,  # of the smoothed classifier
         "abstain_rate": core.abstain_rate(preds) if len(rows) else None,
+        # which argument makes the radius sound (a VRS / Dual RS / sigma-search run replaces it)
+        "soundness": {"certificate": "cohen", "argument": ARGUMENTS["cohen"], "sound": True},
     }
     if opts.mode == "certify":
         radii = np.array([r["radius"] for r in rows])
@@ -354,7 +396,8 @@ def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_xlim(0, grid[-1])
     ax.grid(alpha=0.3)
-    what = f"VRS {job.vrs['certificate']} lambda={job.vrs['lam']:g}" if job.vrs else f"sigma={job.sigma:g}"
+    what = (f"{job.meta['sigma_search']['name']} ({job.meta['certificate']})" if job.search
+            else f"VRS {job.vrs['certificate']} lambda={job.vrs['lam']:g}" if job.vrs else f"sigma={job.sigma:g}")
     ax.set_title(f"{job.meta['data']} {job.opts.split}, {what}, n={job.opts.n}, "
                  f"alpha={job.opts.alpha:g} ({len(rows)} images)", fontsize=8)
     fig.tight_layout()
@@ -380,8 +423,12 @@ def metric_dict(summary: dict) -> dict[str, float]:
 
 def run_facts(summary: dict) -> dict:
     """W&B tags of this run (vrs.utils.loggers.run_tags): data, method, and sigma or lambda."""
+    if "sigma_search" in summary:
+        return {"data": summary["data"], "method": summary["sigma_search"]["name"],
+                "certificate": summary["certificate"]}
     if "certificate" in summary:
-        return {"data": summary["data"], "method": "vrs", "lam": summary["lam"], "certificate": summary["certificate"]}
+        method = "dual_rs" if summary["certificate"] == "dual_rs" else "vrs"
+        return {"data": summary["data"], "method": method, "lam": summary["lam"], "certificate": summary["certificate"]}
     return {"data": summary["data"], "method": "cohen", "sigma": summary["sigma"],
             "mode": "predict" if summary["mode"] == "predict" else None}
 
@@ -400,9 +447,13 @@ def certify(cfg: DictConfig) -> dict:
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     x_all, y_all, spec = load_data(data_cfg, opts.split)
     check_data_matches(loaded, spec, opts.allow_other_dataset)
-    vrs_cfg = vrs_options(cfg.certify, loaded.kind, opts.sigma)  # None: Cohen's fixed-sigma path
+    search_cfg = OmegaConf.to_container(cfg.sigma_search, resolve=True) if cfg.get("sigma_search") else None
+    search = search_options(search_cfg)
+    vrs_cfg = None if search else vrs_options(cfg.certify, loaded.kind, opts.sigma)  # None: Cohen's fixed-sigma path
     vopts = None
-    if vrs_cfg is not None:
+    if search is not None:
+        sigma = search.sigma_max  # the largest sigma any image can get (bounds the possible radius)
+    elif vrs_cfg is not None:
         if opts.mode != "certify":
             raise VRSError("certify=vrs_c1/vrs_c2 certifies (certify.mode=certify); PREDICT of a VRS model is "
                            "not part of vrs-certify")
@@ -420,9 +471,9 @@ def certify(cfg: DictConfig) -> dict:
     if problem and ranks.main:
         log.warning(problem)
 
-    table = VRS_TABLE if vopts else opts.mode
+    table = "search" if search else table_of(vopts) if vopts else opts.mode
     meta = {"mode": table, "n0": opts.n0, "n": opts.n, "alpha": opts.alpha,
-            "sigma": "selector" if vopts else sigma, "seed": seed,
+            "sigma": "search" if search else "selector" if vopts else sigma, "seed": seed,
             "checkpoint_sha256": loaded.sha256, "checkpoint": str(Path(cfg.ckpt_path).resolve()),
             "data": spec["name"], "split": opts.split, "precision": opts.precision, "noise_block": opts.noise_block,
             "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[table]),
@@ -431,10 +482,12 @@ def certify(cfg: DictConfig) -> dict:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if vopts:
         meta.update(meta_keys(vopts))
+    if search:
+        meta.update({"sigma_search": search.to_dict(), "certificate": search.certificate})
     out_dir = Path(ranks.from_main(str(opts.out_dir or cfg.paths.output_dir)))  # every rank writes where rank 0 does
     results = ResultsDir(out_dir, meta)
     job = Job(opts, str(cfg.ckpt_path), loaded.sha256, data_cfg, seed, sigma, str(out_dir), meta,
-              vopts.to_dict() if vopts else None)
+              vopts.to_dict() if vopts else None, search_cfg)
 
     def same_labels(finished: dict) -> None:  # rows of another data set (same name) are not mixed in
         for idx, row in sorted(finished.items()):  # every row: the summary describes all of them
@@ -486,6 +539,8 @@ def certify(cfg: DictConfig) -> dict:
     summary = summarize(rows, job, subset, extra)
     if vopts:
         summary.update(summary_extras(rows, vopts, opts.alpha))
+    if search:
+        summary.update(search_summary(rows, search, opts.alpha))
     results.write_summary(summary)
     png = None
     if opts.mode == "certify":

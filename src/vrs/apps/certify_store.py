@@ -28,11 +28,19 @@ COLUMNS = {
     # radius at that sigma, and the certificate used (c1 / c2 / abstain / sigma_undetermined)
     "vrs": ("idx", "label", "predict", "radius", "correct", "time", "sigma", "sigma_lo", "sigma_hi",
             "radius_cohen", "cert"),
+    # Dual RS (certify=dual_rs, vrs.selection.vote): sigma from the vote-smoothed estimator, its radius R_sigma and
+    # its bound, Cohen's radius R_c at that sigma; radius = min(R_sigma, R_c)
+    "dual_rs": ("idx", "label", "predict", "radius", "correct", "time", "sigma", "radius_sigma", "p_sigma_lower",
+                "radius_cohen", "cert"),
+    # a test-time sigma search (sigma_search=multiscale | dds, vrs.selection.sigma_search): the sigma it chose,
+    # the unsound radius of the published certificate where there is one (NaN: none), the certificate used
+    "search": ("idx", "label", "predict", "radius", "correct", "time", "sigma", "radius_unsound", "cert"),
 }
 # Keys of the meta file that must agree before new rows may be added to existing ones (the VRS keys are
 # absent, so equal, in Cohen's meta files).
 MATCH_KEYS = SHARED_KEYS + ("mode", "n0", "n", "alpha", "sigma", "precision", "noise_block", "device_type",
-                           "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid", "fused_stages")
+                           "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid", "fused_stages",
+                           "sigma_search")
 # What a key absent from an older meta file meant (results written before the key existed).
 MATCH_DEFAULTS = {"fused_stages": 0}
 
@@ -47,9 +55,11 @@ def row_fields(mode: str, row: dict) -> dict[str, str]:
     """A row's values as certify.tsv writes them (radius rounded down, time to 0.1 ms, sigma to 6 digits)."""
     out = {c: str(row[c]) for c in COLUMNS[mode]}
     out["time"], out["sigma"] = f"{row['time']:.4f}", f"{row['sigma']:.6g}"
-    for c in ("radius", "radius_cohen"):
+    for c in ("radius", "radius_cohen", "radius_sigma", "radius_unsound"):
         if c in out:
-            out[c] = f"{floor6(row[c]):.6f}"
+            out[c] = "nan" if math.isnan(row[c]) else f"{floor6(row[c]):.6f}"
+    if "p_sigma_lower" in out:
+        out["p_sigma_lower"] = f"{math.floor(row['p_sigma_lower'] * 1e6) / 1e6:.6f}"  # a lower bound: never up
     for c in ("sigma_lo", "sigma_hi"):
         if c in out:
             out[c] = f"{row[c]:.6g}"
@@ -67,7 +77,8 @@ def row_writer(path: Path, mode: str) -> RowWriter:
 
 
 _TYPES = {"idx": int, "label": int, "predict": int, "radius": float, "correct": int, "time": float, "sigma": float,
-          "sigma_lo": float, "sigma_hi": float, "radius_cohen": float, "cert": str}
+          "sigma_lo": float, "sigma_hi": float, "radius_cohen": float, "cert": str,
+          "radius_sigma": float, "p_sigma_lower": float, "radius_unsound": float}
 
 
 def _finite_at_least(low: float, strict: bool = False, nan_ok: bool = False):
@@ -75,6 +86,9 @@ def _finite_at_least(low: float, strict: bool = False, nan_ok: bool = False):
         return (nan_ok and math.isnan(v)) or (math.isfinite(v) and (v > low if strict else v >= low))
     return ok
 
+
+# The `cert` column: the certificate that gave the radius (vrs.selection.certificates.ARGUMENTS), or why none did.
+CERT_VALUES = ("c1", "c2", "dual_rs", "multiscale", "empirical", "abstain", "sigma_undetermined")
 
 # What a value must be besides parsing: a row that breaks one is damaged (a radius of NaN, Inf or < 0 would be
 # counted as certified; a NaN sigma is allowed, an older VRS row's "no sigma").
@@ -86,8 +100,10 @@ _VALID = {"idx": (lambda v: v >= 0, "an integer >= 0"), "label": (lambda v: v >=
           "sigma": (_finite_at_least(0.0, strict=True, nan_ok=True), "a finite number > 0"),
           "sigma_lo": (_finite_at_least(0.0, strict=True, nan_ok=True), "a finite number > 0"),
           "sigma_hi": (_finite_at_least(0.0, strict=True, nan_ok=True), "a finite number > 0"),
-          "cert": (lambda v: v in ("c1", "c2", "abstain", "sigma_undetermined"),
-                   "one of c1, c2, abstain, sigma_undetermined")}
+          "radius_sigma": (_finite_at_least(0.0), "a finite number >= 0"),
+          "p_sigma_lower": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
+          "radius_unsound": (_finite_at_least(0.0, nan_ok=True), "a finite number >= 0, or nan"),
+          "cert": (lambda v: v in CERT_VALUES, "one of " + ", ".join(CERT_VALUES))}
 
 
 def typed_row(row: dict[str, str]) -> dict:

@@ -17,6 +17,11 @@ when they smoothed the same base classifier:
   point's gap paired with the fixed sigmas over those images); the group is then named after the stage-1 file.
   Two fixed-sigma runs at one sigma: the one on a VRS file is kept, else the one with more images.
 
+Other input-dependent methods (issue 18) join the same comparisons: Dual RS (a vote-smoothed selector: one curve per
+selector over lambda, beside its VRS curves) and the test-time sigma searches (Multiscale, DDS: one point each, paired
+like fixed-sigma runs, by their checkpoint file). A run whose certificate is `empirical` (DDS) has no certified
+radius, so it is left off the certified comparisons (noted) and appears on the attack ones.
+
 Comparisons (each on the images that every run in it evaluated, lined up by `idx`):
 - certification: clean accuracy against ACR (`radius if correct else 0`) and against certified accuracy at
   each report radius (`correct and radius >= r`), from certify.tsv. Clean accuracy is PREDICT's (abstain =
@@ -58,7 +63,7 @@ from vrs.analysis.oracle import certified_oracle, robust_oracle
 from vrs.analysis.outcomes import align_images, certified_at, radius_if_correct, robust_under_all
 from vrs.analysis.sigma_spread import sigma_summary
 from vrs.analysis.standard_error import accuracy_standard_error, mean_standard_error
-from vrs.apps.report_runs import Row, fmt_num, short_ckpt, training_config, value
+from vrs.apps.report_runs import SEARCH_NAMES, Row, fmt_num, short_ckpt, training_config, value
 from vrs.apps.report_table import to_csv
 
 ORACLE = "oracle (diagnostic, uses the label)"
@@ -166,7 +171,7 @@ def group_bases(rows: list[Row]) -> list[Base]:
         key = (r.identity[0], r.identity[1])
         if key in group_of:          # a VRS run, or a fixed-sigma run on a VRS file (rule 1)
             key = group_of[key]
-        elif r.family == "fixed":    # on a stage-1 file (rule 2)
+        elif r.family in ("fixed", "search"):  # on a stage-1 file (rule 2; a sigma search smooths that file too)
             target = stage1.get(_resolved(r.ckpt_path) or "")
             if target is not None and target[0] == key[0]:
                 key = target
@@ -190,6 +195,23 @@ def _ckpt_of(b: Base, key: tuple) -> str:
     """The short path of a VRS file of b (key: (data, sha256)), else its sha256's start."""
     ckpt = next((r.ckpt_path for r in b.rows if (r.identity[0], r.identity[1]) == key), None)
     return short_ckpt(ckpt) or str(key[1])[:8]
+
+
+def curve_of(base: Base, row: Row) -> str:
+    """The curve an input-dependent run belongs to: one per VRS selector and certificate (lambda along it), one per
+    vote-smoothed selector (Dual RS), one per test-time sigma search (a single point)."""
+    if row.family == "search":
+        name = str(row.source.get("sigma_search", {}).get("name", "search"))
+        return f"{SEARCH_NAMES.get(name, name)} ({row.source.get('certificate', '?')})"
+    cert = str(row.source.get("certificate", "")).upper()
+    if cert == "DUAL_RS" or row.source.get("selector_smoothing") == "vote":
+        return f"Dual RS [{base.selector_of(row)}]"
+    return f"VRS {cert} [{base.selector_of(row)}]" if row.kind == "certify" else f"VRS [{base.selector_of(row)}]"
+
+
+def knob_of(row: Row) -> float | None:
+    """Where a run lies along its curve: lambda (VRS, Dual RS), None for a sigma search (one point)."""
+    return None if row.family == "search" else float(row.source["lam"])
 
 
 # ---- per-image series and comparisons ----------------------------------------------------------------------
@@ -282,7 +304,7 @@ def compare(base: str, name: str, kind: str, clean_from: str, fixed: dict[float,
     for curve, pts in curves.items():
         at = {lam: aligned[k + j] for j, lam in enumerate(pts)}  # the order of `everyone`
         k += len(pts)
-        for lam in sorted(pts):
+        for lam in sorted(pts, key=lambda v: -1.0 if v is None else v):
             a = at[lam]
             points.append(with_gap(point(curve, None, lam, a["clean"], a["metric"]), a["clean"], a["metric"]))
     if oracle is not None and len(sigmas) >= 1:
@@ -338,13 +360,15 @@ def certified_comparisons(base: Base, radii: list[float], notes: list[str]) -> l
     sha = base.own_shas
     cert = [r for r in base.rows if r.kind == "certify" and r.radii is not None]
     fixed_rows: dict[float, list[Row]] = {}
-    vrs_rows: dict[tuple[str, float], list[Row]] = {}
+    vrs_rows: dict[tuple[str, float | None], list[Row]] = {}
     for r in cert:
         if r.family == "fixed":
             fixed_rows.setdefault(float(r.source["sigma"]), []).append(r)
+        elif r.source.get("certificate") == "empirical":  # no certified radius: not on a certified frontier
+            notes.append(f"{base.name}: {r.dirs[0]} ({curve_of(base, r)}) is an empirical defence (radius 0, its "
+                         "published radius unsound): left off the certified comparisons, on the attack ones")
         else:
-            vrs_rows.setdefault((base.selector_of(r), str(r.source.get("certificate", "")).upper(),
-                                 float(r.source["lam"])), []).append(r)
+            vrs_rows.setdefault((curve_of(base, r), knob_of(r)), []).append(r)
     if not fixed_rows and not vrs_rows:
         return []
     chosen: dict[Any, Row] = {}
@@ -361,7 +385,7 @@ def certified_comparisons(base: Base, radii: list[float], notes: list[str]) -> l
         return Series(r.idx, {"correct": r.per_image["correct"], "radius": r.radii}, r.dirs)
 
     fixed = {s: series(chosen[s]) for s in sorted(fixed_rows)}
-    vrs = {k: series(chosen[k]) for k in sorted(vrs_rows)}
+    vrs = {k: series(chosen[k]) for k in sorted(vrs_rows, key=lambda k: (k[0], -1.0 if k[1] is None else k[1]))}
     common, _ = align_images(*(s.idx for s in list(fixed.values()) + list(vrs.values())))
     # clean accuracy: PREDICT where every point has it on the common images, else certify.tsv's `correct`
     preds = {}
@@ -391,8 +415,8 @@ def certified_comparisons(base: Base, radii: list[float], notes: list[str]) -> l
 
         f = {s: make(s, v) for s, v in fixed.items()}
         curves: dict[str, dict[float, Series]] = {}
-        for (selector, cert_name, lam), v in vrs.items():
-            curves.setdefault(f"VRS {cert_name} [{selector}]", {})[lam] = make((selector, cert_name, lam), v)
+        for (curve, lam), v in vrs.items():
+            curves.setdefault(curve, {})[lam] = make((curve, lam), v)
 
         def oracle(sigmas, a, fn=fn):
             o = certified_oracle(sigmas, a["radius"], a["correct"])
@@ -417,7 +441,7 @@ def robust_comparisons(base: Base, notes: list[str]) -> list[Comparison]:
     for r in att:
         name = next(iter(r.robust))
         dkey = (("fixed", "", float(r.source["sigma"])) if r.family == "fixed"
-                else ("vrs", base.selector_of(r), float(r.source["lam"])))
+                else ("vrs", curve_of(base, r), knob_of(r)))
         for e in r.per_image["eps"]:
             by.setdefault((name, str(r.per_image["norm"]), e), {}).setdefault(dkey, []).append(r)
     out = []
@@ -432,7 +456,8 @@ def robust_comparisons(base: Base, notes: list[str]) -> list[Comparison]:
 
     def build(title: str, defences: dict[tuple[str, str, float], list[Row]], eps: float, what: str):
         fixed, curves = {}, {}
-        for (fam, selector, v), rs in sorted(defences.items()):
+        for (fam, curve, v), rs in sorted(defences.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                            -1.0 if kv[0][2] is None else kv[0][2])):
             if len(rs) > 1 and what == "single":  # the same attack twice on one defence: keep one
                 keep, dropped = _pick(rs, sha)
                 notes.extend(f"{base.name}: attack {d.dirs[0]} not used (same attack and defence as "
@@ -442,7 +467,7 @@ def robust_comparisons(base: Base, notes: list[str]) -> list[Comparison]:
             if fam == "fixed":
                 fixed[v] = s
             else:
-                curves.setdefault(f"VRS [{selector}]", {})[v] = s
+                curves.setdefault(curve, {})[v] = s
 
         def oracle(sigmas, a):
             o = robust_oracle(sigmas, a["metric"], a["clean"])
@@ -573,6 +598,8 @@ def _pm(v: float, se: float) -> str:
 def _at(p: Point) -> str:
     if p.curve == ORACLE:
         return ""
+    if p.sigma is None and p.lam is None:  # a sigma search: one point
+        return ""
     return f"sigma={fmt_num(p.sigma)}" if p.sigma is not None else f"lambda={fmt_num(p.lam)}"
 
 
@@ -604,7 +631,9 @@ def _selector_of_curve(curve: str) -> str:
 def markdown(fr: Frontier) -> list[str]:
     """The "Frontier", "Sigma diagnostics" and "Oracle headroom (diagnostic)" sections of report.md."""
     md = ["## Frontier", "",
-          "VRS against fixed-sigma smoothing on the same base classifier (issue 17). Each table is one comparison "
+          "VRS and the other input-dependent methods (Dual RS, Multiscale, DDS: issue 18) against fixed-sigma "
+          "smoothing on the same base classifier (issue 17); each curve's certificate is named in its label (DDS, an "
+          "empirical defence, is on the attack comparisons only). Each table is one comparison "
           "on the images every run in it evaluated (lined up by image index); `± SE`: standard errors (binomial "
           "for accuracies, std/sqrt(n) for ACR). `gap to frontier`: the point's metric minus the fixed-sigma Pareto "
           "frontier (piecewise linear between fixed sigmas) at the same clean accuracy, paired over the same "

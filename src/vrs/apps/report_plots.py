@@ -36,7 +36,7 @@ def matplotlib_color(palette: str, i: int) -> tuple:
 
 
 def _style(row: Row) -> dict:
-    return {"ls": "-" if row.family == "vrs" else "--", "color": row.color}
+    return {"ls": "-" if row.family in ("vrs", "search") else "--", "color": row.color}
 
 
 def _legend(ax) -> None:

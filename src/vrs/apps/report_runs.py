@@ -80,7 +80,7 @@ class Row:
     """One config: its table values plus what the plots need."""
 
     kind: str                                        # train | certify | attack | certify+attack
-    family: str                                      # fixed | vrs | train (line style in plots)
+    family: str                                      # fixed | vrs | search | train (line style in plots)
     label: str                                       # a name for the legend and the table's `config`
     values: dict[str, Any] = field(default_factory=dict)
     identity: tuple | None = None                    # the defended model: rows with equal identity merge
@@ -164,18 +164,28 @@ def read_certify(path: Path, radii: list[float]) -> Row:
         notes.append("unmerged shard files (certify.rank*.tsv) not counted")
     correct = np.array([bool(r["correct"]) for r in rows])
     sigmas = np.array([r["sigma"] for r in rows])
-    vrs = table == "vrs"
+    vrs = table in ("vrs", "dual_rs")
+    search = table == "search"
     alpha = fmt_num(meta["alpha"]) + (f"+{fmt_num(meta['alpha_h'])}" if vrs else "")
-    if vrs:
+    if table == "dual_rs":
+        family, method = "vrs", "dual-rs"
+        label = f"Dual RS lambda={fmt_num(meta['lam'])}"
+        identity = (meta["data"], meta["checkpoint_sha256"], "dual_rs", float(meta["lam"]))
+    elif vrs:
         family, method = "vrs", f"vrs-{meta['certificate']}"
         label = f"VRS {meta['certificate'].upper()} lambda={fmt_num(meta['lam'])}"
         identity = (meta["data"], meta["checkpoint_sha256"], "vrs", float(meta["lam"]))
+    elif search:
+        name = meta["sigma_search"]["name"]
+        family, method, label = "search", name, f"{SEARCH_NAMES.get(name, name)} ({meta['certificate']})"
+        identity = (meta["data"], meta["checkpoint_sha256"], "search", name)
     else:
         family, method = "fixed", "fixed-sigma" if table == "certify" else "fixed-sigma (predict)"
         label = f"fixed sigma={fmt_num(meta['sigma'])}"
         identity = (meta["data"], meta["checkpoint_sha256"], "fixed", float(meta["sigma"]))
     values: dict[str, Any] = {
-        "method": method, "data": meta["data"], "sigma": None if vrs else meta["sigma"],
+        "method": method, "certificate": meta.get("certificate", "cohen"),
+        "data": meta["data"], "sigma": None if vrs or search else meta["sigma"],
         "lambda": meta.get("lam") if vrs else None,
         "prior": describe_prior(training_config(meta.get("checkpoint"))) if vrs else None,
         "n0": meta.get("n0"), "n": meta["n"], "alpha": alpha, "images": len(rows),
@@ -201,6 +211,10 @@ def read_certify(path: Path, radii: list[float]) -> Row:
     return row
 
 
+# A test-time sigma search's name in tables and plots (vrs.selection.sigma_search).
+SEARCH_NAMES = {"multiscale": "Multiscale", "dds": "DDS"}
+
+
 def attack_setup(settings: dict) -> dict:
     """What makes two attacks on the same defended model different attacks (beyond name and norm)."""
     attack = {k: v for k, v in settings.get("attack", {}).items() if k not in ("name", "norm", "split")}
@@ -221,7 +235,14 @@ def read_attack(path: Path) -> tuple[Row, dict]:
     settings = normalize_settings(summary.get("settings") or json.loads((path / "settings.json").read_text()))
     info = summary["defense"]
     name = attack_name(summary)
-    if info.get("defense") == "vrs":
+    if "sigma_search" in info:
+        search = info["sigma_search"]["name"]
+        family, method, label = "search", search, f"{SEARCH_NAMES.get(search, search)} ({info['certificate']})"
+        identity = (settings["data"], settings["checkpoint_sha256"], "search", search)
+    elif info.get("defense") == "vrs" and info.get("selector_smoothing") == "vote":
+        family, method, label = "vrs", "dual-rs", f"Dual RS lambda={fmt_num(info['lam'])}"
+        identity = (settings["data"], settings["checkpoint_sha256"], "dual_rs", float(info["lam"]))
+    elif info.get("defense") == "vrs":
         family, method, label = "vrs", "vrs", f"VRS lambda={fmt_num(info['lam'])}"
         identity = (settings["data"], settings["checkpoint_sha256"], "vrs", float(info["lam"]))
     else:

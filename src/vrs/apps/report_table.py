@@ -83,12 +83,13 @@ def order_key(row: Row) -> tuple:
     v = row.values
     number = v.get("sigma") if isinstance(v.get("sigma"), (int, float)) else v.get("lambda")
     number = number if isinstance(number, (int, float)) else -1.0
-    return (row.kind != "train", str(v.get("data")), {"train": 0, "fixed": 1, "vrs": 2}[row.family],
+    return (row.kind != "train", str(v.get("data")), {"train": 0, "fixed": 1, "vrs": 2, "search": 3}[row.family],
             str(v.get("method")), number, row.label)
 
 
 # ---- the table -----------------------------------------------------------------------------------------
-FIXED_COLUMNS = ["config", "kind", "method", "data", "sigma", "lambda", "prior", "epochs", "n0", "n", "alpha",
+FIXED_COLUMNS = ["config", "kind", "method", "certificate", "data", "sigma", "lambda", "prior", "epochs", "n0", "n",
+                 "alpha",
                  "images", "clean_acc", "noisy_acc", "abstain", "ACR"]
 TAIL_COLUMNS = ["sigma_mean", "sigma_median", "s/img", "attack_images", "attack_clean_acc"]
 LEGEND = {
@@ -96,8 +97,12 @@ LEGEND = {
     "kind": "train: a vrs-train run; certify / attack: a vrs-certify / vrs-attack run; certify+attack: both "
             "on the same defended model (same checkpoint file, data, and sigma or lambda)",
     "method": "fixed-sigma: Cohen's smoothing at one sigma; vrs-c1 / vrs-c2: VRS with certificate C1 / C2; "
+              "dual-rs: the selector vote-smoothed (Dual RS); multiscale / dds: a test-time sigma search; "
               "vrs: VRS under attack; train: <what>: what a vrs-train run trained (a fixed- or multi-sigma base "
               "classifier, the VRS selector)",
+    "certificate": "the argument that makes the radius sound (summary.json soundness; docs/vrs.md): cohen, c1, c2, "
+                   "dual_rs (min(R_sigma, R_c), union bound), multiscale (cascade, union bound over levels), or "
+                   "empirical (no certified radius: an empirical defence, e.g. DDS)",
     "sigma": "the fixed noise level (train: the training noise; [a, b]: log-uniform multi-sigma)",
     "lambda": "VRS's test-time trade-off knob (train: the distribution lambda was drawn from)",
     "prior": "the selector's KL prior (from the training run's config, when it is still there)",

@@ -43,9 +43,11 @@ from torch import nn
 from vrs.errors import check, check_choice
 from vrs.selection.median import smoothed_sigma
 from vrs.selection.soft import log_mean_softmax
+from vrs.selection.vote import vote_counts
 from vrs.smoothing.noise import standard_normal
 
 NOISE_MODES = ("fresh", "fixed")
+SELECTOR_SMOOTHINGS = ("median", "vote")  # VRS's median smoothing, or Dual RS's majority vote over the grid
 SELECTOR_GRADS = ("straight_through", "mean", "median")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -121,9 +123,13 @@ class SelectorSigma(nn.Module):
 
     def __init__(self, selector: nn.Module, lam: float, sigma_min: float, sigma_max: float, n_h: int = 8,
                  sigma_h: float = 0.25, grad: str = "straight_through", grid: Sequence[float] | None = None,
-                 deployed: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 deployed: Callable[[torch.Tensor], torch.Tensor] | None = None, smoothing: str = "median"):
         super().__init__()
         check_choice("defense.selector_grad", grad, SELECTOR_GRADS)
+        check_choice("defense.selector_smoothing", smoothing, SELECTOR_SMOOTHINGS)
+        check(smoothing == "median" or bool(grid), "defense.selector_smoothing", smoothing,
+              "median for a selector without a grid (the vote is over grid cells)")
+        self.smoothing = smoothing
         check(isinstance(n_h, int) and n_h >= 0, "defense.n_h", n_h, "an integer >= 0")
         check(sigma_h >= 0, "defense.sigma_h", sigma_h, "a number >= 0")
         check(0 < sigma_min < sigma_max, "sigma_min/sigma_max", (sigma_min, sigma_max), "0 < sigma_min < sigma_max")
@@ -159,7 +165,11 @@ class SelectorSigma(nn.Module):
         return s.clamp(self.sigma_min, self.sigma_max)
 
     def _deployed_value(self, h: torch.Tensor) -> torch.Tensor:
-        """The deployed formula on these copies: snap(clip(median)) (`smoothed_sigma`), in h's dtype."""
+        """The deployed formula on these copies: snap(clip(median)) (`smoothed_sigma`), or with vote smoothing the
+        grid sigma with the most votes (`vote_counts`), in h's dtype."""
+        if self.smoothing == "vote":
+            counts = vote_counts(self._clip(h.detach()), self.grid)
+            return torch.as_tensor([self.grid[i] for i in counts.argmax(axis=1)], dtype=h.dtype, device=h.device)
         return smoothed_sigma(self._clip(h.detach()), self.grid).to(h.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +188,35 @@ class SelectorSigma(nn.Module):
         if self.deployed is not None:
             return self.deployed(x).float().reshape(-1)
         return self._deployed_value(self.copies(x))
+
+
+class SearchSigma(nn.Module):
+    """The noise level of a test-time sigma search (vrs.selection.sigma_search: multiscale, dds) at x, for attacks.
+
+    The search is a discrete stopping rule (multiscale) or an inner optimisation (dds) with no useful gradient, so
+    the attack differentiates the classifier at the searched sigma and treats sigma as a constant (detached); every
+    forward pass runs the search again (fresh noise from the defence's generator), so EOT also averages over it.
+    `surrogate`: another configuration of the search for the attack's forward passes only (e.g. DDS with fewer steps:
+    its full search in each of steps x EOT passes costs ~100 attacks); PREDICT always uses the deployed one."""
+
+    def __init__(self, method, base: nn.Module, surrogate=None):
+        super().__init__()
+        self.method, self.base = method, base
+        self.surrogate = surrogate if surrogate is not None else method  # a cheaper search for the attack's steps
+        self.noise: _NoiseSource | None = None  # set by DefendedModel (shared generator)
+
+    def _search(self, method, x: torch.Tensor) -> torch.Tensor:
+        gen = self.noise._gen(x.device) if self.noise is not None else None
+        return method.deployed_sigma(self.base, x.detach(), gen).float().detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The sigma the attack's forward pass smooths with: the surrogate search (the deployed one by default)."""
+        return self._search(self.surrogate, x)
+
+    @torch.no_grad()
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """The deployed search's sigma (what PREDICT on the clean and the adversarial input uses)."""
+        return self._search(self.method, x)
 
 
 class DefendedModel(nn.Module):
@@ -212,7 +251,7 @@ class DefendedModel(nn.Module):
         self.sigma_source = sigma
         self.m, self.tau, self.max_batch, self.precision = m, float(tau), max_batch, precision
         self.noise = _NoiseSource(noise, seed)
-        if isinstance(sigma, SelectorSigma):
+        if isinstance(sigma, (SelectorSigma, SearchSigma)):
             sigma.noise = self.noise
         if freeze:
             for p in self.parameters():

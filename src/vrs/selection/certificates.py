@@ -28,6 +28,24 @@ from scipy.stats import ncx2, norm
 
 from vrs.smoothing.core import radius_from_lower_bound  # Cohen's radius sigma0 * Phi^-1(pA_lower)
 
+# The soundness argument of each certificate the engine writes (certify.tsv `cert`, summary.json `soundness`,
+# vrs-report); docs/vrs.md "Which certificate, which argument" states each one's assumptions.
+ARGUMENTS = {
+    "cohen": "Cohen et al. 2019: one fixed sigma; Neyman-Pearson, R = sigma Phi^-1(pA_lower); failure alpha",
+    "c1": "VRS C1: sigma locally constant (median-smoothed selector stays in its grid cell, Chiang et al. 2020) + "
+          "Cohen at that sigma; R = min(sigma0 Phi^-1(pA_lower), eps*); failure alpha + alpha_h",
+    "c2": "VRS C2: worst case over the selector's sigma interval (Sukenik et al. 2022, non-central chi-square); "
+          "failure alpha + alpha_h",
+    "dual_rs": "Dual RS (Sun, Mao & Vechev 2026): vote-smoothed estimator constant on B(x, R_sigma) (Cohen at "
+               "sigma_e) + Cohen at the chosen sigma; R = min(R_sigma, R_c); failure alpha + alpha_e (union bound)",
+    "multiscale": "Multiscale cascade (Jeong & Shin 2023): each level a fixed-sigma smoothed classifier whose "
+                  "Phi^-1(p) is 1/sigma-Lipschitz (Salman et al. 2019); the stopping level keeps its class above p0 "
+                  "and no higher level's other class reaches p0; R = min over those levels; failure alpha, split by "
+                  "a union bound over every level's bounds",
+    "empirical": "none: an empirical defence only (no certified radius; `radius_unsound` is the published, "
+                 "unsound Cohen radius at the input's own optimised sigma)",
+}
+
 # Below this relative gap |sigma1 - sigma0| / sigma0 the chi-square parameters overflow double precision.
 _C2_MIN_REL_GAP = 1e-5
 

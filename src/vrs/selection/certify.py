@@ -26,7 +26,9 @@ from vrs.smoothing.smoothed import SmoothedClassifier, image_seed, stream_seed
 
 # Noise streams of the selector's draws (the base classifier's use 0, 1, 2: vrs.smoothing.smoothed).
 SELECTOR_SELECTION, SELECTOR_ESTIMATION = 3, 4
-CERTIFICATES = ("c1", "c2")
+CERTIFICATES = ("c1", "c2", "dual_rs")  # dual_rs: vote smoothing (vrs.selection.vote)
+# how each certificate smooths the selector (the `selector_smoothing` of summary.json and vrs-attack)
+SELECTOR_SMOOTHING = {"c1": "median", "c2": "median", "dual_rs": "vote"}
 
 
 @dataclass

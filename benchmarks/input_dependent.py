@@ -1,0 +1,324 @@
+"""Issue 18: every input-dependent smoothing method on one frontier, each with its certificate.
+
+    python benchmarks/input_dependent.py --size smoke --out /tmp/idm                       # digits, < 1 minute
+    python benchmarks/input_dependent.py --size gpu --out $OUT/idm --data-root .device-data/fashion-mnist \\
+        --time-budget 520                                                                  # H100, one device call
+    python benchmarks/input_dependent.py --size cpu --estimate                             # the issue's CPU size
+
+One base classifier (a multi-sigma LeNet, `experiment=multi_fmnist`), and on it:
+  fixed sigma    vrs-certify certify=cohen / vrs-attack defense.sigma=S at each grid sigma
+  VRS            a selector trained with `--vrs-objective` (default oracle_labels: the same labels as Dual RS, so VRS
+                 against Dual RS compares the selector smoothing, median against vote), certify=vrs_c1 at each lambda
+  Dual RS        experiment=dual_rs_fmnist (oracle_labels estimator at sigma_e = 1.0), certify=dual_rs at each lambda,
+                 attacked with defense.selector_smoothing=vote
+  Multiscale     sigma_search=multiscale (sound cascade certificate)
+  DDS            sigma_search=dds (an empirical defence: attacked, certified radius 0)
+Every defence is attacked with EOT-PGD (attack=eot_pgd, L2, the config's budget unless the size says otherwise) and
+scored by PREDICT (abstain = wrong); vrs-report puts them on one frontier (report/report.md, frontier.csv).
+
+Each step runs the app in this process (no process start-up: the smoke size fits a minute) into its own folder
+under --out and writes `.done` there when it finishes; a rerun skips finished steps, and vrs-certify / vrs-attack
+resume row by row in an unfinished folder (a step cut off by the device's time limit continues where it stopped).
+experiment.json records the commands (as overrides), sizes, seeds, the machine and the wall time of every step.
+Exit code 0: complete; 3: stopped by --time-budget (rerun to continue); 1: a step failed.
+
+Sizes (--size):
+  smoke  data=digits, tiny networks (8 + 4 + 4 training batches), sigmas {0.25, 0.5}, lambda 0.5, eps 0.5, 8 images, n = 100,
+         DDS 5 steps: tests the script.
+  cpu    the issue's size: Fashion-MNIST, sigmas {0.12, 0.25, 0.5, 1.0}, lambda {0, 0.25, 0.5, 0.75, 1}, certification
+         of 200 test images (every 50th) at n0 = 100, n = 10,000, alpha = 0.001 (VRS / Dual RS: n_h = 1,000 selector
+         draws, alpha_h = 0.001), EOT-PGD (20 steps x 8 EOT, m = 8) at L2 eps {0.5, 1.0} on 500 test images (every 20th),
+         PREDICT n = 1,000. DDS's attack runs a 10-step search in its forward passes (`defense.search_surrogate`; its
+         100-step search in each of the 160 passes would cost ~100 attacks), PREDICT the deployed 100-step one.
+         Run --estimate: it does not fit an hour on 2 cores (benchmarks/vrs_frontier.py's rates).
+  gpu    the cpu size on a GPU (trainer=gpu, bf16 attacks); in device calls: benchmarks/gpu/input_dependent.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # vrs_frontier's helpers (one experiment runner's habits)
+import vrs_frontier as vf  # noqa: E402
+
+SEED = vf.SEED
+DONE = vf.DONE
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    data: tuple[str, ...]
+    trainer: tuple[str, ...]
+    base: tuple[str, ...]            # extra overrides of stage 1
+    selector: tuple[str, ...]        # extra overrides of both selector runs (VRS, Dual RS)
+    sigmas: tuple[float, ...]
+    lams: tuple[float, ...]
+    eps: tuple[float, ...]
+    cert_images: tuple[int, int]     # (skip, max) of the test split
+    attack_images: tuple[int, int]
+    n0: int
+    n: int
+    alpha: float
+    n_h: int | None                  # selector estimation draws in certification (None: the checkpoint's)
+    steps: int | None                # EOT-PGD budget (None: the eot_pgd config's)
+    eot: int | None
+    m: int
+    predict_n: int
+    attack_batch: int
+    precision: str
+    search: tuple[str, ...] = ()     # extra overrides of DDS's search
+    search_batch: int | None = None  # noisy images per forward pass of both searches (None: their configs')
+    dds_surrogate: int | None = None  # DDS steps in the attack's forward passes (None: the deployed search's)
+    device: str = "cpu"
+
+
+FMNIST = ("data=fashion_mnist",)
+SIZES = {
+    "smoke": Size("smoke", data=("data=digits",), trainer=("trainer=cpu",),
+                  base=("model.width=8", "model.hidden=32", "trainer.max_epochs=1", "test=false",
+                        "+trainer.limit_train_batches=8", "+trainer.limit_val_batches=1"),
+                  selector=("trainer.max_epochs=1", "test=false", "+trainer.limit_train_batches=4",
+                            "+trainer.limit_val_batches=1", "module.n_trf=2", "module.val_n_h=2", "module.val_lams=[0.0,1.0]",
+                            "module.median.n_h0=8", "module.median.n_h=64", "module.diagnostics.enabled=false",
+                            "selector.net.width=8", "objective.votes=8"),
+                  sigmas=(0.25, 0.5), lams=(0.5,), eps=(0.5,), cert_images=(10, 8), attack_images=(10, 8), n0=10,
+                  n=100, alpha=0.001, n_h=32, steps=1, eot=1, m=2, predict_n=20, attack_batch=8, precision="fp32",
+                  search=("sigma_search.steps=5", "sigma_search.draws=4")),
+    "cpu": Size("cpu", data=FMNIST, trainer=("trainer=cpu",), base=(), selector=(),
+                sigmas=(0.12, 0.25, 0.5, 1.0), lams=(0.0, 0.25, 0.5, 0.75, 1.0), eps=(0.5, 1.0),
+                cert_images=(50, 200), attack_images=(20, 500), n0=100, n=10_000, alpha=0.001, n_h=None, steps=None,
+                eot=None, m=8, predict_n=1000, attack_batch=50, precision="fp32", dds_surrogate=10),
+}
+SIZES["gpu"] = replace(SIZES["cpu"], name="gpu", trainer=("trainer=gpu",), attack_batch=250, precision="bf16",
+                       search_batch=8192, device="h100")
+METHODS = ("fixed", "vrs", "dual_rs", "multiscale", "dds")
+
+
+@dataclass
+class Step:
+    name: str
+    app: str                       # train | certify | attack | report
+    overrides: list[str]
+    folder: Path
+    estimate_s: float
+
+
+def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str,
+                methods: tuple[str, ...] = METHODS) -> list[Step]:
+    r = vf.RATES[size.device]
+    data = list(size.data) + ([f"data.root={data_root}"] if data_root else [])
+    common = data + [f"seed={SEED}", "print_config=false"]  # training keeps its CSV log (metrics.csv)
+    quiet_app = common + ["logger=none"]
+    tr = out / "train"
+    base_ckpt = tr / "base" / "checkpoints" / "last.ckpt"
+    scale = 0.02 if size.name == "smoke" else 1.0
+    quiet = ["~callbacks.progress_bar"]
+    steps = [Step("train/base", "train", ["experiment=multi_fmnist", *size.trainer, *common, *quiet, *size.base],
+                  tr / "base", r["base"] * scale)]
+    selectors = {}
+    if "vrs" in methods:
+        selectors["vrs"] = ["experiment=vrs_fmnist", *vf.OBJECTIVE_RUNS[vrs_objective]]
+    if "dual_rs" in methods:
+        selectors["dual_rs"] = ["experiment=dual_rs_fmnist"]
+    for name, pre in selectors.items():
+        steps.append(Step(f"train/{name}", "train", [*pre, f"base_ckpt={base_ckpt}", *size.trainer, *common, *quiet,
+                                                      *size.selector], tr / name, r["selector"] * scale))
+    skip, mx = size.cert_images
+    cert = ["certify.split=test", f"certify.skip={skip}", f"certify.max={mx}", f"certify.n0={size.n0}",
+            f"certify.n={size.n}", f"certify.alpha={size.alpha}", "certify.progress=false", *quiet_app]
+    cert_sel = [f"certify.n_h={size.n_h}"] if size.n_h else []
+    askip, amx = size.attack_images
+    atk = ["attack=eot_pgd", "attack.norm=l2", "attack.split=test", f"attack.skip={askip}", f"attack.max={amx}",
+           f"attack.eps={vf.eps_list(size.eps)}", f"attack.batch_size={size.attack_batch}", f"defense.m={size.m}",
+           f"defense.precision={size.precision}", f"predict.n={size.predict_n}", *quiet_app]
+    atk += [f"attack.steps={size.steps}"] if size.steps else []
+    atk += [f"attack.eot={size.eot}"] if size.eot else []
+    one_cert = r["start"] + mx * (size.n + size.n0) * r["cert_sample"]
+    one_atk = r["start"] + len(size.eps) * amx * (r["atk_vrs_fixed"] + (size.steps or 20) * (size.eot or 8)
+                                                   * size.m / 8 * r["atk_vrs_grad"])
+    points: list[tuple[str, Path, list[str], list[str], float]] = []  # (name, ckpt, certify args, attack args, cost)
+    if "fixed" in methods:
+        for s in size.sigmas:
+            points.append((f"fixed_{s:g}", base_ckpt, [f"certify.sigma={s}"], [f"defense.sigma={s}"], 1.0))
+    for name in ("vrs", "dual_rs"):
+        if name not in methods:
+            continue
+        ckpt = tr / name / "checkpoints" / "last.ckpt"
+        certificate = "certify=vrs_c1" if name == "vrs" else "certify=dual_rs"
+        smoothing = "median" if name == "vrs" else "vote"
+        for lam in size.lams:
+            points.append((f"{name}_{lam:g}", ckpt, [certificate, f"certify.lam={lam}", *cert_sel],
+                           [f"defense.lam={lam}", f"defense.selector_smoothing={smoothing}"], 1.0))
+    # Cost relative to a fixed-sigma step (rough): Multiscale certifies up to len(grid) = 4 levels (~2.5 on average)
+    # and reruns its stopping rule (<= 4 x n_predict = 400 forward passes) in every attack forward pass (m = 8 draws
+    # with a backward, ~3 forward passes each): ~17x; DDS searches (steps x draws = 800 forward + backward passes) per
+    # image before CERTIFY (~1.25x at n = 10,000) and again in every attack forward pass (~100x).
+    dds_work = 800 if size.name != "smoke" else 20
+    batch = [f"sigma_search.batch_size={size.search_batch}"] if size.search_batch else []
+    if "multiscale" in methods:
+        search = ["sigma_search=multiscale", *batch]
+        points.append(("multiscale", base_ckpt, search, search, (2.5, 1 + 400 / (3 * size.m))))
+    if "dds" in methods:
+        search = ["sigma_search=dds", *size.search, *batch]
+        surrogate = [f"defense.search_surrogate={{steps:{size.dds_surrogate}}}"] if size.dds_surrogate else []
+        attack_work = dds_work * (size.dds_surrogate / 100 if size.dds_surrogate else 1)
+        points.append(("dds", base_ckpt, search, search + surrogate,
+                       (1 + 3 * dds_work / (size.n + size.n0), 1 + attack_work / size.m)))
+    for name, ckpt, c_args, a_args, cost in points:
+        c_cost, a_cost = cost if isinstance(cost, tuple) else (cost, cost)
+        steps.append(Step(f"cert/{name}", "certify", [f"ckpt_path={ckpt}", *c_args, *cert,
+                                                      f"certify.out_dir={out / 'cert' / name}"],
+                          out / "cert" / name, one_cert * c_cost))
+        steps.append(Step(f"atk/{name}", "attack", [f"ckpt_path={ckpt}", *a_args, *atk,
+                                                    f"attack.out_dir={out / 'atk' / name}"],
+                          out / "atk" / name, one_atk * a_cost))
+    title = f"'Input-dependent smoothing methods on one frontier ({size.name} size)'"
+    steps.append(Step("report", "report", [f"report.inputs=[{tr},{out / 'cert'},{out / 'atk'}]",
+                                           f"report.title={title}", f"report.out_dir={out / 'report'}"],
+                      out / "report", r["start"] + 10))
+    return steps
+
+
+def compose(app: str, overrides: list[str], folder: Path):
+    """The app's config as `python -m vrs.<app> overrides` would compose it, writing into `folder` (paths.output_dir),
+    with Hydra's node installed so that `${hydra:...}` resolves."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from vrs.apps import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name=app, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.paths.output_dir = str(folder)
+    return cfg
+
+
+def run_step(step: Step) -> None:
+    """Validate the config as the app's entry point does, run the app in this process; a training run also leaves
+    its config in <folder>/.hydra/ (vrs-report reads a selector's objective and stage-1 file there)."""
+    from omegaconf import OmegaConf
+
+    from vrs.config_schema import validate_config
+
+    step.folder.mkdir(parents=True, exist_ok=True)
+    cfg = compose(step.app, step.overrides, step.folder)
+    validate_config(cfg, step.app)
+    if step.app == "train":
+        from vrs.apps.train import train
+
+        (step.folder / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(cfg, step.folder / ".hydra" / "config.yaml")
+        OmegaConf.save(OmegaConf.create(step.overrides), step.folder / ".hydra" / "overrides.yaml")
+        train(cfg)
+    elif step.app == "certify":
+        from vrs.apps.certify import certify
+
+        certify(cfg)
+    elif step.app == "attack":
+        from vrs.apps.attack import run
+
+        run(cfg)
+    else:
+        from vrs.apps.report import build_report
+
+        build_report(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="smoke")
+    p.add_argument("--out", type=Path, help="output root (rerun with the same --out to continue)")
+    p.add_argument("--data-root", help="Fashion-MNIST folder (*.gz), passed as data.root")
+    p.add_argument("--vrs-objective", default="oracle_labels", choices=sorted(vf.OBJECTIVE_RUNS),
+                   help="the VRS selector's objective (docs/results.md: none beat the frontier; default oracle_labels, "
+                        "the labels Dual RS's estimator learns too)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS)} (default all)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: start no step (after the first) once its estimate does not fit what is left")
+    p.add_argument("--estimate", action="store_true", help="print the steps and their estimated seconds, run nothing")
+    args = p.parse_args(argv)
+    methods = tuple(args.methods.split(","))
+    if not methods or set(methods) - set(METHODS):
+        p.error(f"--methods={args.methods!r}: a comma-separated subset of {','.join(METHODS)}")
+    size = SIZES[args.size]
+    out = (args.out or Path("outputs") / f"input_dependent_{size.name}").resolve()
+    steps = build_steps(size, out, args.data_root, args.vrs_objective, methods)
+    if args.estimate:
+        total = sum(s.estimate_s for s in steps)
+        for s in steps:
+            print(f"{s.estimate_s:8.0f} s  {s.name}")
+        print(f"{total:8.0f} s  total ({total / 60:.1f} min), size {size.name}, device model {size.device}")
+        return 0
+
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "experiment.json"
+    record = vf.load_record(record_path)
+    record.update(size=vf.clean_json(asdict(size)), seed=SEED, out=str(out), data_root=args.data_root,
+                  vrs_objective=args.vrs_objective, methods=list(methods), python=sys.version.split()[0])
+    started = time.time()
+    inv = {"started": datetime.now(timezone.utc).isoformat(), "argv": sys.argv[1:] if argv is None else argv,
+           "machine": vf.machine(), "ran": [], "skipped": []}
+    record["invocations"].append(inv)
+    record["machine"] = inv["machine"]
+    status, ran_any = "complete", False
+    for s in steps:
+        if (s.folder / DONE).is_file():
+            inv["skipped"].append(s.name)
+            continue
+        left = None if args.time_budget is None else args.time_budget - (time.time() - started)
+        if left is not None and ran_any and s.estimate_s > left:
+            status = "stopped: time budget"
+            print(f"input_dependent: {s.name} (~{s.estimate_s:.0f} s) does not fit the {left:.0f} s left; rerun the "
+                  "same command to continue", flush=True)
+            break
+        print(f"== {s.name} (~{s.estimate_s:.0f} s): vrs-{s.app} {' '.join(s.overrides)}", flush=True)
+        entry = record["steps"].setdefault(s.name, {"attempts": []})
+        entry["command"] = f"python -m vrs.{s.app} " + " ".join(s.overrides)
+        t0 = time.time()
+        try:
+            run_step(s)
+            rc = 0
+        except (Exception, SystemExit):  # noqa: BLE001 - recorded, and the run stops here
+            traceback.print_exc()
+            rc = 1
+        wall = time.time() - t0
+        ran_any = True
+        entry["attempts"].append({"wall_s": round(wall, 2), "rc": rc, "at": datetime.now(timezone.utc).isoformat()})
+        entry["wall_s"] = round(sum(a["wall_s"] for a in entry["attempts"]), 2)
+        entry["estimate_s"] = round(s.estimate_s, 1)
+        inv["ran"].append(s.name)
+        if rc:
+            status = f"failed: {s.name}"
+            vf.save_record(record_path, record)
+            break
+        (s.folder / DONE).write_text(json.dumps({"wall_s": round(wall, 2)}) + "\n")
+        print(f"== {s.name}: done in {wall:.1f} s", flush=True)
+        vf.save_record(record_path, record)
+    inv["wall_s"] = round(time.time() - started, 1)
+    inv["status"] = record["status"] = status
+    record["total_step_wall_s"] = round(sum(e.get("wall_s", 0.0) for e in record["steps"].values()), 1)
+    vf.save_record(record_path, record)
+    print(f"input_dependent: {status} ({inv['wall_s']:.0f} s this call); record: {record_path}", flush=True)
+    if status == "complete":
+        print(f"report: {out / 'report' / 'report.md'}")
+        return 0
+    return 3 if status.startswith("stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
