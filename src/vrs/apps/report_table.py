@@ -84,11 +84,11 @@ def order_key(row: Row) -> tuple:
     number = v.get("sigma") if isinstance(v.get("sigma"), (int, float)) else v.get("lambda")
     number = number if isinstance(number, (int, float)) else -1.0
     return (row.kind != "train", str(v.get("data")), {"train": 0, "fixed": 1, "vrs": 2}[row.family],
-            str(v.get("method")), number, row.label)
+            str(v.get("method")), str(v.get("training")), number, row.label)
 
 
 # ---- the table -----------------------------------------------------------------------------------------
-FIXED_COLUMNS = ["config", "kind", "method", "data", "sigma", "lambda", "prior", "epochs", "n0", "n", "alpha",
+FIXED_COLUMNS = ["config", "kind", "method", "training", "data", "sigma", "lambda", "prior", "epochs", "n0", "n", "alpha",
                  "images", "clean_acc", "noisy_acc", "abstain", "ACR"]
 TAIL_COLUMNS = ["sigma_mean", "sigma_median", "s/img", "attack_images", "attack_clean_acc"]
 LEGEND = {
@@ -98,6 +98,8 @@ LEGEND = {
     "method": "fixed-sigma: Cohen's smoothing at one sigma; vrs-c1 / vrs-c2: VRS with certificate C1 / C2; "
               "vrs: VRS under attack; train: <what>: what a vrs-train run trained (a fixed- or multi-sigma base "
               "classifier, the VRS selector)",
+    "training": "how the base classifier was trained (vrs.modules.training: gaussian, smoothadv, macer, consistency); "
+                "results written before the key existed: gaussian",
     "sigma": "the fixed noise level (train: the training noise; [a, b]: log-uniform multi-sigma)",
     "lambda": "VRS's test-time trade-off knob (train: the distribution lambda was drawn from)",
     "prior": "the selector's KL prior (from the training run's config, when it is still there)",
