@@ -363,6 +363,12 @@ def read_train(path: Path, cfg: DictConfig, base_stage: bool = False) -> Row:
         objective = str(value(cfg, "module.objective._target_", "") or "paper.").rsplit(".", 2)[-2]
         label = f"train VRS selector ({objective}" + (f", {values['prior'] or 'no prior'})" if objective == "paper"
                                                        else ")")
+        # its base classifier's training method: stage 1 of this run, or the run that wrote module.base_ckpt
+        base_ckpt = value(cfg, "module.base_ckpt") or value(cfg, "base_ckpt")
+        base_cfg = training_config(base_ckpt) if base_ckpt else cfg
+        if base_cfg is not None:
+            values["training"] = training_of_config(base_cfg, base_stage=not base_ckpt)
+            label = by_training(label, values["training"], " base")
     else:
         sigma = f"[{fmt_num(noise['sigma_min'])}, {fmt_num(noise['sigma_max'])}]" if multi else noise.get("sigma")
         what = "multi-sigma" if multi else "fixed-sigma"
