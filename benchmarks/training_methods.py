@@ -36,7 +36,7 @@ term deferred for the first third (their 30 of 90). The smoke size shrinks m, st
 
 Sizes (--size; --epochs overrides a size's epochs):
   smoke  data=digits, tiny nets, 2 epochs at lr 0.05, 2 sigmas, 4 images, tiny n: tests the script end to end
-         (~10 minutes on 2 shared cores at load 7, nearly all of it the 12 processes' start-up).
+         (745 s wall, 290 s of CPU, on 2 cores shared at load 7-8; 13 app processes).
   cpu    the issue's size: Fashion-MNIST (10,000 training images, 5 epochs; selectors 3 epochs), sigma in
          {0.25, 0.5, 1.0}, certification of the first 200 test images (every 50th) at n = 10,000 (n0 = 100,
          alpha = 0.001), EOT-PGD L2 on 500 test images (every 20th) at eps {0.5, 1.0}, 20 steps x 8 EOT, m = 8,
@@ -285,6 +285,70 @@ def plot_frontier(points: dict, robust_cols: list[str], methods: tuple[str, ...]
     plt.close(fig)
 
 
+# ---- training cost per epoch -------------------------------------------------------------------------------------
+def training_cost(device: str, batch: int, steps: int, rounds: int, images: int = 55_000) -> dict:
+    """Seconds per training step of each method (LeNet on 1x28x28 inputs, the methods at their MNIST settings, sigma
+    0.25, SGD) at the same batch of `batch` images, the methods interleaved for `rounds` rounds of `steps` timed steps
+    (after 2 untimed ones); the median round, and per epoch of `images` images. In-process, the module's own step
+    (NoisyClassifierModule._method_step), eager (no CUDA graph, no compile)."""
+    import statistics
+
+    import torch
+
+    from vrs.modules.classifier import NoisyClassifierModule
+
+    data = {"name": "fashion_mnist", "channels": 1, "size": 28, "num_classes": 10, "mean": [0.286], "std": [0.353]}
+    net = {"_target_": "vrs.models.lenet.LeNet", "in_channels": 1, "num_classes": 10, "input_size": 28, "width": 32,
+           "hidden": 256}
+    import yaml
+
+    from vrs.apps import CONFIG_DIR
+
+    settings = {m: {o.split("=")[0][len("training."):]: yaml.safe_load(o.split("=")[1])
+                    for o in paper_settings(m, 0.25, 90) if o.startswith("training.")} for m in METHODS}
+    modules = {}
+    for m in METHODS:
+        cfg = {**yaml.safe_load((Path(CONFIG_DIR) / "training" / f"{m}.yaml").read_text()), **settings[m]}
+        cfg.update({k: 0 for k in ("warmup", "deferred_epochs") if k in cfg})  # full eps, radius term on: from step 1
+        torch.manual_seed(0)
+        module = NoisyClassifierModule(net, {"_target_": "vrs.smoothing.noise.FixedSigma", "sigma": 0.25},
+                                       {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9},
+                                       data, training=cfg).to(device)
+        modules[m] = (module, torch.optim.SGD(module.parameters(), lr=0.01, momentum=0.9))
+    x = torch.rand(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def run(m: str, n: int) -> float:
+        module, opt = modules[m]
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            module._method_step(x, y).loss.backward()
+            opt.step()
+        sync()
+        return (time.perf_counter() - t0) / n
+
+    for m in METHODS:
+        run(m, 2)
+    per_round = {m: [] for m in METHODS}
+    for _ in range(rounds):
+        for m in METHODS:
+            per_round[m].append(run(m, steps))
+    out = {"device": device, "batch": batch, "steps": steps, "rounds": rounds, "images_per_epoch": images,
+           "settings": settings, "methods": {}}
+    base = statistics.median(per_round["gaussian"])
+    for m in METHODS:
+        med = statistics.median(per_round[m])
+        out["methods"][m] = {"s_per_step": med, "s_per_epoch": med * math.ceil(images / batch), "x_gaussian": med / base,
+                             "rounds_s_per_step": per_round[m]}
+    return out
+
+
 # ---- running ----------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -298,7 +362,22 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds: start no step whose estimate does not fit what is left (the first always starts)")
     p.add_argument("--estimate", action="store_true", help="print the steps and their estimated seconds, run nothing")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--cost", metavar="DEVICE", help="instead: time a training step of each method at the same batch "
+                   "on DEVICE (cpu, cuda), print seconds per step and per 55,000-image epoch, write --out/cost.json")
+    p.add_argument("--cost-batch", type=int, default=256)
+    p.add_argument("--cost-steps", type=int, default=5)
+    p.add_argument("--cost-rounds", type=int, default=3)
     args = p.parse_args(argv)
+    if args.cost:
+        result = training_cost(args.cost, args.cost_batch, args.cost_steps, args.cost_rounds)
+        result["machine"] = machine()
+        for m, r in result["methods"].items():
+            print(f"{m:12s} {r['s_per_step'] * 1e3:9.1f} ms/step  {r['s_per_epoch']:8.1f} s/epoch  "
+                  f"x{r['x_gaussian']:.1f} gaussian")
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "cost.json").write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     methods = tuple(args.methods.split(","))
     if not methods or set(methods) - set(METHODS):
         p.error(f"--methods={args.methods!r}: a comma-separated subset of {','.join(METHODS)}")
