@@ -189,6 +189,9 @@ def test_each_training_config_builds_and_reaches_the_module(name):
     cfg = compose_config(f"training={name}", output_dir="/nonexistent")
     module_training = OmegaConf.to_container(cfg.module, resolve=True)["training"]
     assert training_name(module_training) == name and build_training(module_training).name == name
+    from vrs.utils.loggers import run_tags, train_facts  # W&B tags name a method that is not the default
+
+    assert ("training=" + name in run_tags(**train_facts(cfg))) == (name != "gaussian")
 
 
 @pytest.mark.parametrize("preset", ["smoothadv_fmnist", "macer_fmnist", "consistency_fmnist", "smoothadv_cifar10",
