@@ -118,7 +118,8 @@ def test_resnet_depths(tmp_path):
 
 
 # Each noise, optimizer and scheduler option at least once (composing is ~0.3 s, so not all 12 combinations).
-MODULE_COMBOS = [("fixed", "sgd", "cosine"), ("multi", "adamw", "step"), ("fixed", "adamw", "none")]
+MODULE_COMBOS = [("fixed", "sgd", "cosine"), ("multi", "adamw", "step"), ("fixed", "adamw", "none"),
+                 ("fixed", "sgd", "multistep")]
 
 
 def test_module_combos_cover_all_options():
@@ -145,6 +146,8 @@ def test_module_optimizer_scheduler(noise, optimizer, scheduler, tmp_path):
         assert out["lr_scheduler"]["interval"] == "epoch"
         if scheduler == "cosine":
             assert sched.T_max == 7  # null T_max = the number of epochs
+        elif scheduler == "multistep":
+            assert sorted(sched.milestones) == [200, 400] and sched.gamma == 0.1
         else:
             assert sched.step_size == 30 and sched.gamma == 0.1
     sigmas = module.noise(1000)

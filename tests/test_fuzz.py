@@ -95,6 +95,12 @@ CASES = [
     case("train", "noise.sigma=1e39", "noise.sigma=1e+39 is not allowed: 0 or a finite number between"),
     case("train", "data.std=[1e-50]", "data.std=[1e-50] is not allowed: each 0 or a finite number"),
     case("train", "data.batch_size=9223372036854775808", "an integer of at most 9223372036854775807 in size"),
+    # vrs-train: the base classifier's training method (the training group)
+    case("train", "training=nope", "training='nope' is not allowed: one of consistency, gaussian, macer, smoothadv"),
+    case("train", "training=macer training.k=0", "training.k=0 is not allowed: an integer >= 1"),
+    case("train", "training=consistency training.m=1", "training.m=1 is not allowed: an integer >= 2"),
+    case("train", "training=smoothadv training.eps=-1", "training.eps=-1 is not allowed: a number > 0"),
+    case("train", "training=smoothadv +training.epsilon=1", "training.epsilon=1 is not allowed: a parameter of"),
     # vrs-certify (Cohen's and VRS's certification)
     case("certify", "certify=nope", "certify='nope' is not allowed: one of cohen"),
     case("certify", "certify.n0=0", "certify.n0=0 is not allowed"),

@@ -128,6 +128,7 @@ def test_cuda_graph_true_without_a_gpu_is_a_clear_error_and_auto_falls_back(tmp_
     ("optimizer.fused=false", "optimizer.fused=true"),
     ("trainer.precision=64-true", "trainer.precision=64-true is not captured"),
     ("+trainer.strategy=ddp", "not DDPStrategy"),
+    ("training=smoothadv", "training=smoothadv runs a PGD attack inside each step"),
 ])
 def test_cuda_graph_true_names_what_conflicts(tmp_path, override, reason):
     with pytest.raises(ConfigError, match=reason):

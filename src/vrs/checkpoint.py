@@ -4,12 +4,14 @@ here (certify, attack, the selector's stage-1 base classifier, the config check 
 
 Every checkpoint written by this project carries `checkpoint["vrs"] = {"format", "kind", "data", ...}`:
 - kind "classifier": a `vrs-train` base classifier (vrs.modules.classifier.NoisyClassifierModule). Its
-  hyper-parameters hold the network config (`net`), the training noise (`noise`) and the data spec (`data`,
-  with the normalisation constants); the weights sit under `net.` in the state dict, normalisation buffers
-  included.
+  hyper-parameters hold the network config (`net`), the training noise (`noise`), the training method (`training`,
+  vrs.modules.training; absent in files written before it existed: Gaussian augmentation) and the data spec
+  (`data`, with the normalisation constants); the weights sit under `net.` in the state dict, normalisation
+  buffers included.
 - kind "vrs": a VRS selector (vrs.modules.selector.SelectorModule). It holds everything certify and attack
   need without the stage-1 file:
-      checkpoint["vrs"] = {"format": 1, "kind": "vrs", "data": ..., "base": {"net", "noise", "data", "source"},
+      checkpoint["vrs"] = {"format": 1, "kind": "vrs", "data": ..., "base": {"net", "noise", "data", "source",
+                                                                              "training"},
                            "selector": ..., "sigma_min", "sigma_max", "median": ..., "prior", "lam", ...}
   with the weights under "base." and "selector.".
 A base classifier brought in from another codebase by vrs-import (vrs.importers) is of kind "classifier" too,
@@ -81,7 +83,7 @@ class LoadedCheckpoint:
     noise: dict | None = None        # the base classifier's training noise config
     hparams: dict = field(default_factory=dict, repr=False)
     meta: dict = field(default_factory=dict, repr=False)                  # checkpoint["vrs"]
-    base_spec: dict = field(default_factory=dict, repr=False)             # {"net", "noise", "data", "source"}
+    base_spec: dict = field(default_factory=dict, repr=False)   # {"net", "noise", "data", "source", "training"}
     selector: NoiseSelector | None = field(default=None, repr=False)      # kind "vrs" only
     median: MedianSmoothing | None = field(default=None, repr=False)      # kind "vrs" only
 
@@ -233,7 +235,8 @@ def _load_classifier(ckpt: dict, path: Path, digest: str) -> LoadedCheckpoint:
     meta = ckpt["vrs"]
     data = dict(_check_data_spec(meta.get("data") or hp.get("data"), path))
     network = _network(hp.get("net"), data, ckpt["state_dict"], "net.", path)
-    spec = {"net": hp["net"], "noise": hp.get("noise"), "data": data, "source": str(path)}
+    spec = {"net": hp["net"], "noise": hp.get("noise"), "data": data, "source": str(path),
+            "training": hp.get("training")}
     return LoadedCheckpoint("classifier", path, digest, network, data, hp.get("noise"), hp, meta, spec)
 
 
@@ -279,7 +282,7 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = ("classifier",)) 
 
 
 def load_base_classifier(path: str | Path, expect_data: dict | None = None) -> tuple[nn.Module, dict]:
-    """A base classifier -> (network in eval mode, its spec {"net", "noise", "data", "source"}). A VRS
+    """A base classifier -> (network in eval mode, its spec {"net", "noise", "data", "source", "training"}). A VRS
     checkpoint gives its stored base classifier. With expect_data, a different data set is a VRSError."""
     loaded = load_checkpoint(path, kinds=("classifier", "vrs"))
     if expect_data is not None:

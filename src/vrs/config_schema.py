@@ -380,6 +380,10 @@ def cross_checks(cfg: dict, app: str) -> None:
         _construct(model)  # networks check their own depth / width rules
     if isinstance(cfg.get("noise"), dict):
         _construct(cfg["noise"])  # FixedSigma / LogUniformSigma: sigma > 0, sigma_min < sigma_max
+    if app == "train" and "training" in cfg:
+        from vrs.modules.training import build_training  # deferred: Hydra's instantiate and torch, off start-up
+
+        build_training(cfg["training"])  # the base classifier's training method (VRS: stage 1): its own checks
     opt = cfg.get("optimizer")
     if isinstance(opt, dict) and opt.get("nesterov"):
         check(_is_num(opt.get("momentum")) and opt["momentum"] > 0, "optimizer.momentum", opt.get("momentum"),

@@ -269,6 +269,7 @@ def run(cfg: DictConfig) -> dict:
     from vrs.attacks.evaluate import summarize  # deferred: torch
     from vrs.attacks.factory import eps_list  # deferred: torch
     from vrs.checkpoint import check_data_matches  # deferred: torch
+    from vrs.modules.training import training_name  # deferred: torch
 
     attack_cfg = plain(cfg.attack)
     ranks = Ranks.start(int(attack_cfg.get("world_size", 1)))
@@ -287,6 +288,7 @@ def run(cfg: DictConfig) -> dict:
     split = attack_cfg.get("split", "test")
     attack_settings = {k: v for k, v in attack_cfg.items() if k not in SUBSET_KEYS}
     settings = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "checkpoint_sha256": loaded.sha256,
+                "training": training_name(loaded.base_spec.get("training")),  # the base classifier's training method
                 "data": data_cfg.get("name"), "split": split, "attack": attack_settings,
                 "defense": plain(cfg.defense), "predict": plain(cfg.predict), "seed": int(cfg.seed)}
     skip, max_images = int(attack_cfg.get("skip", 1)), attack_cfg.get("max")

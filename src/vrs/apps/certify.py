@@ -43,6 +43,7 @@ from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_
 from vrs.checkpoint import check_data_matches, load_checkpoint
 from vrs.config_schema import check_certify, check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
+from vrs.modules.training import training_name
 from vrs.selection.certificates import ARGUMENTS
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.selection.median import MedianSmoothing
@@ -475,6 +476,7 @@ def certify(cfg: DictConfig) -> dict:
     meta = {"mode": table, "n0": opts.n0, "n": opts.n, "alpha": opts.alpha,
             "sigma": "search" if search else "selector" if vopts else sigma, "seed": seed,
             "checkpoint_sha256": loaded.sha256, "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+            "training": training_name(loaded.base_spec.get("training")),  # the base classifier's training method
             "data": spec["name"], "split": opts.split, "precision": opts.precision, "noise_block": opts.noise_block,
             "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[table]),
             # the fused kernels compute another (bf16) network: rows with and without them are not mixed

@@ -74,6 +74,25 @@ def describe_prior(train_cfg: DictConfig | None) -> str | None:
     return f"{prior['name']}({params})" if params else str(prior["name"])
 
 
+def training_of(recorded: str | None) -> str:
+    """The base classifier's training method as a results file records it (`training` of certify.meta.json /
+    settings.json); files written before the key existed come from Gaussian augmentation, the only method then."""
+    return str(recorded) if recorded else "gaussian"
+
+
+def by_training(label: str, training: str, suffix: str = "") -> str:
+    """A row's label with its base classifier's training method, unless that is the default (gaussian)."""
+    return label if training == "gaussian" else f"{label} ({training}{suffix})"
+
+
+def training_of_config(cfg: DictConfig | None, base_stage: bool = False) -> str:
+    """The training method (vrs.modules.training: its file's name) a vrs-train config ran with: `module.training`
+    of a classifier run; VRS stage 1: `base_stage.training`, else the top-level `training` group; none: gaussian."""
+    keys = ["base_stage.training._target_"] if base_stage else ["module.training._target_"]
+    target = next((t for t in (value(cfg, k) for k in [*keys, "training._target_"]) if t), None)
+    return str(target).rsplit(".", 2)[-2] if target and "." in str(target) else "gaussian"
+
+
 # ---- one row of the table -----------------------------------------------------------------------------
 @dataclass
 class Row:
@@ -167,24 +186,26 @@ def read_certify(path: Path, radii: list[float]) -> Row:
     vrs = table in ("vrs", "dual_rs")
     search = table == "search"
     alpha = fmt_num(meta["alpha"]) + (f"+{fmt_num(meta['alpha_h'])}" if vrs else "")
+    training = training_of(meta.get("training"))
     if table == "dual_rs":
         family, method = "vrs", "dual-rs"
-        label = f"Dual RS lambda={fmt_num(meta['lam'])}"
+        label = by_training(f"Dual RS lambda={fmt_num(meta['lam'])}", training, " base")
         identity = (meta["data"], meta["checkpoint_sha256"], "dual_rs", float(meta["lam"]))
     elif vrs:
         family, method = "vrs", f"vrs-{meta['certificate']}"
-        label = f"VRS {meta['certificate'].upper()} lambda={fmt_num(meta['lam'])}"
+        label = by_training(f"VRS {meta['certificate'].upper()} lambda={fmt_num(meta['lam'])}", training, " base")
         identity = (meta["data"], meta["checkpoint_sha256"], "vrs", float(meta["lam"]))
     elif search:
         name = meta["sigma_search"]["name"]
-        family, method, label = "search", name, f"{SEARCH_NAMES.get(name, name)} ({meta['certificate']})"
+        family, method = "search", name
+        label = by_training(f"{SEARCH_NAMES.get(name, name)} ({meta['certificate']})", training)
         identity = (meta["data"], meta["checkpoint_sha256"], "search", name)
     else:
         family, method = "fixed", "fixed-sigma" if table == "certify" else "fixed-sigma (predict)"
-        label = f"fixed sigma={fmt_num(meta['sigma'])}"
+        label = by_training(f"fixed sigma={fmt_num(meta['sigma'])}", training)
         identity = (meta["data"], meta["checkpoint_sha256"], "fixed", float(meta["sigma"]))
     values: dict[str, Any] = {
-        "method": method, "certificate": meta.get("certificate", "cohen"),
+        "method": method, "certificate": meta.get("certificate", "cohen"), "training": training,
         "data": meta["data"], "sigma": None if vrs or search else meta["sigma"],
         "lambda": meta.get("lam") if vrs else None,
         "prior": describe_prior(training_config(meta.get("checkpoint"))) if vrs else None,
@@ -235,23 +256,28 @@ def read_attack(path: Path) -> tuple[Row, dict]:
     settings = normalize_settings(summary.get("settings") or json.loads((path / "settings.json").read_text()))
     info = summary["defense"]
     name = attack_name(summary)
+    training = training_of(settings.get("training"))
     if "sigma_search" in info:
         search = info["sigma_search"]["name"]
-        family, method, label = "search", search, f"{SEARCH_NAMES.get(search, search)} ({info['certificate']})"
+        family, method = "search", search
+        label = by_training(f"{SEARCH_NAMES.get(search, search)} ({info['certificate']})", training)
         identity = (settings["data"], settings["checkpoint_sha256"], "search", search)
     elif info.get("defense") == "vrs" and info.get("selector_smoothing") == "vote":
-        family, method, label = "vrs", "dual-rs", f"Dual RS lambda={fmt_num(info['lam'])}"
+        family, method = "vrs", "dual-rs"
+        label = by_training(f"Dual RS lambda={fmt_num(info['lam'])}", training, " base")
         identity = (settings["data"], settings["checkpoint_sha256"], "dual_rs", float(info["lam"]))
     elif info.get("defense") == "vrs":
-        family, method, label = "vrs", "vrs", f"VRS lambda={fmt_num(info['lam'])}"
+        family, method, label = "vrs", "vrs", by_training(f"VRS lambda={fmt_num(info['lam'])}", training, " base")
         identity = (settings["data"], settings["checkpoint_sha256"], "vrs", float(info["lam"]))
     else:
-        family, method, label = "fixed", "fixed-sigma", f"fixed sigma={fmt_num(info['sigma'])}"
+        family, method = "fixed", "fixed-sigma"
+        label = by_training(f"fixed sigma={fmt_num(info['sigma'])}", training)
         identity = (settings["data"], settings["checkpoint_sha256"], "fixed", float(info["sigma"]))
     per_eps = sorted(summary["per_eps"], key=lambda p: p["eps"])
     clean = summary["clean"]
     values: dict[str, Any] = {
-        "method": method, "data": settings["data"], "sigma": info.get("sigma"), "lambda": info.get("lam"),
+        "method": method, "training": training, "data": settings["data"], "sigma": info.get("sigma"),
+        "lambda": info.get("lam"),
         "prior": describe_prior(training_config(settings.get("checkpoint"))) if family == "vrs" else None,
         "attack_images": summary.get("subset", {}).get("count", clean.get("n")),
         "attack_clean_acc": clean.get("acc"),
@@ -348,6 +374,8 @@ def read_train(path: Path, cfg: DictConfig, base_stage: bool = False) -> Row:
     noise = value(cfg, "noise") or {}
     multi = "sigma_min" in noise
     values: dict[str, Any] = {"data": value(cfg, "data.name")}
+    if not selector:
+        values["training"] = training_of_config(cfg, base_stage)
     if selector:
         lam = value(cfg, "module.lam") or {}
         values.update(method="train: vrs selector", prior=describe_prior(cfg),
@@ -359,13 +387,20 @@ def read_train(path: Path, cfg: DictConfig, base_stage: bool = False) -> Row:
         objective = str(value(cfg, "module.objective._target_", "") or "paper.").rsplit(".", 2)[-2]
         label = f"train VRS selector ({objective}" + (f", {values['prior'] or 'no prior'})" if objective == "paper"
                                                        else ")")
+        # its base classifier's training method: stage 1 of this run, or the run that wrote module.base_ckpt
+        base_ckpt = value(cfg, "module.base_ckpt") or value(cfg, "base_ckpt")
+        base_cfg = training_config(base_ckpt) if base_ckpt else cfg
+        if base_cfg is not None:
+            values["training"] = training_of_config(base_cfg, base_stage=not base_ckpt)
+            label = by_training(label, values["training"], " base")
     else:
         sigma = f"[{fmt_num(noise['sigma_min'])}, {fmt_num(noise['sigma_max'])}]" if multi else noise.get("sigma")
         what = "multi-sigma" if multi else "fixed-sigma"
         values.update(method=f"train: {what}" + (" base (VRS stage 1)" if base_stage else ""), sigma=sigma,
                       clean_acc=first_of(m, "test/acc_clean", "val/acc_clean"),
                       noisy_acc=first_of(m, "test/acc", "val/acc"))
-        label = f"train {what} sigma={sigma if multi else fmt_num(sigma)}" + (" (VRS stage 1)" if base_stage else "")
+        label = by_training(f"train {what} sigma={sigma if multi else fmt_num(sigma)}", values["training"])
+        label += " (VRS stage 1)" if base_stage else ""
     values["epochs"] = epochs
     return Row("train", "train", label, values, None, [str(path)])
 

@@ -84,12 +84,12 @@ def order_key(row: Row) -> tuple:
     number = v.get("sigma") if isinstance(v.get("sigma"), (int, float)) else v.get("lambda")
     number = number if isinstance(number, (int, float)) else -1.0
     return (row.kind != "train", str(v.get("data")), {"train": 0, "fixed": 1, "vrs": 2, "search": 3}[row.family],
-            str(v.get("method")), number, row.label)
+            str(v.get("method")), str(v.get("training")), number, row.label)
 
 
 # ---- the table -----------------------------------------------------------------------------------------
-FIXED_COLUMNS = ["config", "kind", "method", "certificate", "data", "sigma", "lambda", "prior", "epochs", "n0", "n",
-                 "alpha",
+FIXED_COLUMNS = ["config", "kind", "method", "certificate", "training", "data", "sigma", "lambda", "prior", "epochs",
+                 "n0", "n", "alpha",
                  "images", "clean_acc", "noisy_acc", "abstain", "ACR"]
 TAIL_COLUMNS = ["sigma_mean", "sigma_median", "s/img", "attack_images", "attack_clean_acc"]
 LEGEND = {
@@ -103,6 +103,8 @@ LEGEND = {
     "certificate": "the argument that makes the radius sound (summary.json soundness; docs/vrs.md): cohen, c1, c2, "
                    "dual_rs (min(R_sigma, R_c), union bound), multiscale (cascade, union bound over levels), or "
                    "empirical (no certified radius: an empirical defence, e.g. DDS)",
+    "training": "how the base classifier was trained (vrs.modules.training: gaussian, smoothadv, macer, consistency); "
+                "results written before the key existed: gaussian",
     "sigma": "the fixed noise level (train: the training noise; [a, b]: log-uniform multi-sigma)",
     "lambda": "VRS's test-time trade-off knob (train: the distribution lambda was drawn from)",
     "prior": "the selector's KL prior (from the training run's config, when it is still there)",

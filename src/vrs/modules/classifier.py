@@ -1,4 +1,5 @@
-"""Base classifier trained with Gaussian noise augmentation (fresh noise every batch).
+"""Base classifier trained under Gaussian noise (fresh noise every batch) by a training method: the `training` group
+(vrs.modules.training: gaussian, the default, smoothadv, macer, consistency).
 
 The module is built from plain config dicts (network, noise, optimizer, scheduler, data spec) that are
 saved as hyper-parameters, so a checkpoint alone rebuilds the network with its normalisation.
@@ -18,6 +19,7 @@ from vrs.errors import ConfigError
 from vrs.modules.guards import NonFiniteLossGuard
 from vrs.modules.optim import optimizers_from_config
 from vrs.modules.step_graph import CUDAGraphCapture, GraphedStep, make_capturable
+from vrs.modules.training import TrainingBatch, build_training, training_config
 from vrs.models import build_network
 from vrs.smoothing.noise import add_noise
 from vrs.smoothing.smoothed import CUDA_GRAPH_MODES
@@ -59,14 +61,18 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
     nonfinite_hint = "lower the learning rate, or check the data and noise settings"
 
     def __init__(self, net: dict, noise: dict, optimizer: dict, data: dict, scheduler: dict | None = None,
-                 channels_last: bool | str = "auto", compile: bool | str = False, cuda_graph: bool | str = "auto"):
+                 channels_last: bool | str = "auto", compile: bool | str = False, cuda_graph: bool | str = "auto",
+                 training: dict | None = None):
         super().__init__()
-        net, noise, optimizer, scheduler, data = map(plain, (net, noise, optimizer, scheduler, data))
+        net, noise, optimizer, scheduler, data, training = map(plain, (net, noise, optimizer, scheduler, data,
+                                                                       training))
+        training = training_config(training)  # None (an old checkpoint): Gaussian augmentation
         self.save_hyperparameters({"net": net, "noise": noise, "optimizer": optimizer, "scheduler": scheduler,
                                    "data": data, "channels_last": channels_last, "compile": compile,
-                                   "cuda_graph": cuda_graph})
+                                   "cuda_graph": cuda_graph, "training": training})
         self.net = build_network(net, data)
         self.noise = instantiate(noise)
+        self.training_method = build_training(training)
         self.sigma_grid = self.noise.grid()
         self._set_forward(self.net)
         self._channels_last = False
@@ -126,6 +132,7 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
             # Unfused SGD reads a tensor learning rate back on the host; unfused capturable Adam divides by
             # the learning rate (NaN at lr = 0, e.g. the end of a cosine schedule). Fused ones do neither.
             (not self.hparams.optimizer.get("fused"), "it needs a fused optimizer (set optimizer.fused=true)"),
+            (self.training_method.graph_conflict() is not None, self.training_method.graph_conflict()),
             *[(True, f"callback {name} uses on_before_optimizer_step, which a captured step does not call")
               for name in callbacks_before_optimizer_step(trainer)],
         ] if bad]
@@ -146,20 +153,30 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
         return self._forward(x)
 
     # ---- steps -------------------------------------------------------------------------------
+    def _method_step(self, x: torch.Tensor, y: torch.Tensor):
+        """The training method's output (loss, logits at one noisy copy, terms) on a batch: each image's sigma from
+        the noise group, the noise and the loss from the method."""
+        sigma = self.noise(x.shape[0], x.device)
+        return self.training_method(TrainingBatch(x, y, sigma, self, self.net, self.current_epoch))
+
     def _noisy_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(add_noise(x, self.noise(x.shape[0], x.device)))
-        return logits, torch.nn.functional.cross_entropy(logits, y)
+        out = self._method_step(x, y)
+        return out.logits, out.loss
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        terms = {}
         if self._graphed is not None:  # forward, backward and optimizer step in one graph replay
             logits, loss = self._graphed(x, y)
             loss = loss.clone()  # the loggers keep it; the next replay overwrites the static tensor
         else:
-            logits, loss = self._noisy_loss(x, y)
+            out = self._method_step(x, y)
+            logits, loss, terms = out.logits, out.loss, out.terms
         self._check_finite(loss)
         self.train_acc(logits, y)
         self.log("train/loss", loss)
+        for name, value in terms.items():  # the method's terms (macer: train/ce, train/hinge, ...); not when captured
+            self.log(f"train/{name}", value)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

@@ -37,14 +37,25 @@ def soft_smooth_log(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
     """
     check(isinstance(n, int) and n >= 1, "n_trf", n, "an integer >= 1")
     check(tau > 0, "tau", tau, "a number > 0")
+    return log_mean_softmax(noisy_logits(f, x, sigma, n), tau)
+
+
+def noisy_copies(x: torch.Tensor, sigma: torch.Tensor | float, n: int) -> torch.Tensor:
+    """(B, n, C, H, W): n noisy copies x + sigma * z_k of each image of `x` (B, C, H, W), z_k ~ N(0, I) drawn
+    independently per copy, with per-sample `sigma` (B,) (a scalar broadcasts)."""
     b = x.shape[0]
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.dim() == 0:
         sigma = sigma.expand(b)
     xs = x.unsqueeze(1).expand(b, n, *x.shape[1:])
-    noisy = xs + sigma.view(b, 1, *([1] * (x.dim() - 1))) * standard_normal(xs.shape, device=x.device, dtype=x.dtype)
-    logits = f(noisy.reshape(b * n, *x.shape[1:]))
-    return log_mean_softmax(logits.view(b, n, -1), tau)
+    return xs + sigma.view(b, 1, *([1] * (x.dim() - 1))) * standard_normal(xs.shape, device=x.device, dtype=x.dtype)
+
+
+def noisy_logits(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor | float,
+                 n: int) -> torch.Tensor:
+    """(B, n, K) logits f(x + sigma * z_k) of n noisy copies of each image (`noisy_copies`), in one batch of B * n."""
+    b = x.shape[0]
+    return f(noisy_copies(x, sigma, n).reshape(b * n, *x.shape[1:])).view(b, n, -1)
 
 
 def soft_smooth(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sigma: torch.Tensor | float,

@@ -114,7 +114,7 @@ def _value(v: Any) -> str:
 def run_tags(data: str | None = None, method: str | None = None, sigma: Any = None, lam: Any = None,
              **more: Any) -> list[str]:
     """`key=value` tags, the same vocabulary in every app: data=<data set>, method=cohen|vrs,
-    sigma=<s> (or a range <lo>-<hi>), lam=<lambda>, plus any extra (stage, prior, certificate, attack).
+    sigma=<s> (or a range <lo>-<hi>), lam=<lambda>, plus any extra (stage, prior, certificate, attack, training).
     None values are left out."""
     facts = {"data": data, "method": method, "sigma": sigma, "lam": lam, **more}
     return [f"{k}={_value(v)}" for k, v in facts.items() if v is not None]
@@ -135,6 +135,10 @@ def train_facts(cfg: DictConfig) -> dict[str, Any]:
         facts.update(method="vrs", stage="base", sigma=(noise.sigma_min, noise.sigma_max))
     elif "sigma" in noise:
         facts.update(method="cohen", sigma=float(noise.sigma))
+    # the training method (vrs.modules.training: the file of its _target_), where it is not the default
+    target = str(((cfg.get("module") or {}).get("training") or {}).get("_target_", ""))
+    if target.count(".") >= 2 and target.rsplit(".", 2)[-2] != "gaussian":
+        facts["training"] = target.rsplit(".", 2)[-2]
     return facts
 
 
