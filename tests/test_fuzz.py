@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO_ROOT, app_command, app_env
+from conftest import REPO_ROOT, app_command, app_env, call_main, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -353,30 +353,6 @@ def damaged_results(ckpt: Path, root: Path) -> dict[str, Path]:
     out["attack_predict"] = damaged("attack_predict", att, "attack.csv", setter(3, "adv_predict", "-7"))
     out["attack_twice"] = damaged("attack_twice", att, "attack.csv", again_differing)
     return out
-
-
-def call_main(app: str, argv: list[str], capsys) -> tuple[int | str | None, str]:
-    """`vrs-<app> argv...` in this process: (exit code, stderr)."""
-    module = importlib.import_module(f"vrs.apps.{app}")
-    GlobalHydra.instance().clear()
-    old = sys.argv
-    sys.argv = [f"vrs-{app}", *argv]
-    try:
-        module.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
-
-
-def one_error_line(code, err: str) -> str:
-    assert code == 2, (code, err[-3000:])
-    assert "Traceback" not in err, err[-3000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err[-3000:]
-    return lines[0]
 
 
 @pytest.mark.parametrize("c", CASES, ids=[f"{c.app}:{' '.join(c.args)}" for c in CASES])
