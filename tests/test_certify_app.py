@@ -297,6 +297,7 @@ def test_bad_input_from_the_command_line(reference, digits_ckpt, tmp_path, capsy
 
 
 # ---- the quick look on a CPU ---------------------------------------------------------------------------------
+@pytest.mark.slow  # trains on Fashion-MNIST, then a vrs-certify process
 def test_smoke_checkpoint_certifies_in_under_a_minute(smoke_ckpt, tmp_path):
     exe = Path(os.environ.get("VIRTUAL_ENV", REPO_ROOT / ".venv")) / "bin" / "vrs-certify"
     cmd = [str(exe)] if exe.exists() else app_command("certify")

@@ -576,6 +576,7 @@ def test_a_training_run_resumes_in_its_own_folder_and_only_so(tmp_path, capsys, 
 
 # ---- as real console processes (exit code and stderr of the process itself); test_train.py,
 # test_certify_app.py and test_attacks_app.py run more of them ------------------------------------------------
+@pytest.mark.slow  # two app processes
 def test_real_processes(world, tmp_path):
     runs = {"train": ["data=digits", "noise.sigma=-1", f"hydra.run.dir={world['run']}"],
             "certify": merged(world["base"]["certify"], ["certify.alpha=2", f"hydra.run.dir={tmp_path}/r"])}

@@ -29,7 +29,8 @@ def last_line(text: str) -> str:
 
 
 # ---- in-process: the same train() the app runs -----------------------------------------------
-@pytest.mark.parametrize(("data", "model"), [("digits", "lenet"), ("synthetic", "resnet20")])
+@pytest.mark.parametrize(("data", "model"), [("digits", "lenet"),
+                                             pytest.param("synthetic", "resnet20", marks=pytest.mark.slow)])
 def test_fast_dev_run(data, model, tmp_path):
     cfg = compose_config(f"data={data}", f"model={model}", "debug=fdr", *QUIET, output_dir=tmp_path)
     metrics = train(cfg)
@@ -98,6 +99,7 @@ def test_noise_is_fresh_per_batch_in_pixel_space(noise, tmp_path, monkeypatch):
 
 
 # ---- the real app in subprocesses -----------------------------------------------------------------
+@pytest.mark.slow  # a vrs-train process
 def test_resume_continues_epoch_count(digits_run, tmp_path):
     first = torch.load(digits_run.ckpt, map_location="cpu", weights_only=True)
     trained, steps = first["epoch"] + 1, first["global_step"]  # "epoch" is the index of the last one
@@ -119,6 +121,7 @@ def test_resume_continues_epoch_count(digits_run, tmp_path):
     assert logged == {trained, trained + 1}
 
 
+@pytest.mark.slow  # a vrs-train process, two jobs, W&B
 def test_multirun_two_jobs_two_wandb_offline_runs(tmp_path):
     sweep = tmp_path / "multi"
     repo_wandb_before = (REPO_ROOT / "wandb").exists()
@@ -142,6 +145,7 @@ def test_multirun_two_jobs_two_wandb_offline_runs(tmp_path):
     assert repo_wandb_before or not (REPO_ROOT / "wandb").exists()
 
 
+@pytest.mark.slow  # a vrs-train process on Fashion-MNIST
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST not installed")
 def test_smoke_experiment_on_fashion_mnist(tmp_path):
     start = time.perf_counter()
@@ -182,6 +186,7 @@ def test_bad_input_gives_one_clear_line(case, tmp_path, capsys, monkeypatch):
     assert sum(ln.startswith("error:") for ln in err.splitlines()) == 1
 
 
+@pytest.mark.slow  # a vrs-train process
 def test_bad_input_full_traceback_on_request(tmp_path):
     proc = run_app("train", "data=digits", "noise.sigma=-1", "print_config=false", root=tmp_path, VRS_FULL_ERROR="1",
                    HYDRA_FULL_ERROR="1")
