@@ -6,6 +6,12 @@ Running the suite:
   inner loop). A plain `python -m pytest tests/test_x.py` runs in one process, as before.
 - Under xdist each worker uses one intra-op thread, and so does every app process it starts
   (OMP_NUM_THREADS=1 is inherited): the models here are tiny, and two workers on two cores fill the machine.
+  Measured on the 2-core CPU machine, shared with other jobs (load 4-5), 2026-12-06, on a quarter of the
+  suite (test_train, test_certify_app, test_vrs_objectives, test_schemas, test_configs, test_attacks_app;
+  250 tests), wall / CPU seconds: before this set-up, one process 440 s / 328 s; now, one process 300 s /
+  290 s, 2 workers 231 s / 212 s, 3 workers 230 s / 229 s (no faster, more CPU: 2 it is).
+- Mark a test `@pytest.mark.slow` if it starts app processes or trains for more than a few seconds:
+  `make test-fast` (`-m "not slow"`) leaves it out; `make test` runs everything.
 - Tests may run at the same time in other processes: each writes only under its own tmp_path (or a
   tmp_path_factory folder), runs apps with `run_app(..., root=tmp_path)` (VRS_ROOT, never the repository's
   outputs/), and picks no fixed port. `shared_across_workers` makes an expensive artefact once for all workers.
