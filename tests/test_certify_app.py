@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUIET, REPO_ROOT, app_command, app_env, compose_config, run_app
+from conftest import (QUIET, REPO_ROOT, app_command, app_env, call_main, compose_config, one_error_line,
+                      run_app)
 from vrs.apps.certify import certify
 from vrs.apps.certify_store import COLUMNS, ResultsDir, format_row
 from vrs.errors import ConfigError, VRSError
@@ -38,13 +39,6 @@ def table(path: Path) -> list[tuple[str, ...]]:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -285,21 +279,25 @@ def test_class_count_mismatch(digits_ckpt, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_input_from_the_command_line(reference, digits_ckpt, tmp_path):
+def test_bad_input_from_the_command_line(reference, digits_ckpt, tmp_path, capsys, monkeypatch):
+    """vrs-certify's command line and error handling, through its main in this process (test_fuzz runs the
+    console app as a real process)."""
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
     out = tmp_path / "existing"
     out.mkdir()
     for name in ("certify.tsv", "certify.meta.json"):
         (out / name).write_bytes((reference / name).read_bytes())
     before = snapshot(out)
-    base = [*RUN, f"certify.out_dir={out}"]
-    line = one_error_line(run_app("certify", f"ckpt_path={digits_ckpt}", *base, "certify.n0=5000", root=tmp_path))
+    base = [f"ckpt_path={digits_ckpt}", *RUN, f"certify.out_dir={out}"]
+    line = one_error_line(*call_main("certify", [*base, "certify.n0=5000"], capsys))
     assert "certify.n0=5000" in line and "certify.n=1000" in line
-    line = one_error_line(run_app("certify", f"ckpt_path={digits_ckpt}", *base, "certify.alpha=0.01", root=tmp_path))
+    line = one_error_line(*call_main("certify", [*base, "certify.alpha=0.01"], capsys))
     assert "alpha: existing 0.001, now 0.01" in line
     assert snapshot(out) == before
 
 
 # ---- the quick look on a CPU ---------------------------------------------------------------------------------
+@pytest.mark.slow  # trains on Fashion-MNIST, then a vrs-certify process
 def test_smoke_checkpoint_certifies_in_under_a_minute(smoke_ckpt, tmp_path):
     exe = Path(os.environ.get("VIRTUAL_ENV", REPO_ROOT / ".venv")) / "bin" / "vrs-certify"
     cmd = [str(exe)] if exe.exists() else app_command("certify")

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO_ROOT, app_command, app_env
+from conftest import REPO_ROOT, app_command, app_env, call_main, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -378,30 +378,6 @@ def damaged_results(ckpt: Path, root: Path) -> dict[str, Path]:
     return out
 
 
-def call_main(app: str, argv: list[str], capsys) -> tuple[int | str | None, str]:
-    """`vrs-<app> argv...` in this process: (exit code, stderr)."""
-    module = importlib.import_module(f"vrs.apps.{app}")
-    GlobalHydra.instance().clear()
-    old = sys.argv
-    sys.argv = [f"vrs-{app}", *argv]
-    try:
-        module.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
-
-
-def one_error_line(code, err: str) -> str:
-    assert code == 2, (code, err[-3000:])
-    assert "Traceback" not in err, err[-3000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err[-3000:]
-    return lines[0]
-
-
 @pytest.mark.parametrize("c", CASES, ids=[f"{c.app}:{' '.join(c.args)}" for c in CASES])
 def test_malformed_input_gives_one_line_and_changes_nothing(c, world, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("VRS_ROOT", str(tmp_path))
@@ -623,6 +599,7 @@ def test_a_training_run_resumes_in_its_own_folder_and_only_so(tmp_path, capsys, 
 
 # ---- as real console processes (exit code and stderr of the process itself); test_train.py,
 # test_certify_app.py and test_attacks_app.py run more of them ------------------------------------------------
+@pytest.mark.slow  # two app processes
 def test_real_processes(world, tmp_path):
     runs = {"train": ["data=digits", "noise.sigma=-1", f"hydra.run.dir={world['run']}"],
             "certify": merged(world["base"]["certify"], ["certify.alpha=2", f"hydra.run.dir={tmp_path}/r"])}

@@ -15,6 +15,8 @@ import yaml
 from conftest import run_app
 from test_attacks_callbacks import wandb_bytes
 
+pytestmark = pytest.mark.slow  # app processes, each sweep job a new one
+
 SIGMAS = (0.25, 0.5)
 
 

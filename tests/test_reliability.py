@@ -72,6 +72,7 @@ def check_whole(out: Path) -> int:
     return summary["i"]
 
 
+@pytest.mark.slow  # writer processes killed
 def test_writers_killed_at_a_random_moment_leave_every_file_whole(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=REPO_ROOT, env=app_env(tmp_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -305,6 +305,7 @@ def test_unpaired_stage1_when_fine_tuned(tree, tmp_path):
     assert "VRS certifications but no fixed-sigma certification of this base classifier" in rep.markdown
 
 
+@pytest.mark.slow  # a vrs-report process
 def test_the_real_process(tree, tmp_path):
     res, _ = tree
     proc = run_app("report", f"report.inputs={res}", f"report.out_dir={tmp_path / 'rep'}", "report.radii=[0.5]",

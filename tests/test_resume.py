@@ -107,6 +107,7 @@ def uninterrupted(one_thread, tmp_path_factory) -> tuple[Path, dict]:
     return run_dir, train(compose_config(*RUN, output_dir=run_dir))
 
 
+@pytest.mark.slow  # a vrs-train process killed, two trainings
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(killed_run, uninterrupted):
     ref_dir, ref_metrics = uninterrupted
     killed_run, _ = killed_run

@@ -106,6 +106,7 @@ def test_optuna_optimises_the_metric_named_in_config(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.db"))  # storage: null keeps the study in memory
 
 
+@pytest.mark.slow  # three Optuna trials
 def test_optuna_study_in_sqlite_runs_two_trials_and_resumes_a_third(tmp_path, monkeypatch):
     """README: `hydra.sweeper.storage=sqlite:///study.db` keeps the study; a second sweep continues it."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -1,6 +1,7 @@
 """Training: fast_dev_run on digits and synthetic, checkpoints carry normalisation, fresh noise per batch,
-resume continues the epoch count, multirun with one W&B (offline) run per job, and bad input through the
-real `vrs-train` app gives one clear line and a non-zero exit code."""
+resume continues the epoch count, multirun with one W&B (offline) run per job, and bad input through
+`vrs-train`'s command line gives one clear line and exit code 2 (in this process; a real process for the
+full-traceback case)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from conftest import FASHION_MNIST_DIR, QUIET, REPO_ROOT, app_command, app_env, compose_config, run_app
+from conftest import FASHION_MNIST_DIR, QUIET, REPO_ROOT, app_env, call_main, compose_config, run_app
 from vrs.apps.train import train
 from vrs.modules.classifier import NoisyClassifierModule
 
@@ -28,7 +29,8 @@ def last_line(text: str) -> str:
 
 
 # ---- in-process: the same train() the app runs -----------------------------------------------
-@pytest.mark.parametrize(("data", "model"), [("digits", "lenet"), ("synthetic", "resnet20")])
+@pytest.mark.parametrize(("data", "model"), [("digits", "lenet"),
+                                             pytest.param("synthetic", "resnet20", marks=pytest.mark.slow)])
 def test_fast_dev_run(data, model, tmp_path):
     cfg = compose_config(f"data={data}", f"model={model}", "debug=fdr", *QUIET, output_dir=tmp_path)
     metrics = train(cfg)
@@ -97,6 +99,7 @@ def test_noise_is_fresh_per_batch_in_pixel_space(noise, tmp_path, monkeypatch):
 
 
 # ---- the real app in subprocesses -----------------------------------------------------------------
+@pytest.mark.slow  # a vrs-train process
 def test_resume_continues_epoch_count(digits_run, tmp_path):
     first = torch.load(digits_run.ckpt, map_location="cpu", weights_only=True)
     trained, steps = first["epoch"] + 1, first["global_step"]  # "epoch" is the index of the last one
@@ -118,6 +121,7 @@ def test_resume_continues_epoch_count(digits_run, tmp_path):
     assert logged == {trained, trained + 1}
 
 
+@pytest.mark.slow  # a vrs-train process, two jobs, W&B
 def test_multirun_two_jobs_two_wandb_offline_runs(tmp_path):
     sweep = tmp_path / "multi"
     repo_wandb_before = (REPO_ROOT / "wandb").exists()
@@ -141,6 +145,7 @@ def test_multirun_two_jobs_two_wandb_offline_runs(tmp_path):
     assert repo_wandb_before or not (REPO_ROOT / "wandb").exists()
 
 
+@pytest.mark.slow  # a vrs-train process on Fashion-MNIST
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST not installed")
 def test_smoke_experiment_on_fashion_mnist(tmp_path):
     start = time.perf_counter()
@@ -166,32 +171,22 @@ BAD_INPUT = {
 }
 
 
-@pytest.fixture(scope="module")
-def bad_input_runs(tmp_path_factory):
-    """All bad-input runs started at once (each pays the app's start-up), then collected."""
-    tmp = tmp_path_factory.mktemp("bad")
-    procs = {}
-    for name, (args, _) in BAD_INPUT.items():
-        args = [a.format(tmp=tmp) for a in args] + ["trainer=cpu", "print_config=false"]
-        procs[name] = subprocess.Popen(app_command("train", *args), cwd=REPO_ROOT, env=app_env(tmp / name),
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    results = {name: (p, *p.communicate(timeout=300)) for name, p in procs.items()}
-    return tmp, results
-
-
 @pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_gives_one_clear_line(case, bad_input_runs):
-    tmp, results = bad_input_runs
-    proc, out, err = results[case]
-    expected = BAD_INPUT[case][1]
-    assert proc.returncode != 0
-    assert "Traceback" not in err + out
-    assert proc.returncode == 2
+def test_bad_input_gives_one_clear_line(case, tmp_path, capsys, monkeypatch):
+    """Through vrs-train's main (its command line and error handling) in this process: a new process per case
+    would only add its start-up; test_fuzz.test_real_processes and the test below run the console app."""
+    args, expected = BAD_INPUT[case]
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    code, err = call_main("train", [a.format(tmp=tmp_path) for a in args] + ["trainer=cpu", "print_config=false"],
+                          capsys)
+    assert code == 2, (code, err[-2000:])
+    assert "Traceback" not in err
     line = last_line(err)
-    assert line.startswith(expected.format(tmp=tmp)), err[-2000:]
+    assert line.startswith(expected.format(tmp=tmp_path)), err[-2000:]
     assert sum(ln.startswith("error:") for ln in err.splitlines()) == 1
 
 
+@pytest.mark.slow  # a vrs-train process
 def test_bad_input_full_traceback_on_request(tmp_path):
     proc = run_app("train", "data=digits", "noise.sigma=-1", "print_config=false", root=tmp_path, VRS_FULL_ERROR="1",
                    HYDRA_FULL_ERROR="1")

@@ -160,6 +160,7 @@ def test_vrs_certify_bad_inputs(vrs_files, tmp_path):
                     "data.size=8", "data.mean=[0.3]", "data.std=[0.4]")
 
 
+@pytest.mark.slow  # a vrs-certify multirun process
 def test_lambda_sweep_with_multirun(vrs_ckpt, tmp_path):
     proc = run_app("certify", "-m", f"ckpt_path={vrs_ckpt}", *FAST[:-1], "certify.max=3", "certify=vrs_c1",
                    "certify.lam=0,1", root=tmp_path, timeout=600)

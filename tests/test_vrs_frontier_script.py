@@ -71,6 +71,7 @@ def test_smoke_end_to_end_and_rerun_skips(tmp_path):
     assert last["ran"] == [] and set(last["skipped"]) == names
 
 
+@pytest.mark.slow  # the frontier script's processes
 def test_time_budget_stops_cleanly_and_rerun_continues(tmp_path):
     """A budget that fits only the first step: the call stops with exit code 3 after it; the steps run so far are
     marked done, and the record says so."""

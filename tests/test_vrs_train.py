@@ -77,6 +77,7 @@ def selector_module(base_ckpt, prior=None, **kw) -> SelectorModule:
     return SelectorModule(**args)
 
 
+@pytest.mark.slow  # 400 selector steps
 def test_larger_test_time_lambda_moves_mean_sigma_towards_the_prior_target(base_ckpt):
     """Toy problem: a selector trained here (400 steps, lambda ~ U[0,1] per batch, Gaussian prior with
     sigma_t = 0.6) picks small sigma for accuracy at lambda = 0 and sigma_t at lambda = 1: mean sigma at
