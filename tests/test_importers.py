@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from conftest import compose_config
-from test_fuzz import call_main, one_error_line
+from conftest import call_main, one_error_line
 from vrs.apps.importer import print_results
 from vrs.apps.importer import run as import_run
 from vrs.checkpoint import check_data_matches, load_base_classifier, load_checkpoint
