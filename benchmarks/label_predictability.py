@@ -11,7 +11,10 @@ grid sigma at --lam, and fits multinomial logistic regressions (scikit-learn, 5-
               (a linear model: a lower bound on what a CNN extracts from it);
   base        the base classifier's class probabilities at --copies draws of x + eta, averaged (what
               `selector.sees_base=true` adds, and roughly what median smoothing over copies averages);
-  both        the two together.
+  both        the two together;
+  clean       the image without noise and the base classifier's probabilities at it: more than any defended
+              selector may see (its input is noised so that it can be certified), an upper bound on what x tells.
+--probe boosting replaces the logistic regressions with gradient-boosted trees: a non-linear probe.
 It reports accuracy and balanced accuracy (the mean of per-class recalls: the majority sigma alone scores 1/G)
 against the majority baseline, with their standard errors over the folds. --reliability also recomputes the labels
 from fresh votes (another seed) and reports how often an image's best sigma agrees between the two, and Cohen's
@@ -29,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from vrs.checkpoint import load_base_classifier
@@ -41,13 +46,21 @@ from vrs.selection.oracle_labels import OracleTable, grid_votes, label_score
 GRID = (0.12, 0.25, 0.5, 1.0)
 
 
-def cross_validated(features: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> dict:
-    """Accuracy and balanced accuracy of a standardised multinomial logistic regression over stratified folds."""
+def make_probe(kind: str, seed: int):
+    """linear: standardised multinomial logistic regression; boosting: gradient-boosted trees (non-linear, classes
+    weighted by 1 / share, as the `oracle_labels` objective weights them)."""
+    if kind == "linear":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, class_weight="balanced",
+                                          random_state=seed)
+
+
+def cross_validated(features: np.ndarray, labels: np.ndarray, folds: int, seed: int, probe: str = "linear") -> dict:
+    """Accuracy and balanced accuracy of a probe (`make_probe`) over stratified folds."""
     acc, bal = [], []
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
-        scaler = StandardScaler().fit(features[train])
-        model = LogisticRegression(max_iter=2000, C=0.1).fit(scaler.transform(features[train]), labels[train])
-        pred = model.predict(scaler.transform(features[test]))
+        model = make_probe(probe, seed).fit(features[train], labels[train])
+        pred = model.predict(features[test])
         acc.append(float(np.mean(pred == labels[test])))
         bal.append(float(balanced_accuracy_score(labels[test], pred)))
     se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v)))  # noqa: E731
@@ -66,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=8)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--reliability", action="store_true", help="also label from a second set of votes (seed 1)")
+    p.add_argument("--probe", choices=("linear", "boosting"), default="linear",
+                   help="linear: logistic regression (default); boosting: gradient-boosted trees, non-linear")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     t0 = time.time()
@@ -93,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.copies):
             probs += torch.softmax(f(x + args.sigma_h * torch.randn(x.shape, generator=gen)), 1)
         probs /= args.copies
+        clean_probs = torch.softmax(f(x), 1)
     reliability = None
     if args.reliability:
         again = best_sigma(1)
@@ -102,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
                        "cohen_kappa": (agree - chance) / (1 - chance)}
     pixels = noisy.flatten(1).numpy()
     base = probs.numpy()
+    clean = np.concatenate([x.flatten(1).numpy(), clean_probs.numpy()], 1)
+    cv = lambda feats: cross_validated(feats, labels, args.folds, 0, args.probe)  # noqa: E731
     results = {"majority": {"accuracy": float(shares.max()), "balanced_accuracy": 1.0 / len(GRID)},
-               "pixels": cross_validated(pixels, labels, args.folds, 0),
-               "base": cross_validated(base, labels, args.folds, 0),
-               "both": cross_validated(np.concatenate([pixels, base], 1), labels, args.folds, 0)}
+               "pixels": cv(pixels), "base": cv(base), "both": cv(np.concatenate([pixels, base], 1)),
+               "clean": cv(clean)}
     out = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
            "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
            "ckpt": str(args.ckpt), "images": len(y), "votes": args.votes, "lam": args.lam, "sigma_h": args.sigma_h,
-           "copies": args.copies, "grid": GRID, "best_sigma_shares": shares.tolist(), "results": results, "reliability": reliability,
+           "copies": args.copies, "probe": args.probe, "grid": GRID, "best_sigma_shares": shares.tolist(), "results": results, "reliability": reliability,
            "wall_s": round(time.time() - t0, 1)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
