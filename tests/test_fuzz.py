@@ -237,7 +237,7 @@ CASES = [
                                      "resume it"),
     case("train", "ckpt_path={ckpt} model.width=16 model.hidden=64", "ckpt_path={ckpt} is not one of its checkpoints"),
     case("train", "ckpt_path={run}/checkpoints/last.ckpt model.width=16 model.hidden=64",
-         "holds a vrs-train run made with other settings (callbacks, data, logger, model, module, ... (14 keys) "
+         "holds a vrs-train run made with other settings (callbacks, data, logger, model, module, ... (15 keys) "
          "differ from its .hydra/config.yaml)"),
 ]
 DAMAGED = ("radius_nan", "radius_inf", "radius_negative", "idx_text", "short_row", "twice_differing", "attack_l2_nan",

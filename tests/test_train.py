@@ -62,17 +62,17 @@ def test_checkpoint_carries_normalisation(digits_ckpt):
 
 @pytest.mark.parametrize("noise", ["fixed", "multi"])
 def test_noise_is_fresh_per_batch_in_pixel_space(noise, tmp_path, monkeypatch):
-    import vrs.modules.classifier as classifier
+    import vrs.modules.training.gaussian as gaussian  # the default training method adds the training noise
 
     calls = []
-    real_add_noise = classifier.add_noise
+    real_add_noise = gaussian.add_noise
 
     def spy(x, sigma):
         out = real_add_noise(x, sigma)
         calls.append((x.detach().clone(), out.detach().clone()))
         return out
 
-    monkeypatch.setattr(classifier, "add_noise", spy)
+    monkeypatch.setattr(gaussian, "add_noise", spy)
     cfg = compose_config("data=digits", f"noise={noise}", "data.crop_padding=0", *QUIET, output_dir=tmp_path)
     dm = instantiate(cfg.data)
     module = instantiate(cfg.module, data=dm.spec.to_dict())
@@ -161,7 +161,7 @@ def test_smoke_experiment_on_fashion_mnist(tmp_path):
 
 BAD_INPUT = {
     "unknown_group_option": (["data=foo"], "error: data='foo' is not allowed: one of cifar10, cifar100, digits, "
-                                           "fashion_mnist, mnist, synthetic"),
+                                           "fashion_mnist, imagenet, mnist, synthetic"),
     "sigma_zero": (["noise.sigma=0"], "error: noise.sigma=0 is not allowed: a number > 0"),
     "sigma_min_above_max": (["noise=multi", "noise.sigma_min=0.5", "noise.sigma_max=0.2"],
                             "error: noise.sigma_max=0.2 is not allowed: a number > noise.sigma_min (0.5)"),
@@ -195,7 +195,7 @@ def test_bad_input_full_traceback_on_request(tmp_path):
 
 def test_python_m_vrs_train_help(tmp_path):
     proc = run_app("train", "--help", root=tmp_path)
-    assert proc.returncode == 0 and "data: cifar10, cifar100, digits, fashion_mnist, mnist, synthetic" in proc.stdout
+    assert proc.returncode == 0 and "data: cifar10, cifar100, digits, fashion_mnist, imagenet, mnist, synthetic" in proc.stdout
     assert shutil.which("vrs-train", path=str(Path(sys.executable).parent))
 
 
