@@ -13,6 +13,8 @@ the images' positions in `splits["train"]`.
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -114,11 +116,12 @@ def random_crop_flip(x: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor
     return x
 
 
-class SplitLoaders(pl.LightningDataModule):
+class SplitLoaders(pl.LightningDataModule, abc.ABC):
     """Lightning's three loaders, each `self._loader(split, train)` of the subclass."""
 
+    @abc.abstractmethod
     def _loader(self, split: str, train: bool):
-        raise NotImplementedError
+        """The DataLoader of one split ("train", "val" or "test"); train: shuffled and augmented."""
 
     def train_dataloader(self):
         return self._loader("train", train=True)
