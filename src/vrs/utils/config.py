@@ -10,6 +10,8 @@ import rich.tree
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vrs.errors import ConfigError
+
 
 def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ()) -> None:
     """Print the resolved config as a rich tree, `order` first, then the rest."""
@@ -34,3 +36,21 @@ def instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [instantiate(conf) for _, conf in cfg.items() if isinstance(conf, DictConfig) and "_target_" in conf]
+
+
+def instantiate_component(cfg: dict, key: str, base: type, what: str):
+    """instantiate(cfg) for a pluggable component (a `_target_` config of a group such as `objective` or
+    `training`), with one clear ConfigError: the constructor's own ConfigError unwrapped from Hydra's
+    exception, else "<key>=<_target_> is not allowed: <what> ...", and a refusal of an object that is not a `base`."""
+    try:
+        obj = instantiate(cfg)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's ConfigError
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(key, cfg.get("_target_"), f"{what} that builds from its config ({cause})") from None
+    if not isinstance(obj, base):
+        raise ConfigError(key, cfg.get("_target_"), f"a subclass of {base.__module__}.{base.__name__}")
+    return obj

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from hydra.utils import instantiate
 
 from vrs.errors import ConfigError
+from vrs.utils.config import instantiate_component
 
 DEFAULT_TRAINING = {"_target_": "vrs.modules.training.gaussian.GaussianAugmentation"}
 NAMES = "gaussian|smoothadv|macer|consistency"
@@ -96,21 +96,8 @@ def training_name(cfg: dict | None) -> str:
 
 def build_training(cfg: dict | None) -> TrainingMethod:
     """The method of a `training` group config (its `_target_` and hyper-parameters)."""
-    cfg = training_config(cfg)
-    try:
-        method = instantiate(cfg)
-    except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's ConfigError
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError("module.training._target_", cfg.get("_target_"),
-                          f"a training method class that builds from its config ({cause})") from None
-    if not isinstance(method, TrainingMethod):
-        raise ConfigError("module.training._target_", cfg.get("_target_"),
-                          "a subclass of vrs.modules.training.TrainingMethod")
-    return method
+    return instantiate_component(training_config(cfg), "module.training._target_", TrainingMethod,
+                                 "a training method class")
 
 
 def cross_entropy_per_draw(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from hydra.utils import instantiate
 
 from vrs.errors import ConfigError
+from vrs.utils.config import instantiate_component
 from vrs.selection.networks import NoiseSelector, SelectorOutput
 from vrs.selection.soft import soft_smooth_log
 from vrs.smoothing.noise import add_noise
@@ -131,21 +131,8 @@ def objective_config(cfg: dict | None) -> dict:
 
 def build_objective(cfg: dict | None) -> Objective:
     """The objective of a `objective` group config (its `_target_` and hyper-parameters)."""
-    cfg = objective_config(cfg)
-    try:
-        obj = instantiate(cfg)
-    except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's ConfigError
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise ConfigError("module.objective._target_", cfg.get("_target_"),
-                          f"an objective class that builds from its config ({cause})") from None
-    if not isinstance(obj, Objective):
-        raise ConfigError("module.objective._target_", cfg.get("_target_"),
-                          "a subclass of vrs.selection.objectives.Objective")
-    return obj
+    return instantiate_component(objective_config(cfg), "module.objective._target_", Objective,
+                                 "an objective class")
 
 
 def selector_step(selector: NoiseSelector, f: Callable[[torch.Tensor], torch.Tensor], objective: Objective, prior,
