@@ -449,3 +449,21 @@ def test_every_selector_trained_on_one_stage1_file_gets_the_frontier(tmp_path, r
     headroom = md[md.index("## Oracle headroom (diagnostic)"):]
     for sel in labels.values():
         assert f"| {sel} |" in headroom, headroom
+
+
+def test_selector_label_names_sees_base(tmp_path):
+    """Two selectors trained with one objective, one seeing the base classifier, get different curve labels."""
+    from vrs.apps.report_frontier import describe_objective
+
+    def run(name: str, sees: bool) -> str:
+        run_dir = tmp_path / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / "checkpoints").mkdir()
+        OmegaConf.save(OmegaConf.create({"objective": {"_target_": "vrs.selection.objectives.oracle_labels.OracleLabels",
+                                                       "reweight": False},
+                                         "selector": {"sees_base": sees}}), run_dir / ".hydra" / "config.yaml")
+        return describe_objective(str(run_dir / "checkpoints" / "last.ckpt"))
+
+    plain, seeing = run("plain", False), run("sees", True)
+    assert plain == "objective oracle_labels (reweight=False)"
+    assert seeing == plain + ", selector sees the base classifier"

@@ -77,7 +77,8 @@ def _resolved(path: str | None) -> str | None:
 
 def describe_objective(ckpt_path: str | None) -> str:
     """The selector's training objective from the config of the vrs-train run that wrote the checkpoint
-    (`objective` group; null = the paper's), else the checkpoint's short path."""
+    (`objective` group; null = the paper's) and whether its selector sees the base classifier (two selectors with
+    one objective are otherwise one label), else the checkpoint's short path."""
     cfg = training_config(ckpt_path)
     if cfg is None:
         return f"checkpoint {short_ckpt(ckpt_path) or '?'}"
@@ -90,7 +91,8 @@ def describe_objective(ckpt_path: str | None) -> str:
     name = parts[-2] if len(parts) >= 2 else parts[-1]
     params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in obj.items()
                        if k != "_target_" and not isinstance(v, (dict, list)))
-    return f"objective {name}" + (f" ({params})" if params else "")
+    sees = ", selector sees the base classifier" if value(cfg, "selector.sees_base") else ""
+    return f"objective {name}" + (f" ({params})" if params else "") + sees
 
 
 def stage1_paths(ckpt_path: str | None) -> tuple[list[str], str | None]:
