@@ -12,6 +12,10 @@ grid sigma at --lam, and fits multinomial logistic regressions (scikit-learn, 5-
   base        the base classifier's class probabilities at --copies draws of x + eta, averaged (what
               `selector.sees_base=true` adds, and roughly what median smoothing over copies averages);
   both        the two together;
+  grid        the base classifier's mean class probabilities at each grid sigma around the selector's input:
+              --copies draws of x' + sqrt(sigma_i^2 - sigma_h^2) z (total noise sigma_i around x; x' itself where
+              sigma_i <= sigma_h), concatenated over the grid (what a selector that looks at the base classifier's
+              votes at every level would see);
   clean       the image without noise and the base classifier's probabilities at it: more than any defended
               selector may see (its input is noised so that it can be certified), an upper bound on what x tells.
 --probe boosting replaces the logistic regressions with gradient-boosted trees: a non-linear probe.
@@ -19,12 +23,16 @@ It reports accuracy and balanced accuracy (the mean of per-class recalls: the ma
 against the majority baseline, with their standard errors over the folds. --reliability also recomputes the labels
 from fresh votes (another seed) and reports how often an image's best sigma agrees between the two, and Cohen's
 kappa: the ceiling any predictor of these labels runs into.
+--sigma-h takes a comma list: the pixels / base / both / grid probes are repeated at each selector noise level
+(results under "sigma_h=<value>"; a smaller sigma_h shows the selector more of x, at the price of a smaller C1
+certificate cap). --device cuda runs the forward passes on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -75,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=3000)
     p.add_argument("--votes", type=int, default=64)
     p.add_argument("--lam", type=float, default=0.5)
-    p.add_argument("--sigma-h", type=float, default=0.5)
+    p.add_argument("--sigma-h", default="0.5", help="the selector's input noise; a comma list repeats the probes")
+    p.add_argument("--device", default="cpu", help="where the forward passes run (cpu, cuda)")
     p.add_argument("--copies", type=int, default=8)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--reliability", action="store_true", help="also label from a second set of votes (seed 1)")
@@ -85,30 +94,44 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.time()
     torch.manual_seed(0)
+    sigma_hs = [float(v) for v in str(args.sigma_h).split(",")]
     f, spec = load_base_classifier(args.ckpt)
-    f.eval()
+    f = f.eval().to(args.device)
     d = spec["data"]
     dm = ImageDataModule.from_spec(d, root=args.data_root, val_size=5000, seed=0)
     dm.setup()
     x, y = dm.splits["train"]
-    x, y = to_float(x[: args.images]), y[: args.images]
+    x, y = to_float(x[: args.images]).to(args.device), y[: args.images].to(args.device)
     def best_sigma(seed: int) -> np.ndarray:
         count_y, top_is_y = grid_votes(f, x, y, GRID, args.votes, seed=seed, batch_size=4096)
         table = OracleTable.from_votes(count_y, top_is_y, GRID, args.votes, 1.0)
-        score = label_score(table.p, table.radius, torch.full((len(y),), args.lam, dtype=torch.float64), 1.0)
+        score = label_score(table.p.cpu(), table.radius.cpu(), torch.full((len(y),), args.lam, dtype=torch.float64),
+                            1.0)
         return score.argmax(1).numpy()
 
     labels = best_sigma(0)
+    y = y.cpu()
     shares = np.bincount(labels, minlength=len(GRID)) / len(labels)
 
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        noisy = x + args.sigma_h * torch.randn(x.shape, generator=gen)
-        probs = torch.zeros(len(y), d["num_classes"])
+    gen = torch.Generator(device=args.device).manual_seed(1)
+    randn = lambda: torch.randn(x.shape, generator=gen, device=args.device)  # noqa: E731
+
+    def mean_probs(center: torch.Tensor, sigma: float) -> torch.Tensor:
+        """softmax(f) averaged over --copies draws of center + sigma z, batched."""
+        out = torch.zeros(len(y), d["num_classes"], device=args.device)
         for _ in range(args.copies):
-            probs += torch.softmax(f(x + args.sigma_h * torch.randn(x.shape, generator=gen)), 1)
-        probs /= args.copies
-        clean_probs = torch.softmax(f(x), 1)
+            noisy = center + sigma * randn()
+            out += torch.cat([torch.softmax(f(b), 1) for b in noisy.split(4096)])
+        return out / args.copies
+
+    with torch.no_grad():
+        clean_probs = torch.softmax(f(x), 1).cpu()
+        views = {}
+        for sigma_h in sigma_hs:
+            noisy = x + sigma_h * randn()
+            base = mean_probs(x, sigma_h)  # copies of x + eta: the selector's input, redrawn
+            grid = torch.cat([mean_probs(noisy, math.sqrt(max(s * s - sigma_h * sigma_h, 0.0))) for s in GRID], 1)
+            views[sigma_h] = (noisy.flatten(1).cpu().numpy(), base.cpu().numpy(), grid.cpu().numpy())
     reliability = None
     if args.reliability:
         again = best_sigma(1)
@@ -116,16 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         chance = float(sum(np.mean(labels == g) * np.mean(again == g) for g in range(len(GRID))))
         reliability = {"agreement": agree, "agreement_se": float(np.sqrt(agree * (1 - agree) / len(labels))),
                        "cohen_kappa": (agree - chance) / (1 - chance)}
-    pixels = noisy.flatten(1).numpy()
-    base = probs.numpy()
-    clean = np.concatenate([x.flatten(1).numpy(), clean_probs.numpy()], 1)
+    clean = np.concatenate([x.flatten(1).cpu().numpy(), clean_probs.numpy()], 1)
     cv = lambda feats: cross_validated(feats, labels, args.folds, 0, args.probe)  # noqa: E731
     results = {"majority": {"accuracy": float(shares.max()), "balanced_accuracy": 1.0 / len(GRID)},
-               "pixels": cv(pixels), "base": cv(base), "both": cv(np.concatenate([pixels, base], 1)),
                "clean": cv(clean)}
+    for sigma_h, (pixels, base, grid) in views.items():
+        probes = {"pixels": cv(pixels), "base": cv(base), "both": cv(np.concatenate([pixels, base], 1)),
+                  "grid": cv(grid)}
+        if len(sigma_hs) == 1:
+            results.update(probes)
+        else:
+            results[f"sigma_h={sigma_h:g}"] = probes
     out = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
            "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
-           "ckpt": str(args.ckpt), "images": len(y), "votes": args.votes, "lam": args.lam, "sigma_h": args.sigma_h,
+           "ckpt": str(args.ckpt), "images": len(y), "votes": args.votes, "lam": args.lam, "sigma_h": sigma_hs if len(sigma_hs) > 1 else sigma_hs[0],
            "copies": args.copies, "probe": args.probe, "grid": GRID, "best_sigma_shares": shares.tolist(), "results": results, "reliability": reliability,
            "wall_s": round(time.time() - t0, 1)}
     if args.out:
