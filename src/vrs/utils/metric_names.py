@@ -13,6 +13,11 @@ Float parts are written with `:g` (0.5 -> "0.5", 1.0 -> "1"), as every app alway
 
 from __future__ import annotations
 
+import re
+
+# What a float written with `:g` looks like (0.5, 1, 1e-05): the variable part of a family of keys.
+G_NUMBER = r"[0-9.e+-]+"
+
 # ---- vrs-train ------------------------------------------------------------------------------------------
 TRAIN, VAL, TEST = "train", "val", "test"
 EPOCH = "epoch"  # Lightning logs the epoch with every row: the x axis of the training plots
@@ -38,6 +43,16 @@ def acc_sigma(stage: str, sigma: float) -> str:
 def lam_key(stage: str, name: str, lam: float) -> str:
     """A VRS selector's metric at one lambda: val/acc_lam0.5, val/sigma_mean_lam0.5, val/kl_lam0.5."""
     return f"{stage}/{name}_lam{lam:g}"
+
+
+def acc_sigma_pattern(stage: str) -> str:
+    """The regular expression of every acc_sigma(stage, sigma) key: val/acc_sigma_<s>."""
+    return re.escape(f"{stage}/acc_sigma_") + G_NUMBER
+
+
+def lam_key_pattern(stage: str, name: str) -> str:
+    """The regular expression of every lam_key(stage, name, lam) key: val/acc_lam<l>."""
+    return re.escape(f"{stage}/{name}_lam") + G_NUMBER
 
 
 # ---- defences evaluated side by side (the training callbacks) ---------------------------------------------
