@@ -227,7 +227,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     "report": {"inputs": required(ANY), "out_dir": TEXT, "radii": list_of(number(ge=0), distinct=True),
                "title": optional(TEXT), "hide_overrides": list_of(TEXT, nonempty=False)},
     # vrs-dashboard; the W&B names, sections, radii and attacks: vrs.utils.dashboard_spec.parse_options
-    "dashboard": {**{k: ANY for k in ("project", "entity", "name", "groups", "tags", "sections", "radii", "attacks")},
+    "dashboard": {**{k: ANY for k in ("project", "entity", "name", "groups", "tags", "sections", "radii",
+                                              "attacks", "eps")},
                   "report": BOOL, "dry_run": BOOL, "out": TEXT,
                   "workspace_url": optional(Rule(lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
                                                  "the URL of a saved workspace view to replace"), " (a new view)")},

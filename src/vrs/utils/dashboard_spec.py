@@ -108,7 +108,8 @@ class Options:
     tags: tuple[str, ...] = ()
     sections: tuple[str, ...] = SECTIONS
     radii: tuple[float, ...] = (0.5, 1.0)
-    attacks: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    attacks: tuple[str, ...] = ()
+    eps: tuple[float, ...] = (0.5,)
 
 
 def _texts(key: str, value: Any, what: str) -> tuple[str, ...]:
@@ -136,15 +137,15 @@ def parse_options(node: dict) -> Options:
     sections = _texts("dashboard.sections", node.get("sections"), "sections")
     check(len(sections) > 0 and set(sections) <= set(SECTIONS), "dashboard.sections", list(sections),
           f"a non-empty list of: {', '.join(SECTIONS)}")
-    attacks = node.get("attacks") or {}
-    check(isinstance(attacks, dict) and all(isinstance(a, str) and re.fullmatch(r"\w+", a) for a in attacks),
-          "dashboard.attacks", attacks, "a mapping of attack name (conf/attack/) to its eps list, e.g. {pgd_l2: [0.5]}")
+    attacks = _texts("dashboard.attacks", node.get("attacks"), "attack names (conf/attack/: pgd_l2, eot_pgd, ...)")
+    check(all(re.fullmatch(r"\w+", a) for a in attacks), "dashboard.attacks", list(attacks),
+          "a list of distinct attack names (conf/attack/: pgd_l2, eot_pgd, ...)")
     return Options(project=project, entity=entity, name=name.strip(),
                    groups=_texts("dashboard.groups", node.get("groups"), "W&B group names (task_name)"),
                    tags=_texts("dashboard.tags", node.get("tags"), "run tags (data=cifar10, method=vrs, ...)"),
                    sections=tuple(s for s in SECTIONS if s in sections),  # the docs' order
                    radii=_numbers("dashboard.radii", node.get("radii"), "radii >= 0"),
-                   attacks={a: _numbers(f"dashboard.attacks.{a}", eps, "eps >= 0") for a, eps in attacks.items()})
+                   attacks=attacks, eps=_numbers("dashboard.eps", node.get("eps"), "eps >= 0"))
 
 
 # ---- the sections -----------------------------------------------------------------------------------------
@@ -184,29 +185,31 @@ def certification(radii: tuple[float, ...]) -> list[Panel]:
             Panel("scalar", names.CERT_SECONDS_PER_IMAGE, (names.CERT_SECONDS_PER_IMAGE,))]
 
 
-def robust_keys(attacks: dict[str, tuple[float, ...]]) -> list[str]:
-    return [names.robust_acc(a, eps) for a, epss in attacks.items() for eps in epss]
+def robust_keys(attacks: tuple[str, ...], eps: tuple[float, ...]) -> list[str]:
+    """robust/acc@<attack>_<eps> of every attack at every eps."""
+    return [names.robust_acc(a, e) for a in attacks for e in eps]
 
 
-def robustness(attacks: dict[str, tuple[float, ...]]) -> list[Panel]:
-    keys = robust_keys(attacks)
+def robustness(attacks: tuple[str, ...], eps: tuple[float, ...]) -> list[Panel]:
+    keys = robust_keys(attacks, eps)
     panels = [p for k in keys for p in _against_defence(k, names.ROBUST_LAM, names.ROBUST_SIGMA)]
     return [*panels, Panel("bar", "robust accuracy per run", (names.ROBUST_CLEAN_ACC, *keys), groupby=GROUP),
             Panel("media", "robust accuracy against eps", (names.ROBUST_PLOT,))]
 
 
-def frontier(radii: tuple[float, ...], attacks: dict[str, tuple[float, ...]]) -> list[Panel]:
+def frontier(radii: tuple[float, ...], attacks: tuple[str, ...], eps: tuple[float, ...]) -> list[Panel]:
     """Clean accuracy against certified accuracy (each radius, and the ACR) and against robust accuracy (each
     attack and eps): a fixed-sigma run, a VRS lambda or another method's run is one point."""
     certified = [names.cert_acc(r) for r in radii] + [names.CERT_ACR]
     return ([Panel("scatter", f"clean vs certified: {k}", (k,), x=names.CERT_CLEAN_ACC) for k in certified]
-            + [Panel("scatter", f"clean vs robust: {k}", (k,), x=names.ROBUST_CLEAN_ACC) for k in robust_keys(attacks)])
+            + [Panel("scatter", f"clean vs robust: {k}", (k,), x=names.ROBUST_CLEAN_ACC)
+               for k in robust_keys(attacks, eps)])
 
 
-def table_columns(radii: tuple[float, ...], attacks: dict[str, tuple[float, ...]]) -> tuple[str, ...]:
+def table_columns(radii: tuple[float, ...], attacks: tuple[str, ...], eps: tuple[float, ...]) -> tuple[str, ...]:
     """The runs table (docs/wandb.md): Group, Job Type, Tags, then the headline numbers of each app."""
     return (GROUP, JOB_TYPE, TAGS, names.stage_key(names.VAL, names.ACC), names.CERT_ACR,
-            *(names.cert_acc(r) for r in radii), *robust_keys(attacks), names.ROBUST_CLEAN_ACC)
+            *(names.cert_acc(r) for r in radii), *robust_keys(attacks, eps), names.ROBUST_CLEAN_ACC)
 
 
 def method_runsets(base: tuple[Filter, ...]) -> tuple[Runset, ...]:
@@ -236,14 +239,16 @@ def build_dashboard(opts: Options) -> Dashboard:
                                          (Runset("certification runs", runs_of("certify")),),
                                          tuple(certification(opts.radii))),
         "robustness": lambda: Section("robustness", "Robustness", ("attack",),
-                                      (Runset("attack runs", runs_of("attack")),), tuple(robustness(opts.attacks))),
+                                      (Runset("attack runs", runs_of("attack")),),
+                                      tuple(robustness(opts.attacks, opts.eps))),
         "frontier": lambda: Section("frontier", "Frontier", ("certify", "attack"),
                                     method_runsets(runs_of("certify", "attack")),
-                                    tuple(frontier(opts.radii, opts.attacks))),
+                                    tuple(frontier(opts.radii, opts.attacks, opts.eps))),
         "runs": lambda: Section("runs", "Runs table", (), (Runset("all runs", base_t),), ()),
     }
     return Dashboard(entity=opts.entity, project=opts.project, name=opts.name, filters=base_t,
-                     sections=[make[s]() for s in opts.sections], table_columns=table_columns(opts.radii, opts.attacks))
+                     sections=[make[s]() for s in opts.sections],
+                     table_columns=table_columns(opts.radii, opts.attacks, opts.eps))
 
 
 def to_json(dash: Dashboard, options: Options) -> str:
