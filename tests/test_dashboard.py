@@ -242,3 +242,22 @@ def test_a_save_builds_and_saves_the_workspace_and_the_report(tmp_path, capsys, 
     assert saved[0].entity == "team" and saved[0].project == "vrs" and len(saved[0].sections) == 4
     assert json.loads(out.read_text())["saved"] == {"workspace": "https://wandb.ai/team/vrs?nw=view",
                                                     "report": "https://wandb.ai/team/vrs/reports/r"}
+
+
+def test_a_save_that_w_and_b_refuses_is_one_error_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("wandb_workspaces")
+    import wandb_workspaces.workspaces as ws
+
+    import vrs.utils.dashboard_spec as spec_module
+
+    def refuse(self):
+        raise RuntimeError("401 Client Error: Unauthorized\nmore detail")
+
+    monkeypatch.setattr(spec_module, "missing_for_upload", lambda: [])
+    monkeypatch.setattr(ws.Workspace, "save", refuse)
+    monkeypatch.setenv("VRS_ROOT", str(tmp_path))
+    out = tmp_path / "spec.json"
+    code, err = call_main("dashboard", ["dashboard.entity=team", f"dashboard.out={out}"], capsys)
+    line = one_error_line(code, err)
+    assert "saving the dashboard to W&B failed: RuntimeError: 401 Client Error: Unauthorized;" in line
+    assert not out.exists()

@@ -18,7 +18,6 @@ error line saying what is missing, before writing anything.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.utils.dashboard_spec import (GROUP, JOB_TYPE, SPEC_FORMAT, TAGS, Dashboard, Filter, Options, Panel,
-                                     build_dashboard, check_upload_needs, has_workspaces, parse_options, to_json)
 from vrs.config_schema import validate_app_config
-from vrs.errors import check, hydra_errors_exit, user_errors_exit
+from vrs.errors import VRSError, check, first_line, hydra_errors_exit, user_errors_exit
+from vrs.utils.dashboard_spec import (GROUP, JOB_TYPE, SPEC_FORMAT, TAGS, Dashboard, Filter, Options, Panel,
+                                     build_dashboard, check_upload_needs, has_workspaces, parse_options,
+                                     specification)
 from vrs.utils.io import atomic_write
 from vrs.utils.output_folders import forget_run_files, restore_run_files
-
-log = logging.getLogger(__name__)
 
 # The runs table's columns as wandb-workspaces names them (a metric: summary:<key>).
 COLUMNS = {GROUP: "run:group", JOB_TYPE: "run:jobType", TAGS: "tags:__ALL__"}
@@ -134,7 +132,7 @@ def build(cfg: DictConfig) -> dict:
     dry_run, with_report, url = bool(node.get("dry_run")), bool(node.get("report")), node.get("workspace_url")
     out = check_out(node.get("out"))
     dash = build_dashboard(opts)
-    spec = json.loads(to_json(dash, opts))
+    spec = specification(dash, opts)
     result: dict[str, Any] = {"out": out, "workspace": None, "report": None,
                               "sections": [s.name for s in dash.sections], "dry_run": dry_run}
     if dry_run:
@@ -143,6 +141,20 @@ def build(cfg: DictConfig) -> dict:
         atomic_write(out, json.dumps(spec, indent=2) + "\n")
         return result
     check_upload_needs(node)  # vrs.config_schema checked it before the run; again for a direct call
+    try:
+        entity = save(dash, opts, url, with_report, result)
+    except Exception as err:  # noqa: BLE001 - W&B's answer (a refused key, a missing project, ...): one line
+        done = f"; the workspace was saved ({result['workspace']})" if result["workspace"] else ""
+        raise VRSError(f"saving the dashboard to W&B failed: {type(err).__name__}: {first_line(err, 300)}{done}; "
+                       f"dashboard.dry_run=true writes the specification without W&B") from None
+    spec.update(entity=entity, saved={"workspace": result["workspace"], "report": result["report"]})
+    atomic_write(out, json.dumps(spec, indent=2) + "\n")
+    return result
+
+
+def save(dash: Dashboard, opts: Options, url: str | None, with_report: bool, result: dict) -> str:
+    """Save the workspace (a new view, or the view at `url`) and, with_report, the report; their URLs go into
+    result as they are saved. Returns the entity they were saved under."""
     import wandb  # deferred: only an upload needs it
 
     entity = opts.entity or wandb.Api().default_entity
@@ -158,9 +170,7 @@ def build(cfg: DictConfig) -> dict:
         rep = report(dash, entity)
         rep.save()
         result["report"] = rep.url
-    spec.update(entity=entity, saved={"workspace": result["workspace"], "report": result["report"]})
-    atomic_write(out, json.dumps(spec, indent=2) + "\n")
-    return result
+    return entity
 
 
 @hydra_errors_exit

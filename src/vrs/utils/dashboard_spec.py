@@ -2,7 +2,7 @@
 the apps log with (vrs.utils.metric_names), so a renamed metric renames its panel.
 
 This module knows nothing of W&B's libraries: `build_dashboard(options)` returns plain dataclasses that
-`to_json` writes for review (`vrs-dashboard dashboard.dry_run=true`) and vrs.apps.dashboard turns into
+`specification` gives as the JSON that vrs-dashboard writes for review (`vrs-dashboard dashboard.dry_run=true`) and vrs.apps.dashboard turns into
 wandb-workspaces objects (a workspace and a saved report).
 
 Sections (docs/wandb.md, "Dashboard layout"); each names the runs it shows by their W&B job type (the app):
@@ -18,7 +18,6 @@ Sections (docs/wandb.md, "Dashboard layout"); each names the runs it shows by th
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -112,9 +111,9 @@ class Options:
     eps: tuple[float, ...] = (0.5,)
 
 
-def _texts(key: str, value: Any, what: str) -> tuple[str, ...]:
+def _texts(key: str, value: Any, what: str, pattern: str = r".+") -> tuple[str, ...]:
     value = [] if value is None else value
-    ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value)
+    ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) and re.fullmatch(pattern, v) for v in value)
     check(ok and len(set(value)) == len(value), key, value, f"a list of distinct {what}")
     return tuple(value)
 
@@ -137,9 +136,8 @@ def parse_options(node: dict) -> Options:
     sections = _texts("dashboard.sections", node.get("sections"), "sections")
     check(len(sections) > 0 and set(sections) <= set(SECTIONS), "dashboard.sections", list(sections),
           f"a non-empty list of: {', '.join(SECTIONS)}")
-    attacks = _texts("dashboard.attacks", node.get("attacks"), "attack names (conf/attack/: pgd_l2, eot_pgd, ...)")
-    check(all(re.fullmatch(r"\w+", a) for a in attacks), "dashboard.attacks", list(attacks),
-          "a list of distinct attack names (conf/attack/: pgd_l2, eot_pgd, ...)")
+    attacks = _texts("dashboard.attacks", node.get("attacks"), "attack names (conf/attack/: pgd_l2, eot_pgd, ...)",
+                     r"\w+")
     return Options(project=project, entity=entity, name=name.strip(),
                    groups=_texts("dashboard.groups", node.get("groups"), "W&B group names (task_name)"),
                    tags=_texts("dashboard.tags", node.get("tags"), "run tags (data=cifar10, method=vrs, ...)"),
@@ -251,10 +249,9 @@ def build_dashboard(opts: Options) -> Dashboard:
                      table_columns=table_columns(opts.radii, opts.attacks, opts.eps))
 
 
-def to_json(dash: Dashboard, options: Options) -> str:
-    """The dashboard as the JSON that `dashboard.dry_run=true` writes for review."""
-    out = {"format": SPEC_FORMAT, "options": asdict(options), **asdict(dash)}
-    return json.dumps(out, indent=2) + "\n"
+def specification(dash: Dashboard, options: Options) -> dict:
+    """The dashboard and the options it was built from, as plain JSON-ready data (dashboard.out)."""
+    return {"format": SPEC_FORMAT, "options": asdict(options), **asdict(dash)}
 
 
 # ---- what saving to W&B needs ---------------------------------------------------------------------------------
