@@ -191,6 +191,20 @@ CASES = [
     case("report", "report.out_dir={file}", "report.out_dir='{file}' is not allowed: a directory (this is a file)"),
     case("report", "report.inputs=[{empty_dir}]", "holds no runs", in_task=True),
     case("report", "report.inputs=[{corrupt_certify}]", "unreadable (JSONDecodeError", in_task=True),
+    # vrs-dashboard (its base: dashboard.dry_run=true); a save without an API key is refused before Hydra's run directory
+    case("dashboard", "dashboard.sections=[training,bogus]", "dashboard.sections=['training', 'bogus'] is not allowed: "
+                                                             "a non-empty list of: training, certification, robustness"),
+    case("dashboard", "dashboard.radii=[0.5,-1]", "dashboard.radii=[0.5, -1] is not allowed: a non-empty list of distinct "
+                                                  "radii >= 0"),
+    case("dashboard", "dashboard.attacks=[pgd-l2]", "dashboard.attacks=['pgd-l2'] is not allowed: a list of distinct "
+                                                    "attack names"),
+    case("dashboard", "dashboard.project=a/b", "dashboard.project='a/b' is not allowed: a W&B project name"),
+    case("dashboard", "+dashboard.foo=1", "dashboard.foo=1 is not allowed: a key of dashboard"),
+    case("dashboard", "dashboard.dry_run=yes", "dashboard.dry_run='yes' is not allowed: true or false"),
+    case("dashboard", "dashboard.workspace_url=wandb.ai/x", "dashboard.workspace_url='wandb.ai/x' is not allowed"),
+    case("dashboard", "dashboard.dry_run=false", "vrs-dashboard saves to W&B and needs"),
+    case("dashboard", "dashboard.out={file}", "dashboard.out='{file}' is not allowed: a new file, or an earlier "
+                                              "vrs-dashboard spec to replace", in_task=True),
     # vrs-report on damaged rows of real results: one error naming file and line, whatever else is there
     *[case("report", f"report.inputs=[{{results}},{{{name}}}]", expect, in_task=True) for name, expect in {
         "radius_nan": "{radius_nan}/certify.tsv, line 3 is malformed (radius='nan' is not allowed: a finite number >= 0)",
@@ -306,7 +320,8 @@ def world(digits_ckpt, tmp_path_factory) -> dict:
             "certify": ["data=digits", f"ckpt_path={digits_ckpt}", f"certify.out_dir={outs['certify_out']}", "certify.n=100",
                         "certify.n0=10", *common],
             "attack": ["data=digits", f"ckpt_path={digits_ckpt}", f"attack.out_dir={outs['attack_out']}", *common],
-            "report": [f"report.inputs=[{outs['certify_out']}]", f"report.out_dir={outs['report_out']}"]}
+            "report": [f"report.inputs=[{outs['certify_out']}]", f"report.out_dir={outs['report_out']}"],
+            "dashboard": ["dashboard.dry_run=true"]}
     return {"root": root, "run": run, "outs": [run, *outs.values()], "paths": paths, "base": base}
 
 
@@ -427,7 +442,7 @@ def test_a_bad_multirun_job_stops_the_sweep_before_any_job_runs(c, world, capsys
 
 
 def test_the_table_covers_every_app_with_thirty_cases_or_more():
-    assert len(CASES) >= 30 and {c.app for c in CASES} == {"train", "certify", "attack", "report"}
+    assert len(CASES) >= 30 and {c.app for c in CASES} == {"train", "certify", "attack", "report", "dashboard"}
     assert any("certify=vrs_c1" in c.args for c in CASES)
 
 

@@ -30,7 +30,8 @@ LAYERS = {
     "vrs.config_schema": 8,
     "vrs.apps": 9,
     # console entry points (python -m vrs.<app>) and the demo driver
-    "vrs.train": 10, "vrs.certify": 10, "vrs.attack": 10, "vrs.report": 10, "vrs.importer": 10, "vrs.demo": 10, "vrs": 10,
+    "vrs.train": 10, "vrs.certify": 10, "vrs.attack": 10, "vrs.report": 10, "vrs.importer": 10, "vrs.dashboard": 10,
+    "vrs.demo": 10, "vrs": 10,
 }
 
 

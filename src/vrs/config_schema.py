@@ -41,9 +41,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vrs.errors import ConfigError, VRSError, check, describe_hydra_error, find_user_error, first_line
 from vrs.importers.codebases import CODEBASES, NORMALIZATIONS
+from vrs.utils.dashboard_spec import check_upload_needs, parse_options as parse_dashboard_options
 from vrs.utils.output_folders import check_output_folder, check_report_folder, keep_run_files
 
-APPS = ("train", "certify", "attack", "report", "import")
+APPS = ("train", "certify", "attack", "report", "import", "dashboard")
 
 
 # ---- rules: a test and what it allows, in words ---------------------------------------------------
@@ -151,6 +152,7 @@ APP_TOP = {
     "certify": {"ckpt_path": CKPT_PATH},
     "attack": {"ckpt_path": CKPT_PATH, "device": DEVICE, "allow_other_dataset": BOOL},
     "report": {},
+    "dashboard": {},
     "import": {"ckpt_path": required(Rule(lambda v: isinstance(v, str) and v != "", "the path of a published "
                                           "checkpoint (e.g. checkpoint.pth.tar of locuslab/smoothing)")),
                "out_path": required(TEXT)},
@@ -224,8 +226,14 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                "normalization": optional(one_of(*NORMALIZATIONS), " (what the codebase's code applies)")},
     "report": {"inputs": required(ANY), "out_dir": TEXT, "radii": list_of(number(ge=0), distinct=True),
                "title": optional(TEXT), "hide_overrides": list_of(TEXT, nonempty=False)},
+    # vrs-dashboard; the W&B names, sections, radii and attacks: vrs.utils.dashboard_spec.parse_options
+    "dashboard": {**{k: ANY for k in ("project", "entity", "name", "groups", "tags", "sections", "radii",
+                                              "attacks", "eps")},
+                  "report": BOOL, "dry_run": BOOL, "out": TEXT,
+                  "workspace_url": optional(Rule(lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
+                                                 "the URL of a saved workspace view to replace"), " (a new view)")},
 }
-CLOSED = ("paths", "data.synthetic", "certify", "attack", "defense", "predict", "report", "source")
+CLOSED = ("paths", "data.synthetic", "certify", "attack", "defense", "predict", "report", "source", "dashboard")
 # Keys a `_target_` node may hold beyond its target's parameters (read by our code, not the target).
 EXTRA_KEYS = {"scheduler": ("interval",)}
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
@@ -234,11 +242,13 @@ OUTPUT_DIRS = {"train": {"paths.output_dir": ()},
                "certify": {"paths.output_dir": (), "certify.out_dir": ("certify.tsv",)},
                "attack": {"paths.output_dir": (), "attack.out_dir": ("attack.csv",)},
                "report": {"paths.output_dir": (), "report.out_dir": ()},
+               "dashboard": {"paths.output_dir": ()},
                "import": {"paths.output_dir": ()}}
 DEFAULT_MIN_FREE_MB = 100
 # The nodes each app cannot run without.
 APP_NODES = {"train": ("data", "model", "module", "trainer", "paths"), "certify": ("data", "certify", "paths"),
              "attack": ("data", "attack", "defense", "predict", "paths"), "report": ("report", "paths"),
+             "dashboard": ("dashboard", "paths"),
              "import": ("data", "source", "paths")}
 
 
@@ -426,6 +436,9 @@ def cross_checks(cfg: dict, app: str) -> None:
         check_sampling(p["n"], p["alpha"], p["batch_size"], prefix="predict.")
     if app == "report":
         parse_inputs(cfg["report"]["inputs"])
+    if app == "dashboard":
+        parse_dashboard_options(cfg["dashboard"])
+        check_upload_needs(cfg["dashboard"])  # before Hydra creates the run directory: a refusal writes nothing
 
 
 def check_logged_metrics(cfg: dict) -> None:

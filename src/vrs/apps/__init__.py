@@ -1,4 +1,4 @@
-"""Hydra apps: train, certify, attack, report. Each is also `python -m vrs.<app>`."""
+"""Hydra apps: train, certify, attack, report, importer, dashboard. Each is also `python -m vrs.<app>`."""
 
 import os
 from pathlib import Path

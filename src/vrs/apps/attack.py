@@ -35,6 +35,7 @@ from vrs.config_schema import check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import plain
 from vrs.utils.io import format_value, save_figure
+from vrs.utils import metric_names as names
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +146,14 @@ def metric_dict(summary: dict, attack_name: str) -> dict[str, float]:
     """Flat metrics for loggers, in the robust/ namespace shared with the training callbacks (docs/wandb.md):
     robust/acc@<attack>_<eps>, robust/soft_acc@..., robust/abstain@..., robust/clean_acc, robust/clean_soft_acc,
     robust/clean_abstain, and the defence's robust/sigma (fixed sigma) or robust/lam (VRS) as a plot axis."""
-    out = {"robust/clean_acc": summary["clean"]["acc"], "robust/clean_abstain": summary["clean"]["abstain_rate"],
-           "robust/clean_soft_acc": summary["clean"]["soft_acc"]}
-    out.update({f"robust/{k}": summary["defense"][k] for k in ("sigma", "lam") if k in summary["defense"]})
+    clean = summary["clean"]
+    out = {names.ROBUST_CLEAN_ACC: clean["acc"], names.ROBUST_CLEAN_ABSTAIN: clean["abstain_rate"],
+           names.ROBUST_CLEAN_SOFT_ACC: clean["soft_acc"]}
+    out.update({names.robust(k): summary["defense"][k] for k in ("sigma", "lam") if k in summary["defense"]})
     for p in summary["per_eps"]:
-        tag = f"{attack_name}_{p['eps']:g}"
-        out[f"robust/acc@{tag}"] = p["robust_acc"]
-        out[f"robust/soft_acc@{tag}"] = p["soft_acc"]
-        out[f"robust/abstain@{tag}"] = p["abstain_rate"]
+        out[names.robust_acc(attack_name, p["eps"])] = p["robust_acc"]
+        out[names.robust_soft_acc(attack_name, p["eps"])] = p["soft_acc"]
+        out[names.robust_abstain(attack_name, p["eps"])] = p["abstain_rate"]
     return {k: float(v) for k, v in out.items() if v == v}
 
 
@@ -350,7 +351,7 @@ def run(cfg: DictConfig) -> dict:
     finally:
         store.unlock()
         ranks.close()
-    log_results(cfg, run_facts(summary), metric_dict(summary, name), {"robust/accuracy_vs_eps": plot})
+    log_results(cfg, run_facts(summary), metric_dict(summary, name), {names.ROBUST_PLOT: plot})
     return summary
 
 

@@ -52,6 +52,7 @@ from vrs.smoothing import core
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
 from vrs.utils.io import save_figure
+from vrs.utils import metric_names as names
 
 log = logging.getLogger(__name__)
 CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector checkpoint (vrs.apps.certify_vrs)
@@ -416,9 +417,9 @@ CERT_METRICS = {"acr": "acr", "abstain_rate": "abstain", "clean_accuracy": "clea
 def metric_dict(summary: dict) -> dict[str, float]:
     """The summary as flat logger metrics in the cert/ namespace shared with the training callbacks:
     cert/acc@<r>, cert/acr, cert/abstain, cert/clean_acc, ... (PREDICT mode: no radii, no acr)."""
-    out = {f"cert/{name}": summary[key] for key, name in CERT_METRICS.items()
+    out = {names.cert(name): summary[key] for key, name in CERT_METRICS.items()
            if isinstance(summary.get(key), (int, float)) and not isinstance(summary.get(key), bool)}
-    out.update({f"cert/acc@{r}": a for r, a in (summary.get("certified_accuracy") or {}).items()})
+    out.update({names.cert_acc(float(r)): a for r, a in (summary.get("certified_accuracy") or {}).items()})
     return {k: float(v) for k, v in out.items()}
 
 
@@ -551,8 +552,8 @@ def certify(cfg: DictConfig) -> dict:
     results.unlock()
     ranks.close()
     columns = COLUMNS[table]
-    log_results(cfg, run_facts(summary), metric_dict(summary), {"cert/certified_accuracy": png},
-                ("cert/table", columns, [[r[c] for c in columns] for r in rows]))
+    log_results(cfg, run_facts(summary), metric_dict(summary), {names.CERT_PLOT: png},
+                (names.CERT_TABLE, columns, [[r[c] for c in columns] for r in rows]))
     return summary
 
 

@@ -43,6 +43,7 @@ from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.smoothing import core
 from vrs.smoothing.smoothed import SmoothedClassifier, check_sampling, image_seed
 from vrs.utils.config import plain
+from vrs.utils import metric_names as names
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def defences(pl_module: pl.LightningModule, sigma, lams: Sequence[float]) -> lis
     k = int(data.get("num_classes", 0)) or None
     if hasattr(pl_module, "selector") and hasattr(pl_module, "base") and hasattr(pl_module, "median_cfg"):
         many = len(lams) > 1
-        return [_Defence(pl_module.base, k, f"_lam{lam:g}" if many else "", selector=pl_module.selector,
+        return [_Defence(pl_module.base, k, names.lam_suffix(lam) if many else "", selector=pl_module.selector,
                          lam=float(lam), module=pl_module) for lam in lams]
     base = getattr(pl_module, "net", None)
     if base is None:
@@ -118,7 +119,7 @@ def defences(pl_module: pl.LightningModule, sigma, lams: Sequence[float]) -> lis
     else:
         sigmas = list(sigma) if isinstance(sigma, (list, tuple)) else [sigma]
     many = len(sigmas) > 1
-    return [_Defence(base, k, f"_sigma{s:g}" if many else "", sigma=float(s)) for s in sigmas]
+    return [_Defence(base, k, names.sigma_suffix(s) if many else "", sigma=float(s)) for s in sigmas]
 
 
 class _RobustnessCallback(pl.Callback):
@@ -228,10 +229,9 @@ class EmpiricalRobustness(_RobustnessCallback):
             for ai, a in enumerate(self.attacks):
                 summary = summarize(rows_by_attack.get(ai, []), eps_list(a))
                 for p in summary["per_eps"]:
-                    tag = f"{a['name']}_{p['eps']:g}{d.suffix}"
-                    out[f"robust/acc@{tag}"] = p["robust_acc"]
-                    out[f"robust/soft_acc@{tag}"] = p["soft_acc"]
-                out[f"robust/clean_acc{d.suffix}"] = summary["clean"]["acc"]
+                    out[names.robust_acc(a["name"], p["eps"], d.suffix)] = p["robust_acc"]
+                    out[names.robust_soft_acc(a["name"], p["eps"], d.suffix)] = p["soft_acc"]
+                out[names.ROBUST_CLEAN_ACC + d.suffix] = summary["clean"]["acc"]
         return {key: float(v) for key, v in out.items() if not math.isnan(v)}
 
 
@@ -291,7 +291,7 @@ class CertifiedRobustness(_RobustnessCallback):
             correct = pred == labels  # an abstention (-1) is never correct
             acc = core.certified_accuracy(radius, correct, self.radii)
             for r, a in zip(self.radii, acc):
-                out[f"cert/acc@{r:g}{d.suffix}"] = float(a)
-            out[f"cert/acr{d.suffix}"] = core.average_certified_radius(radius, correct)
-            out[f"cert/abstain{d.suffix}"] = core.abstain_rate(pred)
+                out[names.cert_acc(r, d.suffix)] = float(a)
+            out[names.CERT_ACR + d.suffix] = core.average_certified_radius(radius, correct)
+            out[names.CERT_ABSTAIN + d.suffix] = core.abstain_rate(pred)
         return out

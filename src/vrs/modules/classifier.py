@@ -24,6 +24,7 @@ from vrs.models import build_network
 from vrs.smoothing.noise import add_noise
 from vrs.smoothing.smoothed import CUDA_GRAPH_MODES
 from vrs.utils.config import plain
+from vrs.utils import metric_names as names
 
 
 GRAPH_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")  # no GradScaler (fp16) and no other plugin in a graph
@@ -174,26 +175,26 @@ class NoisyClassifierModule(NonFiniteLossGuard, pl.LightningModule):
             logits, loss, terms = out.logits, out.loss, out.terms
         self._check_finite(loss)
         self.train_acc(logits, y)
-        self.log("train/loss", loss)
+        self.log(names.stage_key(names.TRAIN, names.LOSS), loss)
         for name, value in terms.items():  # the method's terms (macer: train/ce, train/hinge, ...); not when captured
-            self.log(f"train/{name}", value)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+            self.log(names.stage_key(names.TRAIN, name), value)
+        self.log(names.stage_key(names.TRAIN, names.ACC), self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def _eval_step(self, batch, stage: str) -> None:
         x, y = batch
         m = self.eval_metrics
         clean = self(x)
-        self.log(f"{stage}/loss", torch.nn.functional.cross_entropy(clean, y), sync_dist=True)
+        self.log(names.stage_key(stage, names.LOSS), torch.nn.functional.cross_entropy(clean, y), sync_dist=True)
         m[f"{stage}_clean"](clean, y)
         m[f"{stage}_noisy"](self(add_noise(x, self.noise(x.shape[0], x.device))), y)
-        self.log(f"{stage}/acc_clean", m[f"{stage}_clean"])
+        self.log(names.stage_key(stage, names.ACC_CLEAN), m[f"{stage}_clean"])
         # val/acc is the accuracy under training noise: what the smoothed classifier is built on.
-        self.log(f"{stage}/acc", m[f"{stage}_noisy"], prog_bar=True)
+        self.log(names.stage_key(stage, names.ACC), m[f"{stage}_noisy"], prog_bar=True)
         if len(self.sigma_grid) > 1:
             for i, s in enumerate(self.sigma_grid):
                 m[f"{stage}_sigma{i}"](self(add_noise(x, s)), y)
-                self.log(f"{stage}/acc_sigma_{s:g}", m[f"{stage}_sigma{i}"])
+                self.log(names.acc_sigma(stage, s), m[f"{stage}_sigma{i}"])
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")

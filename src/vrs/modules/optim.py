@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from hydra.utils import instantiate
 
+from vrs.utils import metric_names as names
+
 
 def optimizers_from_config(optimizer_cfg: dict, scheduler_cfg: dict | None, params, trainer):
     """What configure_optimizers returns: the optimizer (a _partial_ config) and, if configured, its schedule.
@@ -20,4 +22,4 @@ def optimizers_from_config(optimizer_cfg: dict, scheduler_cfg: dict | None, para
         sched_cfg["T_max"] = trainer.max_epochs if interval == "epoch" else trainer.estimated_stepping_batches
     sched = instantiate(sched_cfg)(opt)
     # name: LearningRateMonitor logs the rate as train/lr (the train/ namespace, docs/wandb.md)
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "name": "train/lr"}}
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "name": names.LR}}

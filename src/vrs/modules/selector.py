@@ -37,6 +37,7 @@ from vrs.selection.priors import build_prior
 from vrs.selection.soft import soft_smooth_log
 from vrs.smoothing.noise import add_noise
 from vrs.utils.config import plain
+from vrs.utils import metric_names as names
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +190,11 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         loss = loss.mean()
         self._check_finite(loss)
         bs = x.shape[0]
-        self.log("train/loss", loss, batch_size=bs)
+        self.log(names.stage_key(names.TRAIN, names.LOSS), loss, batch_size=bs)
         for name, value in terms.items():  # paper: train/ce, train/kl
-            self.log(f"train/{name}", value.detach().float().mean(), batch_size=bs)
-        self.log("train/sigma_mean", out.sigma.mean(), batch_size=bs)  # not prog_bar: no per-step sync
+            self.log(names.stage_key(names.TRAIN, name), value.detach().float().mean(), batch_size=bs)
+        # not prog_bar: no per-step sync
+        self.log(names.stage_key(names.TRAIN, names.SIGMA_MEAN), out.sigma.mean(), batch_size=bs)
         return loss
 
     @torch.no_grad()
@@ -214,22 +216,22 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
             # the objective at the deployed sigma (the selector's single-pass output for its other inputs)
             res = self.objective.evaluate(ObjectiveInput(x, y, lam_t, out, sigma, log_probs, self.prior))
             loss = res.loss.mean()
-            self.log(f"{stage}/acc_lam{lam:g}", acc, batch_size=bs)
-            self.log(f"{stage}/sigma_mean_lam{lam:g}", sigma.mean(), batch_size=bs)
-            self.log(f"{stage}/kl_lam{lam:g}", kl, batch_size=bs)
+            self.log(names.lam_key(stage, names.ACC, lam), acc, batch_size=bs)
+            self.log(names.lam_key(stage, names.SIGMA_MEAN, lam), sigma.mean(), batch_size=bs)
+            self.log(names.lam_key(stage, names.KL, lam), kl, batch_size=bs)
             for name, value in res.terms.items():
                 if name != "kl":  # logged above, for every objective
                     value = value.float().mean()
-                    self.log(f"{stage}/{name}_lam{lam:g}", value, batch_size=bs)
+                    self.log(names.lam_key(stage, name, lam), value, batch_size=bs)
                     terms.setdefault(name, []).append(value)
             accs.append(acc), sigmas.append(sigma.mean()), kls.append(kl), losses.append(loss)
         mean = lambda v: torch.stack(v).mean()  # noqa: E731
-        self.log(f"{stage}/acc", mean(accs), prog_bar=True, batch_size=bs)
-        self.log(f"{stage}/sigma_mean", mean(sigmas), prog_bar=True, batch_size=bs)
-        self.log(f"{stage}/kl", mean(kls), batch_size=bs)
-        self.log(f"{stage}/loss", mean(losses), batch_size=bs)
+        self.log(names.stage_key(stage, names.ACC), mean(accs), prog_bar=True, batch_size=bs)
+        self.log(names.stage_key(stage, names.SIGMA_MEAN), mean(sigmas), prog_bar=True, batch_size=bs)
+        self.log(names.stage_key(stage, names.KL), mean(kls), batch_size=bs)
+        self.log(names.stage_key(stage, names.LOSS), mean(losses), batch_size=bs)
         for name, values in terms.items():
-            self.log(f"{stage}/{name}", mean(values), batch_size=bs)
+            self.log(names.stage_key(stage, name), mean(values), batch_size=bs)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")

@@ -23,6 +23,7 @@ import torch
 from vrs.analysis.sigma_spread import classifier_margin, sigma_summary
 from vrs.selection.median import MedianSmoothing, deployed_sigma
 from vrs.utils.io import atomic_path, save_figure, write_json_atomic
+from vrs.utils import metric_names as names
 
 
 @torch.no_grad()
@@ -62,7 +63,7 @@ def sigma_summaries(data: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for i, lam in enumerate(data["lams"]):
         out.update(sigma_summary(sig[i], grid, labels=data.get("labels"), margin=data.get("margin"),
-                                 prefix=f"diagnostics/sigma_lam{lam:g}/"))
+                                 prefix=names.sigma_spread_prefix(lam)))
     return out
 
 
@@ -139,5 +140,5 @@ def _log_wandb(paths: list[Path], loggers) -> None:
         return
     for lg in loggers or ():
         if isinstance(lg, WandbLogger):
-            lg.log_image(key="diagnostics/selector", images=[str(p) for p in paths],
+            lg.log_image(key=names.SELECTOR_FIGURES, images=[str(p) for p in paths],
                          caption=[p.stem for p in paths])
