@@ -37,19 +37,14 @@ Sizes (--size):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 import traceback
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # vrs_frontier's helpers (one experiment runner's habits)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared runner and vrs_frontier's experiment pieces
 import vrs_frontier as vf  # noqa: E402
-
-SEED = vf.SEED
-DONE = vf.DONE
+from experiment_runner import SEED, Step, clean_json, eps_list, print_estimate, run_steps  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -102,13 +97,9 @@ SIZES["gpu"] = replace(SIZES["cpu"], name="gpu", trainer=("trainer=gpu",), attac
 METHODS = ("fixed", "vrs", "dual_rs", "multiscale", "dds")
 
 
-@dataclass
-class Step:
-    name: str
-    app: str                       # train | certify | attack | report
-    overrides: list[str]
-    folder: Path
-    estimate_s: float
+def app_step(name: str, app: str, overrides: list[str], folder: Path, estimate_s: float) -> Step:
+    """A step that runs vrs-<app> with these overrides in this process (`run_step`)."""
+    return Step(name, "", app, overrides, folder, estimate_s)
 
 
 def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str,
@@ -121,7 +112,7 @@ def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str
     base_ckpt = tr / "base" / "checkpoints" / "last.ckpt"
     scale = 0.02 if size.name == "smoke" else 1.0
     quiet = ["~callbacks.progress_bar"]
-    steps = [Step("train/base", "train", ["experiment=multi_fmnist", *size.trainer, *common, *quiet, *size.base],
+    steps = [app_step("train/base", "train", ["experiment=multi_fmnist", *size.trainer, *common, *quiet, *size.base],
                   tr / "base", r["base"] * scale)]
     selectors = {}
     if "vrs" in methods:
@@ -129,7 +120,7 @@ def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str
     if "dual_rs" in methods:
         selectors["dual_rs"] = ["experiment=dual_rs_fmnist"]
     for name, pre in selectors.items():
-        steps.append(Step(f"train/{name}", "train", [*pre, f"base_ckpt={base_ckpt}", *size.trainer, *common, *quiet,
+        steps.append(app_step(f"train/{name}", "train", [*pre, f"base_ckpt={base_ckpt}", *size.trainer, *common, *quiet,
                                                       *size.selector], tr / name, r["selector"] * scale))
     skip, mx = size.cert_images
     cert = ["certify.split=test", f"certify.skip={skip}", f"certify.max={mx}", f"certify.n0={size.n0}",
@@ -137,7 +128,7 @@ def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str
     cert_sel = [f"certify.n_h={size.n_h}"] if size.n_h else []
     askip, amx = size.attack_images
     atk = ["attack=eot_pgd", "attack.norm=l2", "attack.split=test", f"attack.skip={askip}", f"attack.max={amx}",
-           f"attack.eps={vf.eps_list(size.eps)}", f"attack.batch_size={size.attack_batch}", f"defense.m={size.m}",
+           f"attack.eps={eps_list(size.eps)}", f"attack.batch_size={size.attack_batch}", f"defense.m={size.m}",
            f"defense.precision={size.precision}", f"predict.n={size.predict_n}", *quiet_app]
     atk += [f"attack.steps={size.steps}"] if size.steps else []
     atk += [f"attack.eot={size.eot}"] if size.eot else []
@@ -174,14 +165,14 @@ def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str
                        (1 + 3 * dds_work / (size.n + size.n0), 1 + attack_work / size.m)))
     for name, ckpt, c_args, a_args, cost in points:
         c_cost, a_cost = cost if isinstance(cost, tuple) else (cost, cost)
-        steps.append(Step(f"cert/{name}", "certify", [f"ckpt_path={ckpt}", *c_args, *cert,
+        steps.append(app_step(f"cert/{name}", "certify", [f"ckpt_path={ckpt}", *c_args, *cert,
                                                       f"certify.out_dir={out / 'cert' / name}"],
                           out / "cert" / name, one_cert * c_cost))
-        steps.append(Step(f"atk/{name}", "attack", [f"ckpt_path={ckpt}", *a_args, *atk,
+        steps.append(app_step(f"atk/{name}", "attack", [f"ckpt_path={ckpt}", *a_args, *atk,
                                                     f"attack.out_dir={out / 'atk' / name}"],
                           out / "atk" / name, one_atk * a_cost))
     title = f"'Input-dependent smoothing methods on one frontier ({size.name} size)'"
-    steps.append(Step("report", "report", [f"report.inputs=[{tr},{out / 'cert'},{out / 'atk'}]",
+    steps.append(app_step("report", "report", [f"report.inputs=[{tr},{out / 'cert'},{out / 'atk'}]",
                                            f"report.title={title}", f"report.out_dir={out / 'report'}"],
                       out / "report", r["start"] + 10))
     return steps
@@ -216,7 +207,7 @@ def run_step(step: Step) -> None:
     from vrs.config_schema import validate_config
 
     step.folder.mkdir(parents=True, exist_ok=True)
-    cfg = compose(step.app, step.overrides, step.folder)
+    cfg = compose(step.app, step.args, step.folder)
     validate_config(cfg, step.app)
     if step.app == "train":
         from vrs.apps.train import train
@@ -259,65 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or Path("outputs") / f"input_dependent_{size.name}").resolve()
     steps = build_steps(size, out, args.data_root, args.vrs_objective, methods)
     if args.estimate:
-        total = sum(s.estimate_s for s in steps)
-        for s in steps:
-            print(f"{s.estimate_s:8.0f} s  {s.name}")
-        print(f"{total:8.0f} s  total ({total / 60:.1f} min), size {size.name}, device model {size.device}")
-        return 0
+        return print_estimate(steps, size.name, size.device)
 
-    out.mkdir(parents=True, exist_ok=True)
-    record_path = out / "experiment.json"
-    record = vf.load_record(record_path)
-    record.update(size=vf.clean_json(asdict(size)), seed=SEED, out=str(out), data_root=args.data_root,
-                  vrs_objective=args.vrs_objective, methods=list(methods), python=sys.version.split()[0])
-    started = time.time()
-    inv = {"started": datetime.now(timezone.utc).isoformat(), "argv": sys.argv[1:] if argv is None else argv,
-           "machine": vf.machine(), "ran": [], "skipped": []}
-    record["invocations"].append(inv)
-    record["machine"] = inv["machine"]
-    status, ran_any = "complete", False
-    for s in steps:
-        if (s.folder / DONE).is_file():
-            inv["skipped"].append(s.name)
-            continue
-        left = None if args.time_budget is None else args.time_budget - (time.time() - started)
-        if left is not None and ran_any and s.estimate_s > left:
-            status = "stopped: time budget"
-            print(f"input_dependent: {s.name} (~{s.estimate_s:.0f} s) does not fit the {left:.0f} s left; rerun the "
-                  "same command to continue", flush=True)
-            break
-        print(f"== {s.name} (~{s.estimate_s:.0f} s): vrs-{s.app} {' '.join(s.overrides)}", flush=True)
-        entry = record["steps"].setdefault(s.name, {"attempts": []})
-        entry["command"] = f"python -m vrs.{s.app} " + " ".join(s.overrides)
-        t0 = time.time()
+    def execute(s: Step, left: float | None, record: dict) -> tuple[int, bool]:
         try:
             run_step(s)
-            rc = 0
+            return 0, False
         except (Exception, SystemExit):  # noqa: BLE001 - recorded, and the run stops here
             traceback.print_exc()
-            rc = 1
-        wall = time.time() - t0
-        ran_any = True
-        entry["attempts"].append({"wall_s": round(wall, 2), "rc": rc, "at": datetime.now(timezone.utc).isoformat()})
-        entry["wall_s"] = round(sum(a["wall_s"] for a in entry["attempts"]), 2)
-        entry["estimate_s"] = round(s.estimate_s, 1)
-        inv["ran"].append(s.name)
-        if rc:
-            status = f"failed: {s.name}"
-            vf.save_record(record_path, record)
-            break
-        (s.folder / DONE).write_text(json.dumps({"wall_s": round(wall, 2)}) + "\n")
-        print(f"== {s.name}: done in {wall:.1f} s", flush=True)
-        vf.save_record(record_path, record)
-    inv["wall_s"] = round(time.time() - started, 1)
-    inv["status"] = record["status"] = status
-    record["total_step_wall_s"] = round(sum(e.get("wall_s", 0.0) for e in record["steps"].values()), 1)
-    vf.save_record(record_path, record)
-    print(f"input_dependent: {status} ({inv['wall_s']:.0f} s this call); record: {record_path}", flush=True)
-    if status == "complete":
+            return 1, False
+
+    fields = dict(size=clean_json(asdict(size)), seed=SEED, out=str(out), data_root=args.data_root,
+                  vrs_objective=args.vrs_objective, methods=list(methods))
+    status, code = run_steps("input_dependent", steps, out, argv, fields, args.time_budget, execute)
+    if code == 0:
         print(f"report: {out / 'report' / 'report.md'}")
-        return 0
-    return 3 if status.startswith("stopped") else 1
+    return code
 
 
 if __name__ == "__main__":

@@ -55,13 +55,12 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vrs_frontier import (DONE, QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt, load_record,  # noqa: E402
-                          machine, run_app, save_record)
+from experiment_runner import (QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt, log_path,  # noqa: E402
+                               machine, print_estimate, run_app, run_steps)
 
 METHODS = ("gaussian", "smoothadv", "macer", "consistency")
 VRS_LAMBDA_GRID = ("module.median.grid=[0.12,0.25,0.5,1.0]",)
@@ -385,70 +384,21 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or Path("outputs") / f"training_methods_{size.name}").resolve()
     steps, _ = build_steps(size, out, args.data_root, methods)
     if args.estimate or args.dry_run:
-        total = sum(s.estimate_s for s in steps)
-        for s in steps:
-            print(f"{s.estimate_s:8.0f} s  {s.name}" + (f"  {' '.join(s.command())}" if args.dry_run and s.app else ""))
-        print(f"{total:8.0f} s  total ({total / 60:.1f} min), size {size.name}, device model {size.device}")
-        return 0
+        return print_estimate(steps, size.name, size.device, args.dry_run)
 
-    out.mkdir(parents=True, exist_ok=True)
-    record_path = out / "experiment.json"
-    record = load_record(record_path)
-    record.update(size=clean_json(asdict(size)), seed=SEED, out=str(out), methods=list(methods),
-                  python=sys.version.split()[0])
-    started = time.time()
-    inv = {"started": datetime.now(timezone.utc).isoformat(), "argv": sys.argv[1:] if argv is None else argv,
-           "machine": machine(), "ran": [], "skipped": []}
-    record["invocations"].append(inv)
-    record["machine"] = inv["machine"]
-    save_record(record_path, record)
-    status, ran_any = "complete", False
-    for s in steps:
-        if s.kind != "summary" and (s.folder / DONE).is_file():
-            inv["skipped"].append(s.name)
-            continue
-        left = None if args.time_budget is None else args.time_budget - (time.time() - started)
-        if left is not None and ran_any and (s.estimate_s > left or left <= 0):
-            status = "stopped: time budget"
-            print(f"training_methods: {s.name} (~{s.estimate_s:.0f} s) does not fit the {left:.0f} s left; rerun the "
-                  "same command to continue", flush=True)
-            break
-        print(f"== {s.name} (~{s.estimate_s:.0f} s)", flush=True)
-        t0 = time.time()
-        entry = record["steps"].setdefault(s.name, {"attempts": []})
+    def execute(s: Step, left: float | None, record: dict) -> tuple[int, bool]:
         if s.kind == "summary":
             summarize(out, size, methods)
-            rc, timed_out = 0, False
-        else:
-            rc, timed_out = run_app(s, None if left is None else max(left, 30.0),
-                                    out / "logs" / (s.name.replace("/", "_") + ".log"))
-        wall = time.time() - t0
-        ran_any = True
-        entry["command"] = " ".join(s.command()) if s.app else "(in-process: summarize)"
-        entry["attempts"].append({"wall_s": round(wall, 1), "rc": rc, "timed_out": timed_out,
-                                  "at": datetime.now(timezone.utc).isoformat()})
-        entry["wall_s"] = round(sum(a["wall_s"] for a in entry["attempts"]), 1)
-        entry["estimate_s"] = round(s.estimate_s, 1)
-        inv["ran"].append(s.name)
-        if rc == 0 and not timed_out:
-            if s.kind != "summary":
-                (s.folder / DONE).write_text(json.dumps({"wall_s": round(wall, 1)}) + "\n")
-            entry["done"] = True
-            print(f"== {s.name}: done in {wall:.0f} s", flush=True)
-        else:
-            status = "stopped: time budget" if timed_out else f"failed: {s.name} (exit code {rc})"
-            print(f"training_methods: {status}; log {out / 'logs'}", file=sys.stderr, flush=True)
-            break
-        save_record(record_path, record)
-    inv["wall_s"] = round(time.time() - started, 1)
-    inv["status"] = record["status"] = status
-    record["total_step_wall_s"] = round(sum(e.get("wall_s", 0.0) for e in record["steps"].values()), 1)
-    save_record(record_path, record)
-    print(f"training_methods: {status} ({inv['wall_s']:.0f} s this call); record: {record_path}", flush=True)
-    if status == "complete":
+            return 0, False
+        return run_app(s, left, log_path(out, s))
+
+    fields = dict(size=clean_json(asdict(size)), seed=SEED, out=str(out), methods=list(methods))
+    status, code = run_steps("training_methods", steps, out, argv, fields, args.time_budget, execute,
+                             skip=lambda s, record, inv: "rerun" if s.kind == "summary" else None,
+                             done_info=lambda s, wall: None if s.kind == "summary" else {"wall_s": round(wall, 1)})
+    if code == 0:
         print(f"summary: {out / 'summary.md'}; table: {out / 'report' / 'report.md'}; plot: {out / 'frontier.png'}")
-        return 0
-    return 3 if status.startswith("stopped") else 1
+    return code
 
 
 if __name__ == "__main__":

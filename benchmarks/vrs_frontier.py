@@ -97,17 +97,15 @@ import csv
 import json
 import math
 import os
-import platform
-import shlex
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from experiment_runner import (DONE, QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt,  # noqa: E402
+                               log_path, print_estimate, run_app, run_steps)
 
 # name -> the selector's training overrides: one entry per objective config, plus named variants of one (each a
 # separate selector on the same base classifier, reported as its own curve)
@@ -129,10 +127,6 @@ ATTACKS = {  # name -> overrides (on top of the budget); see the docstring
     "down": ["attack=sigma_down", "attack.norm=l2", "attack.sigma_target=down"],
     "median": ["attack=sigma_down", "attack.norm=l2", "attack.sigma_target=away", "defense.selector_grad=median"],
 }
-DONE = ".done"
-QUIET = ["print_config=false"]
-TRAIN_QUIET = QUIET + ["~callbacks.progress_bar"]
-SEED = 0  # every app: data split (train / val), noise, attacks
 
 
 @dataclass(frozen=True)
@@ -191,30 +185,6 @@ SIZES["gpu"] = replace(SIZES["gpu-full"], name="gpu", lams=(0.0, 0.25, 0.5, 0.75
 
 
 # ---- steps ----------------------------------------------------------------------------------------------------
-@dataclass
-class Step:
-    name: str                 # e.g. "train/base", "test/atk_paper_eot"
-    group: str                # train | fixed | vrs | choose | report (what --steps selects)
-    app: str | None           # vrs app, or None for an in-process step
-    args: list[str]
-    folder: Path
-    estimate_s: float
-    kind: str = "app"
-    attack: str | None = None     # VRS attack steps: eot | down | median
-    objective: str | None = None
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", f"vrs.{self.app}", *self.args]
-
-
-def fmt(values) -> str:
-    return ",".join(f"{v:g}" for v in values)
-
-
-def eps_list(values) -> str:
-    return "[" + ",".join(f"{v:g}" for v in values) + "]"
-
-
 # rough per-unit costs in seconds, per device (docstring); startup per process
 RATES = {
     "h100": dict(start=15.0, cert_sample=1.25e-6, atk_vrs_fixed=0.011, atk_vrs_grad=4.6e-5,
@@ -391,64 +361,6 @@ def chose_all(folder: Path, objectives: tuple[str, ...]) -> bool:
     return path.is_file() and set(objectives) <= set(json.loads(path.read_text()).get("objectives", {}))
 
 
-def clean_json(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: clean_json(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [clean_json(v) for v in o]
-    return o
-
-
-# ---- running ------------------------------------------------------------------------------------------------
-def machine() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__}, {os.cpu_count()} CPU cores)"
-        return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
-    except Exception:  # noqa: BLE001 - a description only
-        return f"{platform.machine()}, {os.cpu_count()} cores"
-
-
-def load_record(path: Path) -> dict:
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"steps": {}, "invocations": []}
-
-
-def save_record(path: Path, record: dict) -> None:
-    from vrs.utils.io import write_json_atomic  # the apps' atomic writer (fsync'd); vrs is importable here
-
-    write_json_atomic(path, clean_json(record))
-
-
-def run_app(step: Step, timeout: float | None, log: Path) -> tuple[int, bool]:
-    """Run the step's app with its output in log; (exit code, timed out). On timeout: SIGINT, then SIGTERM, then
-    SIGKILL to the app's process group (the apps fsync their rows, so a cut-off run resumes)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as f:
-        f.write(f"\n# {datetime.now(timezone.utc).isoformat()} {shlex.join(step.command())}\n")
-        f.flush()
-        proc = subprocess.Popen(step.command(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            return proc.wait(timeout=timeout), False
-        except subprocess.TimeoutExpired:
-            for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            return proc.wait(), True
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -485,115 +397,55 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown --steps group(s): {sorted(unknown)}")
 
+    steps = [s for s in steps if s.group in groups]
+    test_attacks = args.test_attacks or size.test_attacks
+    choices_path = args.choices or out / "val" / "choices.json"
     if args.estimate or args.dry_run:
-        total = 0.0
-        chosen = (args.test_attacks or size.test_attacks) == "chosen"
-        for s in steps:
-            if chosen and s.name.startswith("test/") and s.attack == "median":
-                print(f"{'':8}    {s.name}  (--test-attacks chosen: runs instead of atk_*_down when median was "
-                      "stronger on val; counted once)")
-                continue
-            total += s.estimate_s
-            line = f"{s.estimate_s:8.0f} s  {s.name}"
-            print(line + ("  " + shlex.join(s.command()) if args.dry_run and s.app else ""))
-        print(f"{total:8.0f} s  total ({total / 60:.1f} min), size {size.name}, device model {size.device}")
-        return 0
+        if test_attacks == "chosen":  # one adaptive attack per objective runs on test: count it once
+            for s in steps:
+                if s.name.startswith("test/") and s.attack == "median":
+                    print(f"{'':8}    {s.name}  (--test-attacks chosen: runs instead of atk_*_down when median was "
+                          "stronger on val; counted once)")
+            steps = [s for s in steps if not (s.name.startswith("test/") and s.attack == "median")]
+        return print_estimate(steps, size.name, size.device, args.dry_run)
 
-    out.mkdir(parents=True, exist_ok=True)
-    record_path = out / "experiment.json"
-    record = load_record(record_path)
-    record.update(size=clean_json(asdict(size)), seed=SEED, out=str(out), data_root=args.data_root,
-                  objectives=list(objectives), attacks={a: v for a, v in ATTACKS.items()},
-                  python=sys.version.split()[0])
-    started = time.time()
-    inv = {"started": datetime.now(timezone.utc).isoformat(), "argv": sys.argv[1:] if argv is None else argv,
-           "machine": machine(), "ran": [], "skipped": []}
-    record["invocations"].append(inv)
-    record["machine"] = inv["machine"]
-    save_record(record_path, record)
-    env_note = os.environ.get("PYTHONPATH", "")
+    def skip(s: Step, record: dict, inv: dict) -> str | None:
+        if (s.folder / DONE).is_file():
+            stale = ((s.kind == "choose" and not chose_all(s.folder, objectives))
+                     or (s.app == "report" and not reported_all(s.folder, objectives)))
+            return "rerun" if stale else "done"
+        if s.attack and s.attack != "eot" and s.name.startswith("test/") and test_attacks == "chosen" \
+                and choices_path.is_file():
+            chosen = json.loads(choices_path.read_text())["objectives"]
+            if s.objective not in chosen:
+                print(f"vrs_frontier: {choices_path} has no choice for objective {s.objective!r} (it has "
+                      f"{sorted(chosen)}): rerun the val split with it, or pass --test-attacks all", flush=True)
+                return "failed"
+            pick = chosen[s.objective]["strongest_adaptive_attack"]
+            if pick != s.attack:
+                record["steps"].setdefault(s.name, {})["not_run"] = (
+                    f"--test-attacks chosen: {pick} was the stronger adaptive attack on val ({choices_path})")
+                return "not chosen"
+        return None
 
-    status, ran_any = "complete", False
-    for s in steps:
-        if s.group not in groups:
-            continue
-        if (s.folder / DONE).is_file() and not (s.kind == "choose" and not chose_all(s.folder, objectives)) \
-                and not (s.app == "report" and not reported_all(s.folder, objectives)):
-            inv["skipped"].append(s.name)
-            continue
-        if (s.attack and s.attack != "eot" and s.name.startswith("test/")
-                and (args.test_attacks or size.test_attacks) == "chosen"):
-            choices_path = args.choices or out / "val" / "choices.json"
-            if choices_path.is_file():
-                chosen = json.loads(choices_path.read_text())["objectives"]
-                if s.objective not in chosen:
-                    print(f"vrs_frontier: {choices_path} has no choice for objective {s.objective!r} (it has "
-                          f"{sorted(chosen)}): rerun the val split with it, or pass --test-attacks all", flush=True)
-                    status = "failed"
-                    break
-                pick = chosen[s.objective]["strongest_adaptive_attack"]
-                if pick != s.attack:
-                    inv["skipped"].append(s.name)
-                    record["steps"].setdefault(s.name, {})["not_run"] = (
-                        f"--test-attacks chosen: {pick} was the stronger adaptive attack on val ({choices_path})")
-                    continue
-        left = None if args.time_budget is None else args.time_budget - (time.time() - started)
-        if left is not None and ran_any and s.estimate_s > left:
-            status = "stopped: time budget"
-            print(f"vrs_frontier: {s.name} (~{s.estimate_s:.0f} s) does not fit the {left:.0f} s left; "
-                  "rerun the same command to continue", flush=True)
-            break
-        if left is not None and ran_any and left <= 0:
-            status = "stopped: time budget"
-            break
-        print(f"== {s.name} (~{s.estimate_s:.0f} s)" + (f": {shlex.join(s.command())}" if s.app else ""), flush=True)
-        t0 = time.time()
-        entry = record["steps"].setdefault(s.name, {"attempts": []})
+    def execute(s: Step, left: float | None, record: dict) -> tuple[int, bool]:
         if s.kind == "choose":
             choices = choose_on_val(s.folder, size, objectives)
             (s.folder / "choices.json").write_text(json.dumps(clean_json(choices), indent=2) + "\n")
-            rc, timed_out = 0, False
-        else:
-            if s.app == "report" and s.name.startswith("test/"):
-                choices_path = args.choices or out / "val" / "choices.json"
-                s.args = [a for a in s.args if not a.startswith("report.title=")] + [report_title(size, choices_path)]
-                record["choices"] = (json.loads(choices_path.read_text()) if choices_path.is_file() else None)
-                record["choices_from"] = str(choices_path) if choices_path.is_file() else None
-            # the first step of a call always starts, with at least 30 s (a rerun resumes it in its folder)
-            log = out / "logs" / (s.name.replace("/", "_") + ".log")
-            rc, timed_out = run_app(s, None if left is None else max(left, 30.0), log)
-        wall = time.time() - t0
-        ran_any = True
-        entry["command"] = shlex.join(s.command()) if s.app else "(in-process: choose_on_val)"
-        entry["attempts"].append({"wall_s": round(wall, 1), "rc": rc, "timed_out": timed_out,
-                                  "at": datetime.now(timezone.utc).isoformat()})
-        entry["wall_s"] = round(sum(a["wall_s"] for a in entry["attempts"]), 1)
-        entry["estimate_s"] = round(s.estimate_s, 1)
-        inv["ran"].append(s.name)
-        if rc == 0 and not timed_out:
-            (s.folder / DONE).write_text(json.dumps({"wall_s": round(wall, 1), "objectives": list(objectives)}) + "\n")
-            entry["done"] = True
-            print(f"== {s.name}: done in {wall:.0f} s", flush=True)
-        else:
-            status = "stopped: time budget" if timed_out else f"failed: {s.name} (exit code {rc})"
-            print(f"vrs_frontier: {status}; log {out / 'logs'}", file=sys.stderr, flush=True)
-            save_record(record_path, record)
-            break
-        save_record(record_path, record)
+            return 0, False
+        if s.app == "report" and s.name.startswith("test/"):
+            s.args = [a for a in s.args if not a.startswith("report.title=")] + [report_title(size, choices_path)]
+            record["choices"] = json.loads(choices_path.read_text()) if choices_path.is_file() else None
+            record["choices_from"] = str(choices_path) if choices_path.is_file() else None
+        return run_app(s, left, log_path(out, s))
 
-    inv["wall_s"] = round(time.time() - started, 1)
-    inv["status"] = status
-    record["status"] = status
-    record["total_step_wall_s"] = round(sum(e.get("wall_s", 0.0) for e in record["steps"].values()), 1)
-    record["total_invocation_wall_s"] = round(sum(i.get("wall_s", 0.0) for i in record["invocations"]), 1)
-    record["pythonpath"] = env_note
-    save_record(record_path, record)
-    print(f"vrs_frontier: {status} ({inv['wall_s']:.0f} s this call, {record['total_step_wall_s']:.0f} s in steps "
-          f"so far); record: {record_path}", flush=True)
-    if status == "complete":
+    fields = dict(size=clean_json(asdict(size)), seed=SEED, out=str(out), data_root=args.data_root,
+                  objectives=list(objectives), attacks=dict(ATTACKS), pythonpath=os.environ.get("PYTHONPATH", ""))
+    status, code = run_steps("vrs_frontier", steps, out, argv, fields, args.time_budget, execute, skip,
+                             lambda s, wall: {"wall_s": round(wall, 1), "objectives": list(objectives)})
+    if code == 0:
         print(f"report: {out / 'report' / 'report.md'}")
-        return 0
-    return 3 if status.startswith("stopped") else 1
+    return code
 
 
 def report_title(size: Size, choices_path: Path) -> str:
