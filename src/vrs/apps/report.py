@@ -43,7 +43,8 @@ from vrs.apps.report_plots import PLOTS, matplotlib_color, save_plot
 from vrs.apps.report_runs import Row, collect  # noqa: F401 - Row: the row type, for callers (tests)
 from vrs.apps.report_table import (LEGEND, attack_names, cell, merge, name_rows, order_key, settings_lines, table,
                                    to_csv, to_markdown)
-from vrs.config_schema import parse_inputs, validate_app_config
+from vrs.config_schema import validate_app_config
+from vrs.preflight import parse_inputs
 from vrs.errors import VRSError, check, hydra_errors_exit, user_errors_exit
 from vrs.smoothing.core import radius_grid
 from vrs.utils.io import atomic_write, write_json_atomic
