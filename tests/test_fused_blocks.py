@@ -121,7 +121,8 @@ def test_engine_with_fused_blocks_counts_like_the_plain_engine_on_cpu():
 
 def test_certify_option_resolves_and_refuses_what_cannot_run():
     def options(*overrides):
-        return resolve_options(compose_config("ckpt_path=x.ckpt", *overrides, config_name="certify").certify)
+        return resolve_options(compose_config("ckpt_path=x.ckpt", *overrides, config_name="certify",
+                                              output_dir="/nonexistent/run").certify)  # resolved, never written
 
     assert options("certify.device=cpu").fused_blocks is False  # auto: off on the CPU
     assert options("certify.fused_blocks=false").fused_blocks is False
