@@ -41,10 +41,6 @@ from vrs.utils.output_folders import keep_run_files
 APPS = ("train", "certify", "attack", "report", "import")
 
 
-# Lightning's precision flags (lightning_fabric.connector._PRECISION_INPUT).
-TRAINER_PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
-                      "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
-BATCH_LIMIT = either(integer(0), number(ge=0, le=1))
 # Every number in a config ends up in torch or numpy: integers must fit int64, floats float32 (finite there).
 INT64_MAX, FLOAT32_MAX, FLOAT32_TINY = 2**63 - 1, 3.4028234663852886e38, 1.1754943508222875e-38
 
@@ -79,17 +75,16 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                   "dampening": number(ge=0, le=1)},
     "scheduler": {"T_max": optional(integer(1), " (the number of epochs)"), "step_size": integer(1),
                   "gamma": number(gt=0), "eta_min": number(ge=0), "interval": one_of("epoch", "step")},
+    # What Lightning's Trainer accepts without complaint (its own checks: accelerator, precision, num_nodes,
+    # limit_*_batches, strategy, ...: check_trainer builds it).
     "trainer": {"max_epochs": integer(1), "min_epochs": integer(0), "max_steps": either(integer(1), one_of(-1)),
-                "accelerator": one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
                 "devices": either(integer(1), one_of("auto", -1), list_of(integer(0)), TEXT),
-                "num_nodes": integer(1), "precision": one_of(*TRAINER_PRECISIONS),
                 "check_val_every_n_epoch": optional(integer(1)), "log_every_n_steps": integer(1),
                 "deterministic": either(BOOL, one_of("warn")), "benchmark": optional(BOOL),
                 "accumulate_grad_batches": integer(1), "gradient_clip_val": optional(number(ge=0)),
-                "limit_train_batches": BATCH_LIMIT, "limit_val_batches": BATCH_LIMIT,
-                "limit_test_batches": BATCH_LIMIT, "fast_dev_run": either(BOOL, integer(0)),
-                "enable_progress_bar": BOOL, "enable_model_summary": BOOL, "enable_checkpointing": BOOL,
-                "sync_batchnorm": BOOL, "use_distributed_sampler": BOOL, "default_root_dir": TEXT},
+                "fast_dev_run": either(BOOL, integer(0)), "enable_progress_bar": BOOL, "enable_model_summary": BOOL,
+                "enable_checkpointing": BOOL, "sync_batchnorm": BOOL, "use_distributed_sampler": BOOL,
+                "default_root_dir": TEXT},
     # vrs-attack's images; the attack's own keys (name, norm, eps, steps, ...): check_attack_config.
     "attack": {"split": SPLIT, "skip": integer(1), "max": optional(integer(1), " (all images)"),
                "indices": optional(INDICES), "batch_size": integer(1), "world_size": integer(1),
@@ -412,6 +407,9 @@ def check_values(cfg: DictConfig | dict, app: str) -> dict:
     check_number_ranges(plain)
     check_targets(plain)
     cross_checks(plain, app)
+    if app == "train":
+        check_val_check_interval(plain)
+        check_trainer(plain)
     return plain
 
 
@@ -427,9 +425,6 @@ def validate_config(cfg: DictConfig | dict, app: str) -> dict:
     """Everything a run relies on, before any compute: values, then what needs files (vrs.preflight: checkpoints,
     output directories and what they hold). Returns the resolved config."""
     plain = check_values(cfg, app)
-    if app == "train":
-        check_val_check_interval(plain)
-        check_trainer(plain)
     preflight(cfg, plain, app)
     return plain
 
