@@ -131,6 +131,17 @@ CASES = [
     case("certify", "seed=4294967296", "seed=4294967296 is not allowed"),
     case("certify", "certify.out_dir={file}", "certify.out_dir='{file}' is not allowed: a directory (this is a file)"),
     case("certify", "certify.out_dir={corrupt_certify}", "certify.meta.json is unreadable", in_task=True),
+    # the typed configs (vrs.config): a value of the wrong type or a deleted key, refused when Hydra composes
+    case("certify", "certify.n=1.5", "certify.n=1.5 is not allowed: an integer"),
+    case("certify", "certify.split=[1]", "certify.split=[1] is not allowed: one of test, val, train"),
+    case("certify", "certify.progress=maybe", "certify.progress=maybe is not allowed: true or false"),
+    case("certify", "certify.nn=3", "certify.nn=3 is not allowed: a key of certify: one of mode, n0, n, alpha"),
+    case("certify", "~certify.n", "certify.n cannot be deleted: every key of certify is needed"),
+    case("certify", "certify=vrs_c2 certify.c2_tol=abc", "certify.c2_tol=abc is not allowed: a number > 0"),
+    case("attack", "defense.m=abc", "defense.m=abc is not allowed: an integer >= 1"),
+    case("attack", "predict.precision=fp8", "predict.precision='fp8' is not allowed: one of fp32, tf32, bf16, fp16"),
+    case("report", "report.title=[a]", "report.title=[a] is not allowed: null or a non-empty string"),
+    case("report", "paths.min_free_mb=-1", "paths.min_free_mb=-1 is not allowed: a number >= 0"),
     # vrs-attack
     case("attack", "attack=nope", "attack='nope' is not allowed: one of"),
     case("attack", "attack.eps=-1", "attack.eps=-1 is not allowed"),
@@ -406,6 +417,7 @@ MULTIRUN_CASES = [
          "data.batch_size=0 is not allowed"),
     case("certify", "certify.alpha=0.001,1.5", "certify.alpha=1.5 is not allowed: a number strictly between 0 and 1 (multirun job 1 of 2:"),
     case("attack", "defense.lam=0.5,2", "defense.lam=2 is not allowed"),
+    case("certify", "certify.n=100,1.5", "certify.n=1.5 is not allowed: an integer (multirun job 1 of 2:"),
     case("report", "report.radii=[0.5],[-1]", "report.radii=[-1] is not allowed"),
 ]
 
