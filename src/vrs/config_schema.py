@@ -34,7 +34,7 @@ from vrs.config.rules import (ANY, AUTO_BOOL, BOOL, CKPT_PATH, COMPILE, DEVICE, 
                               _is_num, either, integer, list_of, number, one_of, optional, required)
 from vrs.errors import ConfigError, VRSError, check, describe_hydra_error, find_user_error, first_line
 from vrs.importers.codebases import CODEBASES, NORMALIZATIONS
-from vrs.preflight import preflight
+from vrs.preflight import node_at, preflight
 from vrs.utils.config import construct
 from vrs.utils.output_folders import keep_run_files
 
@@ -107,14 +107,6 @@ APP_NODES = {"train": ("data", "model", "module", "trainer", "paths"), "certify"
 
 
 # ---- layer 1: values ---------------------------------------------------------------------------------
-def _node(cfg: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(cfg, dict) or part not in cfg:
-            return None
-        cfg = cfg[part]
-    return cfg
-
-
 def check_node(name: str, node: Any, table: dict[str, Rule] | None = None, closed: bool | None = None) -> None:
     """Check one config node (a dict) against its table: types and ranges, required and unknown keys."""
     table = SCHEMA[name] if table is None else table
@@ -397,11 +389,11 @@ def check_values(cfg: DictConfig | dict, app: str) -> dict:
     plain = resolved(cfg)
     check_node("", plain, {**TOP, **APP_TOP[app]}, closed=False)
     for name in APP_NODES[app]:
-        if _node(plain, name) is None:
+        if node_at(plain, name) is None:
             raise VRSError(f"the config has no {name} node: vrs-{app} needs it")
     typed_nodes(cfg)
     for name, table in SCHEMA.items():
-        node = _node(plain, name)
+        node = node_at(plain, name)
         if node is not None:
             check_node(name, node, table)
     check_number_ranges(plain)

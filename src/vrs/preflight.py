@@ -37,7 +37,8 @@ OUTPUT_DIRS = {"train": {"paths.output_dir": ()},
 DEFAULT_MIN_FREE_MB = 100
 
 
-def _node(cfg: dict, dotted: str) -> Any:
+def node_at(cfg: dict, dotted: str) -> Any:
+    """cfg's value at a dotted key (`report.out_dir`), None where there is none."""
     for part in dotted.split("."):
         if not isinstance(cfg, dict) or part not in cfg:
             return None
@@ -150,7 +151,7 @@ def check_output_dirs(cfg: dict, app: str) -> None:
     min_free = (cfg.get("paths") or {}).get("min_free_mb", DEFAULT_MIN_FREE_MB)
     seen = set()
     for key, appended in OUTPUT_DIRS[app].items():
-        path = _node(cfg, key)
+        path = node_at(cfg, key)
         if key != "paths.output_dir" and path is None:
             continue  # null: the run directory, checked as paths.output_dir
         if path is None or path in seen:
@@ -188,12 +189,12 @@ def check_output_folders(cfg: DictConfig | dict, plain: dict, app: str) -> None:
 
     if secondary_rank():
         return  # rank 0 of this run checked (and now fills) the same folders
-    run_dir = _node(plain, "paths.output_dir")
+    run_dir = node_at(plain, "paths.output_dir")
     for key in OUTPUT_DIRS[app]:
-        path = _node(plain, key)
+        path = node_at(plain, key)
         if path is None or (key != "paths.output_dir" and path == run_dir):
             continue  # null: the run directory, checked as paths.output_dir
         check_output_folder(app, key, path, hydra_dir=key == "paths.output_dir", ckpt_path=plain.get("ckpt_path"),
                             config=cfg)
     if app == "report":  # a report folder holds the report of one set of inputs
-        check_report_folder(_node(plain, "report.out_dir"), _node(plain, "report.inputs"))
+        check_report_folder(node_at(plain, "report.out_dir"), node_at(plain, "report.inputs"))
