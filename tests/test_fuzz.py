@@ -88,6 +88,9 @@ CASES = [
     case("train", "+trainer.profiler=foo", "trainer.profiler='foo' is not allowed"),
     case("train", "+trainer.strategy=foo", "trainer.strategy='foo' is not allowed"),
     case("train", "trainer.accelerator=mps", "trainer.accelerator='mps' is not allowed"),  # no MPS on Linux
+    case("train", "trainer.precision=fp64", "trainer.precision='fp64' is not allowed: a value Lightning's Trainer takes "
+                                            "with this config and machine; it says: Precision 'fp64' is invalid. "
+                                            "Allowed precision values: ("),  # Lightning's list, not a copy
     case("train", "+trainer.logger=false", "trainer.logger=False is not allowed: no key of trainer: the logger group"),
     case("train", "+trainer.callbacks=[]", "trainer.callbacks=[] is not allowed: no key of trainer"),
     case("train", "seed=4294967296", "seed=4294967296 is not allowed: an integer >= 0 and <= 4294967295"),

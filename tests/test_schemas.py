@@ -63,7 +63,6 @@ BAD = [
     ("train", ["optimizer.nesterov=true", "optimizer.momentum=0"], "optimizer.momentum", "nesterov"),
     ("train", ["trainer.max_epochs=0"], "trainer.max_epochs", "an integer >= 1"),
     ("train", ["trainer.min_epochs=9", "trainer.max_epochs=3"], "trainer.min_epochs", "at most trainer.max_epochs (3)"),
-    ("train", ["trainer.precision=fp64"], "trainer.precision", "Allowed precision values: ("),  # Lightning's list
     ("train", ["data=digits", "data.val_size=1497"], "data.val_size", "training split's size (1497)"),
     ("train", ["data.train_subset=0"], "data.train_subset", "null (all) or an integer >= 1"),
     ("train", ["data.batch_size=0"], "data.batch_size", "a positive integer"),  # the data module's own rule

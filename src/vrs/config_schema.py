@@ -399,9 +399,6 @@ def check_values(cfg: DictConfig | dict, app: str) -> dict:
     check_number_ranges(plain)
     check_targets(plain)
     cross_checks(plain, app)
-    if app == "train":
-        check_val_check_interval(plain)
-        check_trainer(plain)
     return plain
 
 
@@ -417,6 +414,9 @@ def validate_config(cfg: DictConfig | dict, app: str) -> dict:
     """Everything a run relies on, before any compute: values, then what needs files (vrs.preflight: checkpoints,
     output directories and what they hold). Returns the resolved config."""
     plain = check_values(cfg, app)
+    if app == "train":  # what Lightning's Trainer refuses, on this machine (an accelerator it lacks, ...)
+        check_val_check_interval(plain)
+        check_trainer(plain)
     preflight(cfg, plain, app)
     return plain
 
