@@ -51,7 +51,7 @@ from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.selection.median import MedianSmoothing
 from vrs.selection.vote import certify_dual_rs_groups
 from vrs.smoothing import core
-from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
+from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
 from vrs.utils.io import save_figure
 

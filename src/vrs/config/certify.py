@@ -8,7 +8,7 @@ the yaml files; these classes say what each key may be. vrs-certify runs on Omeg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from vrs.config.rules import (AUTO_BOOL, BOOL, COMPILE, DEVICE, INDICES, LAMBDA, PROBABILITY, SPLIT, TEXT, Checked,
                               either, integer, key, list_of, number, one_of, optional)
@@ -21,7 +21,7 @@ class CertifyConfig(Checked):
 
     mode: str = key(one_of("certify", "predict"))
     # n0 <= n, alpha in (0, 1), batch_size >= 1: vrs.smoothing.smoothed.check_sampling, in __post_init__
-    n0: Optional[int] = key(None)  # None only after resolve (PREDICT draws no selection samples)
+    n0: int = key(None)  # vrs.apps.certify.resolve_options sets None for PREDICT (no selection samples)
     n: int = key(None)
     alpha: float = key(None)
     batch_size: int = key(None)
