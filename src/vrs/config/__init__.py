@@ -19,11 +19,18 @@ ConfigStore in the group `schema` and named first in its yaml file's defaults li
 
 The values live only in the yaml files: a field has no default (a key missing from the yaml is an error).
 
-Adding an option, e.g. certify.sound (true | false):
-  1. the value, with a comment saying what it does, in conf/certify/cohen.yaml (or the option that has it);
-  2. a field in vrs/config/certify.py's CertifyConfig: `sound: bool = key(BOOL)` (a rule from
-     vrs.config.rules; a rule between keys goes into __post_init__, after super().__post_init__());
-  3. read it in the app as `opts.sound`; add a bad value to tests/test_fuzz.py's table and the README's options.
+Adding an option, e.g. certify.sampling (fixed | sequential | radius_target) and certify.sound (true | false):
+  1. the value, with a comment saying what it does, in conf/certify/cohen.yaml (every certify option extends
+     it; a VRS-only key goes into conf/certify/vrs_c1.yaml instead);
+  2. a field in vrs/config/certify.py's CertifyConfig (or VRSCertifyConfig), in the yaml's order:
+         sampling: str = key(one_of("fixed", "sequential", "radius_target"))
+         sound: bool = key(BOOL)
+         radii: Optional[List[float]] = key(optional(list_of(number(gt=0)), " (none)"))
+     (the annotation is what Hydra enforces when it composes; the rule, from vrs.config.rules, the range in
+     words; a rule between keys goes into __post_init__, after super().__post_init__(), as a
+     `check(ok, "certify.<key>", value, "<what is allowed>")`);
+  3. read it in the app as `opts.sampling`; add a bad value to tests/test_fuzz.py's table and the option to the
+     README. tests/test_schemas.py::test_every_typed_node_is_its_yaml fails until yaml and dataclass agree.
 """
 
 from __future__ import annotations
