@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from conftest import REPO_ROOT, compose_config
-from vrs.apps.certify import parse_options
+from vrs.apps.certify import resolve_options
 from vrs.errors import VRSError
 from vrs.models import with_normalization
 from vrs.models import fused_stage_gluon
@@ -121,7 +121,8 @@ def test_engine_with_fused_blocks_counts_like_the_plain_engine_on_cpu():
 
 def test_certify_option_resolves_and_refuses_what_cannot_run():
     def options(*overrides):
-        return parse_options(compose_config("ckpt_path=x.ckpt", *overrides, config_name="certify").certify)
+        return resolve_options(compose_config("ckpt_path=x.ckpt", *overrides, config_name="certify",
+                                              output_dir="/nonexistent/run").certify)  # resolved, never written
 
     assert options("certify.device=cpu").fused_blocks is False  # auto: off on the CPU
     assert options("certify.fused_blocks=false").fused_blocks is False

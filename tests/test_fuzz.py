@@ -88,6 +88,9 @@ CASES = [
     case("train", "+trainer.profiler=foo", "trainer.profiler='foo' is not allowed"),
     case("train", "+trainer.strategy=foo", "trainer.strategy='foo' is not allowed"),
     case("train", "trainer.accelerator=mps", "trainer.accelerator='mps' is not allowed"),  # no MPS on Linux
+    case("train", "trainer.precision=fp64", "trainer.precision='fp64' is not allowed: a value Lightning's Trainer takes "
+                                            "with this config and machine; it says: Precision 'fp64' is invalid. "
+                                            "Allowed precision values: ("),  # Lightning's list, not a copy
     case("train", "+trainer.logger=false", "trainer.logger=False is not allowed: no key of trainer: the logger group"),
     case("train", "+trainer.callbacks=[]", "trainer.callbacks=[] is not allowed: no key of trainer"),
     case("train", "seed=4294967296", "seed=4294967296 is not allowed: an integer >= 0 and <= 4294967295"),
@@ -131,6 +134,17 @@ CASES = [
     case("certify", "seed=4294967296", "seed=4294967296 is not allowed"),
     case("certify", "certify.out_dir={file}", "certify.out_dir='{file}' is not allowed: a directory (this is a file)"),
     case("certify", "certify.out_dir={corrupt_certify}", "certify.meta.json is unreadable", in_task=True),
+    # the typed configs (vrs.config): a value of the wrong type or a deleted key, refused when Hydra composes
+    case("certify", "certify.n=1.5", "certify.n=1.5 is not allowed: an integer"),
+    case("certify", "certify.split=[1]", "certify.split=[1] is not allowed: one of test, val, train"),
+    case("certify", "certify.progress=maybe", "certify.progress=maybe is not allowed: true or false"),
+    case("certify", "certify.nn=3", "certify.nn=3 is not allowed: a key of certify: one of mode, n0, n, alpha"),
+    case("certify", "~certify.n", "certify.n cannot be deleted: every key of certify is needed"),
+    case("certify", "certify=vrs_c2 certify.c2_tol=abc", "certify.c2_tol=abc is not allowed: a number > 0"),
+    case("attack", "defense.m=abc", "defense.m=abc is not allowed: an integer >= 1"),
+    case("attack", "predict.precision=fp8", "predict.precision='fp8' is not allowed: one of fp32, tf32, bf16, fp16"),
+    case("report", "report.title=[a]", "report.title=[a] is not allowed: null or a non-empty string"),
+    case("report", "paths.min_free_mb=-1", "paths.min_free_mb=-1 is not allowed: a number >= 0"),
     # vrs-attack
     case("attack", "attack=nope", "attack='nope' is not allowed: one of"),
     case("attack", "attack.eps=-1", "attack.eps=-1 is not allowed"),
@@ -421,6 +435,7 @@ MULTIRUN_CASES = [
          "data.batch_size=0 is not allowed"),
     case("certify", "certify.alpha=0.001,1.5", "certify.alpha=1.5 is not allowed: a number strictly between 0 and 1 (multirun job 1 of 2:"),
     case("attack", "defense.lam=0.5,2", "defense.lam=2 is not allowed"),
+    case("certify", "certify.n=100,1.5", "certify.n=1.5 is not allowed: an integer (multirun job 1 of 2:"),
     case("report", "report.radii=[0.5],[-1]", "report.radii=[-1] is not allowed"),
 ]
 

@@ -23,7 +23,8 @@ from conftest import call_main, one_error_line
 from vrs.apps.importer import print_results
 from vrs.apps.importer import run as import_run
 from vrs.checkpoint import check_data_matches, load_base_classifier, load_checkpoint
-from vrs.config_schema import data_spec, validate_config
+from vrs.config_schema import validate_config
+from vrs.preflight import data_spec
 from vrs.errors import VRSError
 from vrs.importers.codebases import ANCHOR_CONSTANTS
 

@@ -27,7 +27,7 @@ LAYERS = {
     "vrs.checkpoint": 5, "vrs.importers": 5,
     "vrs.modules": 6, "vrs.attacks": 6,
     "vrs.callbacks": 7,
-    "vrs.config_schema": 8,
+    "vrs.config": 8, "vrs.config_schema": 8, "vrs.preflight": 8,
     "vrs.apps": 9,
     # console entry points (python -m vrs.<app>) and the demo driver
     "vrs.train": 10, "vrs.certify": 10, "vrs.attack": 10, "vrs.report": 10, "vrs.importer": 10, "vrs.dashboard": 10,

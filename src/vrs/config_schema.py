@@ -1,25 +1,18 @@
-"""Config schemas: what every key of every config group may be, checked before any compute.
+"""Config values: what the nodes without a typed config (train's own keys, the `_target_` groups) may hold, the
+rules between nodes, and the Hydra callback that runs it all before the run directory exists.
 
     validate_config(cfg, "certify")   # every app's main calls this first; a Hydra callback
                                       # (ValidateBeforeRun) calls it even before the run directory exists
 
-Three layers, in this order, each raising a ConfigError / VRSError that names the key, the bad value and
-what is allowed (`certify.alpha=1.5 is not allowed: a number in (0, 1)`):
-
-1. `check_values`: the tables below (SCHEMA, one per config node, one `Rule` per key, the rule phrasing
-   what is allowed), the rules that tie keys together (`cross_checks`), unknown keys of `_target_` nodes
-   (against the target's signature), and the constructors that already validate their own arguments.
-   Where a class checks its arguments (noise levels, the data module's shape and normalisation, network
-   depths, callbacks, the VRS selector stage, attack settings, n0 / n / alpha), the schema runs that code
-   (building the object: no data is loaded, nothing is computed) instead of repeating its rules, so each
-   rule has one home. The tables hold the rest.
-2. `check_checkpoints`: ckpt_path / module.base_ckpt exist, load (weights only), are of the kind the app
-   needs and were trained on the configured data set: shape, classes, normalisation
-   (vrs.checkpoint.check_data_matches).
-3. `check_output_dirs`: every directory the app writes into is a directory, can be written (a real test
-   write), and has at least paths.min_free_mb MB free.
-4. `check_output_folders`: none of them holds another app's results, or (the run directory) another app's
-   Hydra run; vrs-train reuses a training run's folder only to resume it (vrs.utils.output_folders).
+1. `check_values` (no file read): the typed configs (vrs.config: certify, defense, predict, report, paths) built
+   by OmegaConf.to_object, their __post_init__ checking ranges and the rules between their keys; the tables below
+   for the nodes without one (the top level, data, model, optimizer, trainer, ...); unknown keys of `_target_`
+   nodes (against the target's signature); numbers torch and numpy cannot take; the rules between nodes
+   (`cross_checks`), and the constructors that validate their own arguments (noise levels, the data module,
+   networks, callbacks, the VRS selector stage, attack settings): built, not restated (no data is loaded).
+2. vrs.preflight: what needs files (checkpoints, output directories, report inputs).
+Each raises a ConfigError / VRSError that names the key, the bad value and what is allowed
+(`certify.alpha=1.5 is not allowed: a number strictly between 0 and 1`).
 """
 
 from __future__ import annotations
@@ -30,113 +23,25 @@ import inspect
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vrs.config import is_typed, to_typed
+from vrs.config.rules import (ANY, AUTO_BOOL, BOOL, CKPT_PATH, COMPILE, DEVICE, INDICES, SEED, SPLIT, TEXT, Rule, _is_int,
+                              _is_num, either, integer, list_of, number, one_of, optional, required)
 from vrs.errors import ConfigError, VRSError, check, describe_hydra_error, find_user_error, first_line
 from vrs.importers.codebases import CODEBASES, NORMALIZATIONS
+from vrs.preflight import node_at, preflight
+from vrs.utils.config import construct
 from vrs.utils.dashboard_spec import check_upload_needs, parse_options as parse_dashboard_options
-from vrs.utils.output_folders import check_output_folder, check_report_folder, keep_run_files
+from vrs.utils.output_folders import keep_run_files
 
 APPS = ("train", "certify", "attack", "report", "import", "dashboard")
 
 
-# ---- rules: a test and what it allows, in words ---------------------------------------------------
-@dataclass(frozen=True)
-class Rule:
-    ok: Callable[[Any], bool]
-    allowed: str
-    required: bool = False  # the key must be present (keys of the apps' own nodes)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _show(v: Any) -> str:
-    return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v)
-
-
-def integer(min: int | None = None, max: int | None = None, why: str = "") -> Rule:
-    return Rule(lambda v: _is_int(v) and (min is None or v >= min) and (max is None or v <= max),
-                "an integer" + ("" if min is None else f" >= {min}") + ("" if max is None else f" and <= {max}") + why)
-
-
-def number(gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None) -> Rule:
-    def ok(v):
-        return (_is_num(v) and (gt is None or v > gt) and (ge is None or v >= ge) and (lt is None or v < lt)
-                and (le is None or v <= le))
-
-    lo, hi = gt if gt is not None else ge, lt if lt is not None else le
-    if lo is not None and hi is not None:
-        text = f"a number in {'(' if gt is not None else '['}{lo:g}, {hi:g}{')' if lt is not None else ']'}"
-    elif lo is not None:
-        text = f"a number {'>' if gt is not None else '>='} {lo:g}"
-    elif hi is not None:
-        text = f"a number {'<' if lt is not None else '<='} {hi:g}"
-    else:
-        text = "a finite number"
-    return Rule(ok, text)
-
-
-def one_of(*choices: Any) -> Rule:
-    """Exactly one of the choices (true is not 1, "1" is not 1)."""
-    return Rule(lambda v: any(type(v) is type(c) and v == c for c in choices), "one of " + ", ".join(map(_show, choices)))
-
-
-def optional(rule: Rule, null_means: str = "") -> Rule:
-    return Rule(lambda v: v is None or rule.ok(v), f"null{null_means} or {rule.allowed}")
-
-
-def either(*rules: Rule) -> Rule:
-    return Rule(lambda v: any(r.ok(v) for r in rules), " or ".join(r.allowed for r in rules))
-
-
-def list_of(rule: Rule, nonempty: bool = True, distinct: bool = False, length: str | None = None) -> Rule:
-    def ok(v):
-        return (isinstance(v, list) and (len(v) > 0 or not nonempty) and all(rule.ok(x) for x in v)
-                and (not distinct or len(set(map(repr, v))) == len(v)))
-
-    kind = ("a non-empty list" if nonempty else "a list") + (" without repeats" if distinct else "")
-    return Rule(ok, f"{kind}{length or ''}, each {rule.allowed}")
-
-
-def required(rule: Rule) -> Rule:
-    return replace(rule, required=True)
-
-
-ANY = Rule(lambda v: True, "any value")  # checked elsewhere (check_sampling, check_attack_config, ...)
-BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
-TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
-PROBABILITY = number(gt=0, lt=1)
-LAMBDA = number(ge=0, le=1)
-SPLIT = one_of("test", "val", "train")
-AUTO_BOOL = one_of("auto", True, False)
-COMPILE = Rule(lambda v: isinstance(v, (bool, str, dict)), "false, true, a torch.compile mode "
-               "(default, reduce-overhead, max-autotune, ...) or a dict of torch.compile arguments")
-# Whether the file exists and fits is check_checkpoints' (vrs.checkpoint's) business.
-CKPT_PATH = Rule(lambda v: isinstance(v, str) and v != "", "the path of a vrs-train checkpoint "
-                 "(<run dir>/checkpoints/last.ckpt)")
-DEVICE = Rule(lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or
-                                                (v.startswith("cuda:") and v[5:].isdigit())),
-              "auto, cpu, cuda or cuda:<index>")
-INDICES = list_of(integer(0), distinct=True)
-# Lightning's precision flags (lightning_fabric.connector._PRECISION_INPUT).
-TRAINER_PRECISIONS = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
-                      "transformer-engine-float16", "64", "32", "16", "bf16", 64, 32, 16)
-BATCH_LIMIT = either(integer(0), number(ge=0, le=1))
-# Lightning's seed_everything replaces a seed outside numpy's range with 0 (a warning only); numpy takes 32 bits.
-SEED = integer(0, 2**32 - 1, " (numpy's seed range)")
 # Every number in a config ends up in torch or numpy: integers must fit int64, floats float32 (finite there).
 INT64_MAX, FLOAT32_MAX, FLOAT32_TINY = 2**63 - 1, 3.4028234663852886e38, 1.1754943508222875e-38
 
@@ -158,8 +63,6 @@ APP_TOP = {
                "out_path": required(TEXT)},
 }
 SCHEMA: dict[str, dict[str, Rule]] = {
-    "paths": {"root_dir": TEXT, "data_dir": TEXT, "log_dir": TEXT, "output_dir": TEXT,
-              "min_free_mb": number(ge=0)},
     # ImageDataModule checks name, channels, size, num_classes, mean / std, batch sizes, loader,
     # val_size >= 0, crop_padding; the data set's size is checked in cross_checks.
     "data": {"root": optional(TEXT), "data_dir": optional(TEXT), "download": BOOL, "val_size": integer(0),
@@ -174,36 +77,16 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                   "dampening": number(ge=0, le=1)},
     "scheduler": {"T_max": optional(integer(1), " (the number of epochs)"), "step_size": integer(1),
                   "gamma": number(gt=0), "eta_min": number(ge=0), "interval": one_of("epoch", "step")},
+    # What Lightning's Trainer accepts without complaint (its own checks: accelerator, precision, num_nodes,
+    # limit_*_batches, strategy, ...: check_trainer builds it).
     "trainer": {"max_epochs": integer(1), "min_epochs": integer(0), "max_steps": either(integer(1), one_of(-1)),
-                "accelerator": one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
                 "devices": either(integer(1), one_of("auto", -1), list_of(integer(0)), TEXT),
-                "num_nodes": integer(1), "precision": one_of(*TRAINER_PRECISIONS),
                 "check_val_every_n_epoch": optional(integer(1)), "log_every_n_steps": integer(1),
                 "deterministic": either(BOOL, one_of("warn")), "benchmark": optional(BOOL),
                 "accumulate_grad_batches": integer(1), "gradient_clip_val": optional(number(ge=0)),
-                "limit_train_batches": BATCH_LIMIT, "limit_val_batches": BATCH_LIMIT,
-                "limit_test_batches": BATCH_LIMIT, "fast_dev_run": either(BOOL, integer(0)),
-                "enable_progress_bar": BOOL, "enable_model_summary": BOOL, "enable_checkpointing": BOOL,
-                "sync_batchnorm": BOOL, "use_distributed_sampler": BOOL, "default_root_dir": TEXT},
-    # certify=cohen (and the VRS keys of certify=vrs_c1 / vrs_c2); n0, n, alpha, batch_size: check_sampling.
-    "certify": {"mode": one_of("certify", "predict"), "n0": required(ANY),
-                "n": required(ANY), "alpha": required(ANY),
-                "batch_size": required(ANY),
-                "sigma": optional(number(gt=0), " (the checkpoint's training sigma)"), "split": SPLIT,
-                "skip": integer(1), "max": optional(integer(1), " (all images)"),
-                "indices": optional(either(integer(0), INDICES)), "out_dir": optional(TEXT, " (the run directory)"),
-                "device": DEVICE, "precision": one_of("auto", "fp32", "tf32", "bf16", "fp16"),
-                "channels_last": AUTO_BOOL, "compile": COMPILE, "fused_blocks": AUTO_BOOL,
-                "images_per_group": either(one_of("auto"), integer(1)), "noise_block": integer(1),
-                "world_size": integer(1), "radius_grid": list_of(number(ge=0), distinct=True), "allow_other_dataset": BOOL,
-                "progress": BOOL,
-                "certificate": one_of("c1", "c2", "dual_rs"), "selector_smoothing": one_of("median", "vote"),
-                "lam": LAMBDA,
-                "n_h0": optional(integer(1), " (the checkpoint's)"), "n_h": optional(integer(1), " (the checkpoint's)"),
-                "alpha_h": optional(PROBABILITY, " (the checkpoint's)"),
-                "sigma_h": optional(number(gt=0), " (the checkpoint's)"),
-                "grid": either(one_of("checkpoint", None), list_of(number(gt=0))),
-                "selector_batch_size": optional(integer(1), " (the checkpoint's)"), "c2_tol": number(gt=0)},
+                "fast_dev_run": either(BOOL, integer(0)), "enable_progress_bar": BOOL, "enable_model_summary": BOOL,
+                "enable_checkpointing": BOOL, "sync_batchnorm": BOOL, "use_distributed_sampler": BOOL,
+                "default_root_dir": TEXT},
     # vrs-attack's images; the attack's own keys (name, norm, eps, steps, ...): check_attack_config.
     "attack": {"split": SPLIT, "skip": integer(1), "max": optional(integer(1), " (all images)"),
                "indices": optional(INDICES), "batch_size": integer(1), "world_size": integer(1),
@@ -211,21 +94,9 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                **{k: ANY for k in ("name", "norm", "eps", "steps", "step_size", "restarts",
                                                         "random_start", "eot", "loss", "rho", "c", "kappa", "lr",
                                                         "beta", "sigma_target")}},
-    "defense": {"sigma": optional(number(gt=0), " (the training sigma, or the VRS selector)"), "lam": LAMBDA,
-                "m": integer(1), "noise": one_of("fresh", "fixed"), "tau": number(gt=0),
-                "selector_grad": one_of("straight_through", "mean", "median"), "n_h": integer(0),
-                "selector_smoothing": one_of("median", "vote"),
-                "search_surrogate": optional(Rule(lambda v: isinstance(v, dict), "a mapping of sigma_search keys"),
-                                             " (the deployed search in every forward pass)"),
-                "deployed_n_h": optional(integer(1), " (the checkpoint's)"),
-                "max_batch": optional(integer(1), " (all at once)"), "precision": one_of("fp32", "bf16", "fp16")},
-    "predict": {"n": required(ANY), "alpha": required(ANY),
-                "batch_size": required(ANY), "precision": one_of("fp32", "tf32", "bf16", "fp16")},
     # vrs-import's published checkpoint (vrs.importers.codebases)
     "source": {"format": required(one_of(*CODEBASES)), "sigma": required(number(gt=0)),
                "normalization": optional(one_of(*NORMALIZATIONS), " (what the codebase's code applies)")},
-    "report": {"inputs": required(ANY), "out_dir": TEXT, "radii": list_of(number(ge=0), distinct=True),
-               "title": optional(TEXT), "hide_overrides": list_of(TEXT, nonempty=False)},
     # vrs-dashboard; the W&B names, sections, radii and attacks: vrs.utils.dashboard_spec.parse_options
     "dashboard": {**{k: ANY for k in ("project", "entity", "name", "groups", "tags", "sections", "radii",
                                               "attacks", "eps")},
@@ -233,18 +104,10 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                   "workspace_url": optional(Rule(lambda v: isinstance(v, str) and v.startswith(("http://", "https://")),
                                                  "the URL of a saved workspace view to replace"), " (a new view)")},
 }
-CLOSED = ("paths", "data.synthetic", "certify", "attack", "defense", "predict", "report", "source", "dashboard")
+CLOSED = ("data.synthetic", "attack", "source", "dashboard")
 # Keys a `_target_` node may hold beyond its target's parameters (read by our code, not the target).
 EXTRA_KEYS = {"scheduler": ("interval",)}
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-# The output directories each app writes into (key -> the files there that are appended to in place).
-OUTPUT_DIRS = {"train": {"paths.output_dir": ()},
-               "certify": {"paths.output_dir": (), "certify.out_dir": ("certify.tsv",)},
-               "attack": {"paths.output_dir": (), "attack.out_dir": ("attack.csv",)},
-               "report": {"paths.output_dir": (), "report.out_dir": ()},
-               "dashboard": {"paths.output_dir": ()},
-               "import": {"paths.output_dir": ()}}
-DEFAULT_MIN_FREE_MB = 100
 # The nodes each app cannot run without.
 APP_NODES = {"train": ("data", "model", "module", "trainer", "paths"), "certify": ("data", "certify", "paths"),
              "attack": ("data", "attack", "defense", "predict", "paths"), "report": ("report", "paths"),
@@ -253,14 +116,6 @@ APP_NODES = {"train": ("data", "model", "module", "trainer", "paths"), "certify"
 
 
 # ---- layer 1: values ---------------------------------------------------------------------------------
-def _node(cfg: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(cfg, dict) or part not in cfg:
-            return None
-        cfg = cfg[part]
-    return cfg
-
-
 def check_node(name: str, node: Any, table: dict[str, Rule] | None = None, closed: bool | None = None) -> None:
     """Check one config node (a dict) against its table: types and ranges, required and unknown keys."""
     table = SCHEMA[name] if table is None else table
@@ -372,11 +227,9 @@ def cross_checks(cfg: dict, app: str) -> None:
     """Rules between keys, and the constructors that validate their own arguments."""
     from hydra.utils import instantiate
 
-    from vrs.smoothing.smoothed import check_sampling  # deferred: torch; vrs-attack and vrs-train import this module at start-up
-
     data = cfg.get("data")
     if isinstance(data, dict):
-        _construct(data)  # ImageDataModule: name, shape, classes, normalisation, batch sizes (no loading)
+        construct(data)  # ImageDataModule: name, shape, classes, normalisation, batch sizes (no loading)
         size, val = train_split_size(data), data.get("val_size", 0)
         if size is not None and _is_int(size) and val >= size:
             raise ConfigError("data.val_size", val, f"an integer below the {data['name']} training split's size "
@@ -387,9 +240,9 @@ def cross_checks(cfg: dict, app: str) -> None:
             if key in model:
                 check(model[key] == data[data_key], f"model.{key}", model[key],
                       f"data.{data_key} ({data[data_key]}): the network takes the data set's images")
-        _construct(model)  # networks check their own depth / width rules
+        construct(model)  # networks check their own depth / width rules
     if isinstance(cfg.get("noise"), dict):
-        _construct(cfg["noise"])  # FixedSigma / LogUniformSigma: sigma > 0, sigma_min < sigma_max
+        construct(cfg["noise"])  # FixedSigma / LogUniformSigma: sigma > 0, sigma_min < sigma_max
     if app == "train" and "training" in cfg:
         from vrs.modules.training import build_training  # deferred: Hydra's instantiate and torch, off start-up
 
@@ -421,21 +274,15 @@ def cross_checks(cfg: dict, app: str) -> None:
             if isinstance(conf, dict) and "_target_" in conf:
                 instantiate(conf)
     if app in ("certify", "attack") and isinstance(cfg.get("sigma_search"), dict):
-        _construct(cfg["sigma_search"])  # Multiscale / DataDependentSmoothing check their own settings
+        construct(cfg["sigma_search"])  # Multiscale / DataDependentSmoothing check their own settings
         surrogate = (cfg.get("defense") or {}).get("search_surrogate") if app == "attack" else None
         if surrogate:
-            _construct({**cfg["sigma_search"], **surrogate})
+            construct({**cfg["sigma_search"], **surrogate})
         check_sigma_search(cfg, app)
-    if app == "certify":
-        check_certify(cfg["certify"])
     if app == "attack":
         from vrs.attacks.factory import check_attack_config  # deferred: torch; vrs-attack and vrs-train import this module at start-up
 
         check_attack_config(cfg["attack"])
-        p = cfg["predict"]
-        check_sampling(p["n"], p["alpha"], p["batch_size"], prefix="predict.")
-    if app == "report":
-        parse_inputs(cfg["report"]["inputs"])
     if app == "dashboard":
         parse_dashboard_options(cfg["dashboard"])
         check_upload_needs(cfg["dashboard"])  # before Hydra creates the run directory: a refusal writes nothing
@@ -532,20 +379,6 @@ def check_val_check_interval(cfg: dict) -> None:
           f"at most the {batches} training batches of an epoch here, or a fraction of an epoch in (0, 1]")
 
 
-def parse_inputs(inputs: Any) -> list[Path]:
-    """report.inputs as paths: a run or multirun directory, or a list of them, each existing."""
-    if isinstance(inputs, str):
-        inputs = [inputs]
-    check(isinstance(inputs, list) and len(inputs) > 0 and all(isinstance(i, str) and i for i in inputs),
-          "report.inputs", inputs, "a run or multirun directory, or a list of them: report.inputs=[dir1,dir2]")
-    paths = [Path(i) for i in inputs]
-    for p in paths:
-        if not p.exists():
-            raise VRSError(f"report.inputs: {str(p)!r} does not exist (give run or multirun directories)")
-        check(p.is_dir(), "report.inputs", str(p), "directories (a run or multirun directory), not files")
-    return paths
-
-
 def check_sigma_search(cfg: dict, app: str) -> None:
     """A test-time sigma search chooses sigma itself: no fixed sigma, no VRS certificate, no PREDICT beside it."""
     name = str(cfg["sigma_search"].get("_target_", "?.?")).split(".")[-2]
@@ -561,46 +394,18 @@ def check_sigma_search(cfg: dict, app: str) -> None:
               f"certify with sigma_search={name} (its PREDICT is not part of vrs-certify)")
 
 
-def check_certify(c: dict) -> None:
-    """The certify node: its table, then n0 <= n and the rest of check_sampling, and no PREDICT for VRS."""
-    from vrs.smoothing.smoothed import check_sampling  # deferred: torch; vrs-attack and vrs-train import this module at start-up
-
-    check_node("certify", c)
-    certify_mode = c.get("mode", "certify") == "certify"
-    check_sampling(c["n"], c["alpha"], c["batch_size"], n0=c["n0"] if certify_mode else None, prefix="certify.")
-    if "certificate" in c and "selector_smoothing" in c:  # median: c1 / c2; vote: dual_rs
-        vote = c["selector_smoothing"] == "vote"
-        check((c["certificate"] == "dual_rs") == vote, "certify.certificate", c["certificate"],
-              f"{'dual_rs' if vote else 'c1 or c2'} with certify.selector_smoothing={c['selector_smoothing']} "
-              "(median: certify=vrs_c1 / vrs_c2; vote: certify=dual_rs)")
-    if "certificate" in c:
-        check(certify_mode, "certify.mode", c.get("mode"),
-              "certify with certify=vrs_c1 / vrs_c2 (PREDICT of a VRS model is not part of vrs-certify)")
-
-
-def _construct(node: dict, **kwargs: Any) -> Any:
-    """Build a `_target_` node to run its constructor's checks; its ConfigError comes out unwrapped."""
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs)
-    except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's error in InstantiationException
-        user = find_user_error(err)
-        if user is not None:
-            raise user from None
-        raise
-
-
 def check_values(cfg: DictConfig | dict, app: str) -> dict:
-    """Layer 1 (no files read): the tables, unknown keys, cross-key rules, constructors. Returns the
-    resolved config."""
+    """Layer 1 (no files read): the typed configs, the tables, unknown keys, cross-key rules, constructors.
+    Returns the resolved config."""
     check(app in APPS, "app", app, "one of " + ", ".join(APPS))
     plain = resolved(cfg)
     check_node("", plain, {**TOP, **APP_TOP[app]}, closed=False)
-    for name, table in SCHEMA.items():
-        node = _node(plain, name)
-        if node is None and name in APP_NODES[app]:
+    for name in APP_NODES[app]:
+        if node_at(plain, name) is None:
             raise VRSError(f"the config has no {name} node: vrs-{app} needs it")
+    typed_nodes(cfg)
+    for name, table in SCHEMA.items():
+        node = node_at(plain, name)
         if node is not None:
             check_node(name, node, table)
     check_number_ranges(plain)
@@ -609,146 +414,22 @@ def check_values(cfg: DictConfig | dict, app: str) -> dict:
     return plain
 
 
-# ---- layer 2: checkpoints ------------------------------------------------------------------------------
-def data_spec(data: dict) -> dict:
-    return {k: data.get(k) for k in ("name", "channels", "size", "num_classes", "mean", "std")}
-
-
-def _naming(key: str, fn: Callable[[], Any]) -> Any:
-    """fn(), its VRSError prefixed with the key that led to it (vrs.checkpoint's messages name the file)."""
-    try:
-        return fn()
-    except Exception as exc:  # noqa: BLE001 - only user errors get the prefix; Hydra may wrap them
-        err = find_user_error(exc)
-        if err is None:
-            raise
-        if isinstance(err, ConfigError) or str(err).startswith(key):
-            raise err from None
-        raise VRSError(f"{key}: {err}") from None
-
-
-def check_checkpoints(cfg: dict, app: str) -> None:
-    """The checkpoints the run reads load (weights only), are of the kind the app needs and were trained on the
-    configured data set (vrs.checkpoint: shape, classes, normalisation; a resumed run: the same network)."""
-    # deferred: torch; vrs-attack and vrs-train import this module at start-up
-    from vrs.checkpoint import check_data_matches, check_resume_checkpoint, load_checkpoint
-
-    data = cfg.get("data")
-    if app in ("certify", "attack"):
-        allow = (cfg["certify"] if app == "certify" else cfg).get("allow_other_dataset")
-        _naming("ckpt_path", lambda: check_data_matches(load_checkpoint(cfg["ckpt_path"], kinds=("classifier", "vrs")),
-                                                        data_spec(data), allow_other_dataset=bool(allow)))
-    elif app == "train":
-        module = cfg.get("module") or {}
-        selector = str(module.get("_target_", "")).endswith("SelectorModule")
-        if selector and not module.get("base_ckpt"):
-            return  # stage 1 trains the base classifier; stage 2's module is built (and checked) after it
-        # Building the module loads (and checks) the selector's base classifier, module.base_ckpt.
-        built = _naming("module.base_ckpt" if selector else "module",
-                        lambda: _construct(module, data=_construct(data).spec.to_dict()))
-        if cfg.get("ckpt_path"):
-            _naming("ckpt_path", lambda: check_resume_checkpoint(cfg["ckpt_path"], built))
-
-
-# ---- layer 3: output directories -------------------------------------------------------------------------
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def check_writable_dir(key: str, path: str | Path, min_free_mb: float = DEFAULT_MIN_FREE_MB,
-                       appended: Iterable[str] = ()) -> None:
-    """ConfigError unless `path` is (or can be created as) a directory we can write into with at least
-    min_free_mb MB free. The test is a real write (an unnamed temporary file, gone when closed): permission
-    bits, read-only mounts and root's privileges all count as they will for the run."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(key, str(path), "a directory (this is a file)")
-    where = _existing_ancestor(path)
-    if not where.is_dir():
-        raise ConfigError(key, str(path), f"a directory ({where} is a file, so it cannot be created)")
-    try:
-        with tempfile.TemporaryFile(dir=where, prefix=".vrs-write-test-"):
-            pass
-    except OSError as err:
-        what = "write into it" if where == path.absolute() else f"create it in {where}"
-        raise ConfigError(key, str(path), f"a writable directory: cannot {what} ({err.strerror or err})") from None
-    for name in appended:  # rows are appended to these in place (the rest is replaced atomically)
-        f = path / name
-        if f.is_file() and not os.access(f, os.W_OK):
-            raise ConfigError(key, str(path), f"a directory whose {name} can be appended to (it is read-only)")
-    free_mb = shutil.disk_usage(where).free / 2**20
-    if free_mb < min_free_mb:
-        raise ConfigError(key, str(path), f"a directory with at least {min_free_mb:g} MB free (paths.min_free_mb); "
-                                          f"{where} has {free_mb:.0f} MB free")
-
-
-def check_output_dirs(cfg: dict, app: str) -> None:
-    min_free = (cfg.get("paths") or {}).get("min_free_mb", DEFAULT_MIN_FREE_MB)
-    seen = set()
-    for key, appended in OUTPUT_DIRS[app].items():
-        path = _node(cfg, key)
-        if key != "paths.output_dir" and path is None:
-            continue  # null: the run directory, checked as paths.output_dir
-        if path is None or path in seen:
-            continue
-        seen.add(path)
-        check_writable_dir(key, path, min_free, appended)
-    if app == "import":  # one new file, written next to where it will be
-        out = Path(str(cfg["out_path"]))
-        if out.exists() or out.is_symlink():
-            raise ConfigError("out_path", str(out), "a path where nothing exists yet: vrs-import never replaces a file")
-        check_writable_dir("out_path", out.parent, min_free)
-
-
-# ---- layer 4: what the output directories hold -----------------------------------------------------------
-RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID")
-
-
-def secondary_rank() -> bool:
-    """Whether a multi-process launcher started this process for a rank > 0 (Lightning's DDP launcher re-runs the
-    app with LOCAL_RANK set, torchrun sets RANK, srun SLURM_PROCID): its run folder is rank 0's, which rank 0 has
-    checked and may already have written into."""
-    def rank(name: str) -> int:
-        try:
-            return int(os.environ.get(name) or 0)
-        except ValueError:
-            return 0
-    return any(rank(name) > 0 for name in RANK_VARIABLES)
-
-
-def check_output_folders(cfg: DictConfig | dict, plain: dict, app: str) -> None:
-    """Every directory the app writes into may take its files (vrs.utils.output_folders.check_output_folder): not one
-    holding another app's results or Hydra run, and for vrs-train no earlier training run but the one it
-    resumes; vrs-report's folder only a report of the same inputs. `cfg` as given (unresolved: compared with a
-    training run's .hydra/config.yaml), `plain` resolved."""
-
-    if secondary_rank():
-        return  # rank 0 of this run checked (and now fills) the same folders
-    run_dir = _node(plain, "paths.output_dir")
-    for key in OUTPUT_DIRS[app]:
-        path = _node(plain, key)
-        if path is None or (key != "paths.output_dir" and path == run_dir):
-            continue  # null: the run directory, checked as paths.output_dir
-        check_output_folder(app, key, path, hydra_dir=key == "paths.output_dir", ckpt_path=plain.get("ckpt_path"),
-                            config=cfg)
-    if app == "report":  # a report folder holds the report of one set of inputs
-        check_report_folder(_node(plain, "report.out_dir"), _node(plain, "report.inputs"))
+def typed_nodes(cfg: DictConfig | dict) -> dict[str, Any]:
+    """The config's typed nodes (vrs.config) as their dataclasses, every rule checked (ConfigError)."""
+    if not isinstance(cfg, DictConfig):
+        return {}
+    return {str(name): to_typed(cfg[name]) for name in cfg if name != "hydra" and is_typed(cfg._get_node(name))}
 
 
 # ---- all of it -------------------------------------------------------------------------------------------
 def validate_config(cfg: DictConfig | dict, app: str) -> dict:
-    """Everything a run relies on, before any compute: values, checkpoints, output directories and what they
-    hold. Returns the resolved config."""
+    """Everything a run relies on, before any compute: values, then what needs files (vrs.preflight: checkpoints,
+    output directories and what they hold). Returns the resolved config."""
     plain = check_values(cfg, app)
-    if app == "train":
+    if app == "train":  # what Lightning's Trainer refuses, on this machine (an accelerator it lacks, ...)
         check_val_check_interval(plain)
         check_trainer(plain)
-    check_output_dirs(plain, app)
-    check_checkpoints(plain, app)
-    check_output_folders(cfg, plain, app)
+    preflight(cfg, plain, app)
     return plain
 
 

@@ -11,6 +11,7 @@ An app's entry point is decorated as
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -27,7 +28,15 @@ class ConfigError(VRSError):
 
     def __init__(self, key: str, value: Any, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        super().__init__(f"{key}={shown(value)} is not allowed: {allowed}")
+
+
+def shown(value: Any) -> str:
+    """A value as the user wrote it: repr, but a whole float as an integer (a typed config's float field holds
+    `defense.lam=2` as 2.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return repr(int(value))
+    return repr(value)
 
 
 def check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -115,6 +124,9 @@ def describe_hydra_error(exc: BaseException) -> str:
         return (f"cannot parse the override {exc.override!r}: {'; '.join(why)} (overrides are key=value, "
                 "+key=value to add a key, ~key to delete one)")
     cause = exc.__cause__
+    typed = typed_field_error(cause, text) if isinstance(exc, ConfigCompositionException) else None
+    if typed:
+        return typed
     if isinstance(exc, ConfigCompositionException) and cause is not None and getattr(cause, "full_key", None):
         key = cause.full_key
         add = re.search(r"use \+(\S+)", text)
@@ -123,7 +135,7 @@ def describe_hydra_error(exc: BaseException) -> str:
         keys = ", ".join(str(k) for k in parent.keys() if k != "hydra") if hasattr(parent, "keys") else None
         where = key.rpartition(".")[0] or "the config"
         allowed = f"a key of {where}" + (f": one of {keys}" if keys else "")
-        if add:
+        if add and not dataclasses.is_dataclass(getattr(cause, "object_type", None)):  # a typed node takes no new key
             allowed += f" (to add a new key write +{add.group(1)})"
         return f"{key}{'=' + value if value is not None else ''} is not allowed: {allowed}"
     if isinstance(exc, OSError) and exc.filename:
@@ -134,6 +146,42 @@ def describe_hydra_error(exc: BaseException) -> str:
     message = "; ".join(lines) or type(exc).__name__
     args = " ".join(sys.argv[1:])
     return f"{message} (while composing the config{f' from: {args}' if args else ''})"
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _type_in_words(annotation: str) -> str:
+    """A typed config field's annotation (a string: the modules use `from __future__ import annotations`) in words."""
+    inner = re.fullmatch(r"Optional\[(.+)\]", annotation)
+    if inner:
+        return "null or " + _type_in_words(inner.group(1))
+    inner = re.fullmatch(r"List\[(.+)\]", annotation)
+    if inner:
+        return "a list, each " + _type_in_words(inner.group(1))
+    return _TYPE_WORDS.get(annotation, annotation)
+
+
+def typed_field_error(cause: BaseException | None, text: str) -> str | None:
+    """One line for OmegaConf's refusal, while Hydra composes, of a value that a typed config's field (vrs.config)
+    cannot take (`certify.n=1.5`: not an integer) or of deleting one of its keys (`~certify.n`): the key, the value
+    and what the field allows (its rule, else its type)."""
+    from omegaconf.errors import ConfigTypeError, ValidationError  # deferred: only a failed start needs them
+
+    key, owner = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
+    if not isinstance(cause, (ValidationError, ConfigTypeError)) or not key or not dataclasses.is_dataclass(owner):
+        return None
+    if "does not support deletion" in str(cause):
+        return (f"{key} cannot be deleted: every key of {key.rpartition('.')[0] or 'the config'} is needed (the typed "
+                f"config {owner.__name__}, {owner.__module__}); set it to another value instead")
+    field = {f.name: f for f in dataclasses.fields(owner)}.get(key.rpartition(".")[2])
+    if field is None:
+        return None
+    rule = field.metadata.get("rule")
+    allowed = rule.allowed if rule is not None else _type_in_words(str(field.type))
+    override = re.search(r"override (\S+?)=(.*)$", text.splitlines()[0]) if text else None
+    value = f"={override.group(2)}" if override and override.group(1).lstrip("+") == key else ""
+    return f"{key}{value} is not allowed: {allowed}"
 
 
 def hydra_errors_exit(hydra_main: Callable) -> Callable:

@@ -31,6 +31,8 @@ from vrs.apps import CONFIG_DIR
 from vrs.utils.output_folders import APP_FILES
 from vrs.apps.results import SHARED_KEYS, ResultsStore, Table, select_indices, store_subset
 from vrs.apps.skeleton import Ranks, load_data, log_results, open_store, resolve_device, run_app, run_ranks
+from vrs.config import to_typed
+from vrs.config.attack import DefenseConfig, PredictConfig
 from vrs.config_schema import check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import plain
@@ -61,13 +63,12 @@ def load_defense(cfg: DictConfig, device):
     from vrs.checkpoint import load_checkpoint  # deferred: torch
 
     loaded = load_checkpoint(cfg.ckpt_path, kinds=("classifier", "vrs"))
-    d = cfg.defense
-    common = dict(m=int(d.m), noise=d.noise, tau=float(d.tau), max_batch=d.get("max_batch"),
-                  precision=d.get("precision", "fp32"), seed=int(cfg.seed))
-    smoothing = d.get("selector_smoothing", "median")
+    d: DefenseConfig = to_typed(cfg.defense)  # checked (vrs.config.attack)
+    common = dict(m=d.m, noise=d.noise, tau=d.tau, max_batch=d.max_batch, precision=d.precision, seed=int(cfg.seed))
+    smoothing = d.selector_smoothing
     if cfg.get("sigma_search"):  # config_schema.check_sigma_search refused a fixed sigma beside it
         method = instantiate(plain(cfg.sigma_search))
-        surrogate_cfg = plain(d.get("search_surrogate")) or None
+        surrogate_cfg = d.search_surrogate or None
         surrogate = instantiate({**plain(cfg.sigma_search), **surrogate_cfg}) if surrogate_cfg else None
         network = loaded.vrs_model(device).base if loaded.kind == "vrs" else loaded.network
         network = network.to(device).eval()
@@ -75,16 +76,16 @@ def load_defense(cfg: DictConfig, device):
         info = {"kind": loaded.kind, "defense": method.to_dict()["name"], "sigma_search": method.to_dict(),
                 "certificate": method.certificate,
                 "search_surrogate": surrogate.to_dict() if surrogate else "the deployed search"}
-        info.update(noise=d.noise, m=int(d.m))
+        info.update(noise=d.noise, m=d.m)
         return model.to(device), network, loaded, info
     if loaded.kind == "vrs":
         vrs = loaded.vrs_model(device)
-        if d.get("sigma") is not None:
-            model = DefendedModel(vrs.base, float(d.sigma), **common)
-            info = {"kind": "vrs", "defense": "fixed_sigma", "sigma": float(d.sigma)}
+        if d.sigma is not None:
+            model = DefendedModel(vrs.base, d.sigma, **common)
+            info = {"kind": "vrs", "defense": "fixed_sigma", "sigma": d.sigma}
         else:
-            lam = float(d.lam)
-            n_dep = int(d.get("deployed_n_h") or vrs.median.n_h)
+            lam = d.lam
+            n_dep = d.deployed_n_h or vrs.median.n_h
             if smoothing == "vote":  # Dual RS: the majority vote over the grid at sigma_e = the selector's sigma_h
                 from vrs.selection.vote import vote_sigma  # deferred: torch
 
@@ -95,18 +96,18 @@ def load_defense(cfg: DictConfig, device):
                                                 vrs.median.grid, vrs.median.batch_size)
             else:
                 deployed = lambda x: vrs.sigma(x, lam, n_h=n_dep)  # noqa: E731
-            sel = SelectorSigma(vrs.selector, lam, vrs.sigma_min, vrs.sigma_max, n_h=int(d.n_h),
+            sel = SelectorSigma(vrs.selector, lam, vrs.sigma_min, vrs.sigma_max, n_h=d.n_h,
                                 sigma_h=vrs.median.sigma_h, grad=d.selector_grad, grid=vrs.median.grid,
                                 deployed=deployed, smoothing=smoothing)
             model = DefendedModel(vrs.base, sel, **common)
             info = {"kind": "vrs", "defense": "vrs", "lam": lam, "sigma_range": [vrs.sigma_min, vrs.sigma_max],
-                    "median": vrs.median.to_dict(), "deployed_n_h": n_dep, "attack_n_h": int(d.n_h),
+                    "median": vrs.median.to_dict(), "deployed_n_h": n_dep, "attack_n_h": d.n_h,
                     "selector_grad": d.selector_grad, "selector_smoothing": smoothing}
     else:
         if smoothing != "median":
             raise VRSError(f"defense.selector_smoothing={smoothing} needs a VRS selector checkpoint (it smooths the "
                            f"selector); {cfg.ckpt_path} is a base classifier: leave defense.selector_smoothing=median")
-        sigma = loaded.smoothing_sigma(d.get("sigma"), "defense.sigma")
+        sigma = loaded.smoothing_sigma(d.sigma, "defense.sigma")
         model = DefendedModel(loaded.network, sigma, **common)
         info = {"kind": "classifier", "defense": "fixed_sigma", "sigma": float(sigma)}
     info["noise"] = d.noise
@@ -215,9 +216,9 @@ def _prepare(cfg: DictConfig, device):
     torch.manual_seed(int(cfg.seed))
     model, base, loaded, info = load_defense(cfg, device)
     xs, ys, _ = load_data(plain(cfg.data), cfg.attack.get("split", "test"))
-    predict = smoothed_predict_fn(base, loaded.num_classes, int(cfg.predict.n), float(cfg.predict.alpha),
-                                  int(cfg.predict.batch_size), seed=int(cfg.seed),
-                                  precision=cfg.predict.get("precision", "fp32"), source=str(cfg.ckpt_path))
+    p: PredictConfig = to_typed(cfg.predict)  # checked (vrs.config.attack)
+    predict = smoothed_predict_fn(base, loaded.num_classes, p.n, p.alpha, p.batch_size, seed=int(cfg.seed),
+                                  precision=p.precision, source=str(cfg.ckpt_path))
     return model, base, loaded, info, xs, ys, predict
 
 

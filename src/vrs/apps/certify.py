@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,7 +41,9 @@ from vrs.apps.results import describe_subset, select_indices, store_subset
 from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_store, resolve_device, run_app,
                                run_ranks)
 from vrs.checkpoint import check_data_matches, load_checkpoint
-from vrs.config_schema import check_certify, check_values
+from vrs.config import to_typed
+from vrs.config.certify import CertifyConfig
+from vrs.config_schema import check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.modules.training import training_name
 from vrs.selection.certificates import ARGUMENTS
@@ -49,7 +51,7 @@ from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.selection.median import MedianSmoothing
 from vrs.selection.vote import certify_dual_rs_groups
 from vrs.smoothing import core
-from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
+from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
 from vrs.utils.io import save_figure
 from vrs.utils import metric_names as names
@@ -58,35 +60,7 @@ log = logging.getLogger(__name__)
 CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector checkpoint (vrs.apps.certify_vrs)
 
 
-# ---- options -------------------------------------------------------------------------------------------
-@dataclass
-class Options:
-    """certify.* after validation, with the `auto` values resolved (picklable, for worker processes)."""
-
-    mode: str
-    n0: int | None
-    n: int
-    alpha: float
-    batch_size: int
-    sigma: float | None
-    split: str
-    skip: int
-    max: int | None
-    indices: list[int] | None
-    out_dir: str | None
-    device: str
-    precision: str
-    channels_last: bool
-    compile: bool | str | dict
-    fused_blocks: bool
-    images_per_group: int
-    world_size: int
-    noise_block: int
-    radius_grid: list[float]
-    allow_other_dataset: bool
-    progress: bool
-
-
+# ---- options: the typed certify config (vrs.config.certify), its `auto` values resolved --------------------
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
     true anywhere else is refused, since it would silently run the plain network."""
@@ -118,40 +92,25 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
     return count
 
 
-def parse_options(c: DictConfig) -> Options:
-    """certify.* as Options, the `auto` values resolved; vrs.config_schema validates every key first."""
-    c = OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else dict(c)
-    check_certify(c)
-    mode = c.get("mode", "certify")
-    n0 = c.get("n0") if mode == "certify" else None
-    sigma = c.get("sigma")
-    skip, mx, indices = c.get("skip", 1), c.get("max"), c.get("indices")
-    if isinstance(indices, int):
-        indices = [indices]
-    device = resolve_device(str(c.get("device", "auto")), "certify.device")
+def resolve_options(c: DictConfig | CertifyConfig) -> CertifyConfig:
+    """certify.* as the typed config (checked: vrs.config.certify), with its `auto` values resolved for this machine
+    (picklable, for worker processes); n0 is None for PREDICT."""
+    c = to_typed(c) if isinstance(c, DictConfig) else c
+    device = resolve_device(c.device, "certify.device")
     dev_type = torch.device(device).type
-    precision = c.get("precision", "auto")
-    if precision == "auto":
-        precision = "bf16" if dev_type == "cuda" else "fp32"
-    cl = c.get("channels_last", "auto")
-    compile_ = c.get("compile", False)
+    precision = ("bf16" if dev_type == "cuda" else "fp32") if c.precision == "auto" else c.precision
+    compile_ = c.compile
     if compile_ == "auto":  # autotuned Triton convolutions + CUDA graphs: the fastest on an H100 (docs/performance.md)
         compile_ = "max-autotune" if dev_type == "cuda" else False
-    fused = resolve_fused_blocks(c.get("fused_blocks", "auto"), device, precision)
-    per_group = c.get("images_per_group", "auto")
-    total = (n0 or 0) + c["n"]
+    n0 = c.n0 if c.mode == "certify" else None
+    per_group = c.images_per_group
     if per_group == "auto":  # enough samples per group for a few full forward batches, at most 256 images
-        per_group = max(1, min(256, math.ceil(4 * c["batch_size"] / total)))
-    world = c.get("world_size", 1)
-    block = c.get("noise_block", NOISE_BLOCK)
-    grid = core.radius_grid(c.get("radius_grid") or [0.0], "certify.radius_grid")
-    return Options(mode=mode, n0=n0, n=c["n"], alpha=float(c["alpha"]), batch_size=c["batch_size"],
-                   sigma=None if sigma is None else float(sigma), split=c.get("split", "test"), skip=skip, max=mx,
-                   indices=indices, out_dir=c.get("out_dir"), device=device, precision=precision,
-                   channels_last=(dev_type == "cuda") if cl == "auto" else bool(cl), compile=compile_,
-                   fused_blocks=fused, images_per_group=per_group, world_size=world, noise_block=block,
-                   radius_grid=[float(r) for r in grid], allow_other_dataset=bool(c.get("allow_other_dataset")),
-                   progress=bool(c.get("progress", True)))
+        per_group = max(1, min(256, math.ceil(4 * c.batch_size / ((n0 or 0) + c.n))))
+    grid = core.radius_grid(c.radius_grid, "certify.radius_grid")  # sorted (a warning when it was not)
+    return replace(c, n0=n0, device=device, precision=precision, compile=compile_,
+                   channels_last=(dev_type == "cuda") if c.channels_last == "auto" else c.channels_last,
+                   fused_blocks=resolve_fused_blocks(c.fused_blocks, device, precision), images_per_group=per_group,
+                   indices=[c.indices] if isinstance(c.indices, int) else c.indices, radius_grid=grid)
 
 
 # ---- test-time sigma searches (sigma_search=multiscale | dds) --------------------------------------------
@@ -190,7 +149,7 @@ def search_summary(rows: list[dict], search, alpha: float) -> dict:
 class Job:
     """Everything a (worker) process needs, all picklable."""
 
-    opts: Options
+    opts: CertifyConfig
     ckpt_path: str
     checkpoint_sha256: str
     data_cfg: dict
@@ -439,7 +398,7 @@ def run_facts(summary: dict) -> dict:
 def certify(cfg: DictConfig) -> dict:
     """Run CERTIFY / PREDICT as configured; returns the summary (rank 0) or {} (other torchrun ranks)."""
     check_values(cfg, "certify")  # every key, before anything is loaded
-    opts = parse_options(cfg.certify)
+    opts = resolve_options(cfg.certify)
     seed = cfg.get("seed", 0)
     ranks = Ranks.start(opts.world_size)
     if ranks.dist is not None and opts.device.startswith("cuda") and ":" not in opts.device:

@@ -73,12 +73,13 @@ def vrs_options(cfg_certify: DictConfig, kind: str, sigma) -> dict | None:
 
 
 def resolve_vrs_options(c: dict, median: MedianSmoothing, sigma_min: float, sigma_max: float) -> VRSOptions:
-    """Fill null / 'checkpoint' values from the checkpoint's median-smoothing settings and validate."""
+    """Fill null / 'checkpoint' values from the checkpoint's median-smoothing settings and validate them together
+    (each key alone: vrs.config.certify.VRSCertifyConfig)."""
     def pick(key, default):
         v = c.get(key)
         return default if v is None else v
 
-    grid = c.get("grid", "checkpoint")
+    grid = c["grid"]
     grid = median.grid if grid == "checkpoint" else grid
     if grid is not None:
         grid = check_grid(grid)
@@ -97,10 +98,8 @@ def resolve_vrs_options(c: dict, median: MedianSmoothing, sigma_min: float, sigm
         log.warning("certify=dual_rs: the estimator's noise sigma_e = certify.sigma_h = %g is below the largest grid "
                     "sigma %g, so R_sigma = sigma_e Phi^-1(pE_lower) may cap the radius (Dual RS uses sigma_e >= "
                     "max grid sigma; the certificate is sound either way)", m.sigma_h, max(grid))
-    tol = c.get("c2_tol", 1e-4)
-    check(isinstance(tol, (int, float)) and tol > 0, "certify.c2_tol", tol, "a number > 0")
     return VRSOptions(c["certificate"], float(c["lam"]), m.n_h0, m.n_h, float(m.alpha_h), float(m.sigma_h), m.grid,
-                      m.batch_size, float(sigma_min), float(sigma_max), float(tol))
+                      m.batch_size, float(sigma_min), float(sigma_max), float(c["c2_tol"]))
 
 
 def undetermined_problem(v: VRSOptions) -> str | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from vrs.apps import CONFIG_DIR
 from vrs.utils.output_folders import REPORT_META, forget_run_files, report_inputs, restore_run_files
@@ -43,7 +43,10 @@ from vrs.apps.report_plots import PLOTS, matplotlib_color, save_plot
 from vrs.apps.report_runs import Row, collect  # noqa: F401 - Row: the row type, for callers (tests)
 from vrs.apps.report_table import (LEGEND, attack_names, cell, merge, name_rows, order_key, settings_lines, table,
                                    to_csv, to_markdown)
-from vrs.config_schema import parse_inputs, validate_app_config
+from vrs.config import to_typed
+from vrs.config.report import ReportConfig
+from vrs.config_schema import validate_app_config
+from vrs.preflight import parse_inputs
 from vrs.errors import VRSError, check, hydra_errors_exit, user_errors_exit
 from vrs.smoothing.core import radius_grid
 from vrs.utils.io import atomic_write, write_json_atomic
@@ -65,12 +68,10 @@ class Report:
 
 def build_report(cfg: DictConfig) -> Report:
     """Read every run under report.inputs, then write the table and the plots to report.out_dir."""
-    r = OmegaConf.to_container(cfg.report, resolve=True)
-    inputs = parse_inputs(r.get("inputs"))
-    radii = radius_grid(r.get("radii") or [], "report.radii")
-    out = r.get("out_dir")
-    check(isinstance(out, str) and bool(out), "report.out_dir", out, "a directory path")
-    out = Path(out)
+    r: ReportConfig = to_typed(cfg.report)  # checked (vrs.config.report)
+    inputs = parse_inputs(r.inputs)
+    radii = radius_grid(r.radii, "report.radii")
+    out = Path(r.out_dir)
     check(not out.exists() or out.is_dir(), "report.out_dir", str(out), "a directory (this is a file)")
 
     found = collect(inputs, [float(x) for x in radii])
@@ -82,7 +83,7 @@ def build_report(cfg: DictConfig) -> Report:
     attack_names(found)
     frontier = build_frontier(found.rows, [float(x) for x in radii])  # on the runs as read, before merging
     rows = merge(found.rows)
-    name_rows(rows, set(r.get("hide_overrides") or []))
+    name_rows(rows, set(r.hide_overrides))
     rows.sort(key=order_key)
     palette = "tab10" if len(rows) <= 10 else "tab20"
     for i, row in enumerate(rows):  # one colour per config, the same in every plot
@@ -95,7 +96,7 @@ def build_report(cfg: DictConfig) -> Report:
     # written, which the same command completes.
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / REPORT_META, {"inputs": report_inputs(inputs), "radii": [float(x) for x in radii],
-                                          "title": r.get("title")})
+                                          "title": r.title})
     files: list[Path] = []
     figures = []
     for name, make in PLOTS.items():
@@ -112,7 +113,7 @@ def build_report(cfg: DictConfig) -> Report:
             save_plot(*made, out / name)
             files.append(out / name)
             frontier_figures.append((title, name))
-    title = r.get("title") or "VRS report"
+    title = r.title or "VRS report"
     md = [f"# {title}", "",
           f"Made by `vrs-report` on {datetime.now().strftime('%Y-%m-%d %H:%M')} from "
           + ", ".join(f"`{p}`" for p in inputs) + f": {len(records)} rows from "

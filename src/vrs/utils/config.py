@@ -10,7 +10,7 @@ import rich.tree
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from vrs.errors import ConfigError
+from vrs.errors import ConfigError, find_user_error
 
 
 def print_config_tree(cfg: DictConfig, order: tuple[str, ...] = ()) -> None:
@@ -54,3 +54,15 @@ def instantiate_component(cfg: dict, key: str, base: type, what: str):
     if not isinstance(obj, base):
         raise ConfigError(key, cfg.get("_target_"), f"a subclass of {base.__module__}.{base.__name__}")
     return obj
+
+
+def construct(node: dict, **kwargs: Any) -> Any:
+    """Build a `_target_` node (running its constructor's checks); the user's error (a VRSError) comes out
+    unwrapped from Hydra's InstantiationException."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's error in InstantiationException
+        user = find_user_error(err)
+        if user is not None:
+            raise user from None
+        raise

@@ -1,0 +1,77 @@
+"""vrs-certify's options (the certify group: conf/certify/*.yaml), typed.
+
+CertifyConfig is certify=cohen (Cohen et al.'s CERTIFY / PREDICT, and the speed and sharding settings);
+VRSCertifyConfig adds the VRS / Dual RS certificate's keys (certify=vrs_c1 | vrs_c2 | dual_rs). The values live in
+the yaml files; these classes say what each key may be. vrs-certify runs on OmegaConf.to_object(cfg.certify).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from vrs.config.rules import (AUTO_BOOL, BOOL, COMPILE, DEVICE, INDICES, LAMBDA, PROBABILITY, SPLIT, TEXT, Checked,
+                              either, integer, key, list_of, number, one_of, optional)
+from vrs.errors import check
+
+
+@dataclass
+class CertifyConfig(Checked):
+    NODE = "certify"
+
+    mode: str = key(one_of("certify", "predict"))
+    # n0 <= n, alpha in (0, 1), batch_size >= 1: vrs.smoothing.smoothed.check_sampling, in __post_init__
+    n0: int = key(None)  # vrs.apps.certify.resolve_options sets None for PREDICT (no selection samples)
+    n: int = key(None)
+    alpha: float = key(None)
+    batch_size: int = key(None)
+    sigma: Optional[float] = key(optional(number(gt=0), " (the checkpoint's training sigma)"))
+    split: str = key(SPLIT)
+    skip: int = key(integer(1))
+    max: Optional[int] = key(optional(integer(1), " (all images)"))
+    indices: Any = key(optional(either(integer(0), INDICES)))  # one index or a list of them
+    out_dir: Optional[str] = key(optional(TEXT, " (the run directory)"))
+    device: str = key(DEVICE)
+    precision: str = key(one_of("auto", "fp32", "tf32", "bf16", "fp16"))
+    channels_last: Any = key(AUTO_BOOL)
+    compile: Any = key(COMPILE)
+    fused_blocks: Any = key(AUTO_BOOL)
+    images_per_group: Any = key(either(one_of("auto"), integer(1)))
+    noise_block: int = key(integer(1))
+    world_size: int = key(integer(1))
+    # Any, not List[float]: an error shows the radii as given ([1, 1.0] is two radii 1); core.radius_grid sorts them
+    radius_grid: Any = key(list_of(number(ge=0), distinct=True))
+    allow_other_dataset: bool = key(BOOL)
+    progress: bool = key(BOOL)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from vrs.smoothing.smoothed import check_sampling  # deferred: torch, off the apps' start-up path
+
+        check_sampling(self.n, self.alpha, self.batch_size, n0=self.n0 if self.mode == "certify" else None,
+                       prefix="certify.")
+
+
+@dataclass
+class VRSCertifyConfig(CertifyConfig):
+    """certify=vrs_c1 | vrs_c2 | dual_rs. Null: the checkpoint's median-smoothing setting (module.median)."""
+
+    certificate: str = key(one_of("c1", "c2", "dual_rs"))
+    selector_smoothing: str = key(one_of("median", "vote"))
+    lam: float = key(LAMBDA)
+    n_h0: Optional[int] = key(optional(integer(1), " (the checkpoint's)"))
+    n_h: Optional[int] = key(optional(integer(1), " (the checkpoint's)"))
+    alpha_h: Optional[float] = key(optional(PROBABILITY, " (the checkpoint's)"))
+    sigma_h: Optional[float] = key(optional(number(gt=0), " (the checkpoint's)"))
+    grid: Any = key(either(one_of("checkpoint", None), list_of(number(gt=0))))  # checkpoint | null | noise levels
+    selector_batch_size: Optional[int] = key(optional(integer(1), " (the checkpoint's)"))
+    c2_tol: float = key(number(gt=0))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        vote = self.selector_smoothing == "vote"  # median: c1 / c2; vote: dual_rs
+        check((self.certificate == "dual_rs") == vote, "certify.certificate", self.certificate,
+              f"{'dual_rs' if vote else 'c1 or c2'} with certify.selector_smoothing={self.selector_smoothing} "
+              "(median: certify=vrs_c1 / vrs_c2; vote: certify=dual_rs)")
+        check(self.mode == "certify", "certify.mode", self.mode,
+              "certify with certify=vrs_c1 / vrs_c2 (PREDICT of a VRS model is not part of vrs-certify)")
