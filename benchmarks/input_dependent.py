@@ -188,7 +188,7 @@ def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str
 
 
 def compose(app: str, overrides: list[str], folder: Path):
-    """The app's config as `python -m vrs.<app> overrides` would compose it, writing into `folder` (paths.output_dir),
+    """The app's config as `python -m vrs.apps.<app> overrides` would compose it, writing into `folder` (paths.output_dir),
     with Hydra's node installed so that `${hydra:...}` resolves."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         print(f"== {s.name} (~{s.estimate_s:.0f} s): vrs-{s.app} {' '.join(s.overrides)}", flush=True)
         entry = record["steps"].setdefault(s.name, {"attempts": []})
-        entry["command"] = f"python -m vrs.{s.app} " + " ".join(s.overrides)
+        entry["command"] = f"python -m vrs.apps.{s.app} " + " ".join(s.overrides)
         t0 = time.time()
         try:
             run_step(s)

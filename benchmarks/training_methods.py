@@ -6,7 +6,7 @@
         --time-budget 540                                                                    # H100, repeated calls
     python benchmarks/training_methods.py --size cpu --estimate                              # the steps and seconds
 
-It runs the real apps (`python -m vrs.train|certify|attack|report`, one subprocess per step, Hydra multiruns
+It runs the real apps (`python -m vrs.apps.train|certify|attack|report`, one subprocess per step, Hydra multiruns
 inside a step) into fixed folders under --out, resumable as benchmarks/vrs_frontier.py is (whose runner it uses):
 a step whose folder holds `.done` is skipped; one cut off is rerun (certify and attack resume row by row, a training
 run starts again). Rerun the same command until it prints "complete" (exit 0; 3 = stopped by --time-budget; 1 = a

@@ -6,7 +6,7 @@
     python benchmarks/vrs_frontier.py --size smoke --out /tmp/frontier                    # tests the script (digits)
     python benchmarks/vrs_frontier.py --size gpu --estimate                               # print the time estimate
 
-It runs the real apps (`python -m vrs.train|certify|attack|report`, one subprocess per step, as src/vrs/demo.py
+It runs the real apps (`python -m vrs.apps.train|certify|attack|report`, one subprocess per step, as src/vrs/demo.py
 does) into fixed folders under --out, so it is resumable: a step whose folder holds `.done` is skipped; a step
 cut off (crash, --time-budget, the device's time limit) is rerun into the same folder, where vrs-certify and
 vrs-attack resume row by row (`certify.out_dir` / `attack.out_dir` = each Hydra job's folder) and vrs-train
@@ -204,7 +204,7 @@ class Step:
     objective: str | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", f"vrs.{self.app}", *self.args]
+        return [sys.executable, "-m", f"vrs.apps.{self.app}", *self.args]
 
 
 def fmt(values) -> str:

@@ -19,7 +19,7 @@ Running the suite:
 Helpers and fixtures:
 - `compose_config(*overrides, config_name="train", output_dir=None)`: compose a config from conf/
   with Hydra's compose API (no run directory is made; pass output_dir to resolve `paths.output_dir`).
-- `run_app(app, *args, root=...)`: run a console app (`python -m vrs.<app>`) in a subprocess with
+- `run_app(app, *args, root=...)`: run a console app (`python -m vrs.apps.<app>`) in a subprocess with
   outputs under `root`, W&B offline; returns the CompletedProcess (stdout/stderr as text).
 - `call_main(app, argv, capsys)`: `vrs-<app> argv...` through the app's `main` in this process (Hydra's
   command line, the error handling and its exit code, without the seconds a new process spends importing
@@ -104,11 +104,11 @@ def app_env(root: str | Path, **extra: str) -> dict[str, str]:
 
 
 def app_command(app: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", f"vrs.{app}", *args]
+    return [sys.executable, "-m", f"vrs.apps.{app}", *args]
 
 
 def run_app(app: str, *args: str, root: str | Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    """Run `python -m vrs.<app> args...` with outputs under root; returns the finished process."""
+    """Run `python -m vrs.apps.<app> args...` with outputs under root; returns the finished process."""
     return subprocess.run(app_command(app, *args), cwd=REPO_ROOT, env=app_env(root, **env), capture_output=True,
                           text=True, timeout=timeout)
 

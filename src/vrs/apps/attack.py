@@ -5,7 +5,7 @@
     vrs-attack ckpt_path=<vrs ckpt> defense.sigma=0.25 ...     # fixed-sigma smoothing, same base classifier
     vrs-attack ckpt_path=... attack.out_dir=<an earlier one>   # resume it (same settings; new eps allowed)
     vrs-attack ckpt_path=... attack.world_size=4               # 4 processes (GPUs), one merged attack.csv
-    torchrun --nproc_per_node 4 -m vrs.attack ckpt_path=... attack.out_dir=...  # the same via torchrun
+    torchrun --nproc_per_node 4 -m vrs.apps.attack ckpt_path=... attack.out_dir=...  # the same via torchrun
 
 Each attacked image (at every eps) is classified by PREDICT (n, alpha; an abstention counts as an error)
 at the noise level the defence deploys at the adversarial input, and by the soft classifier the attack

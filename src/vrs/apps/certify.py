@@ -5,7 +5,7 @@
     vrs-certify ckpt_path=... data=cifar10 certify.skip=20                          # Cohen's 500 CIFAR images
     vrs-certify ckpt_path=... certify.out_dir=results/c10                           # rerun: resumes there
     vrs-certify ckpt_path=... certify.world_size=4                                  # 4 processes (GPUs)
-    torchrun --nproc_per_node 4 -m vrs.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
+    torchrun --nproc_per_node 4 -m vrs.apps.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
     vrs-certify ckpt_path=... certify.mode=predict                                  # PREDICT instead
     vrs-certify ckpt_path=<VRS selector checkpoint> [certify=vrs_c1|vrs_c2] [certify.lam=0.5]  # VRS (certify_vrs)
 
@@ -89,7 +89,7 @@ class Options:
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
     true anywhere else is refused, since it would silently run the plain network."""
-    from vrs.models.fused_blocks import kernel_supported, triton_available  # deferred: it imports Triton
+    from vrs.kernels.dispatch import kernel_supported, triton_available  # deferred: it imports Triton
 
     dev_type = torch.device(device).type
     possible = precision in ("bf16", "fp16") and kernel_supported(device)
@@ -108,7 +108,7 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
     fused blocks on a network with none to fuse is allowed (sweeps over models) but said."""
     if not fused_blocks:
         return 0
-    from vrs.models.fused_blocks import fusable_stage_count  # deferred: it imports Triton
+    from vrs.kernels.fuse import fusable_stage_count  # deferred: it imports Triton
 
     count = fusable_stage_count(network)
     if count == 0:
