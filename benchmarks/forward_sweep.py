@@ -54,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from certify_throughput import device_name, flops_per_sample, make_network, samples_per_second, sync  # noqa: E402
+from certify_throughput import device_name, flops_per_sample, make_network, samples_per_second, sync
 
 NOBENCH = "~nobench"
 # knob -> Inductor settings it patches; `fp16` changes the autocast dtype instead (see Config.dtype)

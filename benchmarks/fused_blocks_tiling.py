@@ -16,6 +16,7 @@ Times are CUDA-event means over 20 calls after one warm call.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -26,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from certify_throughput import device_name, make_network  # noqa: E402
+from certify_throughput import device_name, make_network
 
-from vrs.kernels import dispatch, fuse, triton_stage  # noqa: E402
+from vrs.kernels import dispatch, fuse, triton_stage
 
 
 def randomize_batchnorm(net: torch.nn.Module, seed: int = 0) -> None:
@@ -108,14 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
                 entry = {"pixels": pixels, "warps": warps, "stages": pipeline}
                 tiling = (pixels, warps, pipeline)
                 try:
-                    entry["ms"] = cuda_ms(lambda: dispatch.launch(x, weight, stage.bias, "triton", tiling))
+                    entry["ms"] = cuda_ms(functools.partial(dispatch.launch, x, weight, stage.bias, "triton", tiling))
                 except Exception as exc:  # noqa: BLE001 - e.g. too much shared memory: one bad row
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
                 row["tilings"].append(entry)
                 print(json.dumps({"channels": c, **entry}), flush=True)
             timed = [t for t in row["tilings"] if "ms" in t]
             row["fastest"] = min(timed, key=lambda t: t["ms"]) if timed else None
-            row["current_tiling_ms"] = cuda_ms(lambda: dispatch.launch(x, weight, stage.bias, "triton"))
+            row["current_tiling_ms"] = cuda_ms(functools.partial(dispatch.launch, x, weight, stage.bias, "triton"))
             if not args.no_inductor:
                 row["inductor_ms"] = inductor_ms(stage, x)
             out["stages"].append(row)

@@ -16,6 +16,7 @@ gluon_stage.TILING lists the channel counts (and tiling) where the Gluon kernel 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -25,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from certify_throughput import device_name  # noqa: E402
-from fused_blocks_tiling import activations, cuda_ms, resnet110_stages  # noqa: E402
+from certify_throughput import device_name
+from fused_blocks_tiling import activations, cuda_ms, resnet110_stages
 
-from vrs.kernels import dispatch, gluon_stage, triton_stage  # noqa: E402
+from vrs.kernels import dispatch, gluon_stage, triton_stage
 
 GRID = {16: "256x4,512x4,512x8,1024x8", 32: "128x2,128x4,256x4,256x8", 64: "64x2,64x4"}
 
@@ -51,15 +52,16 @@ def main(argv: list[str] | None = None) -> dict:
             exact = stage.blocks(small.float())
             scale = exact.abs().max()
 
-            def rel_err(kernel: str, tiling: tuple[int, ...] | None = None) -> float:
+            def rel_err(kernel: str, tiling: tuple[int, ...] | None = None, small=small, weight=weight, stage=stage,
+                        exact=exact, scale=scale) -> float:
                 got = dispatch.launch(small, weight, stage.bias, kernel, tiling)
                 return ((got.float() - exact).abs().max() / scale).item()
 
             x = activations(args.batch, c, h)
             triton_out = dispatch.launch(x, weight, stage.bias, kernel="triton")
+            triton_ms = cuda_ms(functools.partial(dispatch.launch, x, weight, stage.bias, kernel="triton"))
             row = {"channels": c, "size": h, "blocks": stage.weight.shape[0],
-                   "triton": {"tiling": triton_stage.TILING.get(c), "rel_err_fp32": rel_err("triton"),
-                              "ms": cuda_ms(lambda: dispatch.launch(x, weight, stage.bias, kernel="triton"))},
+                   "triton": {"tiling": triton_stage.TILING.get(c), "rel_err_fp32": rel_err("triton"), "ms": triton_ms},
                    "gluon": []}
             for item in getattr(args, f"grid{c}").split(","):
                 pixels, warps = map(int, item.split("x"))
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
                     entry["rel_vs_triton"] = ((got.float() - triton_out.float()).abs().max()
                                               / triton_out.float().abs().max()).item()
                     entry["rel_err_fp32"] = rel_err("gluon", tiling)
-                    entry["ms"] = cuda_ms(lambda: dispatch.launch(x, weight, stage.bias, "gluon", tiling))
+                    entry["ms"] = cuda_ms(functools.partial(dispatch.launch, x, weight, stage.bias, "gluon", tiling))
                     entry["speedup_vs_triton"] = row["triton"]["ms"] / entry["ms"]
                 except Exception as exc:  # noqa: BLE001 - one bad tiling is one row, not the run
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -79,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
             out["stages"].append(row)
             Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"\n{out['device']}, batch {args.batch}, bf16 channels_last")
-    print("| stage | Triton kernel ms | Gluon kernel: fastest tiling, ms | Triton / Gluon | max rel. diff Gluon vs Triton "
-          "| rel. error vs fp32 (Triton, Gluon) |")
+    print("| stage | Triton kernel ms | Gluon kernel: fastest tiling, ms | Triton / Gluon "
+          "| max rel. diff Gluon vs Triton | rel. error vs fp32 (Triton, Gluon) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in out["stages"]:
         timed = [g for g in r["gluon"] if "ms" in g]

@@ -60,7 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vrs_frontier import (DONE, QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt, load_record,  # noqa: E402
+from vrs_frontier import (DONE, QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt, load_record,
                           machine, run_app, save_record)
 
 METHODS = ("gaussian", "smoothadv", "macer", "consistency")
@@ -344,8 +344,8 @@ def training_cost(device: str, batch: int, steps: int, rounds: int, images: int 
     base = statistics.median(per_round["gaussian"])
     for m in METHODS:
         med = statistics.median(per_round[m])
-        out["methods"][m] = {"s_per_step": med, "s_per_epoch": med * math.ceil(images / batch), "x_gaussian": med / base,
-                             "rounds_s_per_step": per_round[m]}
+        out["methods"][m] = {"s_per_step": med, "s_per_epoch": med * math.ceil(images / batch),
+                             "x_gaussian": med / base, "rounds_s_per_step": per_round[m]}
     return out
 
 

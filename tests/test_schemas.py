@@ -203,7 +203,7 @@ HYDRA_ERRORS = [
 @pytest.mark.parametrize(("overrides", "line"), HYDRA_ERRORS, ids=[" ".join(o) for o, _ in HYDRA_ERRORS])
 def test_hydra_errors_read_as_one_line(overrides, line):
     GlobalHydra.instance().clear()
-    with pytest.raises(Exception) as info:  # noqa: B017 - whatever Hydra raises
+    with pytest.raises(Exception) as info:  # whatever Hydra raises
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             compose("train", overrides=overrides)
     text = describe_hydra_error(info.value)

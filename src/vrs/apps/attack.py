@@ -90,10 +90,13 @@ def load_defense(cfg: DictConfig, device):
                 if not vrs.median.grid:
                     raise VRSError("defense.selector_smoothing=vote needs the checkpoint's sigma grid (the vote is "
                                    "over grid cells); this selector has none: use defense.selector_smoothing=median")
-                deployed = lambda x: vote_sigma(vrs.selector, x, lam, vrs.median.sigma_h, n_dep,  # noqa: E731
-                                                vrs.median.grid, vrs.median.batch_size)
+
+                def deployed(x):
+                    return vote_sigma(vrs.selector, x, lam, vrs.median.sigma_h, n_dep, vrs.median.grid,
+                                      vrs.median.batch_size)
             else:
-                deployed = lambda x: vrs.sigma(x, lam, n_h=n_dep)  # noqa: E731
+                def deployed(x):
+                    return vrs.sigma(x, lam, n_h=n_dep)
             sel = SelectorSigma(vrs.selector, lam, vrs.sigma_min, vrs.sigma_max, n_h=int(d.n_h),
                                 sigma_h=vrs.median.sigma_h, grad=d.selector_grad, grid=vrs.median.grid,
                                 deployed=deployed, smoothing=smoothing)

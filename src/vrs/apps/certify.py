@@ -276,8 +276,9 @@ def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, 
     if loaded.sha256 != job.checkpoint_sha256:
         raise SystemExit(f"rank {rank}: {job.ckpt_path} changed while certifying; stopping")
     x_all, y_all, _ = load_data(job.data_cfg, job.opts.split)
+    # the progress counts go to rank 0's bar
     run_shard(job, indices, rank, world, Path(tsv_path), x_all, y_all, loaded.network, loaded.num_classes,
-              loaded.selector, on_image=_Progress(len(indices), False, counter).tick, parent_pid=parent_pid)  # counts for rank 0's bar
+              loaded.selector, on_image=_Progress(len(indices), False, counter).tick, parent_pid=parent_pid)
 
 
 # ---- progress ------------------------------------------------------------------------------------------
@@ -495,7 +496,8 @@ def certify(cfg: DictConfig) -> dict:
         for idx, row in sorted(finished.items()):  # every row: the summary describes all of them
             now = int(y_all[idx]) if 0 <= idx < len(y_all) else None
             if row["label"] != now:
-                what = f"the data now says {now}" if now is not None else f"the {opts.split} split has {len(y_all)} images"
+                what = (f"the data now says {now}" if now is not None
+                        else f"the {opts.split} split has {len(y_all)} images")
                 raise VRSError(f"{results.tsv} has label {row['label']} for image {idx}, {what}: the data set "
                                f"changed; use another certify.out_dir")
 

@@ -58,7 +58,8 @@ class FusedResidualStage(nn.Module):
                              "shortcuts")
         channels = {b.conv1.out_channels for b in blocks}
         if len(channels) != 1 or not fusable_channels(next(iter(channels))):
-            raise ValueError(f"FusedResidualStage needs one channel count, a power of two >= 16; got {sorted(channels)}")
+            raise ValueError(f"FusedResidualStage needs one channel count, a power of two >= 16; "
+                             f"got {sorted(channels)}")
         self.blocks = nn.Sequential(*blocks).requires_grad_(False)
         weights, biases = [], []
         for block in blocks:
@@ -87,12 +88,16 @@ class FusedResidualStage(nn.Module):
         return residual_stage(x, self.weight.to(x.dtype), self.bias)
 
 
+def _run_key(module: nn.Module) -> int | None:
+    """The channel count of an identity block (consecutive ones of one count form a run); None otherwise."""
+    return module.conv1.out_channels if is_identity_block(module) else None
+
+
 def _with_runs(children, min_blocks: int) -> list:
     """`children` in order, with each run of >= `min_blocks` consecutive identity BasicBlocks of one fusable
     channel count gathered into a list (the other children as they are)."""
     out = []
-    key = lambda m: m.conv1.out_channels if is_identity_block(m) else None  # noqa: E731
-    for channels, group in itertools.groupby(children, key=key):
+    for channels, group in itertools.groupby(children, key=_run_key):
         group = list(group)
         if channels is not None and len(group) >= min_blocks and fusable_channels(channels):
             out.append(group)

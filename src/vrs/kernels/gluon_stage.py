@@ -68,7 +68,8 @@ def gluon_weight(weight: torch.Tensor) -> torch.Tensor:
     nb = c.bit_length() - 1
     bits = weight.transpose(-1, -2).reshape(*weight.shape[:-1], *[2] * nb)  # input channel bits, MSB first
     lead = list(range(weight.dim() - 1))
-    return bits.permute(*lead, *[len(lead) + nb - 1 - bit for bit in position_bits(c)]).reshape(weight.shape).contiguous()
+    order = [len(lead) + nb - 1 - bit for bit in position_bits(c)]
+    return bits.permute(*lead, *order).reshape(weight.shape).contiguous()
 
 
 if gluon is not None:

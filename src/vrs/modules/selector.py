@@ -223,7 +223,10 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
                     self.log(f"{stage}/{name}_lam{lam:g}", value, batch_size=bs)
                     terms.setdefault(name, []).append(value)
             accs.append(acc), sigmas.append(sigma.mean()), kls.append(kl), losses.append(loss)
-        mean = lambda v: torch.stack(v).mean()  # noqa: E731
+
+        def mean(values: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(values).mean()
+
         self.log(f"{stage}/acc", mean(accs), prog_bar=True, batch_size=bs)
         self.log(f"{stage}/sigma_mean", mean(sigmas), prog_bar=True, batch_size=bs)
         self.log(f"{stage}/kl", mean(kls), batch_size=bs)
