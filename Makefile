@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast install data clean-outputs help
+.PHONY: demo test test-fast lint install data clean-outputs help
 
 help:
 	@echo "make demo      - set up, fetch Fashion-MNIST and run the main job"
 	@echo "make test      - set up and run the test suite (2 pytest-xdist workers)"
 	@echo "make test-fast - the same without the tests marked slow (the inner loop)"
+	@echo "make lint      - ruff and the import layers (lint-imports); CI runs it before make test"
 	@echo "make data      - obtain Fashion-MNIST only"
 
 # Exact pins (requirements.lock); torchattacks with --no-deps so it cannot pull a CUDA torch.
@@ -47,6 +48,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+# ruff (pyproject.toml [tool.ruff]; `check` only, never `format`) and import-linter's contracts on src/vrs
+# ([tool.importlinter]: the layers, no library module importing the apps, no circles). Both pinned in requirements.lock.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean-outputs:
 	rm -rf outputs/*/

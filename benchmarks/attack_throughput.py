@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vrs.attacks import DefendedModel, SelectorSigma, build_attack  # noqa: E402
-from vrs.models import with_normalization  # noqa: E402
+from vrs.attacks import DefendedModel, SelectorSigma, build_attack
+from vrs.models import with_normalization
 
 CONFIGS = ("fixed_fp32", "fixed_bf16", "vrs_fp32", "vrs_bf16")
 FMNIST_MEAN, FMNIST_STD = [0.2860], [0.3530]
@@ -136,12 +136,14 @@ def main(argv=None) -> dict:
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "device_type": device.type, "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(),
-            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "settings": {k: getattr(args, k) for k in ("images", "model", "channels", "size", "norm", "eps", "steps",
                                                         "eot", "m", "n_h", "repeats")},
             "attack": "eot_pgd (L2: vrs.attacks.AdaptivePGD; Linf: torchattacks.EOTPGD), fresh noise"}
     out = {"info": info, "results": results}
-    print(f"EOT-PGD ({args.norm}, eps={args.eps:g}, {args.steps} steps x {args.eot} EOT, m={args.m}) on {info['device']} "
+    print(f"EOT-PGD ({args.norm}, eps={args.eps:g}, {args.steps} steps x {args.eot} EOT, m={args.m}) "
+          f"on {info['device']} "
           f"({args.model} {args.channels}x{args.size}x{args.size}, {args.images} images, torch {torch.__version__})\n")
     print("| config | precision | selector | images/s | noisy samples/s (fwd+bwd) | s per batch (median) |")
     print("|---|---|---|---:|---:|---:|")

@@ -47,9 +47,9 @@ from scipy.stats import beta, norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vrs.models import with_normalization  # noqa: E402
-from vrs.models.resnet import CifarResNet  # noqa: E402
-from vrs.smoothing.smoothed import SmoothedClassifier, image_seed  # noqa: E402
+from vrs.models import with_normalization
+from vrs.models.resnet import CifarResNet
+from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 ENGINE_CONFIGS = {  # compiled configurations run with Inductor's freezing (SmoothedClassifier does it)
@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     images = torch.rand(args.images, 3, 32, 32, generator=g)  # stand-ins for CIFAR-10 test images
     result: dict = {
         "device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "python": platform.python_version(), "network": f"CifarResNet-{args.depth} (random init) + Normalize, 3x32x32, 10 classes",
+        "python": platform.python_version(),
+        "network": f"CifarResNet-{args.depth} (random init) + Normalize, 3x32x32, 10 classes",
         "gflop_per_sample": flops / 1e9, "n0": args.n0, "n": args.n, "alpha": args.alpha, "sigma": args.sigma,
         "images": args.images, "reference_images": ref_images, "engine_batch_size": args.batch_size,
         "engine_images_per_group": args.group, "compile_mode": args.compile_mode, "default_flags": tf32_flags(),
@@ -278,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
             times.append(time.perf_counter() - t0)
             preds.append(c)
             radii.append(r)
-        result["reference"] = {"seconds_per_image": float(np.mean(times)), "seconds_per_image_std": float(np.std(times)),
+        result["reference"] = {"seconds_per_image": float(np.mean(times)),
+                               "seconds_per_image_std": float(np.std(times)),
                                "batch": args.ref_batch, "predictions": preds, "radii": radii}
         print(f"reference (Cohen core.py loop)  {np.mean(times):.3f} s/image  (+- {np.std(times):.3f})", flush=True)
 
@@ -313,9 +315,9 @@ def main(argv: list[str] | None = None) -> dict:
             e["speedup_vs_reference"] = result["reference"]["seconds_per_image"] / spi
             ref_p = result["reference"]["predictions"]
             e["agreement_with_reference"] = float(np.mean([a == b for a, b in zip(preds, ref_p)]))
+        versus = f"  {e['speedup_vs_reference']:.1f}x the reference" if result["reference"] else ""
         print(f"engine {name:16s} {spi:.3f} s/image  (forward alone {floor:.3f} s: {100 * floor / spi:.0f}% of the "
-              f"time is forward passes)" + (f"  {e['speedup_vs_reference']:.1f}x the reference" if result["reference"] else ""),
-              flush=True)
+              f"time is forward passes)" + versus, flush=True)
 
     print()
     print(markdown_table(result))
@@ -342,7 +344,8 @@ def markdown_table(r: dict) -> str:
                (", fused residual stages" if cfg.get("fused_blocks") else "")
         speed = f"{e['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in e else "-"
         lines.append(f"| vrs engine ({name}) | {desc} | {e['batch_size']} | {e['seconds_per_image']:.3f} | {speed} | "
-                     f"{e['forward_only_seconds_per_image']:.3f} | {fw['samples_per_s']:,.0f} | {fw['tflop_per_s']:.2f} |")
+                     f"{e['forward_only_seconds_per_image']:.3f} | {fw['samples_per_s']:,.0f} | "
+                     f"{fw['tflop_per_s']:.2f} |")
     return "\n".join(lines)
 
 

@@ -45,7 +45,7 @@ class Step:
     objective: str | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", f"vrs.{self.app}", *self.args]
+        return [sys.executable, "-m", f"vrs.apps.{self.app}", *self.args]
 
     def shown(self) -> str:
         """The step's command as a user would type it (in-process steps: what they run)."""
@@ -137,8 +137,8 @@ Execute = Callable[[Step, "float | None", dict], "tuple[int, bool]"]
 
 def run_steps(script: str, steps: list[Step], out: Path, argv: list[str] | None, fields: dict,
               time_budget: float | None, execute: Execute,
-              skip: Callable[[Step, dict, dict], "str | None"] | None = None,
-              done_info: Callable[[Step, float], "dict | None"] | None = None) -> tuple[str, int]:
+              skip: Callable[[Step, dict, dict], str | None] | None = None,
+              done_info: Callable[[Step, float], dict | None] | None = None) -> tuple[str, int]:
     """Run `steps` (module docstring); (status, exit code).
 
     fields: what the record states about this experiment (size, seed, methods, ...), updated on every invocation.

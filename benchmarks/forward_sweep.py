@@ -22,7 +22,7 @@ A configuration is `<mode>[+knob...]@<batch>`:
          `+fuse`    benchmark_epilogue_fusion = False (fuse every epilogue a template can take, without
                     Inductor's benchmark deciding against it)
          `+fp16`    autocast to float16 instead of bfloat16
-         `+blocks`  run each stage's identity blocks as one fused Triton kernel (vrs.models.fused_blocks); with
+         `+blocks`  run each stage's identity blocks as one fused Triton kernel (vrs.kernels); with
                     `eager+blocks` only those kernels differ from eager, with a compile mode Inductor compiles
                     the rest around them
          The Inductor settings are patched around the compile, the first (compiling) call and the timing.
@@ -54,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from certify_throughput import device_name, flops_per_sample, make_network, samples_per_second, sync  # noqa: E402
+from certify_throughput import device_name, flops_per_sample, make_network, samples_per_second, sync
 
 NOBENCH = "~nobench"
 # knob -> Inductor settings it patches; `fp16` changes the autocast dtype instead (see Config.dtype)
@@ -139,7 +139,7 @@ def build(net: torch.nn.Module, cfg: Config, device: torch.device):
     torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     x = torch.rand(cfg.batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     if "blocks" in cfg.knobs:
-        from vrs.models.fused_blocks import fuse_residual_stages
+        from vrs.kernels.fuse import fuse_residual_stages
 
         net = fuse_residual_stages(net)
     fn = net if cfg.eager else torch.compile(net, mode=cfg.mode, dynamic=False)

@@ -3,7 +3,9 @@
 
     python benchmarks/frontier_check.py <vrs_frontier --out folder>
 """
-import csv, json, sys
+import csv
+import json
+import sys
 from pathlib import Path
 import numpy as np
 from vrs.analysis.frontier import frontier_gap

@@ -1,4 +1,4 @@
-"""The fused residual-stage kernel (vrs.models.fused_blocks) stage by stage: its error against the plain
+"""The fused residual-stage kernel (vrs.kernels) stage by stage: its error against the plain
 blocks, its time for each launch tiling, and the time of the same blocks compiled by Inductor, in one run.
 
     python benchmarks/fused_blocks_tiling.py --out $OUT/fused_blocks_tiling.json      # GPU (CUDA + Triton)
@@ -7,7 +7,7 @@ For each stage of CifarResNet-110 (16 channels at 32x32, 32 at 16x16, 64 at 8x8;
 blocks) with random BatchNorm statistics, at --batch images of bf16 channels_last activations:
 - rel_err: max |fused - fp32 blocks| / max |fp32 blocks| on 64 images;
 - ms per call of the kernel for each (pixels per tile, warps, pipelining stages) in the grid (--pixels,
-  --warps, --stages; tiles larger than the image are skipped); the fastest is what fused_blocks.TILING holds;
+  --warps, --stages; tiles larger than the image are skipped); the fastest is what triton_stage.TILING holds;
 - ms per call of the plain blocks under torch.compile(mode="max-autotune-no-cudagraphs") with Inductor's
   freezing (BatchNorm folded), bf16 autocast: what the engine ran before the fused kernel (--no-inductor skips it).
 Times are CUDA-event means over 20 calls after one warm call.
@@ -16,6 +16,7 @@ Times are CUDA-event means over 20 calls after one warm call.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -26,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from certify_throughput import device_name, make_network  # noqa: E402
+from certify_throughput import device_name, make_network
 
-from vrs.models import fused_blocks  # noqa: E402
+from vrs.kernels import dispatch, fuse, triton_stage
 
 
 def randomize_batchnorm(net: torch.nn.Module, seed: int = 0) -> None:
@@ -59,16 +60,16 @@ def activations(n: int, c: int, h: int) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def resnet110_stages(device: torch.device) -> list[tuple[fused_blocks.FusedResidualStage, int, int]]:
+def resnet110_stages(device: torch.device) -> list[tuple[fuse.FusedResidualStage, int, int]]:
     """The fused stages of CifarResNet-110 with random BatchNorm statistics: (stage, channels, image size)."""
     net = make_network(device, 110)
     randomize_batchnorm(net)
-    stages = [m for m in fused_blocks.fuse_residual_stages(net).modules()
-              if isinstance(m, fused_blocks.FusedResidualStage)]
+    stages = [m for m in fuse.fuse_residual_stages(net).modules()
+              if isinstance(m, fuse.FusedResidualStage)]
     return [(stage, stage.weight.shape[-1], {16: 32, 32: 16, 64: 8}[stage.weight.shape[-1]]) for stage in stages]
 
 
-def inductor_ms(stage: fused_blocks.FusedResidualStage, x: torch.Tensor) -> float:
+def inductor_ms(stage: fuse.FusedResidualStage, x: torch.Tensor) -> float:
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
@@ -87,18 +88,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-inductor", action="store_true")
     p.add_argument("--out", default="fused_blocks_tiling.json")
     args = p.parse_args(argv)
-    if not (torch.cuda.is_available() and fused_blocks.triton_available()):
+    if not (torch.cuda.is_available() and dispatch.triton_available()):
         sys.exit("fused_blocks_tiling.py needs a CUDA GPU and Triton")
     device = torch.device("cuda")
     grid = list(itertools.product(*(map(int, a.split(",")) for a in (args.pixels, args.warps, args.stages))))
     out = {"device": device_name(device), "torch": torch.__version__, "batch": args.batch,
-           "tiling_before": {str(k): v for k, v in fused_blocks.TILING.items()}, "stages": []}
+           "tiling_before": {str(k): v for k, v in triton_stage.TILING.items()}, "stages": []}
     with torch.inference_mode():
         for stage, c, h in resnet110_stages(device):
             weight = stage.weight.to(torch.bfloat16)
             small = activations(64, c, h)
             reference = stage.blocks(small.float())
-            err = (fused_blocks._launch(small, weight, stage.bias, kernel="triton").float() - reference).abs().max()
+            err = (dispatch.launch(small, weight, stage.bias, kernel="triton").float() - reference).abs().max()
             row = {"channels": c, "size": h, "blocks": stage.weight.shape[0],
                    "rel_err": (err / reference.abs().max()).item(), "tilings": []}
             x = activations(args.batch, c, h)
@@ -108,14 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
                 entry = {"pixels": pixels, "warps": warps, "stages": pipeline}
                 tiling = (pixels, warps, pipeline)
                 try:
-                    entry["ms"] = cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias, "triton", tiling))
+                    entry["ms"] = cuda_ms(functools.partial(dispatch.launch, x, weight, stage.bias, "triton", tiling))
                 except Exception as exc:  # noqa: BLE001 - e.g. too much shared memory: one bad row
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:200]
                 row["tilings"].append(entry)
                 print(json.dumps({"channels": c, **entry}), flush=True)
             timed = [t for t in row["tilings"] if "ms" in t]
             row["fastest"] = min(timed, key=lambda t: t["ms"]) if timed else None
-            row["current_tiling_ms"] = cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias, "triton"))
+            row["current_tiling_ms"] = cuda_ms(functools.partial(dispatch.launch, x, weight, stage.bias, "triton"))
             if not args.no_inductor:
                 row["inductor_ms"] = inductor_ms(stage, x)
             out["stages"].append(row)

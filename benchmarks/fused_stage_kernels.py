@@ -1,21 +1,22 @@
 """The two implementations of the fused residual stage side by side, stage by stage: the Triton kernel
-(vrs.models.fused_blocks, operands through shared memory) and the Gluon kernel (vrs.models.fused_stage_gluon,
+(vrs.kernels.triton_stage, operands through shared memory) and the Gluon kernel (vrs.kernels.gluon_stage,
 operands loaded straight into tensor-core registers), in one run.
 
     python benchmarks/fused_stage_kernels.py --out $OUT/fused_stage_kernels.json      # GPU (CUDA + Triton)
 
 For each stage of CifarResNet-110 (16 channels at 32x32, 32 at 16x16, 64 at 8x8; 18, 17 and 17 identity
 blocks) with random BatchNorm statistics, at --batch images of bf16 channels_last activations:
-- ms per call of the Triton kernel at fused_blocks.TILING and of the Gluon kernel for each (pixels per tile,
+- ms per call of the Triton kernel at triton_stage.TILING and of the Gluon kernel for each (pixels per tile,
   warps) of the grid (CUDA-event means over 20 calls after one warm call), and the ratio Triton / Gluon;
 - max |gluon - triton| / max |triton| over the whole batch, and each kernel's error against the fp32 blocks
   on 64 images (max |kernel - fp32| / max |fp32|).
-fused_stage_gluon.TILING lists the channel counts (and tiling) where the Gluon kernel is the faster.
+gluon_stage.TILING lists the channel counts (and tiling) where the Gluon kernel is the faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -25,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from certify_throughput import device_name  # noqa: E402
-from fused_blocks_tiling import activations, cuda_ms, resnet110_stages  # noqa: E402
+from certify_throughput import device_name
+from fused_blocks_tiling import activations, cuda_ms, resnet110_stages
 
-from vrs.models import fused_blocks, fused_stage_gluon  # noqa: E402
+from vrs.kernels import dispatch, gluon_stage, triton_stage
 
 GRID = {16: "256x4,512x4,512x8,1024x8", 32: "128x2,128x4,256x4,256x8", 64: "64x2,64x4"}
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.add_argument(f"--grid{c}", default=grid, help=f"Gluon tilings for {c} channels: pixels x warps, ...")
     p.add_argument("--out", default="fused_stage_kernels.json")
     args = p.parse_args(argv)
-    if not (torch.cuda.is_available() and fused_blocks.triton_available() and fused_stage_gluon.gluon_available()):
+    if not (torch.cuda.is_available() and dispatch.triton_available() and gluon_stage.gluon_available()):
         sys.exit("fused_stage_kernels.py needs a CUDA GPU and Triton with Gluon")
     device = torch.device("cuda")
     out = {"device": device_name(device), "torch": torch.__version__, "batch": args.batch, "stages": []}
@@ -51,26 +52,27 @@ def main(argv: list[str] | None = None) -> dict:
             exact = stage.blocks(small.float())
             scale = exact.abs().max()
 
-            def rel_err(kernel: str, tiling: tuple[int, ...] | None = None) -> float:
-                got = fused_blocks._launch(small, weight, stage.bias, kernel, tiling)
+            def rel_err(kernel: str, tiling: tuple[int, ...] | None = None, small=small, weight=weight, stage=stage,
+                        exact=exact, scale=scale) -> float:
+                got = dispatch.launch(small, weight, stage.bias, kernel, tiling)
                 return ((got.float() - exact).abs().max() / scale).item()
 
             x = activations(args.batch, c, h)
-            triton_out = fused_blocks._launch(x, weight, stage.bias, kernel="triton")
+            triton_out = dispatch.launch(x, weight, stage.bias, kernel="triton")
+            triton_ms = cuda_ms(functools.partial(dispatch.launch, x, weight, stage.bias, kernel="triton"))
             row = {"channels": c, "size": h, "blocks": stage.weight.shape[0],
-                   "triton": {"tiling": fused_blocks.TILING.get(c), "rel_err_fp32": rel_err("triton"),
-                              "ms": cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias, kernel="triton"))},
+                   "triton": {"tiling": triton_stage.TILING.get(c), "rel_err_fp32": rel_err("triton"), "ms": triton_ms},
                    "gluon": []}
             for item in getattr(args, f"grid{c}").split(","):
                 pixels, warps = map(int, item.split("x"))
                 entry = {"pixels": pixels, "warps": warps}
                 tiling = (pixels, warps)
                 try:
-                    got = fused_blocks._launch(x, weight, stage.bias, "gluon", tiling)
+                    got = dispatch.launch(x, weight, stage.bias, "gluon", tiling)
                     entry["rel_vs_triton"] = ((got.float() - triton_out.float()).abs().max()
                                               / triton_out.float().abs().max()).item()
                     entry["rel_err_fp32"] = rel_err("gluon", tiling)
-                    entry["ms"] = cuda_ms(lambda: fused_blocks._launch(x, weight, stage.bias, "gluon", tiling))
+                    entry["ms"] = cuda_ms(functools.partial(dispatch.launch, x, weight, stage.bias, "gluon", tiling))
                     entry["speedup_vs_triton"] = row["triton"]["ms"] / entry["ms"]
                 except Exception as exc:  # noqa: BLE001 - one bad tiling is one row, not the run
                     entry["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -79,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
             out["stages"].append(row)
             Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"\n{out['device']}, batch {args.batch}, bf16 channels_last")
-    print("| stage | Triton kernel ms | Gluon kernel: fastest tiling, ms | Triton / Gluon | max rel. diff Gluon vs Triton "
-          "| rel. error vs fp32 (Triton, Gluon) |")
+    print("| stage | Triton kernel ms | Gluon kernel: fastest tiling, ms | Triton / Gluon "
+          "| max rel. diff Gluon vs Triton | rel. error vs fp32 (Triton, Gluon) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in out["stages"]:
         timed = [g for g in r["gluon"] if "ms" in g]

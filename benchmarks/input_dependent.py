@@ -23,11 +23,12 @@ experiment.json records the commands (as overrides), sizes, seeds, the machine a
 Exit code 0: complete; 3: stopped by --time-budget (rerun to continue); 1: a step failed.
 
 Sizes (--size):
-  smoke  data=digits, tiny networks (8 + 4 + 4 training batches), sigmas {0.25, 0.5}, lambda 0.5, eps 0.5, 8 images, n = 100,
-         DDS 5 steps: tests the script.
+  smoke  data=digits, tiny networks (8 + 4 + 4 training batches), sigmas {0.25, 0.5}, lambda 0.5, eps 0.5,
+         8 images, n = 100, DDS 5 steps: tests the script.
   cpu    the issue's size: Fashion-MNIST, sigmas {0.12, 0.25, 0.5, 1.0}, lambda {0, 0.25, 0.5, 0.75, 1}, certification
          of 200 test images (every 50th) at n0 = 100, n = 10,000, alpha = 0.001 (VRS / Dual RS: n_h = 1,000 selector
-         draws, alpha_h = 0.001), EOT-PGD (20 steps x 8 EOT, m = 8) at L2 eps {0.5, 1.0} on 500 test images (every 20th),
+         draws, alpha_h = 0.001), EOT-PGD (20 steps x 8 EOT, m = 8) at L2 eps {0.5, 1.0} on 500 test images
+         (every 20th),
          PREDICT n = 1,000. DDS's attack runs a 10-step search in its forward passes (`defense.search_surrogate`; its
          100-step search in each of the 160 passes would cost ~100 attacks), PREDICT the deployed 100-step one.
          Run --estimate: it does not fit an hour on 2 cores (benchmarks/vrs_frontier.py's rates).
@@ -43,8 +44,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared runner and vrs_frontier's experiment pieces
-import vrs_frontier as vf  # noqa: E402
-from experiment_runner import SEED, Step, clean_json, eps_list, print_estimate, run_steps  # noqa: E402
+import vrs_frontier as vf
+from experiment_runner import SEED, Step, clean_json, eps_list, print_estimate, run_steps
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ SIZES = {
                   base=("model.width=8", "model.hidden=32", "trainer.max_epochs=1", "test=false",
                         "+trainer.limit_train_batches=8", "+trainer.limit_val_batches=1"),
                   selector=("trainer.max_epochs=1", "test=false", "+trainer.limit_train_batches=4",
-                            "+trainer.limit_val_batches=1", "module.n_trf=2", "module.val_n_h=2", "module.val_lams=[0.0,1.0]",
+                            "+trainer.limit_val_batches=1", "module.n_trf=2", "module.val_n_h=2",
+                            "module.val_lams=[0.0,1.0]",
                             "module.median.n_h0=8", "module.median.n_h=64", "module.diagnostics.enabled=false",
                             "selector.net.width=8", "objective.votes=8"),
                   sigmas=(0.25, 0.5), lams=(0.5,), eps=(0.5,), cert_images=(10, 8), attack_images=(10, 8), n0=10,
@@ -179,8 +181,8 @@ def build_steps(size: Size, out: Path, data_root: str | None, vrs_objective: str
 
 
 def compose(app: str, overrides: list[str], folder: Path):
-    """The app's config as `python -m vrs.<app> overrides` would compose it, writing into `folder` (paths.output_dir),
-    with Hydra's node installed so that `${hydra:...}` resolves."""
+    """The app's config as `python -m vrs.apps.<app> overrides` would compose it, writing into `folder`
+    (paths.output_dir), with Hydra's node installed so that `${hydra:...}` resolves."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -231,7 +233,8 @@ def run_step(step: Step) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="smoke")
     p.add_argument("--out", type=Path, help="output root (rerun with the same --out to continue)")
     p.add_argument("--data-root", help="Fashion-MNIST folder (*.gz), passed as data.root")

@@ -151,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results[f"sigma_h={sigma_h:g}"] = probes
     out = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-           "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
-           "ckpt": str(args.ckpt), "images": len(y), "votes": args.votes, "lam": args.lam, "sigma_h": sigma_hs if len(sigma_hs) > 1 else sigma_hs[0],
-           "copies": args.copies, "probe": args.probe, "grid": GRID, "best_sigma_shares": shares.tolist(), "results": results, "reliability": reliability,
+           "machine": f"{platform.node()} {platform.machine()}, torch {torch.__version__}, "
+                      f"{torch.get_num_threads()} threads",
+           "ckpt": str(args.ckpt), "images": len(y), "votes": args.votes, "lam": args.lam,
+           "sigma_h": sigma_hs if len(sigma_hs) > 1 else sigma_hs[0],
+           "copies": args.copies, "probe": args.probe, "grid": GRID, "best_sigma_shares": shares.tolist(),
+           "results": results, "reliability": reliability,
            "wall_s": round(time.time() - t0, 1)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

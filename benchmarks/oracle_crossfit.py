@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vrs_frontier as vf  # noqa: E402  (the benchmark next to this one: same steps, same readers)
+import vrs_frontier as vf
 
-from vrs.analysis.frontier import frontier_gap  # noqa: E402
-from vrs.analysis.oracle import cross_fitted_robust_oracle, outcome_agreement, robust_oracle  # noqa: E402
+from vrs.analysis.frontier import frontier_gap
+from vrs.analysis.oracle import cross_fitted_robust_oracle, outcome_agreement, robust_oracle
 
 
 def repeat_step(step: vf.Step, seed: int) -> vf.Step:

@@ -58,7 +58,8 @@ def time_steps(overrides: list[str], args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base-ckpt", required=True, help="a multi-sigma base classifier checkpoint (vrs-train noise=multi)")
+    p.add_argument("--base-ckpt", required=True,
+                   help="a multi-sigma base classifier checkpoint (vrs-train noise=multi)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--data-root", default=None)
     p.add_argument("--steps", type=int, default=100)

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from train_throughput import compose, sync  # noqa: E402
+from train_throughput import compose, sync
 
 
 def build(args, compile_mode):

@@ -72,7 +72,8 @@ def compose(model: str, images: int, batch_size: int, sigma: float, device: str,
         f"data.hflip={spec['hflip']}", "data.val_size=0", f"data.synthetic.num_train={images}",
         "data.synthetic.num_test=16", f"data.batch_size={batch_size}", "noise=fixed", f"noise.sigma={sigma}",
         "optimizer=sgd", "scheduler=step", "trainer=gpu" if device == "cuda" else "trainer=cpu",
-        f"module.compile={json.dumps(compile_mode) if isinstance(compile_mode, str) else str(bool(compile_mode)).lower()}",
+        "module.compile=" + (json.dumps(compile_mode) if isinstance(compile_mode, str)
+                             else str(bool(compile_mode)).lower()),
         "logger=none", "callbacks=none", f"module.cuda_graph={cuda_graph}",
     ]
     if precision:
@@ -204,7 +205,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         ratio = r.get("ratio")
         out.append(f"| {r['model']} | {r['pipeline']} | {r['precision']} | {r['images']} x {r['epochs']} | "
-                   f"{r['seconds']:.2f} | {r['images_per_s']:,.0f} | {'%.2fx' % ratio if ratio else '1.00x'} |")
+                   f"{r['seconds']:.2f} | {r['images_per_s']:,.0f} | {f'{ratio:.2f}x' if ratio else '1.00x'} |")
     return "\n".join(out)
 
 
@@ -213,7 +214,8 @@ def environment(device: str) -> dict:
 
     env = dict(python=platform.python_version(), torch=torch.__version__, lightning=pl.__version__,
                cpu_count=__import__("os").cpu_count(), device=device,
-               cudnn_allow_tf32=torch.backends.cudnn.allow_tf32, matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+               cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+               matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name(0)
     else:
@@ -223,7 +225,8 @@ def environment(device: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--models", default="resnet110,lenet", help="comma-separated: resnet110, lenet")
     p.add_argument("--images", type=int, default=50_000, help="training images per epoch")
@@ -260,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         ref = None if args.skip_reference else run_reference(model, args)
         variants = [(c, g) for c in [False] + [True if m == "default" else m for m in compile_modes]
                     for g in cuda_graphs]
-        runs = ([lambda: ref] if ref else []) + [lambda c=c, g=g: run_ours(model, args, compile_mode=c, cuda_graph=g)
-                                                 for c, g in variants]
+        runs = ([lambda ref=ref: ref] if ref else []) + [
+            lambda c=c, g=g, model=model: run_ours(model, args, compile_mode=c, cuda_graph=g) for c, g in variants]
         for run in runs:  # print each result as soon as it exists: a time limit may stop the rest
             r = run()
             r["ratio"] = r["images_per_s"] / ref["images_per_s"] if ref and r is not ref else None

@@ -6,7 +6,7 @@
         --time-budget 540                                                                    # H100, repeated calls
     python benchmarks/training_methods.py --size cpu --estimate                              # the steps and seconds
 
-It runs the real apps (`python -m vrs.train|certify|attack|report`, one subprocess per step, Hydra multiruns
+It runs the real apps (`python -m vrs.apps.train|certify|attack|report`, one subprocess per step, Hydra multiruns
 inside a step) into fixed folders under --out, resumable as benchmarks/vrs_frontier.py is (whose runner it uses):
 a step whose folder holds `.done` is skipped; one cut off is rerun (certify and attack resume row by row, a training
 run starts again). Rerun the same command until it prints "complete" (exit 0; 3 = stopped by --time-budget; 1 = a
@@ -59,7 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiment_runner import (QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt, log_path,  # noqa: E402
+from experiment_runner import (QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt, log_path,
                                machine, print_estimate, run_app, run_steps)
 
 METHODS = ("gaussian", "smoothadv", "macer", "consistency")
@@ -343,8 +343,8 @@ def training_cost(device: str, batch: int, steps: int, rounds: int, images: int 
     base = statistics.median(per_round["gaussian"])
     for m in METHODS:
         med = statistics.median(per_round[m])
-        out["methods"][m] = {"s_per_step": med, "s_per_epoch": med * math.ceil(images / batch), "x_gaussian": med / base,
-                             "rounds_s_per_step": per_round[m]}
+        out["methods"][m] = {"s_per_step": med, "s_per_epoch": med * math.ceil(images / batch),
+                             "x_gaussian": med / base, "rounds_s_per_step": per_round[m]}
     return out
 
 

@@ -6,7 +6,7 @@
     python benchmarks/vrs_frontier.py --size smoke --out /tmp/frontier                    # tests the script (digits)
     python benchmarks/vrs_frontier.py --size gpu --estimate                               # print the time estimate
 
-It runs the real apps (`python -m vrs.train|certify|attack|report`, one subprocess per step, as src/vrs/demo.py
+It runs the real apps (`python -m vrs.apps.train|certify|attack|report`, one subprocess per step, as src/vrs/demo.py
 does) into fixed folders under --out, so it is resumable: a step whose folder holds `.done` is skipped; a step
 cut off (crash, --time-budget, the device's time limit) is rerun into the same folder, where vrs-certify and
 vrs-attack resume row by row (`certify.out_dir` / `attack.out_dir` = each Hydra job's folder) and vrs-train
@@ -104,7 +104,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from experiment_runner import (DONE, QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt,  # noqa: E402
+from experiment_runner import (DONE, QUIET, SEED, TRAIN_QUIET, Step, clean_json, eps_list, fmt,
                                log_path, print_estimate, run_app, run_steps)
 
 # name -> the selector's training overrides: one entry per objective config, plus named variants of one (each a

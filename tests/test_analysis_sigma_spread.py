@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm
 
 from vrs.analysis.sigma_spread import (classifier_margin, grid_cell, iqr_in_grid_steps, iqr_spans_grid_step,
                                        rank_correlation, sigma_histogram, sigma_per_class, sigma_spread,

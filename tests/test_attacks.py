@@ -168,7 +168,7 @@ def digits_mlp():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(400):
+    for _step in range(400):
         idx = tr[torch.randint(0, len(tr), (128,), generator=g)]
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()

@@ -1,9 +1,9 @@
-"""The fused residual stages (vrs.models.fused_blocks) against the plain blocks they replace.
+"""The fused residual stages (vrs.kernels) against the plain blocks they replace.
 
 On the CPU: BatchNorm folding, which blocks get fused, the exact fallback outside the kernel's domain, the
 certify option, and the Triton kernel itself run by Triton's interpreter (TRITON_INTERPRET=1, in a
 subprocess because Triton reads it when the kernel is defined) in float32 and float16. The Gluon kernel
-(vrs.models.fused_stage_gluon) cannot run in the interpreter: on the CPU it is compiled for sm_80 and sm_90
+(vrs.kernels.gluon_stage) cannot run in the interpreter: on the CPU it is compiled for sm_80 and sm_90
 and its PTX checked (tensor-core operands in registers, no shared memory), and its channel permutation is
 checked. On a GPU: both kernels in bfloat16 and float16 against the blocks and each other, the network
 inside torch.compile with CUDA graphs, and in the certification engine.
@@ -25,9 +25,9 @@ from conftest import REPO_ROOT, compose_config
 from vrs.apps.certify import resolve_options
 from vrs.errors import VRSError
 from vrs.models import with_normalization
-from vrs.models import fused_stage_gluon
-from vrs.models.fused_blocks import (FusedResidualStage, _launch, fold_batchnorm, fuse_residual_stages, kernel_for,
-                                     triton_available)
+from vrs.kernels import gluon_stage
+from vrs.kernels.dispatch import kernel_for, launch, triton_available
+from vrs.kernels.fuse import FusedResidualStage, fold_batchnorm, fuse_residual_stages
 from vrs.models.lenet import LeNet
 from vrs.models.resnet import CifarResNet, WideResNet
 from vrs.smoothing.smoothed import SmoothedClassifier
@@ -141,7 +141,8 @@ INTERPRETED = textwrap.dedent("""
     import json, sys
     import torch
     from torch import nn
-    from vrs.models.fused_blocks import FusedResidualStage, _launch
+    from vrs.kernels.dispatch import launch
+    from vrs.kernels.fuse import FusedResidualStage
     from vrs.models.resnet import BasicBlock
     torch.manual_seed(0)
     results = []
@@ -160,7 +161,7 @@ INTERPRETED = textwrap.dedent("""
             for dtype in (torch.float32, torch.float16):
                 xd = x.to(dtype)
                 ref = stage.blocks(xd.float())
-                out = _launch(xd, stage.weight.to(dtype), stage.bias)
+                out = launch(xd, stage.weight.to(dtype), stage.bias)
                 assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
                 err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
                 results.append([c, h, w, str(dtype), err])
@@ -198,22 +199,22 @@ def test_kernel_matches_the_blocks_in_triton_interpreter():
         assert err < (1e-5 if dtype == "torch.float32" else 5e-3), (c, h, w, dtype, err)
 
 
-needs_gluon = pytest.mark.skipif(not fused_stage_gluon.gluon_available(), reason="Triton with Gluon is not installed")
+needs_gluon = pytest.mark.skipif(not gluon_stage.gluon_available(), reason="Triton with Gluon is not installed")
 
 
 def test_gluon_channel_permutation_and_weight_layout():
     for c in (16, 32, 64, 128):
-        assert sorted(fused_stage_gluon.position(k, c) for k in range(c)) == list(range(c))
+        assert sorted(gluon_stage.position(k, c) for k in range(c)) == list(range(c))
     # a thread's fragment channels 2t, 2t+1, 2t+8, 2t+9 (and +16, +32, ...) are adjacent
-    assert [fused_stage_gluon.position(k, 16) for k in (2, 3, 10, 11)] == [4, 5, 6, 7]
-    assert [fused_stage_gluon.position(k, 32) for k in (2, 3, 10, 11, 18, 19, 26, 27)] == list(range(8, 16))
-    if not fused_stage_gluon.gluon_available():
+    assert [gluon_stage.position(k, 16) for k in (2, 3, 10, 11)] == [4, 5, 6, 7]
+    assert [gluon_stage.position(k, 32) for k in (2, 3, 10, 11, 18, 19, 26, 27)] == list(range(8, 16))
+    if not gluon_stage.gluon_available():
         return
     torch.manual_seed(0)
     w = torch.randn(2, 2, 3, 3, 32, 32)  # (blocks, 2, ky, kx, C_in, C_out)
-    g = fused_stage_gluon.gluon_weight(w)
+    g = gluon_stage.gluon_weight(w)
     for k in range(32):
-        assert torch.equal(g[..., :, fused_stage_gluon.position(k, 32)], w[..., k, :])
+        assert torch.equal(g[..., :, gluon_stage.position(k, 32)], w[..., k, :])
 
 
 def test_cpu_tensors_take_the_triton_kernel():
@@ -232,13 +233,13 @@ def test_gluon_kernel_compiles_with_tensor_core_operands_in_registers(arch, c, h
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    config = fused_stage_gluon.launch_config(h, w, c)
+    config = gluon_stage.launch_config(h, w, c)
     warps = config.pop("num_warps")
     constants = {"BLOCKS": 2, **config}
     signature = {"x_ptr": "*bf16", "out_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*fp32", "scratch_ptr": "*bf16",
                  **{name: "constexpr" for name in constants}}
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(5)}  # what a launch with torch tensors sees
-    source = GluonASTSource(fused_stage_gluon._residual_stage_kernel, signature, constants, attrs=aligned)
+    source = GluonASTSource(gluon_stage._residual_stage_kernel, signature, constants, attrs=aligned)
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
     ptx = kernel.asm["ptx"]
     assert kernel.metadata.shared == 0
@@ -281,8 +282,8 @@ def test_gpu_gluon_and_triton_kernels_agree(c, h, w, dtype):
     weight = stage.weight.to(dtype)
     with torch.inference_mode():
         ref = stage.blocks(x.float())
-        by_triton = _launch(x, weight, stage.bias, kernel="triton")
-        by_gluon = _launch(x, weight, stage.bias, kernel="gluon")
+        by_triton = launch(x, weight, stage.bias, kernel="triton")
+        by_gluon = launch(x, weight, stage.bias, kernel="gluon")
     scale = ref.abs().max()
     # the same products in the same order: equal up to a rare rounding flip of a stored activation
     assert (by_gluon.float() - by_triton.float()).abs().max() / scale < 0.01

@@ -1,5 +1,7 @@
-"""The package's layers, checked on its source: data -> models -> smoothing -> selection -> checkpoint ->
-modules / attacks / callbacks -> config -> apps (README, Layout).
+"""The package's layers, checked on its source: data -> models -> kernels -> smoothing -> selection -> checkpoint ->
+modules / attacks / callbacks -> config -> apps (README, Layout). `make lint` checks the same layers, more
+strictly, with import-linter (pyproject.toml); this file checks them too (in the suite), and what import-linter
+does not: that an import deferred into a function says why.
 
 - a module imports only from its own layer or a lower one (library code never imports the Lightning
   modules or the apps);
@@ -22,16 +24,16 @@ LAYERS = {
     "vrs.errors": 0, "vrs.utils": 0, "vrs.analysis": 0,
     "vrs.data": 1,
     "vrs.models": 2,
-    "vrs.smoothing": 3,
-    "vrs.selection": 4,
-    "vrs.checkpoint": 5, "vrs.importers": 5,
-    "vrs.modules": 6, "vrs.attacks": 6,
-    "vrs.callbacks": 7,
-    "vrs.config": 8, "vrs.config_schema": 8, "vrs.preflight": 8,
-    "vrs.apps": 9,
-    # console entry points (python -m vrs.<app>) and the demo driver
-    "vrs.train": 10, "vrs.certify": 10, "vrs.attack": 10, "vrs.report": 10, "vrs.importer": 10, "vrs.dashboard": 10,
-    "vrs.demo": 10, "vrs": 10,
+    "vrs.kernels": 3,
+    "vrs.smoothing": 4,
+    "vrs.selection": 5,
+    "vrs.checkpoint": 6, "vrs.importers": 6,
+    "vrs.modules": 7, "vrs.attacks": 7,
+    "vrs.callbacks": 8,
+    "vrs.config": 9, "vrs.config_schema": 9, "vrs.preflight": 9,
+    "vrs.apps": 10,
+    # the demo driver (python -m vrs.demo) and the package's __init__
+    "vrs.demo": 11, "vrs": 11,
 }
 
 

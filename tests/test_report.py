@@ -16,7 +16,8 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from conftest import compose_config, run_app
-from vrs.apps.report import Row, build_report, name_rows
+from vrs.apps.report import build_report, name_rows
+from vrs.apps.report_runs import Row
 from vrs.errors import VRSError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread

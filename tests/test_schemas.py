@@ -109,7 +109,7 @@ def test_bad_values_name_the_key(app, overrides, key, allowed, tmp_path):
 
 def test_missing_node_and_unresolvable_value(tmp_path):
     GlobalHydra.instance().clear()
-    with pytest.raises(Exception) as info:  # noqa: B017 - whatever Hydra raises: a typed node keeps its keys
+    with pytest.raises(Exception) as info:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             compose("certify", overrides=["ckpt_path=x.ckpt", "~certify.n"])
     assert describe_hydra_error(info.value).startswith("certify.n cannot be deleted: every key of certify is needed")
@@ -213,7 +213,7 @@ HYDRA_ERRORS = [
 @pytest.mark.parametrize(("overrides", "line"), HYDRA_ERRORS, ids=[" ".join(o) for o, _ in HYDRA_ERRORS])
 def test_hydra_errors_read_as_one_line(overrides, line):
     GlobalHydra.instance().clear()
-    with pytest.raises(Exception) as info:  # noqa: B017 - whatever Hydra raises
+    with pytest.raises(Exception) as info:  # whatever Hydra raises
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             compose("train", overrides=overrides)
     text = describe_hydra_error(info.value)

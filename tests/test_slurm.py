@@ -41,7 +41,7 @@ def test_two_job_multirun_through_submitit_slurm(tmp_path):
     try:
         up = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=240)
         assert up.returncode == 0, up.stderr[-2000:]
-        cmd = [sys.executable, "-m", "vrs.train", "-m", "hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_node=0",
+        cmd = [sys.executable, "-m", "vrs.apps.train", "-m", "hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_node=0",
                "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10",
                "data=digits", "debug=fdr", "print_config=false", "logger=csv", "seed=0,1",
                f"paths.root_dir={tmp_path}"]

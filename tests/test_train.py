@@ -193,7 +193,7 @@ def test_bad_input_full_traceback_on_request(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
-def test_python_m_vrs_train_help(tmp_path):
+def test_python_m_vrs_apps_train_help(tmp_path):
     proc = run_app("train", "--help", root=tmp_path)
     assert proc.returncode == 0 and "data: cifar10, cifar100, digits, fashion_mnist, imagenet, mnist, synthetic" in proc.stdout
     assert shutil.which("vrs-train", path=str(Path(sys.executable).parent))

@@ -11,7 +11,7 @@ from conftest import REPO_ROOT, compose_config
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-import training_methods as tm  # noqa: E402
+import training_methods as tm
 
 
 def test_estimate_lists_every_step():

@@ -78,7 +78,7 @@ def test_c1_is_the_default_for_vrs_checkpoints_and_matches_the_pure_certificate(
     for r in rows:
         idx, key = int(r["idx"]), image_seed(0, int(r["idx"]))
 
-        def draws(stream, n):
+        def draws(stream, n, key=key, idx=idx):
             gen = torch.Generator().manual_seed(stream_seed(key, stream))
             return selector_samples(model.selector, x_test[idx : idx + 1], 0.5, n, model.median.sigma_h,
                                     model.median.batch_size, gen)[0]

@@ -351,7 +351,7 @@ def test_c1_reduces_to_cohen_when_sigma_is_constant():
 @pytest.mark.parametrize("p_a", [0.6, 0.95, 0.999])
 def test_c2_reduces_to_cohen_when_the_interval_collapses(p_a):
     for sigma0 in (0.12, 0.5, 1.0):
-        r = c2_radius(p_a, sigma0, lambda eps: (sigma0, sigma0), d=784)
+        r = c2_radius(p_a, sigma0, lambda eps, s=sigma0: (s, s), d=784)
         assert r == pytest.approx(radius_from_lower_bound(p_a, sigma0), abs=1e-12)
     assert c2_radius(0.4, 0.5, lambda eps: (0.5, 0.5), d=784) is None
 

@@ -13,7 +13,6 @@ from scipy.stats import norm
 from vrs.errors import ConfigError
 from vrs.selection.networks import build_selector
 from vrs.selection.objectives import DEFAULT_OBJECTIVE, TrainingSplit, build_objective, selector_step
-from vrs.selection.objectives.adversarial import AdversarialObjective
 from vrs.selection.objectives.paper import PaperObjective
 from vrs.selection.objectives.radius import RadiusObjective
 from vrs.selection.priors import build_prior

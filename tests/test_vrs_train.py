@@ -91,7 +91,7 @@ def test_larger_test_time_lambda_moves_mean_sigma_towards_the_prior_target(base_
     opt = torch.optim.Adam(module.selector.parameters(), lr=3e-3)
     module.train()
     gen = torch.Generator().manual_seed(0)
-    for step in range(400):
+    for _step in range(400):
         idx = torch.randint(0, len(y_all), (64,), generator=gen)
         x, y = x_all[idx], y_all[idx]
         loss = module.loss_terms(x, y, module.lam_sampler(64), sample=True)[0].mean()

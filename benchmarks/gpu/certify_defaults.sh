@@ -20,9 +20,9 @@ timed() {  # name, command...
   echo "$name: $(( $(date +%s) - t0 )) s" | tee -a "$WORK/times.txt"
   tail -n 3 "$WORK/$name.log"
 }
-timed cohen python3 -m vrs.certify ckpt_path="$RUN/base/checkpoints/last.ckpt" certify=cohen certify.sigma=0.25 \
+timed cohen python3 -m vrs.apps.certify ckpt_path="$RUN/base/checkpoints/last.ckpt" certify=cohen certify.sigma=0.25 \
   "${common[@]}" hydra.run.dir="$WORK/cohen"
-timed vrs python3 -m vrs.certify ckpt_path="$RUN/checkpoints/last.ckpt" certify=vrs_c1 certify.lam=0.5 \
+timed vrs python3 -m vrs.apps.certify ckpt_path="$RUN/checkpoints/last.ckpt" certify=vrs_c1 certify.lam=0.5 \
   "${common[@]}" hydra.run.dir="$WORK/vrs"
 if [ -n "${BASELINE:-}" ] && [ -f "$BASELINE/certify.tsv" ]; then
   python3 benchmarks/compare_certify.py "$WORK/cohen" "$BASELINE" --out "$WORK/diff_compiled_vs_eager.json"

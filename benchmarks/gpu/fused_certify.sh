@@ -19,10 +19,10 @@ timed() {  # name, command...
   "$@" > "$WORK/$name.log" 2>&1 || { echo "$name failed"; tail -n 30 "$WORK/$name.log"; }
   echo "$name: $(( $(date +%s) - t0 )) s" | tee -a "$WORK/times.txt"
 }
-timed train python3 -m vrs.train model=resnet20 trainer=gpu trainer.max_epochs=3 data.train_subset=20000 logger=csv \
+timed train python3 -m vrs.apps.train model=resnet20 trainer=gpu trainer.max_epochs=3 data.train_subset=20000 logger=csv \
   "${common[@]}" hydra.run.dir="$WORK/train"
 for fused in true false; do
-  timed "certify_fused_$fused" python3 -m vrs.certify ckpt_path="$WORK/train/checkpoints/last.ckpt" certify=cohen \
+  timed "certify_fused_$fused" python3 -m vrs.apps.certify ckpt_path="$WORK/train/checkpoints/last.ckpt" certify=cohen \
     certify.n="$N" certify.skip=10 certify.max="$IMAGES" certify.fused_blocks="$fused" certify.progress=false logger=none \
     "${common[@]}" hydra.run.dir="$WORK/fused_$fused"
 done

@@ -61,7 +61,7 @@ for step in $STEPS; do
       for k in $WORLDS; do
         rm -rf "$WORK/train_$k"
         EPOCH_TIMES="$WORK/train_$k.epochs.json" PYTHONPATH="benchmarks/gpu${PYTHONPATH:+:$PYTHONPATH}" \
-          timed "train_$k" "$TRAIN_LIMIT" $PY -m vrs.train "${DATA[@]}" model="$MODEL" noise=fixed noise.sigma=0.25 \
+          timed "train_$k" "$TRAIN_LIMIT" $PY -m vrs.apps.train "${DATA[@]}" model="$MODEL" noise=fixed noise.sigma=0.25 \
           data.batch_size="$TRAIN_BATCH" "${TRAINER[@]}" trainer.devices="$k" trainer.max_epochs="$EPOCHS" \
           logger=csv seed=0 "${QUIET[@]}" +callbacks.epoch_timer._target_=epoch_timer.EpochTimer \
           paths.output_dir="$WORK/train_$k" hydra.run.dir="$WORK/train_$k"
@@ -69,14 +69,14 @@ for step in $STEPS; do
     certify)
       CKPT=${CKPT:-$WORK/ckpt/checkpoints/last.ckpt}
       if [ ! -f "$CKPT" ]; then  # a ResNet-110 after a few steps: speed does not depend on the weights
-        timed ckpt "$TRAIN_LIMIT" $PY -m vrs.train "${DATA[@]}" model="$MODEL" noise=fixed noise.sigma=0.25 \
+        timed ckpt "$TRAIN_LIMIT" $PY -m vrs.apps.train "${DATA[@]}" model="$MODEL" noise=fixed noise.sigma=0.25 \
           "${TRAINER[@]}" trainer.devices=1 trainer.max_epochs=1 +trainer.limit_train_batches=4 \
           +trainer.limit_val_batches=1 +trainer.limit_test_batches=1 logger=csv seed=0 "${QUIET[@]}" \
           paths.output_dir="$WORK/ckpt" hydra.run.dir="$WORK/ckpt" || exit 1
       fi
       for k in $WORLDS; do
         rm -rf "$WORK/certify_$k"
-        timed "certify_$k" "$CERT_LIMIT" $PY -m vrs.certify ckpt_path="$CKPT" "${DATA[@]}" "${CERTIFY[@]}" \
+        timed "certify_$k" "$CERT_LIMIT" $PY -m vrs.apps.certify ckpt_path="$CKPT" "${DATA[@]}" "${CERTIFY[@]}" \
           certify.n0="$N0" certify.n="$N" certify.batch_size="$CERT_BATCH" certify.max="$IMAGES" \
           certify.world_size="$k" certify.out_dir="$WORK/certify_$k" certify.progress=false logger=none \
           print_config=false seed=0 hydra.run.dir="$WORK/certify_$k/hydra"

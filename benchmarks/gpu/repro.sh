@@ -15,7 +15,7 @@ common=(ckpt_path="$CKPT" data.root="$DATA" certify.sigma=0.25 certify.skip=20 c
         print_config=false paths.root_dir="$WORK")
 run() {  # name, overrides...
   local name=$1; shift
-  python3 -m vrs.certify "${common[@]}" "$@" hydra.run.dir="$WORK/$name" > "$WORK/$name.log" 2>&1 \
+  python3 -m vrs.apps.certify "${common[@]}" "$@" hydra.run.dir="$WORK/$name" > "$WORK/$name.log" 2>&1 \
     || { echo "$name failed"; tail -n 20 "$WORK/$name.log"; }
 }
 run bf16_a certify.precision=bf16

@@ -12,7 +12,7 @@ python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__versio
 run() {  # name, overrides...
   local name=$1; shift
   local t0=$(date +%s)
-  python3 -m vrs.train trainer=gpu data.root="$DATA" paths.root_dir="$WORK" print_config=false \
+  python3 -m vrs.apps.train trainer=gpu data.root="$DATA" paths.root_dir="$WORK" print_config=false \
     hydra.run.dir="$WORK/$name" callbacks.progress_bar=null "$@" > "$WORK/$name.log" 2>&1
   echo "$name: $(( $(date +%s) - t0 )) s" >> "$WORK/times.txt"
 }

@@ -23,7 +23,7 @@ for m in gaussian consistency macer smoothadv; do
   export EPOCH_TIMES="$WORK/$m.json"
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086
-  python3 -m vrs.train trainer=gpu data.root="$DATA" data.batch_size=256 optimizer.lr=0.01 ${SETTINGS[$m]} \
+  python3 -m vrs.apps.train trainer=gpu data.root="$DATA" data.batch_size=256 optimizer.lr=0.01 ${SETTINGS[$m]} \
     trainer.max_epochs=3 test=false logger=csv print_config=false '~callbacks.progress_bar' \
     +callbacks.epoch_timer._target_=epoch_timer.EpochTimer hydra.run.dir="$WORK/$m" > "$WORK/$m.log" 2>&1
   t1=$(date +%s.%N)

@@ -23,16 +23,16 @@ timed() {  # name, command...
 }
 case $stage in
   train)
-    timed train python3 -m vrs.train experiment=vrs_fmnist trainer=gpu "${common[@]}" hydra.run.dir="$WORK/vrs" \
+    timed train python3 -m vrs.apps.train experiment=vrs_fmnist trainer=gpu "${common[@]}" hydra.run.dir="$WORK/vrs" \
       trainer.max_epochs="$SELECTOR_EPOCHS" +trainer.max_time=${SELECTOR_MAX_TIME:-00:00:06:00} callbacks.progress_bar=null
     rm -f "$WORK"/vrs/checkpoints/epoch_*.ckpt "$WORK"/vrs/base/checkpoints/epoch_*.ckpt
     rm -rf "$WORK"/vrs/wandb
     ;;
   certify)
     cert=(certify.skip=20 certify.n0=100 certify.n=100000 certify.alpha=0.001 certify.progress=false)
-    timed cert_vrs python3 -m vrs.certify -m ckpt_path="$RUN/checkpoints/last.ckpt" certify=vrs_c1 \
+    timed cert_vrs python3 -m vrs.apps.certify -m ckpt_path="$RUN/checkpoints/last.ckpt" certify=vrs_c1 \
       certify.lam=0,0.25,0.5,0.75,1 "${cert[@]}" "${common[@]}" hydra.sweep.dir="$WORK/cert_vrs"
-    timed cert_cohen python3 -m vrs.certify -m ckpt_path="$RUN/base/checkpoints/last.ckpt" certify=cohen \
+    timed cert_cohen python3 -m vrs.apps.certify -m ckpt_path="$RUN/base/checkpoints/last.ckpt" certify=cohen \
       certify.sigma=0.12,0.25,0.5,1.0 "${cert[@]}" "${common[@]}" hydra.sweep.dir="$WORK/cert_cohen"
     ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -225,7 +225,8 @@ def _network(net: dict, data: dict, state_dict: dict, prefix: str, path: Path) -
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise VRSError(f"{path}: the stored weights do not fit the stored network config ({first_line(err, 300)})") from None
+        raise VRSError(f"{path}: the stored weights do not fit the stored network config "
+                       f"({first_line(err, 300)})") from None
     return network.eval()
 
 

@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vrs.config import is_typed, to_typed
-from vrs.config.rules import (ANY, AUTO_BOOL, BOOL, CKPT_PATH, COMPILE, DEVICE, INDICES, SEED, SPLIT, TEXT, Rule, _is_int,
+from vrs.config.rules import (ANY, AUTO_BOOL, BOOL, CKPT_PATH, COMPILE, DEVICE, INDICES, SEED, SPLIT, TEXT, Rule,
+                              _is_int,
                               _is_num, either, integer, list_of, number, one_of, optional, required)
 from vrs.errors import ConfigError, VRSError, check, describe_hydra_error, find_user_error, first_line
 from vrs.importers.codebases import CODEBASES, NORMALIZATIONS
@@ -187,7 +188,8 @@ def check_number_ranges(node: Any, path: str = "") -> None:
             if isinstance(value, int):
                 raise ConfigError(path, node, f"{each}an integer of at most {INT64_MAX} in size (int64: what torch "
                                               "and numpy take)")
-            raise ConfigError(path, node, f"{each}0 or a finite number between {FLOAT32_TINY:.4g} and {FLOAT32_MAX:.4g} "
+            raise ConfigError(path, node, f"{each}0 or a finite number between {FLOAT32_TINY:.4g} and "
+                                          f"{FLOAT32_MAX:.4g} "
                                           "in size (float32, where torch computes: beyond, it becomes inf or 0)")
 
 
@@ -256,7 +258,8 @@ def cross_checks(cfg: dict, app: str) -> None:
         check(trainer["min_epochs"] <= trainer["max_epochs"], "trainer.min_epochs", trainer["min_epochs"],
               f"at most trainer.max_epochs ({trainer['max_epochs']})")
     if app == "train" and not cfg.get("logger") and "lr_monitor" in (cfg.get("callbacks") or {}):
-        raise ConfigError("logger", cfg.get("logger") or "none", "a logger (csv, wandb, ...) while callbacks.lr_monitor is on: "
+        raise ConfigError("logger", cfg.get("logger") or "none",
+                          "a logger (csv, wandb, ...) while callbacks.lr_monitor is on: "
                           "Lightning's LearningRateMonitor needs one (or drop it: ~callbacks.lr_monitor)")
     if app == "train" and isinstance(trainer, dict):
         for key in ("logger", "callbacks"):  # vrs-train passes its own: these would be ignored without a word
@@ -280,7 +283,8 @@ def cross_checks(cfg: dict, app: str) -> None:
             construct({**cfg["sigma_search"], **surrogate})
         check_sigma_search(cfg, app)
     if app == "attack":
-        from vrs.attacks.factory import check_attack_config  # deferred: torch; vrs-attack and vrs-train import this module at start-up
+        # deferred: torch; vrs-attack and vrs-train import this module at start-up
+        from vrs.attacks.factory import check_attack_config
 
         check_attack_config(cfg["attack"])
     if app == "dashboard":
@@ -311,7 +315,8 @@ def check_logged_metrics(cfg: dict) -> None:
             raise ConfigError(no_val[0], no_val[1], f"{no_val[2]} while {key}={metric} reads a validation metric "
                               f"(none is logged: no validation runs); or set {key}=null")
         if metric.startswith("test/") and (key != "optimized_metric" or not test):
-            allowed = ("a train/ or val/ metric: callbacks run during fitting, before the test" if key != "optimized_metric"
+            allowed = ("a train/ or val/ metric: callbacks run during fitting, before the test"
+                       if key != "optimized_metric"
                        else "a train/ or val/ metric while test=false (no test/ metric is logged)")
             raise ConfigError(key, metric, allowed)
 
@@ -330,7 +335,8 @@ def check_trainer(cfg: dict) -> None:
     quiet = logging.getLogger("pytorch_lightning")  # "GPU available: ..." is printed once, by the real run
     level, quiet.level = quiet.level, logging.ERROR
     try:
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if isinstance(c, dict) and "_target_" in c]
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()
+                     if isinstance(c, dict) and "_target_" in c]
         instantiate(trainer, callbacks=callbacks, logger=False)
     except Exception as exc:  # noqa: BLE001 - Hydra wraps Lightning's MisconfigurationException / ValueError
         user = find_user_error(exc)
@@ -340,7 +346,8 @@ def check_trainer(cfg: dict) -> None:
             exc = exc.__cause__
         why = first_line(exc, 300)
         named = [k for k in sorted(trainer, key=len, reverse=True) if k not in HYDRA_KEYS and k in why]
-        named += [k for k, v in trainer.items() if isinstance(v, str) and len(v) > 2 and re.search(rf"\b{re.escape(v)}\b", why)]
+        named += [k for k, v in trainer.items()
+                  if isinstance(v, str) and len(v) > 2 and re.search(rf"\b{re.escape(v)}\b", why)]
         if named:
             raise ConfigError(f"trainer.{named[0]}", trainer[named[0]], f"a value Lightning's Trainer takes with this "
                               f"config and machine; it says: {why}") from None
@@ -494,8 +501,9 @@ def check_sweeper(config: DictConfig) -> None:
         import sqlalchemy
 
         if int(optuna.__version__.split(".")[0]) < 3 and int(sqlalchemy.__version__.split(".")[0]) >= 2:
-            raise ConfigError("hydra.sweeper.storage", storage, f"null with SQLAlchemy {sqlalchemy.__version__}: optuna "
-                              f"{optuna.__version__} needs SQLAlchemy < 2 for a database (pip install -r requirements.lock)")
+            raise ConfigError("hydra.sweeper.storage", storage,
+                              f"null with SQLAlchemy {sqlalchemy.__version__}: optuna {optuna.__version__} needs "
+                              "SQLAlchemy < 2 for a database (pip install -r requirements.lock)")
 
 
 class ValidateBeforeRun(_HydraCallback):
@@ -539,7 +547,7 @@ class ValidateBeforeRun(_HydraCallback):
         saved = HydraConfig.instance().cfg
         try:
             for num, job in enumerate(jobs):
-                def validate_job() -> None:
+                def validate_job(job=job, num=num) -> None:
                     cfg = loader.load_sweep_config(config, list(job))
                     with open_dict(cfg):  # what the launcher sets for job `num`
                         cfg.hydra.job.id = cfg.hydra.job.num = num
@@ -569,7 +577,7 @@ class ValidateBeforeRun(_HydraCallback):
 
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001 - user errors end the run here; anything else is left to main
+        except Exception as exc:
             err = find_user_error(exc)
             if os.environ.get("VRS_FULL_ERROR") or (err is None and not (where and isinstance(exc, HydraException))):
                 raise

@@ -43,8 +43,8 @@ def cpu_seconds() -> float:
 
 
 def run(step: str, app: str, *args: str) -> float:
-    """Run `python -m vrs.<app> args...`; stop the demo (with the app's exit code) when it fails."""
-    cmd = [sys.executable, "-m", f"vrs.{app}", *args]
+    """Run `python -m vrs.apps.<app> args...`; stop the demo (with the app's exit code) when it fails."""
+    cmd = [sys.executable, "-m", f"vrs.apps.{app}", *args]
     print(f"\n== demo {step}: vrs-{app} " + " ".join(args), flush=True)
     start, cpu = time.perf_counter(), cpu_seconds()
     code = subprocess.call(cmd)

@@ -80,7 +80,7 @@ def user_errors_exit(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - only user errors are caught; the rest is re-raised
+        except Exception as exc:  # only user errors are caught; the rest is re-raised
             err = find_user_error(exc)
             if err is None or os.environ.get("VRS_FULL_ERROR"):
                 raise
@@ -115,7 +115,8 @@ def describe_hydra_error(exc: BaseException) -> str:
         group = re.search(r"Available options in '([^']+)'", text)
         if missing and group and exc.options:
             option = missing.group(1)[len(group.group(1)) + 1:]
-            return f"{group.group(1)}={option!r} is not allowed: one of {', '.join(exc.options)} (conf/{group.group(1)}/)"
+            return (f"{group.group(1)}={option!r} is not allowed: one of {', '.join(exc.options)} "
+                    f"(conf/{group.group(1)}/)")
         if missing:
             return f"config {missing.group(1)!r} not found ({text.splitlines()[0]})"
     if isinstance(exc, OverrideParseException):
@@ -200,7 +201,7 @@ def hydra_errors_exit(hydra_main: Callable) -> Callable:
         os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its multi-line report
         try:
             return hydra_main(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - errors from the app itself are re-raised untouched
+        except Exception as exc:  # errors from the app itself are re-raised untouched
             if _raised_in_app(exc):
                 raise
             print(f"error: {describe_hydra_error(exc)}", file=sys.stderr)

@@ -81,7 +81,7 @@ def _naming(key: str, fn: Callable[[], Any]) -> Any:
     """fn(), its VRSError prefixed with the key that led to it (vrs.checkpoint's messages name the file)."""
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001 - only user errors get the prefix; Hydra may wrap them
+    except Exception as exc:
         err = find_user_error(exc)
         if err is None:
             raise

@@ -5,7 +5,7 @@
     vrs-attack ckpt_path=<vrs ckpt> defense.sigma=0.25 ...     # fixed-sigma smoothing, same base classifier
     vrs-attack ckpt_path=... attack.out_dir=<an earlier one>   # resume it (same settings; new eps allowed)
     vrs-attack ckpt_path=... attack.world_size=4               # 4 processes (GPUs), one merged attack.csv
-    torchrun --nproc_per_node 4 -m vrs.attack ckpt_path=... attack.out_dir=...  # the same via torchrun
+    torchrun --nproc_per_node 4 -m vrs.apps.attack ckpt_path=... attack.out_dir=...  # the same via torchrun
 
 Each attacked image (at every eps) is classified by PREDICT (n, alpha; an abstention counts as an error)
 at the noise level the defence deploys at the adversarial input, and by the soft classifier the attack
@@ -92,11 +92,14 @@ def load_defense(cfg: DictConfig, device):
                 if not vrs.median.grid:
                     raise VRSError("defense.selector_smoothing=vote needs the checkpoint's sigma grid (the vote is "
                                    "over grid cells); this selector has none: use defense.selector_smoothing=median")
-                deployed = lambda x: vote_sigma(vrs.selector, x, lam, vrs.median.sigma_h, n_dep,  # noqa: E731
-                                                vrs.median.grid, vrs.median.batch_size)
+
+                def deployed(x):
+                    return vote_sigma(vrs.selector, x, lam, vrs.median.sigma_h, n_dep, vrs.median.grid,
+                                      vrs.median.batch_size)
             else:
-                deployed = lambda x: vrs.sigma(x, lam, n_h=n_dep)  # noqa: E731
-            sel = SelectorSigma(vrs.selector, lam, vrs.sigma_min, vrs.sigma_max, n_h=d.n_h,
+                def deployed(x):
+                    return vrs.sigma(x, lam, n_h=n_dep)
+            sel = SelectorSigma(vrs.selector, lam, vrs.sigma_min, vrs.sigma_max, n_h=int(d.n_h),
                                 sigma_h=vrs.median.sigma_h, grad=d.selector_grad, grid=vrs.median.grid,
                                 deployed=deployed, smoothing=smoothing)
             model = DefendedModel(vrs.base, sel, **common)

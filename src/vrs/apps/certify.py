@@ -5,7 +5,7 @@
     vrs-certify ckpt_path=... data=cifar10 certify.skip=20                          # Cohen's 500 CIFAR images
     vrs-certify ckpt_path=... certify.out_dir=results/c10                           # rerun: resumes there
     vrs-certify ckpt_path=... certify.world_size=4                                  # 4 processes (GPUs)
-    torchrun --nproc_per_node 4 -m vrs.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
+    torchrun --nproc_per_node 4 -m vrs.apps.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
     vrs-certify ckpt_path=... certify.mode=predict                                  # PREDICT instead
     vrs-certify ckpt_path=<VRS selector checkpoint> [certify=vrs_c1|vrs_c2] [certify.lam=0.5]  # VRS (certify_vrs)
 
@@ -64,7 +64,7 @@ CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector check
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
     true anywhere else is refused, since it would silently run the plain network."""
-    from vrs.models.fused_blocks import kernel_supported, triton_available  # deferred: it imports Triton
+    from vrs.kernels.dispatch import kernel_supported, triton_available  # deferred: it imports Triton
 
     dev_type = torch.device(device).type
     possible = precision in ("bf16", "fp16") and kernel_supported(device)
@@ -83,7 +83,7 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
     fused blocks on a network with none to fuse is allowed (sweeps over models) but said."""
     if not fused_blocks:
         return 0
-    from vrs.models.fused_blocks import fusable_stage_count  # deferred: it imports Triton
+    from vrs.kernels.fuse import fusable_stage_count  # deferred: it imports Triton
 
     count = fusable_stage_count(network)
     if count == 0:
@@ -236,8 +236,9 @@ def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, 
     if loaded.sha256 != job.checkpoint_sha256:
         raise SystemExit(f"rank {rank}: {job.ckpt_path} changed while certifying; stopping")
     x_all, y_all, _ = load_data(job.data_cfg, job.opts.split)
+    # the progress counts go to rank 0's bar
     run_shard(job, indices, rank, world, Path(tsv_path), x_all, y_all, loaded.network, loaded.num_classes,
-              loaded.selector, on_image=_Progress(len(indices), False, counter).tick, parent_pid=parent_pid)  # counts for rank 0's bar
+              loaded.selector, on_image=_Progress(len(indices), False, counter).tick, parent_pid=parent_pid)
 
 
 # ---- progress ------------------------------------------------------------------------------------------
@@ -455,7 +456,8 @@ def certify(cfg: DictConfig) -> dict:
         for idx, row in sorted(finished.items()):  # every row: the summary describes all of them
             now = int(y_all[idx]) if 0 <= idx < len(y_all) else None
             if row["label"] != now:
-                what = f"the data now says {now}" if now is not None else f"the {opts.split} split has {len(y_all)} images"
+                what = (f"the data now says {now}" if now is not None
+                        else f"the {opts.split} split has {len(y_all)} images")
                 raise VRSError(f"{results.tsv} has label {row['label']} for image {idx}, {what}: the data set "
                                f"changed; use another certify.out_dir")
 

@@ -64,8 +64,8 @@ def vrs_options(cfg_certify: DictConfig, kind: str, sigma) -> dict | None:
         c = {**defaults, **c}
     if kind != "vrs":
         raise VRSError(f"certify.certificate={c['certificate']!r} (certify=vrs_c1/vrs_c2/dual_rs) needs a VRS "
-                       "selector checkpoint (vrs-train experiment=vrs_<dataset>); this checkpoint is a base classifier: "
-                       "use certify=cohen")
+                       "selector checkpoint (vrs-train experiment=vrs_<dataset>); this checkpoint is a base "
+                       "classifier: use certify=cohen")
     check_choice("certify.certificate", c["certificate"], CERTIFICATES)
     check(sigma is None, "certify.sigma", sigma, f"null with certify=vrs_{c['certificate']} (the selector picks sigma)")
     check_lambda(c.get("lam"), "certify.lam")

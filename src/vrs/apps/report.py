@@ -40,7 +40,7 @@ from vrs.utils.output_folders import REPORT_META, forget_run_files, report_input
 from vrs.apps.report_frontier import FRONTIER_PLOTS, build_frontier, frontier_csv, plot_frontier, sigma_csv
 from vrs.apps.report_frontier import markdown as frontier_markdown
 from vrs.apps.report_plots import PLOTS, matplotlib_color, save_plot
-from vrs.apps.report_runs import Row, collect  # noqa: F401 - Row: the row type, for callers (tests)
+from vrs.apps.report_runs import collect
 from vrs.apps.report_table import (LEGEND, attack_names, cell, merge, name_rows, order_key, settings_lines, table,
                                    to_csv, to_markdown)
 from vrs.config import to_typed

@@ -403,7 +403,7 @@ def certified_comparisons(base: Base, radii: list[float], notes: list[str]) -> l
         for r in radii]
     out = []
     for name, kind, fn in metrics:
-        def make(key, s: Series) -> Series:
+        def make(key, s: Series, fn=fn) -> Series:
             arrays = {"metric": fn(s.arrays["radius"], s.arrays["correct"]), "radius": s.arrays["radius"],
                       "correct": s.arrays["correct"]}
             if use_predict:
@@ -482,7 +482,7 @@ def robust_comparisons(base: Base, notes: list[str]) -> list[Comparison]:
         else:
             out.append(c)
 
-    for (name, norm, eps), defences in sorted(by.items()):
+    for (name, _norm, eps), defences in sorted(by.items()):
         build(f"robust_acc[{name}]@eps={fmt_num(eps)}", defences, eps, "single")
     strongest: dict[tuple[str, float], dict[tuple[str, str, float], list[Row]]] = {}
     names: dict[tuple[str, float], set] = {}
@@ -575,9 +575,9 @@ def build_frontier(rows: list[Row], radii: list[float]) -> Frontier:
     bases = group_bases(rows)
     comparisons, sigma_rows, notes = [], [], []
     for b in bases:
-        for part, what in ((lambda: certified_comparisons(b, radii, notes), "certification frontier"),
-                           (lambda: robust_comparisons(b, notes), "attack frontier"),
-                           (lambda: sigma_diagnostics(b, notes), "sigma diagnostics")):
+        for part, what in ((lambda b=b: certified_comparisons(b, radii, notes), "certification frontier"),
+                           (lambda b=b: robust_comparisons(b, notes), "attack frontier"),
+                           (lambda b=b: sigma_diagnostics(b, notes), "sigma diagnostics")):
             try:
                 got = part()
             except (ValueError, KeyError, TypeError, IndexError) as err:  # one odd run must not sink the report
@@ -650,7 +650,7 @@ def markdown(fr: Frontier) -> list[str]:
         if not mine:
             continue
         if len(b.selectors) > 1:
-            text = (f"VRS selectors (one curve each, trained on one base classifier): "
+            text = ("VRS selectors (one curve each, trained on one base classifier): "
                     + "; ".join(f"{sel} ({_ckpt_of(b, k)})" for k, sel in b.selectors.items())
                     + ". Fixed-sigma runs paired with them: those on these files; " + "; ".join(b.pairing) + ".")
         elif b.selector:

@@ -299,7 +299,8 @@ _INT, _PROB = (int, lambda v: v >= -1), (int, lambda v: v in (0, 1))
 ATTACK_TYPES = {"idx": (int, lambda v: v >= 0), "eps": (float, lambda v: math.isfinite(v) and v >= 0),
                 "label": (int, lambda v: v >= 0), "clean_predict": _INT, "adv_predict": _INT, "correct": _PROB,
                 "soft_predict": _INT, "soft_correct": _PROB, "clean_soft_predict": _INT,
-                "l2": (float, lambda v: math.isfinite(v) and v >= 0), "linf": (float, lambda v: math.isfinite(v) and v >= 0),
+                "l2": (float, lambda v: math.isfinite(v) and v >= 0),
+                "linf": (float, lambda v: math.isfinite(v) and v >= 0),
                 "sigma_clean": (float, lambda v: math.isnan(v) or (math.isfinite(v) and v > 0)),
                 "sigma_adv": (float, lambda v: math.isnan(v) or (math.isfinite(v) and v > 0)),
                 "time": (float, lambda v: math.isfinite(v) and v >= 0)}

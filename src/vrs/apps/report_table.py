@@ -172,7 +172,10 @@ def to_csv(cols: list[str], records: list[dict]) -> str:
 
 def to_markdown(cols: list[str], records: list[dict]) -> str:
     shown = [c for c in cols if c != "run_dirs"]  # listed under "Runs" instead: long paths
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
     lines = ["| # | " + " | ".join(esc(c) for c in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for i, rec in enumerate(records, 1):
         lines.append(f"| {i} | " + " | ".join(esc(cell(rec.get(c), c)) for c in shown) + " |")

@@ -52,7 +52,7 @@ class Ranks:
     dist: Any = None
 
     @classmethod
-    def start(cls, world_size: int) -> "Ranks":
+    def start(cls, world_size: int) -> Ranks:
         """torchrun's ranks when launched by it (WORLD_SIZE > 1); else rank 0 of `world_size` processes
         (the others are spawned by run_ranks)."""
         launched = torchrun_env()
@@ -230,8 +230,8 @@ def log_results(cfg: DictConfig, facts: dict, metrics: dict[str, float], images:
 
 
 # ---- the app's main ------------------------------------------------------------------------------------
-def run_app(cfg: DictConfig, app: str, run: Callable[[DictConfig], dict], print_results: Callable[[dict, DictConfig], Any],
-            order: Sequence[str]) -> Any:
+def run_app(cfg: DictConfig, app: str, run: Callable[[DictConfig], dict],
+            print_results: Callable[[dict, DictConfig], Any], order: Sequence[str]) -> Any:
     """The body of vrs-<app>'s `main` (under hydra_errors_exit / hydra.main / user_errors_exit, which turn a
     VRSError into one line and exit code 2): validate the config before any compute or output, print it
     (rank 0), run, finish W&B whatever happened, print the results (rank 0) and return the sweep's objective. A run

@@ -259,7 +259,7 @@ class DefendedModel(nn.Module):
         self.train(False)
 
     # ---- mode ----------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "DefendedModel":
+    def train(self, mode: bool = True) -> DefendedModel:
         """Record the mode, but keep every wrapped network in eval mode (BN running stats, no dropout)."""
         self.training = bool(mode)
         for child in self.children():

@@ -131,6 +131,11 @@ def _num(v) -> float:
     return float(v)
 
 
+def _mean(values) -> float:
+    """The mean of `values`; NaN for none (an eps with no rows yet)."""
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
 def summarize(rows: Sequence[dict], eps_values: Sequence[float]) -> dict:
     """Per-eps metrics from attack rows (dicts with ROW_COLUMNS, values as numbers or strings).
 
@@ -152,16 +157,15 @@ def summarize(rows: Sequence[dict], eps_values: Sequence[float]) -> dict:
         labels = np.array([int(_num(r["label"])) for r in rs], dtype=np.int64)
         adv = np.array([int(_num(r["adv_predict"])) for r in rs], dtype=np.int64)
         soft = np.array([int(_num(r["soft_predict"])) for r in rs], dtype=np.int64)
-        mean = (lambda a: float(np.mean(a)) if n else float("nan"))  # noqa: E731
         per_eps.append({
             "eps": e, "n": n,
-            "robust_acc": mean(adv == labels),            # abstain (-1) != label: counted wrong
-            "soft_acc": mean(soft == labels),
-            "abstain_rate": mean(adv == ABSTAIN),
-            "l2_mean": mean([_num(r["l2"]) for r in rs]), "linf_mean": mean([_num(r["linf"]) for r in rs]),
-            "sigma_clean_mean": mean([_num(r["sigma_clean"]) for r in rs]),
-            "sigma_adv_mean": mean([_num(r["sigma_adv"]) for r in rs]),
-            "seconds_per_image": mean([_num(r["time"]) for r in rs]),
+            "robust_acc": _mean(adv == labels),            # abstain (-1) != label: counted wrong
+            "soft_acc": _mean(soft == labels),
+            "abstain_rate": _mean(adv == ABSTAIN),
+            "l2_mean": _mean([_num(r["l2"]) for r in rs]), "linf_mean": _mean([_num(r["linf"]) for r in rs]),
+            "sigma_clean_mean": _mean([_num(r["sigma_clean"]) for r in rs]),
+            "sigma_adv_mean": _mean([_num(r["sigma_adv"]) for r in rs]),
+            "seconds_per_image": _mean([_num(r["time"]) for r in rs]),
         })
         for r in rs:
             clean_rows.setdefault(int(_num(r["idx"])), r)

@@ -136,8 +136,9 @@ def _inner(cfg: Mapping, model: torch.nn.Module, eps: float, num_classes: int, s
     if name == "eot_pgd":  # torchattacks has no L2 EOT-PGD
         return AdaptivePGD(model, eps=eps, alpha=alpha, steps=steps, norm="l2", eot_iter=eot, random_start=rs)
     if name == "apgd_eot":
-        return torchattacks.APGD(model, norm=_TA_NORM[norm], eps=eps, steps=steps, n_restarts=int(cfg.get("restarts", 1)),
-                                 seed=seed, loss=cfg.get("loss", "ce"), eot_iter=eot, rho=float(cfg.get("rho", 0.75)))
+        return torchattacks.APGD(model, norm=_TA_NORM[norm], eps=eps, steps=steps,
+                                 n_restarts=int(cfg.get("restarts", 1)), seed=seed, loss=cfg.get("loss", "ce"),
+                                 eot_iter=eot, rho=float(cfg.get("rho", 0.75)))
     if name == "autoattack_rand":
         atk = torchattacks.AutoAttack(model, norm=_TA_NORM[norm], eps=eps, version="rand", n_classes=num_classes,
                                       seed=seed)

@@ -132,8 +132,8 @@ def _csv_loggers(trainer: pl.Trainer) -> list:
 
 
 def raise_if_nonfinite_weights(pl_module: pl.LightningModule) -> None:
-    """NonFiniteError (a FloatingPointError) instead of writing a checkpoint with NaN / Inf weights, so last.ckpt stays the last
-    good state. On a GPU the loss guard (vrs.modules.guards) reads its flag only every log_every_n_steps,
+    """NonFiniteError (a FloatingPointError) instead of writing a checkpoint with NaN / Inf weights, so last.ckpt
+    stays the last good state. On a GPU the loss guard (vrs.modules.guards) reads its flag only every log_every_n_steps,
     and a non-finite gradient spoils the weights one step before the loss shows it."""
     if hasattr(pl_module, "_raise_if_nonfinite"):
         pl_module._raise_if_nonfinite()  # the loss guard's pending flag

@@ -8,7 +8,8 @@ logger, W&B included, gets the numbers).
 - `CertifiedRobustness`: Cohen's CERTIFY (small n) on the subset; for a VRS selector module the C1
   certificate of `vrs-certify` (sigma snapped to the grid, radius capped where the selector's interval
   leaves sigma's grid cell), by vrs-certify's own routine and per-image seeding (vrs.selection.certify),
-  so its rows are vrs-certify's rows for the same images and seed. Logs `cert/acc@<r>` for each radius r, `cert/acr` and `cert/abstain`.
+  so its rows are vrs-certify's rows for the same images and seed. Logs `cert/acc@<r>` for each radius r,
+  `cert/acr` and `cert/abstain`.
 
 Key names: as above at validation end; at test end they get a `test/` prefix (`test/robust/acc@...`,
 `test/cert/acr`). When several noise levels (classifier) or lambdas (VRS) are evaluated, the key ends with
@@ -218,11 +219,13 @@ class EmpiricalRobustness(_RobustnessCallback):
         for di, d in enumerate(defences(pl_module, self.sigma, self.lams)):
             k = d.num_classes or int(d.base(x[:1]).shape[1])
             model = self.defended_model(d)
-            predict = smoothed_predict_fn(d.base, k, self.predict_n, self.alpha, self.predict_batch_size, seed=self.seed)
+            predict = smoothed_predict_fn(d.base, k, self.predict_n, self.alpha, self.predict_batch_size,
+                                          seed=self.seed)
             runs = [(a, e, (ai,)) for ai, a in enumerate(self.attacks) for e in eps_list(a)]
             rows_by_attack: dict[int, list[dict]] = {}
             for start in range(0, len(y), self.batch_size):
-                xb, yb, ib = x[start:start + self.batch_size], y[start:start + self.batch_size], idx[start:start + self.batch_size]
+                batch = slice(start, start + self.batch_size)
+                xb, yb, ib = x[batch], y[batch], idx[batch]
                 for (_, _, (ai,)), rows in zip(runs, attack_batch_runs(model, xb, yb, ib, runs, k, predict, self.seed,
                                                                         (di, start))):
                     rows_by_attack.setdefault(ai, []).extend(rows)

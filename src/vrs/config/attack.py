@@ -4,7 +4,7 @@ the attack group's name, norm, eps, steps, ...) is checked by vrs.attacks.factor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from vrs.config.rules import LAMBDA, Checked, Rule, integer, key, number, one_of, optional
 
@@ -15,7 +15,7 @@ class DefenseConfig(Checked):
 
     NODE = "defense"
 
-    sigma: Optional[float] = key(optional(number(gt=0), " (the training sigma, or the VRS selector)"))
+    sigma: float | None = key(optional(number(gt=0), " (the training sigma, or the VRS selector)"))
     lam: float = key(LAMBDA)
     m: int = key(integer(1))
     noise: str = key(one_of("fresh", "fixed"))
@@ -26,8 +26,8 @@ class DefenseConfig(Checked):
     search_surrogate: Any = key(optional(Rule(lambda v: isinstance(v, dict), "a mapping of sigma_search keys"),
                                          " (the deployed search in every forward pass)"))
     n_h: int = key(integer(0))
-    deployed_n_h: Optional[int] = key(optional(integer(1), " (the checkpoint's)"))
-    max_batch: Optional[int] = key(optional(integer(1), " (all at once)"))
+    deployed_n_h: int | None = key(optional(integer(1), " (the checkpoint's)"))
+    max_batch: int | None = key(optional(integer(1), " (all at once)"))
     precision: str = key(one_of("fp32", "bf16", "fp16"))
 
 

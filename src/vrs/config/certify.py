@@ -8,7 +8,7 @@ the yaml files; these classes say what each key may be. vrs-certify runs on Omeg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from vrs.config.rules import (AUTO_BOOL, BOOL, COMPILE, DEVICE, INDICES, LAMBDA, PROBABILITY, SPLIT, TEXT, Checked,
                               either, integer, key, list_of, number, one_of, optional)
@@ -25,12 +25,12 @@ class CertifyConfig(Checked):
     n: int = key(None)
     alpha: float = key(None)
     batch_size: int = key(None)
-    sigma: Optional[float] = key(optional(number(gt=0), " (the checkpoint's training sigma)"))
+    sigma: float | None = key(optional(number(gt=0), " (the checkpoint's training sigma)"))
     split: str = key(SPLIT)
     skip: int = key(integer(1))
-    max: Optional[int] = key(optional(integer(1), " (all images)"))
+    max: int | None = key(optional(integer(1), " (all images)"))
     indices: Any = key(optional(either(integer(0), INDICES)))  # one index or a list of them
-    out_dir: Optional[str] = key(optional(TEXT, " (the run directory)"))
+    out_dir: str | None = key(optional(TEXT, " (the run directory)"))
     device: str = key(DEVICE)
     precision: str = key(one_of("auto", "fp32", "tf32", "bf16", "fp16"))
     channels_last: Any = key(AUTO_BOOL)
@@ -59,12 +59,12 @@ class VRSCertifyConfig(CertifyConfig):
     certificate: str = key(one_of("c1", "c2", "dual_rs"))
     selector_smoothing: str = key(one_of("median", "vote"))
     lam: float = key(LAMBDA)
-    n_h0: Optional[int] = key(optional(integer(1), " (the checkpoint's)"))
-    n_h: Optional[int] = key(optional(integer(1), " (the checkpoint's)"))
-    alpha_h: Optional[float] = key(optional(PROBABILITY, " (the checkpoint's)"))
-    sigma_h: Optional[float] = key(optional(number(gt=0), " (the checkpoint's)"))
+    n_h0: int | None = key(optional(integer(1), " (the checkpoint's)"))
+    n_h: int | None = key(optional(integer(1), " (the checkpoint's)"))
+    alpha_h: float | None = key(optional(PROBABILITY, " (the checkpoint's)"))
+    sigma_h: float | None = key(optional(number(gt=0), " (the checkpoint's)"))
     grid: Any = key(either(one_of("checkpoint", None), list_of(number(gt=0))))  # checkpoint | null | noise levels
-    selector_batch_size: Optional[int] = key(optional(integer(1), " (the checkpoint's)"))
+    selector_batch_size: int | None = key(optional(integer(1), " (the checkpoint's)"))
     c2_tol: float = key(number(gt=0))
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any
 
 from vrs.config.rules import TEXT, Checked, key, list_of, number, optional
 
@@ -16,5 +16,5 @@ class ReportConfig(Checked):
     out_dir: str = key(TEXT)
     # Any, not List[float]: an error shows the radii as given
     radii: Any = key(list_of(number(ge=0), distinct=True))
-    title: Optional[str] = key(optional(TEXT))
-    hide_overrides: List[str] = key(list_of(TEXT, nonempty=False))
+    title: str | None = key(optional(TEXT))
+    hide_overrides: list[str] = key(list_of(TEXT, nonempty=False))

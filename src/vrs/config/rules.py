@@ -60,7 +60,8 @@ def number(gt: float | None = None, ge: float | None = None, lt: float | None = 
 
 def one_of(*choices: Any) -> Rule:
     """Exactly one of the choices (true is not 1, "1" is not 1)."""
-    return Rule(lambda v: any(type(v) is type(c) and v == c for c in choices), "one of " + ", ".join(map(_show, choices)))
+    return Rule(lambda v: any(type(v) is type(c) and v == c for c in choices),
+                "one of " + ", ".join(map(_show, choices)))
 
 
 def optional(rule: Rule, null_means: str = "") -> Rule:

@@ -168,7 +168,7 @@ class ImageDataModule(SplitLoaders):
         self.with_index = False  # training batches as (x, y, index into splits["train"]): see the module docstring
 
     @classmethod
-    def from_spec(cls, spec: dict, **kwargs) -> "ImageDataModule":
+    def from_spec(cls, spec: dict, **kwargs) -> ImageDataModule:
         """The data module of a stored data spec (a checkpoint's `DataSpec.to_dict()`); kwargs: the other settings."""
         return cls(**{k: spec[k] for k in ("name", "channels", "size", "num_classes", "mean", "std")}, **kwargs)
 

@@ -39,7 +39,8 @@ class CifarResNet(nn.Module):
         check((depth - 2) % 6 == 0 and depth >= 8, "model.depth", depth, "6n+2 with n >= 1 (20, 56, 110, ...)")
         n = (depth - 2) // 6
         self.stage_blocks = (n, n, n)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU(inplace=True))
         layers, in_planes = [], 16
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):

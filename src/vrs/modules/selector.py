@@ -225,7 +225,10 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
                     self.log(names.lam_key(stage, name, lam), value, batch_size=bs)
                     terms.setdefault(name, []).append(value)
             accs.append(acc), sigmas.append(sigma.mean()), kls.append(kl), losses.append(loss)
-        mean = lambda v: torch.stack(v).mean()  # noqa: E731
+
+        def mean(values: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(values).mean()
+
         self.log(names.stage_key(stage, names.ACC), mean(accs), prog_bar=True, batch_size=bs)
         self.log(names.stage_key(stage, names.SIGMA_MEAN), mean(sigmas), prog_bar=True, batch_size=bs)
         self.log(names.stage_key(stage, names.KL), mean(kls), batch_size=bs)

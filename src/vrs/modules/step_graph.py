@@ -37,9 +37,9 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Prepare an optimizer for a captured step, right before the capture (after any checkpoint is restored).
 
     A Python-float learning rate would be frozen into the graph at capture; as a one-element tensor on the
-    parameters' device, the scheduler's later updates (an in-place fill of a tensor rate) reach every replay. Optimizers with a
-    `capturable` option (Adam, AdamW, ...) keep their step counters on the device with it (a CUDA-only mode;
-    on the CPU, where the tests stand in for the capture, it stays off).
+    parameters' device, the scheduler's later updates (an in-place fill of a tensor rate) reach every replay.
+    Optimizers with a `capturable` option (Adam, AdamW, ...) keep their step counters on the device with it (a
+    CUDA-only mode; on the CPU, where the tests stand in for the capture, it stays off).
     """
     for group in optimizer.param_groups:
         device = group["params"][0].device

@@ -102,17 +102,17 @@ class OracleTable:
 
     @classmethod
     def from_votes(cls, count_y: torch.Tensor, top_is_y: torch.Tensor, grid, votes: int,
-                   radius_cap: float | None) -> "OracleTable":
+                   radius_cap: float | None) -> OracleTable:
         p = vote_share(count_y, votes)
         radius = label_radius(p, top_is_y, grid)
         cap = float(radius_cap) if radius_cap is not None else \
             max(grid) * float(torch.special.ndtri(torch.tensor((votes + 0.5) / (votes + 1), dtype=torch.float64)))
         lams = torch.linspace(0, 1, LAMBDA_STEPS + 1, dtype=torch.float64)
-        q = torch.stack([torch.from_numpy(best_sigma_shares(label_score(p, radius, l.expand(len(p)), cap).T.cpu()
-                                                            .numpy())) for l in lams])
+        q = torch.stack([torch.from_numpy(best_sigma_shares(label_score(p, radius, lam.expand(len(p)), cap).T.cpu()
+                                                            .numpy())) for lam in lams])
         return cls(p, radius, tuple(float(s) for s in grid), cap, q.to(p.device))
 
-    def to(self, device) -> "OracleTable":
+    def to(self, device) -> OracleTable:
         return OracleTable(self.p.to(device), self.radius.to(device), self.grid, self.radius_cap, self.q.to(device))
 
     def shares(self, lam: torch.Tensor) -> torch.Tensor:
@@ -154,9 +154,10 @@ def cache_key(base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, grid, vot
 def load_or_compute(base: torch.nn.Module, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                     y: torch.Tensor, grid, votes: int, seed: int, cache_dir: str | Path | None,
                     device: torch.device | str = "cpu", batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """(count_y, top_is_y) of `grid_votes` of f (the forward of `base`, whose weights key the cache), read from `<cache_dir>/oracle_labels_<key>.pt` when it is there, else
-    computed on `device` (where f is) and written there atomically (cache_dir None: not cached). An unreadable or
-    mismatched cache file is recomputed (and replaced), never trusted."""
+    """(count_y, top_is_y) of `grid_votes` of f (the forward of `base`, whose weights key the cache), read from
+    `<cache_dir>/oracle_labels_<key>.pt` when it is there, else computed on `device` (where f is) and written
+    there atomically (cache_dir None: not cached). An unreadable or mismatched cache file is recomputed (and
+    replaced), never trusted."""
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"oracle_labels_{cache_key(base, x, y, grid, votes, seed)}.pt"

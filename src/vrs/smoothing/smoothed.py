@@ -14,7 +14,7 @@ How the engine spends the device's time:
   images, and while it does the statistics of one group the device already works on the next one.
 - Options: bf16/fp16 autocast, true fp32 (TF32 off) or TF32, channels_last, torch.compile (any mode;
   "reduce-overhead" adds CUDA graphs), and `fused_blocks`: the CIFAR ResNet's residual stages as one
-  Triton kernel each (vrs.models.fused_blocks; the fastest on an H100, docs/performance.md).
+  Triton or Gluon kernel each (vrs.kernels; the fastest on an H100, docs/performance.md).
 
 On numerics: the certificate holds for whatever deterministic function the network computes, so a
 bf16 network is a different (equally certifiable) base classifier from the fp32 one; the precision is
@@ -157,7 +157,7 @@ class SmoothedClassifier:
             {"backend": "eager"}). Compiled networks run with Inductor's freezing (`with_freezing`).
         noise_block: samples per noise draw of one stream (part of what fixes the random stream).
         fused_blocks: run each run of identity BasicBlocks as one fused kernel
-            (vrs.models.fused_blocks.fuse_residual_stages, on a copy of the network). Takes effect on CUDA in
+            (vrs.kernels.fuse.fuse_residual_stages, on a copy of the network). Takes effect on CUDA in
             bf16/fp16; elsewhere the copy computes exactly what the original does.
         device: where to sample; default: the network's device.
         source: what the network is, e.g. its checkpoint's path: named by NonFiniteOutputError.
@@ -181,7 +181,7 @@ class SmoothedClassifier:
         self.base_classifier = base_classifier.to(self.device).eval()
         self.fused_blocks = bool(fused_blocks)
         if self.fused_blocks:
-            from vrs.models.fused_blocks import fuse_residual_stages  # deferred: it imports Triton
+            from vrs.kernels.fuse import fuse_residual_stages  # deferred: it imports Triton
 
             self.base_classifier = fuse_residual_stages(self.base_classifier)
         self.num_classes = num_classes

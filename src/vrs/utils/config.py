@@ -61,7 +61,7 @@ def construct(node: dict, **kwargs: Any) -> Any:
     unwrapped from Hydra's InstantiationException."""
     try:
         return instantiate(node, **kwargs)
-    except Exception as err:  # noqa: BLE001 - Hydra wraps the constructor's error in InstantiationException
+    except Exception as err:
         user = find_user_error(err)
         if user is not None:
             raise user from None

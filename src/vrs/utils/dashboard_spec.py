@@ -2,8 +2,8 @@
 the apps log with (vrs.utils.metric_names), so a renamed metric renames its panel.
 
 This module knows nothing of W&B's libraries: `build_dashboard(options)` returns plain dataclasses that
-`specification` gives as the JSON that vrs-dashboard writes for review (`vrs-dashboard dashboard.dry_run=true`) and vrs.apps.dashboard turns into
-wandb-workspaces objects (a workspace and a saved report).
+`specification` gives as the JSON that vrs-dashboard writes for review (`vrs-dashboard dashboard.dry_run=true`)
+and vrs.apps.dashboard turns into wandb-workspaces objects (a workspace and a saved report).
 
 Sections (docs/wandb.md, "Dashboard layout"); each names the runs it shows by their W&B job type (the app):
 

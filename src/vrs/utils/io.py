@@ -4,10 +4,10 @@ leaves each file either as it was or complete, never half-written.
 Two kinds of file:
 - whole files (summary.json, meta files, plots, .npz arrays, checkpoints, hparams.yaml, reports): written
   to a temporary file in the same directory, fsync'd, then renamed over the target (`atomic_write`,
-  `write_json_atomic`, `atomic_path` for writers that need a file name, `save_figure`; vrs.utils.lightning_io.AtomicCheckpointIO
-  for Lightning's checkpoints). A rename within one directory is atomic on POSIX file systems: readers see
-  the old or the new file. The temporary file is named `.<stem>.tmp-<pid><suffix>` and removed when the
-  write fails.
+  `write_json_atomic`, `atomic_path` for writers that need a file name, `save_figure`;
+  vrs.utils.lightning_io.AtomicCheckpointIO for Lightning's checkpoints). A rename within one directory is
+  atomic on POSIX file systems: readers see the old or the new file. The temporary file is named
+  `.<stem>.tmp-<pid><suffix>` and removed when the write fails.
 - append-only tables (certify.tsv, attack.csv, metrics.csv): `RowWriter` writes the header, reads the rows
   back (`read_table`), cuts a torn last line (a power cut between write and fsync) and appends complete
   rows with one write() each, fsync'd before they count as done (`append_fsynced`).
@@ -193,7 +193,7 @@ class RowWriter:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "RowWriter":
+    def __enter__(self) -> RowWriter:
         return self
 
     def __exit__(self, *exc) -> None:

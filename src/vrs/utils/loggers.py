@@ -66,7 +66,7 @@ def wandb_logger(save_dir: str, project: str = "vrs", offline: bool | None = Non
         logger = WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
         _ = logger.experiment  # start the run now, so failures show here and not mid-training
         return logger
-    except Exception as err:  # noqa: BLE001 - any W&B trouble must degrade to offline, never stop the run
+    except Exception as err:  # any W&B trouble must degrade to offline, never stop the run
         if offline:
             raise
         log.warning("W&B online logging failed (%s); continuing offline", first_line(err))

@@ -128,8 +128,8 @@ def check_training_resume(key: str, folder: Path, ckpt_path: Any, config: Any) -
     new = {k: v for k, v in new.items() if k != "hydra"}
     diffs = config_diff(old, new)
     if diffs:
-        raise VRSError(f"{key}={folder} holds a vrs-train run made with other settings ({_show(diffs, 5, 'keys')} differ "
-                       f"from its .hydra/config.yaml); {how}")
+        raise VRSError(f"{key}={folder} holds a vrs-train run made with other settings "
+                       f"({_show(diffs, 5, 'keys')} differ from its .hydra/config.yaml); {how}")
 
 
 def check_output_folder(app: str, key: str, folder: str | Path, hydra_dir: bool = False, ckpt_path: Any = None,
@@ -218,7 +218,9 @@ def restore_run_files() -> None:
 
     kept = dict(_kept)
     _kept.clear()
-    if not kept or not HydraConfig.initialized() or Path(HydraConfig.get().runtime.output_dir).absolute() != kept["dir"]:
+    if not kept or not HydraConfig.initialized():
+        return
+    if Path(HydraConfig.get().runtime.output_dir).absolute() != kept["dir"]:
         return
     for path, data in kept["whole"].items():
         if data is None:

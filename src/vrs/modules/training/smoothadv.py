@@ -8,10 +8,10 @@ its PGD variant with m noise draws ("SmoothAdv_PGD, m_train").
 
 x' comes from `steps` steps of L2 PGD on the soft smoothed classifier's cross-entropy over the same m draws z_j
 (fixed during the attack, then reused by the loss), from x (no random start), step size 2 eps_t / steps along the
-gradient normalised per image, each step projected onto the eps_t ball and clipped to [0, 1] (vrs.attacks.adaptive.project). The network runs in
-eval mode during the attack (batch-norm statistics neither used from the batch nor updated) and the attack asks
-for gradients of the input only. x' is then a constant: the weights' gradient comes from the loss at x' alone (no
-gradient flows through the attack).
+gradient normalised per image, each step projected onto the eps_t ball and clipped to [0, 1]
+(vrs.attacks.adaptive.project). The network runs in eval mode during the attack (batch-norm statistics
+neither used from the batch nor updated) and the attack asks for gradients of the input only. x' is then a
+constant: the weights' gradient comes from the loss at x' alone (no gradient flows through the attack).
 
 Hyper-parameters: `m` (1, 2, 4, 8 in the paper), `steps` (1 to 10), `eps` (0.25 to 2 on CIFAR-10, in [0, 1] pixel
 L2 units: the paper's eps of 255/256 is 0.996), `warmup` (epochs of the linear eps warm-up, 10 in the paper's

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from vrs.errors import check

@@ -120,8 +120,8 @@ class Multiscale:
     def __init__(self, grid: Sequence[float] = (0.12, 0.25, 0.5, 1.0), p0: float = 0.5, n_predict: int = 100,
                  alpha_predict: float = 0.001, batch_size: int = 1000):
         grid = list(grid) if isinstance(grid, Sequence) and not isinstance(grid, str) else grid  # Hydra: a ListConfig
-        ok = isinstance(grid, list) and len(grid) >= 1 and all(
-            isinstance(g, (int, float)) and not isinstance(g, bool) and g > 0 for g in grid) and len(set(grid)) == len(grid)
+        ok = (isinstance(grid, list) and len(grid) >= 1 and len(set(grid)) == len(grid)
+              and all(isinstance(g, (int, float)) and not isinstance(g, bool) and g > 0 for g in grid))
         check(ok, "sigma_search.grid", grid, "a non-empty list of distinct noise levels > 0")
         self.grid = sorted(float(g) for g in grid)
         check(isinstance(p0, (int, float)) and 0.5 <= p0 < 1, "sigma_search.p0", p0, "a number in [0.5, 1)")

@@ -1,4 +1,4 @@
-"""The fused residual stage (vrs.models.fused_blocks) written in Gluon, Triton's explicit-layout dialect.
+"""The fused residual stage (vrs.kernels) written in Gluon, Triton's explicit-layout dialect.
 
 Why a second kernel: the Triton kernel loads each convolution tap's [pixels, C] operand in a blocked layout
 and Triton then converts it to the tensor cores' operand layout through shared memory, so every operand
@@ -68,7 +68,8 @@ def gluon_weight(weight: torch.Tensor) -> torch.Tensor:
     nb = c.bit_length() - 1
     bits = weight.transpose(-1, -2).reshape(*weight.shape[:-1], *[2] * nb)  # input channel bits, MSB first
     lead = list(range(weight.dim() - 1))
-    return bits.permute(*lead, *[len(lead) + nb - 1 - bit for bit in position_bits(c)]).reshape(weight.shape).contiguous()
+    order = [len(lead) + nb - 1 - bit for bit in position_bits(c)]
+    return bits.permute(*lead, *order).reshape(weight.shape).contiguous()
 
 
 if gluon is not None:
@@ -230,8 +231,8 @@ def launch_config(h: int, w: int, c: int, pixels: int | None = None, warps: int 
 
 def run(nhwc: torch.Tensor, out: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scratch: torch.Tensor,
         pixels: int | None = None, warps: int | None = None) -> None:
-    """The kernel on the buffers that fused_blocks._launch prepares: (N, H, W, C) bf16/fp16 CUDA activations
-    in and out, fused_blocks' weight (blocks, 2, 3, 3, C_in, C_out) and bias (blocks, 2, C) float32, and the
+    """The kernel on the buffers that vrs.kernels.dispatch.launch prepares: (N, H, W, C) bf16/fp16 CUDA activations
+    in and out, the fused stage's weight (blocks, 2, 3, 3, C_in, C_out) and bias (blocks, 2, C) float32, and the
     scratch tiles (N * 2 * (H + 2) * (W + 2) * C elements)."""
     n, h, w, ch = nhwc.shape
     _residual_stage_kernel[(n,)](nhwc, out, gluon_weight(weight), bias, scratch, BLOCKS=weight.shape[0],
