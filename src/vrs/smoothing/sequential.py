@@ -149,11 +149,12 @@ class SamplingPlan:
                 "alphas": [float(a) for a in self.alphas], "radii": list(self.radii), "radius_tol": self.radius_tol}
 
 
-def run_looks(plan: SamplingPlan, draw, sigma, c_a_rows: int):
-    """Drive the looks of a group of images: `draw(rows, m_new)` draws m_new more estimation samples for each
-    image in `rows` and returns their new n_A counts (len(rows),); this returns, per image, (n_A, samples drawn,
-    pA_lower, decisions (B, J) or None). A pure loop over the statistics above (the engine supplies `draw`)."""
-    b = c_a_rows
+def run_looks(plan: SamplingPlan, draw, sigma, b: int, slack=0.0):
+    """Drive the looks of a group of b images: `draw(rows, m_new)` draws m_new more estimation samples for each
+    image in `rows` and returns their new n_A counts (len(rows),); this returns, per image, (n_A, estimation
+    samples drawn, pA_lower, decisions (b, J) or None). slack: subtracted from every lower bound (the sound
+    sampler's, vrs.smoothing.lattice). A pure loop over the statistics above (the engine supplies `draw`)."""
+    slack = np.broadcast_to(np.asarray(slack, dtype=np.float64), (b,))
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (b,))
     n_a = np.zeros(b, dtype=np.int64)
     drawn = np.zeros(b, dtype=np.int64)
@@ -169,7 +170,8 @@ def run_looks(plan: SamplingPlan, draw, sigma, c_a_rows: int):
             break
         n_a[rows] += np.asarray(draw(rows, m - (schedule[k - 1] if k else 0)), dtype=np.int64)
         drawn[rows] = m
-        lower[rows], upper[rows] = running_bounds(n_a[rows], m, float(a), lower[rows], upper[rows])
+        lower[rows], upper[rows] = running_bounds(n_a[rows], m, float(a), lower[rows] + slack[rows], upper[rows])
+        lower[rows] = np.maximum(lower[rows] - slack[rows], 0.0)
         last = k == len(schedule) - 1
         if decisions is not None:
             decisions[rows] = radius_decisions(lower[rows], upper[rows], thresholds[rows], last)
