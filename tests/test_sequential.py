@@ -1,14 +1,18 @@
-"""Sequential CERTIFY's statistics (vrs.smoothing.sequential) against known answers: closed forms, Cohen's fixed-n
-bound at one look, and seeded Monte Carlo of a Bernoulli stream with known pA (false-certificate rate <= alpha)."""
+"""Sequential CERTIFY (vrs.smoothing.sequential, and the engine's looks) against known answers: closed forms,
+Cohen's fixed-n bound at one look, and seeded Monte Carlo with known pA (false-certificate rate <= alpha): a
+Bernoulli stream for the statistics, a 1-pixel threshold classifier for the engine (float and sound noise)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import binomtest, norm
 
+from vrs.smoothing import SmoothedClassifier
 from vrs.smoothing import sequential as seq
 from vrs.smoothing.core import lower_confidence_bound
+from vrs.smoothing.smoothed import image_seed
 
 
 def test_look_schedule_doubles_up_to_n():
@@ -92,3 +96,59 @@ def test_false_certificate_rate_is_at_most_alpha(mode, spending):
     assert drawn.min() >= plan.schedule[0] and drawn.max() <= plan.n
     if mode == "radius_target":  # most images stop before the budget
         assert drawn.mean() < plan.n
+
+
+# ---- the engine: SmoothedClassifier with a sampling plan -------------------------------------------------
+class Threshold(torch.nn.Module):
+    """A 1-pixel two-class classifier: class 0 iff the pixel is below t. Under x + sigma z (real Gaussian) and
+    under the sound lattice noise alike (t is half-way between lattice points), pA = Phi((t - x) / sigma)."""
+
+    def __init__(self, t: float):
+        super().__init__()
+        self.t = t
+
+    def forward(self, y):
+        below = (y.flatten(1)[:, :1] < self.t).float()
+        return torch.cat([below, 1 - below], dim=1)
+
+
+@pytest.mark.parametrize("sound", [False, True])
+def test_engine_one_look_is_fixed_certify(sound):
+    x = torch.tensor([10, 100, 128, 130, 140, 250], dtype=torch.float32).view(-1, 1, 1, 1) / 255
+    seeds = [image_seed(7, i) for i in range(len(x))]
+    kw = dict(num_classes=2, sigma=0.25, sound=sound)
+    fixed = next(SmoothedClassifier(Threshold(128.5 / 255), **kw).certify_groups([(x, seeds)], 16, 3000, 0.01, 700))
+    for mode in ("sequential", "radius_target"):
+        plan = seq.SamplingPlan(mode, n=3000, alpha=0.01, looks=1, radii=(0.1,))
+        one = next(SmoothedClassifier(Threshold(128.5 / 255), sampling=plan, **kw).certify_groups(
+            [(x, seeds)], 16, 3000, 0.01, 700))
+        np.testing.assert_array_equal(one.counts_estimation, fixed.counts_estimation)
+        np.testing.assert_array_equal(one.radius, fixed.radius)
+        np.testing.assert_array_equal(one.prediction, fixed.prediction)
+        assert one.samples.tolist() == [3016] * len(x) == fixed.samples.tolist()
+
+
+@pytest.mark.parametrize("mode,sound", [("fixed", False), ("sequential", False), ("radius_target", False),
+                                        ("fixed", True), ("radius_target", True)])
+def test_engine_false_certificate_rate_is_at_most_alpha(mode, sound):
+    """600 one-pixel images whose pA lies just below the pA needed for r = 0.1: false certificates (a radius beyond
+    the true one, Phi^-1(pA) sigma, or a "yes" at r = 0.1) at most alpha = 0.05 (binomial test, p = 0.001)."""
+    alpha, sigma, radius, reps = 0.05, 0.25, 0.1, 600
+    k = 128  # x on the lattice; t half-way between lattice points
+    true_radius = radius - 0.004  # just short of the target
+    t = (k + 0.5) / 255
+    x0 = t - true_radius  # pA = Phi(true_radius / sigma) for x = x0; put x0 on the lattice below
+    lattice_x = np.floor(x0 * 255) / 255
+    true_radius = t - lattice_x
+    assert true_radius < radius
+    x = torch.full((reps, 1, 1, 1), float(lattice_x))
+    plan = None if mode == "fixed" else seq.SamplingPlan(mode, n=2000, alpha=alpha, looks=5, radii=(radius,),
+                                                          radius_tol=0.01)
+    smoothed = SmoothedClassifier(Threshold(t), num_classes=2, sigma=sigma, sampling=plan, sound=sound)
+    res = next(smoothed.certify_groups([(x, [image_seed(3, i) for i in range(reps)])], 16, 2000, alpha, 4096))
+    false = (res.prediction == 0) & (res.radius > true_radius)
+    assert (res.prediction != 1).all()
+    assert not_more_often_than(int(false.sum()), reps, alpha), (false.mean(), alpha)
+    if mode == "radius_target":
+        assert set(res.decisions[:, 0]) <= {"yes", "no", "budget"}
+        assert res.samples.mean() < 2016

@@ -194,7 +194,9 @@ SCHEMA: dict[str, dict[str, Rule]] = {
                 "channels_last": AUTO_BOOL, "compile": COMPILE, "fused_blocks": AUTO_BOOL,
                 "images_per_group": either(one_of("auto"), integer(1)), "noise_block": integer(1),
                 "world_size": integer(1), "radius_grid": list_of(number(ge=0), distinct=True), "allow_other_dataset": BOOL,
-                "progress": BOOL,
+                "progress": BOOL, "sampling": one_of("fixed", "sequential", "radius_target"),
+                "radii": optional(list_of(number(ge=0), distinct=True), " (radius_target needs a list)"),
+                "looks": integer(1, 30), "radius_tol": number(gt=0), "sound": BOOL,
                 "certificate": one_of("c1", "c2", "dual_rs"), "selector_smoothing": one_of("median", "vote"),
                 "lam": LAMBDA,
                 "n_h0": optional(integer(1), " (the checkpoint's)"), "n_h": optional(integer(1), " (the checkpoint's)"),
@@ -546,6 +548,10 @@ def check_sigma_search(cfg: dict, app: str) -> None:
                            f"certify.certificate={node['certificate']!r}")
         check(node.get("mode", "certify") == "certify", "certify.mode", node.get("mode"),
               f"certify with sigma_search={name} (its PREDICT is not part of vrs-certify)")
+        check(node.get("sampling", "fixed") == "fixed", "certify.sampling", node.get("sampling"),
+              f"fixed with sigma_search={name} (the search runs its own CERTIFY calls)")
+        check(not node.get("sound"), "certify.sound", node.get("sound"),
+              f"false with sigma_search={name} (a per-image sigma search is not covered by the lattice argument)")
 
 
 def check_certify(c: dict) -> None:
@@ -563,6 +569,16 @@ def check_certify(c: dict) -> None:
     if "certificate" in c:
         check(certify_mode, "certify.mode", c.get("mode"),
               "certify with certify=vrs_c1 / vrs_c2 (PREDICT of a VRS model is not part of vrs-certify)")
+    sampling = c.get("sampling", "fixed")
+    if sampling != "fixed":
+        check(certify_mode, "certify.sampling", sampling, "fixed with certify.mode=predict (looks are for CERTIFY)")
+    if sampling == "radius_target":
+        check(bool(c.get("radii")), "certify.radii", c.get("radii"),
+              "a non-empty list of target radii >= 0 with certify.sampling=radius_target")
+    if c.get("sound"):
+        check("certificate" not in c, "certify.sound", True,
+              f"false with certify.certificate={c.get('certificate')!r}: the selector's own smoothing samples float "
+              "noise, which the sound lattice argument does not cover (docs/certify.md)")
 
 
 def _construct(node: dict, **kwargs: Any) -> Any:

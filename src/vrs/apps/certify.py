@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
+from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer, table_name
 from vrs.apps.certify_vrs import (meta_keys, resolve_vrs_options, summary_extras, table_of, undetermined_problem,
                                   vrs_options)
 from vrs.apps.results import describe_subset, select_indices, store_subset
@@ -48,7 +48,8 @@ from vrs.selection.certificates import ARGUMENTS
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.selection.median import MedianSmoothing
 from vrs.selection.vote import certify_dual_rs_groups
-from vrs.smoothing import core
+from vrs.smoothing import core, lattice
+from vrs.smoothing.sequential import SamplingPlan
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
 from vrs.utils.io import save_figure
@@ -84,6 +85,19 @@ class Options:
     radius_grid: list[float]
     allow_other_dataset: bool
     progress: bool
+    sampling: str = "fixed"
+    radii: list[float] | None = None
+    looks: int = 8
+    radius_tol: float = 0.01
+    sound: bool = False
+
+    @property
+    def plan(self) -> SamplingPlan | None:
+        """The engine's sampling plan (None: Cohen's fixed n0 + n)."""
+        if self.sampling == "fixed":
+            return None
+        return SamplingPlan(self.sampling, n=self.n, alpha=self.alpha, looks=self.looks,
+                            radii=tuple(self.radii or ()), radius_tol=self.radius_tol)
 
 
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
@@ -144,13 +158,16 @@ def parse_options(c: DictConfig) -> Options:
     world = c.get("world_size", 1)
     block = c.get("noise_block", NOISE_BLOCK)
     grid = core.radius_grid(c.get("radius_grid") or [0.0], "certify.radius_grid")
+    sampling = c.get("sampling", "fixed")
+    radii = core.radius_grid(c["radii"], "certify.radii") if sampling == "radius_target" else None
     return Options(mode=mode, n0=n0, n=c["n"], alpha=float(c["alpha"]), batch_size=c["batch_size"],
                    sigma=None if sigma is None else float(sigma), split=c.get("split", "test"), skip=skip, max=mx,
                    indices=indices, out_dir=c.get("out_dir"), device=device, precision=precision,
                    channels_last=(dev_type == "cuda") if cl == "auto" else bool(cl), compile=compile_,
                    fused_blocks=fused, images_per_group=per_group, world_size=world, noise_block=block,
                    radius_grid=[float(r) for r in grid], allow_other_dataset=bool(c.get("allow_other_dataset")),
-                   progress=bool(c.get("progress", True)))
+                   progress=bool(c.get("progress", True)), sampling=sampling, radii=radii, looks=c.get("looks", 8),
+                   radius_tol=float(c.get("radius_tol", 0.01)), sound=bool(c.get("sound", False)))
 
 
 # ---- test-time sigma searches (sigma_search=multiscale | dds) --------------------------------------------
@@ -214,7 +231,8 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
     smoothed = SmoothedClassifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device=device,
                                   precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
                                   fused_blocks=opts.fused_blocks, noise_block=opts.noise_block,
-                                  source=job.ckpt_path)
+                                  source=job.ckpt_path, sampling=opts.plan if opts.mode == "certify" else None,
+                                  sound=opts.sound)
     if not indices:
         return 0
     selector = selector.to(device) if vopts else None
@@ -266,7 +284,8 @@ def cohen_rows(job: Job, smoothed: SmoothedClassifier, groups: list[list[int]], 
         results = smoothed.predict_groups(inputs, opts.n, opts.alpha, opts.batch_size)
     for g, res in zip(groups, results):
         yield [{"idx": idx, "predict": int(res.prediction[j]), "sigma": float(res.sigma[j]),
-                **({"radius": float(res.radius[j])} if opts.mode == "certify" else {})} for j, idx in enumerate(g)]
+                **({"radius": float(res.radius[j]), **res.sampling_fields(j)} if opts.mode == "certify" else {})}
+               for j, idx in enumerate(g)]
 
 
 def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, counter, parent_pid: int) -> None:
@@ -362,6 +381,7 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         summary["certified_accuracy"] = {f"{r:g}": float(a) for r, a in zip(opts.radius_grid, acc)}
         summary["acr"] = core.average_certified_radius(radii, correct) if len(rows) else None
         summary["max_radius_possible"] = core.max_certified_radius(opts.n, opts.alpha, job.sigma)
+        summary.update(sampling_summary(rows, opts, job))
     summary.update({
         "metric_convention": "abstentions count as wrong; denominator = all evaluated images; radius >= r",
         "n0": opts.n0, "n": opts.n, "alpha": opts.alpha, "sigma": job.sigma, "seed": job.seed,
@@ -378,6 +398,31 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
     })
     summary.update(extra)
     return summary
+
+
+def sampling_summary(rows: list[dict], opts: Options, job: Job) -> dict:
+    """summary.json's sampling entries: the plan, the samples drawn per image (against fixed n0 + n), radius_target's
+    decision counts per target radius, and the sound mode's slack."""
+    fixed = (opts.n0 or 0) + opts.n
+    samples = np.array([r.get("samples", fixed) for r in rows], dtype=np.float64)
+    plan = opts.plan
+    out: dict[str, Any] = {
+        "sampling": plan.to_dict() if plan else {"sampling": "fixed"},
+        "mean_samples_per_image": float(samples.mean()) if len(rows) else None,
+        "samples_per_image_fixed": fixed,
+        "sample_reduction": float(fixed / samples.mean()) if len(rows) else None,
+    }
+    if plan is not None and plan.mode == "radius_target":
+        cells = [dict(item.split("=") for item in r["decisions"].split(";")) for r in rows]
+        out["decision_counts"] = {f"{r:g}": {d: sum(c[f"{r:g}"] == d for c in cells) for d in ("yes", "no", "budget")}
+                                  for r in plan.radii}
+    if opts.sound:
+        d = int(np.prod(job.meta["input_shape"]))
+        out["sound"] = {"lattice": f"1/{lattice.LEVELS}", "bits": lattice.BITS,
+                        "slack": lattice.noise_slack(job.sigma, d),
+                        "note": "integer lattice noise from fair coins (Voracek & Hein, ICLR 2023); pA_lower is "
+                                "lowered by `slack`, the sampler's total variation from the ideal law"}
+    return out
 
 
 def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
@@ -473,6 +518,7 @@ def certify(cfg: DictConfig) -> dict:
         log.warning(problem)
 
     table = "search" if search else table_of(vopts) if vopts else opts.mode
+    table = table_name(table, opts.sampling)
     meta = {"mode": table, "n0": opts.n0, "n": opts.n, "alpha": opts.alpha,
             "sigma": "search" if search else "selector" if vopts else sigma, "seed": seed,
             "checkpoint_sha256": loaded.sha256, "checkpoint": str(Path(cfg.ckpt_path).resolve()),
@@ -481,6 +527,9 @@ def certify(cfg: DictConfig) -> dict:
             "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[table]),
             # the fused kernels compute another (bf16) network: rows with and without them are not mixed
             "fused_stages": fused_stage_count(loaded.network, opts.fused_blocks),
+            "sampling": opts.sampling, "sound": opts.sound, "input_shape": list(x_all.shape[1:]),
+            **({"looks": opts.looks, "radii": opts.radii, "radius_tol": opts.radius_tol}
+               if opts.sampling != "fixed" else {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if vopts:
         meta.update(meta_keys(vopts))

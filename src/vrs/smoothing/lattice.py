@@ -69,11 +69,34 @@ def noise_slack(sigma: float, d: int, levels: int = LEVELS, bits: int = BITS) ->
 def lattice_noise(shape, sigma: float, *, device, generator: torch.Generator, levels: int = LEVELS,
                   bits: int = BITS) -> torch.Tensor:
     """Integer noise v (int32, `shape`) from the discretised Gaussian of std levels * sigma, by inversion of fair
-    coins: u ~ U{0, .., 2^bits - 1}, v = #{j: T_j <= u} - V."""
-    t, v_max = thresholds(float(sigma), levels, bits)
-    table = torch.as_tensor(t, device=device)
+    coins: u ~ U{0, .., 2^bits - 1}, v = #{j: T_j <= u} - V.
+
+    Fast and exact: a float64 guess round(s * Phi^-1(u / 2^bits)) is checked against the integer thresholds
+    (T_{v-1} <= u < T_v) and moved by one where it fails, twice; what still fails (the far tails, where float64
+    cannot resolve u / 2^bits) is found by binary search. Every returned v passes the exact integer test."""
+    padded, v_max = _device_table(float(sigma), levels, bits, torch.device(device))
+    s = levels * float(sigma)
     u = torch.randint(0, 2 ** bits, tuple(shape), generator=generator, device=device, dtype=torch.int64)
-    return (torch.searchsorted(table, u, right=True) - v_max).to(torch.int32)
+    guess = torch.special.ndtri(u.double().mul_(2.0 ** -bits)).mul_(s).add_(0.5).floor_()
+    v = guess.clamp_(-v_max, v_max).long()
+    for _ in range(2):
+        below = torch.take(padded, v + v_max) > u        # u < T_{v-1}: v too large
+        above = torch.take(padded, v + v_max + 1) <= u   # u >= T_v: v too small
+        if not (below.any() or above.any()):
+            return v.to(torch.int32)
+        v += above.long() - below.long()
+    bad = (torch.take(padded, v + v_max) > u) | (torch.take(padded, v + v_max + 1) <= u)
+    if bad.any():
+        v[bad] = torch.searchsorted(padded[1:-1], u[bad], right=True) - v_max
+    return v.to(torch.int32)
+
+
+@lru_cache(maxsize=16)
+def _device_table(sigma: float, levels: int, bits: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """The thresholds on `device`, padded: [-1, T_-V, .., T_(V-1), 2^bits] (T_(v-1) at index v + V)."""
+    t, v_max = thresholds(sigma, levels, bits)
+    padded = np.concatenate([[-1], t, [2 ** bits]]).astype(np.int64)
+    return torch.as_tensor(padded, device=device), v_max
 
 
 def to_lattice(x: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:

@@ -104,6 +104,14 @@ class CertifyResult:
     counts_estimation: np.ndarray
     samples: np.ndarray | None = None    # samples drawn per image (n0 + estimation samples)
     decisions: np.ndarray | None = None  # radius_target: (B, J) yes / no / budget per target radius
+    radii: tuple[float, ...] = ()        # radius_target: the J target radii
+
+    def sampling_fields(self, j: int) -> dict:
+        """Image j's `samples` and, with radius_target, `decisions` [(radius, yes/no/budget)], for a results row."""
+        out = {"samples": int(self.samples[j])}
+        if self.decisions is not None:
+            out["decisions"] = list(zip(self.radii, self.decisions[j].tolist()))
+        return out
 
 
 @dataclass
@@ -293,7 +301,7 @@ class SmoothedClassifier:
             radius = np.where(abstain, 0.0, np.atleast_1d(core.radius_from_lower_bound(p_lower, sigmas)))
             prediction = np.where(abstain, core.ABSTAIN, c_a).astype(np.int64)
             yield CertifyResult(prediction, radius, c_a, n_a, p_lower, sigmas, sel, est, samples=n0 + drawn,
-                                decisions=decisions)
+                                decisions=decisions, radii=plan.radii)
 
     def predict_groups(self, groups: Iterable[tuple], n: int, alpha: float, batch_size: int) -> Iterator[PredictResult]:
         """PREDICT over an iterable of (x, seeds, sigma) groups (see certify_groups)."""
