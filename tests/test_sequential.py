@@ -59,6 +59,20 @@ def test_radius_decisions_and_thresholds():
     assert d.tolist() == [["yes", "yes"], ["yes", "open"], ["no", "no"]]
     d = seq.radius_decisions([0.55], [0.9], np.array([[0.5, 0.85]]), last_look=True)
     assert d.tolist() == [["yes", "budget"]]
+    d = seq.radius_decisions([0.55], [0.9], np.array([[0.5, 0.85]]), last_look=False, reachable=[0.8])
+    assert d.tolist() == [["yes", "budget"]]  # 0.85 is out of reach: settled at once
+
+
+def test_best_reachable_is_the_all_agree_bound_of_a_later_look():
+    sched, alphas = [10, 20, 40], np.array([0.01, 0.01, 0.01])
+    got = seq.best_reachable([7], 10, sched, alphas, 0)
+    want = max(lower_confidence_bound(17, 20, 0.01), lower_confidence_bound(37, 40, 0.01))
+    assert got[0] == pytest.approx(want) and seq.best_reachable([7], 40, sched, alphas, 2)[0] == 0.0
+    # a radius beyond what n = 1000 samples can certify is "budget" at the first look
+    plan = seq.SamplingPlan("radius_target", n=1000, alpha=0.001, looks=4, radii=(0.25, 5.0))
+    _, drawn, _, dec = seq.run_looks(plan, lambda rows, m: np.full(len(rows), m), 0.25, 2)
+    assert dec[:, 1].tolist() == ["budget", "budget"] and dec[:, 0].tolist() == ["yes", "yes"]
+    assert drawn.tolist() == [125, 125]
 
 
 def test_sequential_stops_early_when_the_radius_is_settled():

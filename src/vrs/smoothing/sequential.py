@@ -25,7 +25,9 @@ Stopping rules (`sequential_done`, `radius_decisions`):
   budget is spent.
 - radius_target: given target radii r_1..r_J, image certified at r_j iff pA_lower >= Phi(r_j / sigma). Each target
   is "yes" once pA_lower >= Phi(r_j / sigma), "no" once pA_upper < Phi(r_j / sigma), and "budget" if neither
-  holds when n samples are spent; stop when no target is open. Cf. Horvath et al. (ICLR 2022), who report up to
+  holds when n samples are spent, or as soon as no later look could reach Phi(r_j / sigma) even if every further
+  sample voted c_A (`best_reachable`: e.g. a radius beyond what n samples can ever certify); stop when no
+  target is open. Cf. Horvath et al. (ICLR 2022), who report up to
   55x fewer samples for predetermined radii.
 """
 
@@ -91,12 +93,25 @@ def certified_thresholds(radii, sigma) -> np.ndarray:
     return norm.cdf(radii[None, :] / sigma[:, None])
 
 
-def radius_decisions(p_lower, p_upper, thresholds, last_look: bool) -> np.ndarray:
+def best_reachable(n_a, m: int, schedule, alphas, k: int):
+    """The largest lower bound any later look (k + 1, ...) can give if every further sample is c_A:
+    max_j CP_lower(n_a + m_j - m, m_j, alpha_j); 0 when look k is the last. (B,) for (B,) n_a."""
+    n_a = np.asarray(n_a, dtype=np.float64)
+    best = np.zeros(n_a.shape)
+    for m_j, a_j in zip(schedule[k + 1 :], alphas[k + 1 :]):
+        best = np.maximum(best, lower_confidence_bound(n_a + (m_j - m), m_j, float(a_j)))
+    return best
+
+
+def radius_decisions(p_lower, p_upper, thresholds, last_look: bool, reachable=None) -> np.ndarray:
     """Per image and target radius: yes (pA_lower >= threshold), no (pA_upper < threshold), else open, or
-    budget at the last look. p_lower / p_upper (B,), thresholds (B, J) from certified_thresholds."""
+    budget at the last look, or at once where even `reachable` (best_reachable: every further sample c_A) stays
+    below the threshold: the budget cannot certify that radius. p_lower / p_upper / reachable (B,), thresholds
+    (B, J) from certified_thresholds."""
     lo = np.asarray(p_lower, dtype=np.float64)[:, None]
     hi = np.asarray(p_upper, dtype=np.float64)[:, None]
-    undecided = BUDGET if last_look else OPEN
+    hopeless = last_look if reachable is None else np.asarray(reachable, dtype=np.float64)[:, None] < thresholds
+    undecided = np.where(hopeless | last_look, BUDGET, OPEN)
     return np.where(lo >= thresholds, YES, np.where(hi < thresholds, NO, undecided)).astype(object)
 
 
@@ -174,7 +189,8 @@ def run_looks(plan: SamplingPlan, draw, sigma, b: int, slack=0.0):
         lower[rows] = np.maximum(lower[rows] - slack[rows], 0.0)
         last = k == len(schedule) - 1
         if decisions is not None:
-            decisions[rows] = radius_decisions(lower[rows], upper[rows], thresholds[rows], last)
+            reachable = best_reachable(n_a[rows], m, schedule, alphas, k) - slack[rows]
+            decisions[rows] = radius_decisions(lower[rows], upper[rows], thresholds[rows], last, reachable)
             done = (decisions[rows] != OPEN).all(axis=1)
         else:
             done = sequential_done(lower[rows], upper[rows], cap, sigma[rows], plan.radius_tol) | last
