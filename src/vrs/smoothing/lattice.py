@@ -68,17 +68,22 @@ def noise_slack(sigma: float, d: int, levels: int = LEVELS, bits: int = BITS) ->
 
 def lattice_noise(shape, sigma: float, *, device, generator: torch.Generator, levels: int = LEVELS,
                   bits: int = BITS) -> torch.Tensor:
-    """Integer noise v (int32, `shape`) from the discretised Gaussian of std levels * sigma, by inversion of fair
-    coins: u ~ U{0, .., 2^bits - 1}, v = #{j: T_j <= u} - V.
+    """Integer noise v (int32, `shape`) from the discretised Gaussian of std levels * sigma: fair coins
+    u ~ U{0, .., 2^bits - 1} (torch.randint), then `invert`."""
+    u = torch.randint(0, 2 ** bits, tuple(shape), generator=generator, device=device, dtype=torch.int64)
+    return invert(u, sigma, levels, bits)
+
+
+def invert(u: torch.Tensor, sigma: float, levels: int = LEVELS, bits: int = BITS) -> torch.Tensor:
+    """v = #{j: T_j <= u} - V for int64 u in [0, 2^bits): the inverse of the thresholds' CDF (int32).
 
     Fast and exact: a float64 guess round(s * Phi^-1(u / 2^bits)) is checked against the integer thresholds
     (T_{v-1} <= u < T_v) and moved by one where it fails, twice; what still fails (the far tails, where float64
     cannot resolve u / 2^bits) is found by binary search. Every returned v passes the exact integer test."""
-    padded, v_max = _device_table(float(sigma), levels, bits, torch.device(device))
+    padded, v_max = _device_table(float(sigma), levels, bits, u.device)
     s = levels * float(sigma)
-    u = torch.randint(0, 2 ** bits, tuple(shape), generator=generator, device=device, dtype=torch.int64)
     guess = torch.special.ndtri(u.double().mul_(2.0 ** -bits)).mul_(s).add_(0.5).floor_()
-    v = guess.clamp_(-v_max, v_max).long()
+    v = guess.nan_to_num_(0.0).clamp_(-v_max, v_max).long()  # nan_to_num: -inf stays, NaN (if any) -> 0
     for _ in range(2):
         below = torch.take(padded, v + v_max) > u        # u < T_{v-1}: v too large
         above = torch.take(padded, v + v_max + 1) <= u   # u >= T_v: v too small
