@@ -40,6 +40,7 @@ from scipy.stats import norm
 
 LEVELS = 255  # 8-bit images: x * 255 is an integer
 BITS = 62  # uniform integers on [0, 2^BITS): torch.randint's 64-bit path, unbiased since 2^BITS divides 2^64
+GUIDE_BITS = 16  # the sampler's guide table: 2^16 buckets of u (`invert`)
 TAIL = 10.0  # V = ceil(TAIL * s): Phi(-10) ~ 7.6e-24 of each tail is lumped into +-V
 
 
@@ -77,31 +78,29 @@ def lattice_noise(shape, sigma: float, *, device, generator: torch.Generator, le
 def invert(u: torch.Tensor, sigma: float, levels: int = LEVELS, bits: int = BITS) -> torch.Tensor:
     """v = #{j: T_j <= u} - V for int64 u in [0, 2^bits): the inverse of the thresholds' CDF (int32).
 
-    Fast and exact: a float64 guess round(s * Phi^-1(u / 2^bits)) is checked against the integer thresholds
-    (T_{v-1} <= u < T_v) and moved by one where it fails, twice; what still fails (the far tails, where float64
-    cannot resolve u / 2^bits) is found by binary search. Every returned v passes the exact integer test."""
-    padded, v_max = _device_table(float(sigma), levels, bits, u.device)
-    s = levels * float(sigma)
-    guess = torch.special.ndtri(u.double().mul_(2.0 ** -bits)).mul_(s).add_(0.5).floor_()
-    v = guess.nan_to_num_(0.0).clamp_(-v_max, v_max).long()  # nan_to_num: -inf stays, NaN (if any) -> 0
-    for _ in range(2):
-        below = torch.take(padded, v + v_max) > u        # u < T_{v-1}: v too large
-        above = torch.take(padded, v + v_max + 1) <= u   # u >= T_v: v too small
-        if not (below.any() or above.any()):
-            return v.to(torch.int32)
-        v += above.long() - below.long()
-    bad = (torch.take(padded, v + v_max) > u) | (torch.take(padded, v + v_max + 1) <= u)
-    if bad.any():
-        v[bad] = torch.searchsorted(padded[1:-1], u[bad], right=True) - v_max
-    return v.to(torch.int32)
+    Fast and exact: the top GUIDE_BITS bits of u pick a bucket of 2^(bits - GUIDE_BITS) consecutive values of u;
+    where no threshold falls inside a bucket (all but about 2V of the 2^GUIDE_BITS buckets), every u in it has the
+    same v, read from a table; the rest is found by binary search on the integer thresholds."""
+    guide, ambiguous, thresholds_, v_max = _device_table(float(sigma), levels, bits, u.device)
+    bucket = u >> (bits - GUIDE_BITS)
+    v = torch.take(guide, bucket)
+    unsure = torch.take(ambiguous, bucket)
+    if unsure.any():
+        v[unsure] = (torch.searchsorted(thresholds_, u[unsure], right=True) - v_max).to(torch.int32)
+    return v
 
 
 @lru_cache(maxsize=16)
-def _device_table(sigma: float, levels: int, bits: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    """The thresholds on `device`, padded: [-1, T_-V, .., T_(V-1), 2^bits] (T_(v-1) at index v + V)."""
+def _device_table(sigma: float, levels: int, bits: int, device: torch.device):
+    """(guide, ambiguous, thresholds, V) on `device`: guide[b] = v of the first u of bucket b (int32), ambiguous[b]
+    = a threshold lies inside bucket b (its u do not all share that v)."""
     t, v_max = thresholds(sigma, levels, bits)
-    padded = np.concatenate([[-1], t, [2 ** bits]]).astype(np.int64)
-    return torch.as_tensor(padded, device=device), v_max
+    width = 1 << (bits - GUIDE_BITS)
+    first = np.arange(1 << GUIDE_BITS, dtype=np.int64) * width
+    v_first = np.searchsorted(t, first, side="right") - v_max
+    v_last = np.searchsorted(t, first + (width - 1), side="right") - v_max
+    return (torch.as_tensor(v_first.astype(np.int32), device=device), torch.as_tensor(v_first != v_last, device=device),
+            torch.as_tensor(t, device=device), v_max)
 
 
 def to_lattice(x: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
