@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from vrs.apps.certify import auto_images_per_group  # noqa: E402
 from vrs.apps.skeleton import load_data  # noqa: E402
 from vrs.checkpoint import load_checkpoint  # noqa: E402
 from vrs.smoothing import core  # noqa: E402
@@ -59,7 +60,7 @@ def run_mode(mode: str, network, num_classes: int, sigma: float, x: torch.Tensor
     plan = None if sampling == "fixed" else SamplingPlan(sampling, n=args.n, alpha=args.alpha, looks=args.looks,
                                                          radii=tuple(args.radii), radius_tol=args.radius_tol)
     smoothed = SmoothedClassifier(network, num_classes, sigma, sampling=plan, sound=mode.endswith("sound"))
-    per_group = max(1, min(256, -(-4 * args.batch_size // (args.n0 + args.n))))
+    per_group = auto_images_per_group(args.batch_size, args.n0, args.n, plan.schedule[0] if plan else None)
     results = []
     t0 = time.perf_counter()
     groups = [(x[i : i + per_group], [image_seed(args.seed, int(k)) for k in args.indices[i : i + per_group]])

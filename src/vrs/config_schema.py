@@ -578,7 +578,7 @@ def check_certify(c: dict) -> None:
     if c.get("sound"):
         check("certificate" not in c, "certify.sound", True,
               f"false with certify.certificate={c.get('certificate')!r}: the selector's own smoothing samples float "
-              "noise, which the sound lattice argument does not cover (docs/certify.md)")
+              "noise, which the sound lattice argument does not cover (docs/method.md section 1a)")
 
 
 def _construct(node: dict, **kwargs: Any) -> Any:

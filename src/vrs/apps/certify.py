@@ -49,7 +49,7 @@ from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.selection.median import MedianSmoothing
 from vrs.selection.vote import certify_dual_rs_groups
 from vrs.smoothing import core, lattice
-from vrs.smoothing.sequential import SamplingPlan
+from vrs.smoothing.sequential import SamplingPlan, look_schedule
 from vrs.smoothing.smoothed import NOISE_BLOCK, SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
 from vrs.utils.io import save_figure
@@ -152,13 +152,13 @@ def parse_options(c: DictConfig) -> Options:
         compile_ = "max-autotune" if dev_type == "cuda" else False
     fused = resolve_fused_blocks(c.get("fused_blocks", "auto"), device, precision)
     per_group = c.get("images_per_group", "auto")
-    total = (n0 or 0) + c["n"]
-    if per_group == "auto":  # enough samples per group for a few full forward batches, at most 256 images
-        per_group = max(1, min(256, math.ceil(4 * c["batch_size"] / total)))
+    sampling = c.get("sampling", "fixed")
+    if per_group == "auto":
+        first_look = None if sampling == "fixed" or mode != "certify" else look_schedule(c["n"], c.get("looks", 8))[0]
+        per_group = auto_images_per_group(c["batch_size"], n0 or 0, c["n"], first_look)
     world = c.get("world_size", 1)
     block = c.get("noise_block", NOISE_BLOCK)
     grid = core.radius_grid(c.get("radius_grid") or [0.0], "certify.radius_grid")
-    sampling = c.get("sampling", "fixed")
     radii = core.radius_grid(c["radii"], "certify.radii") if sampling == "radius_target" else None
     return Options(mode=mode, n0=n0, n=c["n"], alpha=float(c["alpha"]), batch_size=c["batch_size"],
                    sigma=None if sigma is None else float(sigma), split=c.get("split", "test"), skip=skip, max=mx,
@@ -168,6 +168,15 @@ def parse_options(c: DictConfig) -> Options:
                    radius_grid=[float(r) for r in grid], allow_other_dataset=bool(c.get("allow_other_dataset")),
                    progress=bool(c.get("progress", True)), sampling=sampling, radii=radii, looks=c.get("looks", 8),
                    radius_tol=float(c.get("radius_tol", 0.01)), sound=bool(c.get("sound", False)))
+
+
+def auto_images_per_group(batch_size: int, n0: int, n: int, first_look: int | None = None) -> int:
+    """certify.images_per_group=auto: enough samples per group for a few full forward batches, at most 256 images.
+    With looks (first_look: the first look's estimation samples), enough for the first look's to fill a few
+    batches, at most 32 images (each keeps its noise stream's current block between looks)."""
+    if first_look is None:
+        return max(1, min(256, math.ceil(4 * batch_size / (n0 + n))))
+    return max(1, min(32, math.ceil(4 * batch_size / (n0 + first_look))))
 
 
 # ---- test-time sigma searches (sigma_search=multiscale | dds) --------------------------------------------
