@@ -389,7 +389,8 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         acc = core.certified_accuracy(radii, correct, opts.radius_grid)
         summary["certified_accuracy"] = {f"{r:g}": float(a) for r, a in zip(opts.radius_grid, acc)}
         summary["acr"] = core.average_certified_radius(radii, correct) if len(rows) else None
-        summary["max_radius_possible"] = core.max_certified_radius(opts.n, opts.alpha, job.sigma)
+        last_alpha = float(opts.plan.alphas[-1]) if opts.plan else opts.alpha  # looks: the last look's level
+        summary["max_radius_possible"] = core.max_certified_radius(opts.n, last_alpha, job.sigma)
         summary.update(sampling_summary(rows, opts, job))
     summary.update({
         "metric_convention": "abstentions count as wrong; denominator = all evaluated images; radius >= r",
