@@ -7,6 +7,8 @@
     vrs-certify ckpt_path=... certify.world_size=4                                  # 4 processes (GPUs)
     torchrun --nproc_per_node 4 -m vrs.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
     vrs-certify ckpt_path=... certify.mode=predict                                  # PREDICT instead
+    vrs-certify ckpt_path=... certify.sampling=radius_target certify.radii=[0.25,0.5]  # stop once decided (issue 21)
+    vrs-certify ckpt_path=... certify.sound=true                                    # lattice noise: sound in floating point
     vrs-certify ckpt_path=<VRS selector checkpoint> [certify=vrs_c1|vrs_c2] [certify.lam=0.5]  # VRS (certify_vrs)
 
 Writes certify.tsv, certify.meta.json, summary.json and certified_accuracy.png in certify.out_dir (the
