@@ -333,3 +333,41 @@ def test_wandb_gets_the_table_and_the_plot(digits_ckpt, tmp_path, monkeypatch):
     files = [p.relative_to(tmp_path).as_posix() for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
     assert any("media/table/cert/table" in f for f in files), files
     assert any("media/images/cert/certified_accuracy" in f for f in files), files
+
+
+# ---- certify.sampling / certify.sound (issue 21) -----------------------------------------------------------------
+def test_radius_target_sound_rows_resume_and_grouping(digits_ckpt, tmp_path):
+    """radius_target with the sound lattice noise: rows carry `samples` and `decisions`, the summary the mean samples
+    and decision counts; a resume with more images, and another grouping of the images, give the same rows."""
+    common = ["data=digits", f"ckpt_path={digits_ckpt}", "certify.n0=16", "certify.n=400", "logger=none",
+              "certify.progress=false", "certify.sampling=radius_target", "certify.radii=[0.1,0.25]",
+              "certify.sound=true", "certify.looks=4", "certify.batch_size=400"]
+    first = certify(compose_config(*common, "certify.max=3", "certify.images_per_group=1", config_name="certify",
+                                   output_dir=tmp_path / "a"))
+    assert first["num_images"] == 3
+    resumed = certify(compose_config(*common, "certify.max=6", "certify.images_per_group=1", config_name="certify",
+                                     output_dir=tmp_path / "a"))
+    whole = certify(compose_config(*common, "certify.max=6", "certify.images_per_group=4", config_name="certify",
+                                   output_dir=tmp_path / "b"))
+    assert resumed["images_this_run"] == 3 and table(tmp_path / "a" / "certify.tsv") == table(tmp_path / "b" / "certify.tsv")
+    header = (tmp_path / "b" / "certify.tsv").read_text().splitlines()[0].split("\t")
+    assert header == list(COLUMNS["certify/radius_target"]) and header[-2:] == ["samples", "decisions"]
+    rows = table(tmp_path / "b" / "certify.tsv")
+    samples = [int(r[-2]) for r in rows]
+    assert all(16 + 50 <= s <= 416 for s in samples)  # n0 + at least the first look, at most n0 + n
+    for r in rows:  # "yes" at r exactly when the radius reaches r
+        decided = dict(item.split("=") for item in r[-1].split(";"))
+        radius, predict, label = float(r[3]), int(r[2]), int(r[1])
+        assert set(decided) == {"0.1", "0.25"}
+        assert (decided["0.1"] == "yes") == (radius >= 0.1 and predict >= 0)
+    assert whole["mean_samples_per_image"] == pytest.approx(sum(samples) / len(samples))
+    assert whole["samples_per_image_fixed"] == 416 and whole["sampling"]["schedule"] == [50, 100, 200, 400]
+    assert sum(whole["decision_counts"]["0.1"].values()) == 6
+    assert 0 < whole["sound"]["slack"] < 1e-9
+    meta = json.loads((tmp_path / "b" / "certify.meta.json").read_text())
+    assert (meta["sampling"], meta["sound"], meta["radii"]) == ("radius_target", True, [0.1, 0.25])
+    # other target radii are other results: refused in the same folder
+    with pytest.raises(VRSError, match="radii"):
+        certify(compose_config(*common[:-4], "certify.radii=[0.5]", "certify.sound=true", "certify.looks=4",
+                               "certify.batch_size=400", "certify.max=6", config_name="certify",
+                               output_dir=tmp_path / "b"))

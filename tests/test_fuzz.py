@@ -195,6 +195,18 @@ CASES = [
                                                           "without repeats"),
     case("certify", "certify.radius_grid=[1,1.0]", "certify.radius_grid=[1, 1.0] is not allowed: radii without repeats "
                                                    "(1 twice)", in_task=True),
+    # certify.sampling / sound (issue 21)
+    case("certify", "certify.sampling=adaptive", "certify.sampling='adaptive' is not allowed: one of fixed, sequential, "
+                                                 "radius_target"),
+    case("certify", "certify.sampling=radius_target", "certify.radii=None is not allowed: a non-empty list of target radii"),
+    case("certify", "certify.sampling=radius_target certify.radii=[0.5,-1]", "certify.radii=[0.5, -1] is not allowed"),
+    case("certify", "certify.looks=0", "certify.looks=0 is not allowed: an integer >= 1 and <= 30"),
+    case("certify", "certify.sampling=sequential certify.mode=predict", "certify.sampling='sequential' is not allowed: "
+                                                                        "fixed with certify.mode=predict"),
+    case("certify", "certify=vrs_c1 certify.sound=true", "certify.sound=True is not allowed: false with "
+                                                         "certify.certificate='c1'"),
+    case("certify", "sigma_search=multiscale certify.sound=true", "certify.sound=True is not allowed: false with "
+                                                                  "sigma_search=multiscale"),
     case("report", "report.radii=[0.5,0.5]", "report.radii=[0.5, 0.5] is not allowed: a non-empty list without repeats"),
     # vrs-report
     case("report", "report.inputs=[]", "report.inputs=[] is not allowed"),

@@ -399,6 +399,10 @@ def check_sigma_search(cfg: dict, app: str) -> None:
                            f"certify.certificate={node['certificate']!r}")
         check(node.get("mode", "certify") == "certify", "certify.mode", node.get("mode"),
               f"certify with sigma_search={name} (its PREDICT is not part of vrs-certify)")
+        check(node.get("sampling", "fixed") == "fixed", "certify.sampling", node.get("sampling"),
+              f"fixed with sigma_search={name} (the search runs its own CERTIFY calls)")
+        check(not node.get("sound"), "certify.sound", node.get("sound"),
+              f"false with sigma_search={name} (a per-image sigma search is not covered by the lattice argument)")
 
 
 def check_values(cfg: DictConfig | dict, app: str) -> dict:

@@ -7,6 +7,8 @@
     vrs-certify ckpt_path=... certify.world_size=4                                  # 4 processes (GPUs)
     torchrun --nproc_per_node 4 -m vrs.apps.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
     vrs-certify ckpt_path=... certify.mode=predict                                  # PREDICT instead
+    vrs-certify ckpt_path=... certify.sampling=radius_target certify.radii=[0.25,0.5]  # stop once decided (issue 21)
+    vrs-certify ckpt_path=... certify.sound=true                                    # lattice noise: sound in floating point
     vrs-certify ckpt_path=<VRS selector checkpoint> [certify=vrs_c1|vrs_c2] [certify.lam=0.5]  # VRS (certify_vrs)
 
 Writes certify.tsv, certify.meta.json, summary.json and certified_accuracy.png in certify.out_dir (the
@@ -34,7 +36,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer
+from vrs.apps.certify_store import COLUMNS, ResultsDir, row_fields, row_writer, table_name
 from vrs.apps.certify_vrs import (meta_keys, resolve_vrs_options, summary_extras, table_of, undetermined_problem,
                                   vrs_options)
 from vrs.apps.results import describe_subset, select_indices, store_subset
@@ -50,7 +52,8 @@ from vrs.selection.certificates import ARGUMENTS
 from vrs.selection.certify import VRSOptions, certify_vrs_groups
 from vrs.selection.median import MedianSmoothing
 from vrs.selection.vote import certify_dual_rs_groups
-from vrs.smoothing import core
+from vrs.smoothing import core, lattice
+from vrs.smoothing.sequential import SamplingPlan, look_schedule
 from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 from vrs.utils.device import shard_device
 from vrs.utils.io import save_figure
@@ -61,6 +64,14 @@ CKPT_KINDS = ("classifier", "vrs")  # a base classifier, or a VRS selector check
 
 
 # ---- options: the typed certify config (vrs.config.certify), its `auto` values resolved --------------------
+def sampling_plan(opts: CertifyConfig) -> SamplingPlan | None:
+    """The engine's sampling plan for certify.sampling (None: Cohen's fixed n0 + n)."""
+    if opts.sampling == "fixed":
+        return None
+    return SamplingPlan(opts.sampling, n=opts.n, alpha=opts.alpha, looks=opts.looks,
+                        radii=tuple(opts.radii or ()), radius_tol=opts.radius_tol)
+
+
 def resolve_fused_blocks(value, device: str, precision: str) -> bool:
     """certify.fused_blocks: auto is on where the fused kernels run (CUDA, bf16/fp16, Triton installed);
     true anywhere else is refused, since it would silently run the plain network."""
@@ -104,13 +115,24 @@ def resolve_options(c: DictConfig | CertifyConfig) -> CertifyConfig:
         compile_ = "max-autotune" if dev_type == "cuda" else False
     n0 = c.n0 if c.mode == "certify" else None
     per_group = c.images_per_group
-    if per_group == "auto":  # enough samples per group for a few full forward batches, at most 256 images
-        per_group = max(1, min(256, math.ceil(4 * c.batch_size / ((n0 or 0) + c.n))))
+    if per_group == "auto":
+        first_look = None if c.sampling == "fixed" or c.mode != "certify" else look_schedule(c.n, c.looks)[0]
+        per_group = auto_images_per_group(c.batch_size, n0 or 0, c.n, first_look)
     grid = core.radius_grid(c.radius_grid, "certify.radius_grid")  # sorted (a warning when it was not)
+    radii = core.radius_grid(c.radii, "certify.radii") if c.sampling == "radius_target" else None
     return replace(c, n0=n0, device=device, precision=precision, compile=compile_,
                    channels_last=(dev_type == "cuda") if c.channels_last == "auto" else c.channels_last,
                    fused_blocks=resolve_fused_blocks(c.fused_blocks, device, precision), images_per_group=per_group,
-                   indices=[c.indices] if isinstance(c.indices, int) else c.indices, radius_grid=grid)
+                   indices=[c.indices] if isinstance(c.indices, int) else c.indices, radius_grid=grid, radii=radii)
+
+
+def auto_images_per_group(batch_size: int, n0: int, n: int, first_look: int | None = None) -> int:
+    """certify.images_per_group=auto: enough samples per group for a few full forward batches, at most 256 images.
+    With looks (first_look: the first look's estimation samples), enough for the first look's to fill a few
+    batches, at most 32 images (each keeps its noise stream's current block between looks)."""
+    if first_look is None:
+        return max(1, min(256, math.ceil(4 * batch_size / (n0 + n))))
+    return max(1, min(32, math.ceil(4 * batch_size / (n0 + first_look))))
 
 
 # ---- test-time sigma searches (sigma_search=multiscale | dds) --------------------------------------------
@@ -174,7 +196,8 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
     smoothed = SmoothedClassifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device=device,
                                   precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
                                   fused_blocks=opts.fused_blocks, noise_block=opts.noise_block,
-                                  source=job.ckpt_path)
+                                  source=job.ckpt_path, sampling=sampling_plan(opts) if opts.mode == "certify" else None,
+                                  sound=opts.sound)
     if not indices:
         return 0
     selector = selector.to(device) if vopts else None
@@ -226,7 +249,8 @@ def cohen_rows(job: Job, smoothed: SmoothedClassifier, groups: list[list[int]], 
         results = smoothed.predict_groups(inputs, opts.n, opts.alpha, opts.batch_size)
     for g, res in zip(groups, results):
         yield [{"idx": idx, "predict": int(res.prediction[j]), "sigma": float(res.sigma[j]),
-                **({"radius": float(res.radius[j])} if opts.mode == "certify" else {})} for j, idx in enumerate(g)]
+                **({"radius": float(res.radius[j]), **res.sampling_fields(j)} if opts.mode == "certify" else {})}
+               for j, idx in enumerate(g)]
 
 
 def _worker(job: Job, indices: list[int], rank: int, world: int, tsv_path: str, counter, parent_pid: int) -> None:
@@ -322,7 +346,9 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         acc = core.certified_accuracy(radii, correct, opts.radius_grid)
         summary["certified_accuracy"] = {f"{r:g}": float(a) for r, a in zip(opts.radius_grid, acc)}
         summary["acr"] = core.average_certified_radius(radii, correct) if len(rows) else None
-        summary["max_radius_possible"] = core.max_certified_radius(opts.n, opts.alpha, job.sigma)
+        last_alpha = float(sampling_plan(opts).alphas[-1]) if opts.sampling != "fixed" else opts.alpha  # looks: the last look's level
+        summary["max_radius_possible"] = core.max_certified_radius(opts.n, last_alpha, job.sigma)
+        summary.update(sampling_summary(rows, opts, job))
     summary.update({
         "metric_convention": "abstentions count as wrong; denominator = all evaluated images; radius >= r",
         "n0": opts.n0, "n": opts.n, "alpha": opts.alpha, "sigma": job.sigma, "seed": job.seed,
@@ -339,6 +365,31 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
     })
     summary.update(extra)
     return summary
+
+
+def sampling_summary(rows: list[dict], opts: Options, job: Job) -> dict:
+    """summary.json's sampling entries: the plan, the samples drawn per image (against fixed n0 + n), radius_target's
+    decision counts per target radius, and the sound mode's slack."""
+    fixed = (opts.n0 or 0) + opts.n
+    samples = np.array([r.get("samples", fixed) for r in rows], dtype=np.float64)
+    plan = sampling_plan(opts)
+    out: dict[str, Any] = {
+        "sampling": plan.to_dict() if plan else {"sampling": "fixed"},
+        "mean_samples_per_image": float(samples.mean()) if len(rows) else None,
+        "samples_per_image_fixed": fixed,
+        "sample_reduction": float(fixed / samples.mean()) if len(rows) else None,
+    }
+    if plan is not None and plan.mode == "radius_target":
+        cells = [dict(item.split("=") for item in r["decisions"].split(";")) for r in rows]
+        out["decision_counts"] = {f"{r:g}": {d: sum(c[f"{r:g}"] == d for c in cells) for d in ("yes", "no", "budget")}
+                                  for r in plan.radii}
+    if opts.sound:
+        d = int(np.prod(job.meta["input_shape"]))
+        out["sound"] = {"lattice": f"1/{lattice.LEVELS}", "bits": lattice.BITS,
+                        "slack": lattice.noise_slack(job.sigma, d),
+                        "note": "integer lattice noise from fair coins (Voracek & Hein, ICLR 2023); pA_lower is "
+                                "lowered by `slack`, the sampler's total variation from the ideal law"}
+    return out
 
 
 def plot_certified_accuracy(rows: list[dict], job: Job, path: Path) -> None:
@@ -434,6 +485,7 @@ def certify(cfg: DictConfig) -> dict:
         log.warning(problem)
 
     table = "search" if search else table_of(vopts) if vopts else opts.mode
+    table = table_name(table, opts.sampling)
     meta = {"mode": table, "n0": opts.n0, "n": opts.n, "alpha": opts.alpha,
             "sigma": "search" if search else "selector" if vopts else sigma, "seed": seed,
             "checkpoint_sha256": loaded.sha256, "checkpoint": str(Path(cfg.ckpt_path).resolve()),
@@ -442,6 +494,9 @@ def certify(cfg: DictConfig) -> dict:
             "device_type": torch.device(opts.device).type, "columns": list(COLUMNS[table]),
             # the fused kernels compute another (bf16) network: rows with and without them are not mixed
             "fused_stages": fused_stage_count(loaded.network, opts.fused_blocks),
+            "sampling": opts.sampling, "sound": opts.sound, "input_shape": list(x_all.shape[1:]),
+            **({"looks": opts.looks, "radii": opts.radii, "radius_tol": opts.radius_tol}
+               if opts.sampling != "fixed" else {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if vopts:
         meta.update(meta_keys(vopts))

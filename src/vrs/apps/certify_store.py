@@ -13,6 +13,7 @@ results store of vrs.apps.results (locking, settings match on resume, shards, to
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from vrs.utils.output_folders import APP_FILES
@@ -36,13 +37,25 @@ COLUMNS = {
     # the unsound radius of the published certificate where there is one (NaN: none), the certificate used
     "search": ("idx", "label", "predict", "radius", "correct", "time", "sigma", "radius_unsound", "cert"),
 }
+# certify.sampling=sequential / radius_target (vrs.smoothing.sequential): a table's columns plus the samples drawn
+# for the image (n0 + estimation samples), and for radius_target its decision per target radius, e.g.
+# "0.25=yes;0.5=no;1=budget". Named "<table>/<sampling>" (certify.meta.json's mode).
+SAMPLING_COLUMNS = {"sequential": ("samples",), "radius_target": ("samples", "decisions")}
+COLUMNS.update({f"{table}/{sampling}": COLUMNS[table] + extra for table in ("certify", "vrs", "dual_rs")
+                for sampling, extra in SAMPLING_COLUMNS.items()})
+
+
+def table_name(table: str, sampling: str) -> str:
+    """The results table of `table` rows certified with certify.sampling = `sampling`."""
+    return table if sampling == "fixed" else f"{table}/{sampling}"
+
 # Keys of the meta file that must agree before new rows may be added to existing ones (the VRS keys are
 # absent, so equal, in Cohen's meta files).
 MATCH_KEYS = SHARED_KEYS + ("mode", "n0", "n", "alpha", "sigma", "precision", "noise_block", "device_type",
                            "certificate", "lam", "n_h0", "n_h", "alpha_h", "sigma_h", "grid", "fused_stages",
-                           "sigma_search")
+                           "sigma_search", "sampling", "radii", "looks", "radius_tol", "sound")
 # What a key absent from an older meta file meant (results written before the key existed).
-MATCH_DEFAULTS = {"fused_stages": 0}
+MATCH_DEFAULTS = {"fused_stages": 0, "sampling": "fixed", "sound": False}
 
 
 # ---- rows --------------------------------------------------------------------------------------------
@@ -63,6 +76,8 @@ def row_fields(mode: str, row: dict) -> dict[str, str]:
     for c in ("sigma_lo", "sigma_hi"):
         if c in out:
             out[c] = f"{row[c]:.6g}"
+    if "decisions" in out:
+        out["decisions"] = ";".join(f"{r:g}={d}" for r, d in row["decisions"])
     return out
 
 
@@ -78,7 +93,8 @@ def row_writer(path: Path, mode: str) -> RowWriter:
 
 _TYPES = {"idx": int, "label": int, "predict": int, "radius": float, "correct": int, "time": float, "sigma": float,
           "sigma_lo": float, "sigma_hi": float, "radius_cohen": float, "cert": str,
-          "radius_sigma": float, "p_sigma_lower": float, "radius_unsound": float}
+          "radius_sigma": float, "p_sigma_lower": float, "radius_unsound": float, "samples": int, "decisions": str}
+DECISIONS = re.compile(r"^([0-9.eE+-]+=(yes|no|budget))(;[0-9.eE+-]+=(yes|no|budget))*$")
 
 
 def _finite_at_least(low: float, strict: bool = False, nan_ok: bool = False):
@@ -103,7 +119,9 @@ _VALID = {"idx": (lambda v: v >= 0, "an integer >= 0"), "label": (lambda v: v >=
           "radius_sigma": (_finite_at_least(0.0), "a finite number >= 0"),
           "p_sigma_lower": (lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]"),
           "radius_unsound": (_finite_at_least(0.0, nan_ok=True), "a finite number >= 0, or nan"),
-          "cert": (lambda v: v in CERT_VALUES, "one of " + ", ".join(CERT_VALUES))}
+          "cert": (lambda v: v in CERT_VALUES, "one of " + ", ".join(CERT_VALUES)),
+          "samples": (lambda v: v >= 1, "an integer >= 1"),
+          "decisions": (lambda v: bool(DECISIONS.match(v)), "<radius>=yes|no|budget items joined by ';'")}
 
 
 def typed_row(row: dict[str, str]) -> dict:

@@ -183,6 +183,7 @@ def read_certify(path: Path, radii: list[float]) -> Row:
         notes.append("unmerged shard files (certify.rank*.tsv) not counted")
     correct = np.array([bool(r["correct"]) for r in rows])
     sigmas = np.array([r["sigma"] for r in rows])
+    table, _, sampling = table.partition("/")  # "<table>/<sampling>": certify.sampling=sequential / radius_target
     vrs = table in ("vrs", "dual_rs")
     search = table == "search"
     alpha = fmt_num(meta["alpha"]) + (f"+{fmt_num(meta['alpha_h'])}" if vrs else "")
@@ -204,6 +205,9 @@ def read_certify(path: Path, radii: list[float]) -> Row:
         family, method = "fixed", "fixed-sigma" if table == "certify" else "fixed-sigma (predict)"
         label = by_training(f"fixed sigma={fmt_num(meta['sigma'])}", training)
         identity = (meta["data"], meta["checkpoint_sha256"], "fixed", float(meta["sigma"]))
+    variant = ", ".join(([sampling] if sampling else []) + (["sound"] if meta.get("sound") else []))
+    if variant:  # another sampling rule or the sound mode: another curve, never merged with the fixed-n run
+        method, label, identity = f"{method} ({variant})", f"{label} ({variant})", identity + (variant,)
     values: dict[str, Any] = {
         "method": method, "certificate": meta.get("certificate", "cohen"), "training": training,
         "data": meta["data"], "sigma": None if vrs or search else meta["sigma"],

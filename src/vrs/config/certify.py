@@ -39,6 +39,12 @@ class CertifyConfig(Checked):
     images_per_group: Any = key(either(one_of("auto"), integer(1)))
     noise_block: int = key(integer(1))
     world_size: int = key(integer(1))
+    # how many samples: README "Fewer samples", docs/method.md section 1a; sound: vrs.smoothing.lattice
+    sampling: str = key(one_of("fixed", "sequential", "radius_target"))
+    radii: Any = key(optional(list_of(number(ge=0), distinct=True), " (radius_target needs a list)"))
+    looks: int = key(integer(1, 30))
+    radius_tol: float = key(number(gt=0))
+    sound: bool = key(BOOL)
     # Any, not List[float]: an error shows the radii as given ([1, 1.0] is two radii 1); core.radius_grid sorts them
     radius_grid: Any = key(list_of(number(ge=0), distinct=True))
     allow_other_dataset: bool = key(BOOL)
@@ -50,6 +56,12 @@ class CertifyConfig(Checked):
 
         check_sampling(self.n, self.alpha, self.batch_size, n0=self.n0 if self.mode == "certify" else None,
                        prefix="certify.")
+        if self.sampling != "fixed":
+            check(self.mode == "certify", "certify.sampling", self.sampling,
+                  "fixed with certify.mode=predict (looks are for CERTIFY)")
+        if self.sampling == "radius_target":
+            check(bool(self.radii), "certify.radii", self.radii,
+                  "a non-empty list of target radii >= 0 with certify.sampling=radius_target")
 
 
 @dataclass
@@ -75,3 +87,6 @@ class VRSCertifyConfig(CertifyConfig):
               "(median: certify=vrs_c1 / vrs_c2; vote: certify=dual_rs)")
         check(self.mode == "certify", "certify.mode", self.mode,
               "certify with certify=vrs_c1 / vrs_c2 (PREDICT of a VRS model is not part of vrs-certify)")
+        check(not self.sound, "certify.sound", self.sound,
+              f"false with certify.certificate={self.certificate!r}: the selector's own smoothing samples float "
+              "noise, which the sound lattice argument does not cover (docs/method.md section 1a)")

@@ -129,5 +129,5 @@ def certify_vrs_groups(smoothed: SmoothedClassifier, selector, groups: Iterable[
                             v, d)
             rows.append({"idx": int(idx), "predict": r["predict"], "radius": r["radius"], "sigma": float(sigma0[j]),
                          "sigma_lo": r["sigma_lo"], "sigma_hi": r["sigma_hi"], "radius_cohen": float(res.radius[j]),
-                         "cert": r["cert"]})
+                         "cert": r["cert"], **res.sampling_fields(j)})
         yield rows

@@ -116,5 +116,5 @@ def certify_dual_rs_groups(smoothed: SmoothedClassifier, selector, groups: Itera
             r = certify_one(int(res.prediction[j]), float(res.radius[j]), float(draws["radius_sigma"][j]))
             rows.append({"idx": int(idx), **r, "sigma": float(draws["sigma"][j]),
                          "radius_sigma": float(draws["radius_sigma"][j]), "p_sigma_lower": float(draws["p_lower"][j]),
-                         "radius_cohen": float(res.radius[j])})
+                         "radius_cohen": float(res.radius[j]), **res.sampling_fields(j)})
         yield rows

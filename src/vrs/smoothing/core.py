@@ -88,17 +88,18 @@ def radius_from_lower_bound(p_lower, sigma):
 
 
 def certify_from_counts(counts_selection: np.ndarray, counts_estimation: np.ndarray, alpha: float,
-                        sigma) -> dict[str, np.ndarray]:
+                        sigma, slack=0.0) -> dict[str, np.ndarray]:
     """Cohen's CERTIFY from (B, K) selection counts (n0 samples) and estimation counts (n fresh samples).
 
     Returns a dict of (B,) arrays: prediction (c_A or ABSTAIN), radius (0 on abstain), c_A (the guess),
-    n_a (estimation count of c_A), p_lower (the Clopper-Pearson bound)."""
+    n_a (estimation count of c_A), p_lower (the Clopper-Pearson bound, less `slack`: what a sampler that only
+    approximates the noise law gives up, vrs.smoothing.lattice; 0 for Cohen's)."""
     sel = np.atleast_2d(np.asarray(counts_selection))
     est = np.atleast_2d(np.asarray(counts_estimation))
     c_a = sel.argmax(axis=1)
     n = est.sum(axis=1)
     n_a = est[np.arange(len(c_a)), c_a]
-    p_lower = np.atleast_1d(lower_confidence_bound(n_a, n, alpha))
+    p_lower = np.maximum(np.atleast_1d(lower_confidence_bound(n_a, n, alpha)) - slack, 0.0)
     abstain = p_lower < 0.5
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), p_lower.shape)
     radius = np.where(abstain, 0.0, np.atleast_1d(radius_from_lower_bound(p_lower, sigma)))

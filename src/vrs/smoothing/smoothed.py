@@ -33,8 +33,9 @@ import torch
 from torch import nn
 
 from vrs.errors import VRSError, check, check_choice
-from vrs.smoothing import core
+from vrs.smoothing import core, lattice
 from vrs.smoothing.noise import standard_normal
+from vrs.smoothing.sequential import SamplingPlan, run_looks
 
 # Independent noise streams per image.
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
@@ -101,6 +102,16 @@ class CertifyResult:
     sigma: np.ndarray
     counts_selection: np.ndarray
     counts_estimation: np.ndarray
+    samples: np.ndarray | None = None    # samples drawn per image (n0 + estimation samples)
+    decisions: np.ndarray | None = None  # radius_target: (B, J) yes / no / budget per target radius
+    radii: tuple[float, ...] = ()        # radius_target: the J target radii
+
+    def sampling_fields(self, j: int) -> dict:
+        """Image j's `samples` and, with radius_target, `decisions` [(radius, yes/no/budget)], for a results row."""
+        out = {"samples": int(self.samples[j])}
+        if self.decisions is not None:
+            out["decisions"] = list(zip(self.radii, self.decisions[j].tolist()))
+        return out
 
 
 @dataclass
@@ -113,12 +124,14 @@ class PredictResult:
 
 
 class _NoiseStream:
-    """N(0, I) noise for `total` samples of one image, drawn in fixed blocks from its own generator."""
+    """N(0, I) noise for `total` samples of one image, drawn in fixed blocks from its own generator; with
+    `lattice_sigma`, integer lattice noise of that sigma instead (the sound mode, vrs.smoothing.lattice)."""
 
-    def __init__(self, seed: int, total: int, shape: tuple[int, ...], device: torch.device, block: int):
+    def __init__(self, seed: int, total: int, shape: tuple[int, ...], device: torch.device, block: int,
+                 lattice_sigma: float | None = None):
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
-        self.shape, self.device, self.block = shape, device, block
+        self.shape, self.device, self.block, self.lattice_sigma = shape, device, block, lattice_sigma
         self.left = total          # samples not handed out yet
         self._ungenerated = total  # samples not drawn yet
         self._buf: torch.Tensor | None = None
@@ -131,7 +144,11 @@ class _NoiseStream:
         while k > 0:
             if self._buf is None or self._pos == self._buf.shape[0]:
                 size = min(self.block, self._ungenerated)
-                self._buf = standard_normal((size, *self.shape), device=self.device, generator=self.gen)
+                if self.lattice_sigma is None:
+                    self._buf = standard_normal((size, *self.shape), device=self.device, generator=self.gen)
+                else:
+                    self._buf = lattice.lattice_noise((size, *self.shape), self.lattice_sigma, device=self.device,
+                                                      generator=self.gen)
                 self._ungenerated -= size
                 self._pos = 0
             m = min(k, self._buf.shape[0] - self._pos)
@@ -161,6 +178,12 @@ class SmoothedClassifier:
             bf16/fp16; elsewhere the copy computes exactly what the original does.
         device: where to sample; default: the network's device.
         source: what the network is, e.g. its checkpoint's path: named by NonFiniteOutputError.
+        sampling: None (Cohen's fixed n0 + n) or a vrs.smoothing.sequential.SamplingPlan: CERTIFY then draws
+            the estimation samples in looks and stops an image once its plan's rule is met (certify.sampling).
+            An image's samples are the first ones of the same stream fixed n draws, so one look is fixed CERTIFY.
+        sound: draw integer lattice noise and form inputs exactly (vrs.smoothing.lattice, Voracek & Hein 2023):
+            the certificate then holds for the computation as done in floating point. Needs 8-bit images;
+            pA_lower gives up the lattice sampler's slack (about 1e-12).
 
     Non-finite logits: every forward batch adds the number of its samples with a NaN / Inf logit to a counter
     on the device, read with the counts (once per group of images, no extra synchronisation); any such
@@ -169,8 +192,10 @@ class SmoothedClassifier:
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma, *, precision: str = "fp32",
                  channels_last: bool = False, compile: bool | str | dict = False, noise_block: int = NOISE_BLOCK,
-                 fused_blocks: bool = False, device: torch.device | str | None = None, source: str | None = None):
-        self.source = source  # what the network is (a checkpoint path), for NonFiniteOutputError
+                 fused_blocks: bool = False, device: torch.device | str | None = None, source: str | None = None,
+                 sampling: SamplingPlan | None = None, sound: bool = False):
+        self.source = source
+        self.sampling, self.sound = sampling, bool(sound)  # what the network is (a checkpoint path), for NonFiniteOutputError
         check(isinstance(num_classes, int) and num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
         check_choice("precision", precision, PRECISIONS)
         check(isinstance(noise_block, int) and noise_block >= 1, "noise_block", noise_block, "an integer >= 1")
@@ -227,23 +252,63 @@ class SmoothedClassifier:
         """
         check_sampling(n, alpha, batch_size, n0=n0)
         core.warn_sample_size(n, alpha, "certify")
+        if self.sampling is not None:
+            if (self.sampling.n, self.sampling.alpha) != (n, alpha):
+                raise ValueError(f"the sampling plan is for n={self.sampling.n}, alpha={self.sampling.alpha}; "
+                                 f"certify_groups got n={n}, alpha={alpha}")
+            yield from self._certify_in_looks(groups, n0, batch_size)
+            return
 
-        def finish(sigmas, host):
+        def finish(sigmas, host, slack):
             counts = host.numpy()
             sel, est = counts[0::2], counts[1::2]
-            stats = core.certify_from_counts(sel, est, alpha, sigmas)
+            stats = core.certify_from_counts(sel, est, alpha, sigmas, slack=slack)
             return CertifyResult(stats["prediction"], stats["radius"], stats["c_a"], stats["n_a"],
-                                 stats["p_lower"], sigmas, sel, est)
+                                 stats["p_lower"], sigmas, sel, est, samples=np.full(len(sigmas), n0 + n))
 
         jobs = ((SELECTION, n0), (ESTIMATION, n))
         yield from self._run_groups(groups, jobs, batch_size, finish)
+
+    def _certify_in_looks(self, groups: Iterable[tuple], n0: int, batch_size: int) -> Iterator[CertifyResult]:
+        """CERTIFY with self.sampling: the n0 selection samples, then the estimation samples of each image in the
+        plan's looks, only for the images whose rule is not met yet (vrs.smoothing.sequential.run_looks). Each
+        look reads the counts back (no overlap of host and device work across looks)."""
+        plan = self.sampling
+        for group in groups:
+            x, seeds, sigma = (tuple(group) + (None, None))[:3]
+            with torch.inference_mode(), self._precision_context():
+                x, seeds, sigmas = self._prepare(x, seeds, sigma)
+                b = x.shape[0]
+                sel_jobs = [(row, n0, stream_seed(seeds[row], SELECTION)) for row in range(b)]
+                counts = self._count(x, sigmas, sel_jobs, batch_size).cpu()
+            self._check_finite(int(counts[-1, 0]), n0 * b)
+            sel = counts[:-1].numpy()
+            c_a = sel.argmax(axis=1)
+            streams = [self._stream(stream_seed(seeds[row], ESTIMATION), plan.n, tuple(x.shape[1:]), sigmas[row])
+                       for row in range(b)]
+            est = np.zeros_like(sel)
+
+            def draw(rows, m):
+                with torch.inference_mode(), self._precision_context():
+                    got = self._count(x, sigmas, [(int(r), m, streams[r]) for r in rows], batch_size).cpu()
+                self._check_finite(int(got[-1, 0]), m * len(rows))
+                got = got[:-1].numpy()
+                est[rows] += got
+                return got[np.arange(len(rows)), c_a[rows]]  # the look's new counts of c_A
+
+            n_a, drawn, p_lower, decisions = run_looks(plan, draw, sigmas, b, slack=self._slack(x, sigmas))
+            abstain = p_lower < 0.5
+            radius = np.where(abstain, 0.0, np.atleast_1d(core.radius_from_lower_bound(p_lower, sigmas)))
+            prediction = np.where(abstain, core.ABSTAIN, c_a).astype(np.int64)
+            yield CertifyResult(prediction, radius, c_a, n_a, p_lower, sigmas, sel, est, samples=n0 + drawn,
+                                decisions=decisions, radii=plan.radii)
 
     def predict_groups(self, groups: Iterable[tuple], n: int, alpha: float, batch_size: int) -> Iterator[PredictResult]:
         """PREDICT over an iterable of (x, seeds, sigma) groups (see certify_groups)."""
         check_sampling(n, alpha, batch_size)
         core.warn_sample_size(n, alpha, "predict")
 
-        def finish(sigmas, host):
+        def finish(sigmas, host, slack):
             counts = host.numpy()
             return PredictResult(core.predict_from_counts(counts, alpha), sigmas, counts)
 
@@ -291,6 +356,8 @@ class SmoothedClassifier:
             raise ValueError(f"sigma has {np.size(sigma)} values for {b} images")
         if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
             raise ValueError(f"sigma must be finite and > 0, got {sigmas}")
+        if self.sound:
+            lattice.to_lattice(x)  # refuses images off the 8-bit lattice
         return x, seeds, sigmas
 
     def _run_groups(self, groups, jobs_spec, batch_size, finish):
@@ -307,16 +374,28 @@ class SmoothedClassifier:
                 host, event = self._to_host(counts)
             if pending is not None:
                 yield self._finish(pending, finish)
-            pending = (sigmas, host, event, sum(num for _, num, _ in jobs))
+            pending = (sigmas, host, event, sum(num for _, num, _ in jobs), self._slack(x, sigmas))
         if pending is not None:
             yield self._finish(pending, finish)
 
     def _finish(self, pending, finish):
-        sigmas, host, event, samples = pending
+        sigmas, host, event, samples, slack = pending
         if event is not None:
             event.synchronize()
         self._check_finite(int(host[-1, 0]), samples)
-        return finish(sigmas, host[:-1])
+        return finish(sigmas, host[:-1], slack)
+
+    def _slack(self, x: torch.Tensor, sigmas: np.ndarray) -> np.ndarray:
+        """What pA_lower gives up per image: the lattice sampler's total variation in the sound mode, else 0."""
+        if not self.sound:
+            return np.zeros(len(sigmas))
+        d = int(np.prod(x.shape[1:]))
+        return np.array([lattice.noise_slack(float(s), d) for s in sigmas])
+
+    def _stream(self, seed: int, total: int, shape: tuple[int, ...], sigma: float) -> _NoiseStream:
+        """The noise stream of `total` samples of one image (lattice noise at `sigma` in the sound mode)."""
+        return _NoiseStream(seed, total, shape, self.device, self.noise_block,
+                            lattice_sigma=float(sigma) if self.sound else None)
 
     def _check_finite(self, bad: int, samples: int) -> None:
         if bad:
@@ -344,10 +423,11 @@ class SmoothedClassifier:
             self._buffers[key] = buf.contiguous(memory_format=fmt)
         return self._buffers[key]
 
-    def _count(self, x: torch.Tensor, sigmas: np.ndarray, jobs: list[tuple[int, int, int]],
+    def _count(self, x: torch.Tensor, sigmas: np.ndarray, jobs: list[tuple[int, int, int | _NoiseStream]],
                batch_size: int) -> torch.Tensor:
         """Counts (len(jobs) + 1, K) on the device: row j counts the top classes of jobs[j] = (image row, number
-        of samples, stream seed); the last row's first entry counts the samples with a non-finite logit."""
+        of samples, stream seed, or a stream to continue); the last row's first entry counts the samples with a
+        non-finite logit."""
         k = self.num_classes
         shape = tuple(x.shape[1:])
         buf = self._buffer(batch_size, shape)
@@ -357,14 +437,20 @@ class SmoothedClassifier:
         counts = torch.zeros((len(jobs) + 2) * k, dtype=torch.int64, device=self.device)
         ones = torch.ones(batch_size, dtype=torch.int64, device=self.device)
         fill, segments = 0, []
-        for slot, (row, num, seed) in enumerate(jobs):
-            stream = _NoiseStream(seed, num, shape, self.device, self.noise_block)
+        x_int = lattice.to_lattice(x) if self.sound else None
+        for slot, (row, num, source) in enumerate(jobs):
+            stream = source if isinstance(source, _NoiseStream) else self._stream(source, num, shape, sigmas[row])
             xi, s = x[row], float(sigmas[row])
-            while stream.left:
-                take = min(stream.left, batch_size - fill)
+            left = num
+            while left:
+                take = min(left, batch_size - fill)
+                left -= take
                 for part in stream.take(take):
                     m = part.shape[0]
-                    torch.add(xi, part, alpha=s, out=buf[fill : fill + m])
+                    if self.sound:  # exact integer sum, then one float per lattice point
+                        lattice.lattice_inputs(x_int[row], part, buf[fill : fill + m])
+                    else:
+                        torch.add(xi, part, alpha=s, out=buf[fill : fill + m])
                     fill += m
                 segments.append((slot, take))
                 if fill == batch_size:
