@@ -33,12 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vrs.apps.certify import auto_images_per_group  # noqa: E402
-from vrs.apps.skeleton import load_data  # noqa: E402
-from vrs.checkpoint import load_checkpoint  # noqa: E402
-from vrs.smoothing import core  # noqa: E402
-from vrs.smoothing.sequential import SamplingPlan  # noqa: E402
-from vrs.smoothing.smoothed import SmoothedClassifier, image_seed  # noqa: E402
+from vrs.apps.certify import auto_images_per_group
+from vrs.apps.skeleton import load_data
+from vrs.checkpoint import load_checkpoint
+from vrs.smoothing import core
+from vrs.smoothing.sequential import SamplingPlan
+from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 
 MODES = ("fixed", "sequential", "radius_target", "sound", "radius_target_sound")
 
@@ -105,7 +105,8 @@ def main() -> None:
     args.indices = list(range(0, len(y_all), args.skip))[: args.images]
     x = x_all[args.indices].float().div_(255.0)
     labels = np.asarray(y_all[args.indices])
-    out = {"command": " ".join(sys.argv), "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
+    out = {"command": " ".join(sys.argv),
+           "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
            f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
            "checkpoint": str(args.ckpt), "sigma": sigma, "images": len(labels), "n0": args.n0, "n": args.n,
            "alpha": args.alpha, "radii": args.radii, "looks": args.looks, "radius_tol": args.radius_tol,
@@ -123,7 +124,7 @@ def main() -> None:
         print(mode, json.dumps(out["modes"][mode]), flush=True)
     if "fixed" in out["modes"]:
         ref = out["modes"]["fixed"]
-        for mode, m in out["modes"].items():
+        for m in out["modes"].values():
             m["vs_fixed"] = {"sample_reduction": ref["mean_samples_per_image"] / m["mean_samples_per_image"],
                              "time_ratio": m["seconds_per_image"] / ref["seconds_per_image"],
                              "certified_accuracy_points": {k: 100 * (m["certified_accuracy"][k] - a)

@@ -357,7 +357,7 @@ def test_radius_target_sound_rows_resume_and_grouping(digits_ckpt, tmp_path):
     assert all(16 + 50 <= s <= 416 for s in samples)  # n0 + at least the first look, at most n0 + n
     for r in rows:  # "yes" at r exactly when the radius reaches r
         decided = dict(item.split("=") for item in r[-1].split(";"))
-        radius, predict, label = float(r[3]), int(r[2]), int(r[1])
+        radius, predict = float(r[3]), int(r[2])
         assert set(decided) == {"0.1", "0.25"}
         assert (decided["0.1"] == "yes") == (radius >= 0.1 and predict >= 0)
     assert whole["mean_samples_per_image"] == pytest.approx(sum(samples) / len(samples))

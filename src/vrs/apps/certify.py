@@ -8,7 +8,7 @@
     torchrun --nproc_per_node 4 -m vrs.apps.certify ckpt_path=... certify.out_dir=...    # the same via torchrun
     vrs-certify ckpt_path=... certify.mode=predict                                  # PREDICT instead
     vrs-certify ckpt_path=... certify.sampling=radius_target certify.radii=[0.25,0.5]  # stop once decided (issue 21)
-    vrs-certify ckpt_path=... certify.sound=true                                    # lattice noise: sound in floating point
+    vrs-certify ckpt_path=... certify.sound=true                                    # lattice noise: sound in floats
     vrs-certify ckpt_path=<VRS selector checkpoint> [certify=vrs_c1|vrs_c2] [certify.lam=0.5]  # VRS (certify_vrs)
 
 Writes certify.tsv, certify.meta.json, summary.json and certified_accuracy.png in certify.out_dir (the
@@ -196,7 +196,8 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
     smoothed = SmoothedClassifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device=device,
                                   precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
                                   fused_blocks=opts.fused_blocks, noise_block=opts.noise_block,
-                                  source=job.ckpt_path, sampling=sampling_plan(opts) if opts.mode == "certify" else None,
+                                  source=job.ckpt_path,
+                                  sampling=sampling_plan(opts) if opts.mode == "certify" else None,
                                   sound=opts.sound)
     if not indices:
         return 0
@@ -346,7 +347,8 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         acc = core.certified_accuracy(radii, correct, opts.radius_grid)
         summary["certified_accuracy"] = {f"{r:g}": float(a) for r, a in zip(opts.radius_grid, acc)}
         summary["acr"] = core.average_certified_radius(radii, correct) if len(rows) else None
-        last_alpha = float(sampling_plan(opts).alphas[-1]) if opts.sampling != "fixed" else opts.alpha  # looks: the last look's level
+        # with looks, the last look's level
+        last_alpha = float(sampling_plan(opts).alphas[-1]) if opts.sampling != "fixed" else opts.alpha
         summary["max_radius_possible"] = core.max_certified_radius(opts.n, last_alpha, job.sigma)
         summary.update(sampling_summary(rows, opts, job))
     summary.update({
@@ -367,7 +369,7 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
     return summary
 
 
-def sampling_summary(rows: list[dict], opts: Options, job: Job) -> dict:
+def sampling_summary(rows: list[dict], opts: CertifyConfig, job: Job) -> dict:
     """summary.json's sampling entries: the plan, the samples drawn per image (against fixed n0 + n), radius_target's
     decision counts per target radius, and the sound mode's slack."""
     fixed = (opts.n0 or 0) + opts.n

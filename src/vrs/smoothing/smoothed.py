@@ -194,8 +194,8 @@ class SmoothedClassifier:
                  channels_last: bool = False, compile: bool | str | dict = False, noise_block: int = NOISE_BLOCK,
                  fused_blocks: bool = False, device: torch.device | str | None = None, source: str | None = None,
                  sampling: SamplingPlan | None = None, sound: bool = False):
-        self.source = source
-        self.sampling, self.sound = sampling, bool(sound)  # what the network is (a checkpoint path), for NonFiniteOutputError
+        self.source = source  # what the network is (a checkpoint path), for NonFiniteOutputError
+        self.sampling, self.sound = sampling, bool(sound)
         check(isinstance(num_classes, int) and num_classes >= 2, "num_classes", num_classes, "an integer >= 2")
         check_choice("precision", precision, PRECISIONS)
         check(isinstance(noise_block, int) and noise_block >= 1, "noise_block", noise_block, "an integer >= 1")
@@ -288,7 +288,7 @@ class SmoothedClassifier:
                        for row in range(b)]
             est = np.zeros_like(sel)
 
-            def draw(rows, m):
+            def draw(rows, m, x=x, sigmas=sigmas, streams=streams, est=est, c_a=c_a):
                 with torch.inference_mode(), self._precision_context():
                     got = self._count(x, sigmas, [(int(r), m, streams[r]) for r in rows], batch_size).cpu()
                 self._check_finite(int(got[-1, 0]), m * len(rows))
