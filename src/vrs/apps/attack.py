@@ -63,7 +63,7 @@ def load_defense(cfg: DictConfig, device):
     from vrs.checkpoint import load_checkpoint  # deferred: torch
 
     loaded = load_checkpoint(cfg.ckpt_path, kinds=("classifier", "vrs"))
-    d: DefenseConfig = to_typed(cfg.defense)  # checked (vrs.config.attack)
+    d: DefenseConfig = to_typed(cfg.defense, DefenseConfig)  # checked (vrs.config.attack)
     common = dict(m=d.m, noise=d.noise, tau=d.tau, max_batch=d.max_batch, precision=d.precision, seed=int(cfg.seed))
     smoothing = d.selector_smoothing
     if cfg.get("sigma_search"):  # config_schema.check_sigma_search refused a fixed sigma beside it
@@ -219,7 +219,7 @@ def _prepare(cfg: DictConfig, device):
     torch.manual_seed(int(cfg.seed))
     model, base, loaded, info = load_defense(cfg, device)
     xs, ys, _ = load_data(plain(cfg.data), cfg.attack.get("split", "test"))
-    p: PredictConfig = to_typed(cfg.predict)  # checked (vrs.config.attack)
+    p: PredictConfig = to_typed(cfg.predict, PredictConfig)  # checked (vrs.config.attack)
     predict = smoothed_predict_fn(base, loaded.num_classes, p.n, p.alpha, p.batch_size, seed=int(cfg.seed),
                                   precision=p.precision, source=str(cfg.ckpt_path))
     return model, base, loaded, info, xs, ys, predict

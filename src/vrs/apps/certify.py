@@ -44,7 +44,7 @@ from vrs.apps.skeleton import (Ranks, device_name, load_data, log_results, open_
                                run_ranks)
 from vrs.checkpoint import check_data_matches, load_checkpoint
 from vrs.config import to_typed
-from vrs.config.certify import CertifyConfig
+from vrs.config.certify import CertifyConfig, VRSCertifyConfig
 from vrs.config_schema import check_values
 from vrs.errors import VRSError, hydra_errors_exit, user_errors_exit
 from vrs.modules.training import training_name
@@ -106,7 +106,8 @@ def fused_stage_count(network: torch.nn.Module, fused_blocks: bool) -> int:
 def resolve_options(c: DictConfig | CertifyConfig) -> CertifyConfig:
     """certify.* as the typed config (checked: vrs.config.certify), with its `auto` values resolved for this machine
     (picklable, for worker processes); n0 is None for PREDICT."""
-    c = to_typed(c) if isinstance(c, DictConfig) else c
+    if isinstance(c, DictConfig):
+        c = to_typed(c, VRSCertifyConfig if "certificate" in c else CertifyConfig)
     device = resolve_device(c.device, "certify.device")
     dev_type = torch.device(device).type
     precision = ("bf16" if dev_type == "cuda" else "fp32") if c.precision == "auto" else c.precision

@@ -68,7 +68,7 @@ class Report:
 
 def build_report(cfg: DictConfig) -> Report:
     """Read every run under report.inputs, then write the table and the plots to report.out_dir."""
-    r: ReportConfig = to_typed(cfg.report)  # checked (vrs.config.report)
+    r: ReportConfig = to_typed(cfg.report, ReportConfig)  # checked (vrs.config.report)
     inputs = parse_inputs(r.inputs)
     radii = radius_grid(r.radii, "report.radii")
     out = Path(r.out_dir)

@@ -63,8 +63,13 @@ def is_typed(node: Any) -> bool:
         OmegaConf.get_type(node), Checked)
 
 
-def to_typed(node: DictConfig) -> Checked:
-    """The node as its dataclass, every rule checked (a ConfigError naming the first bad key)."""
+def to_typed(node: DictConfig, schema: type[Checked] | None = None) -> Checked:
+    """The node as its dataclass, every rule checked (a ConfigError naming the first bad key). A node that lost its
+    type (a config sent to a worker process as a plain dict) is typed by `schema` first, with the same checks."""
+    if not is_typed(node):
+        if schema is None:
+            raise TypeError(f"to_typed: an untyped node ({type(node).__name__}) needs its schema")
+        node = OmegaConf.merge(OmegaConf.structured(schema), node)
     cls = OmegaConf.get_type(node)
     cls.check_keys(node)
     return OmegaConf.to_object(node)
