@@ -37,12 +37,15 @@ term deferred for the first third (their 30 of 90). The smoke size shrinks m, st
 Sizes (--size; --epochs overrides a size's epochs):
   smoke  data=digits, tiny nets, 2 epochs at lr 0.05, 2 sigmas, 4 images, tiny n: tests the script end to end
          (745 s wall, 290 s of CPU, on 2 cores shared at load 7-8; 13 app processes).
-  cpu    the issue's size: Fashion-MNIST (10,000 training images, 5 epochs; selectors 3 epochs), sigma in
-         {0.25, 0.5, 1.0}, certification of the first 200 test images (every 50th) at n = 10,000 (n0 = 100,
-         alpha = 0.001), EOT-PGD L2 on 500 test images (every 20th) at eps {0.5, 1.0}, 20 steps x 8 EOT, m = 8,
-         PREDICT n = 1,000; VRS at lambda 0.5.
-  gpu    trainer=gpu, all 55,000 training images, 10 epochs (selectors 10), otherwise the cpu size's evaluation;
-         VRS at lambda {0.25, 0.5, 0.75}.
+  cpu    sized for an hour on 2 quiet cores: Fashion-MNIST (10,000 training images, 3 epochs), a LeNet of width 8
+         (hidden 64: 11,000 noisy forward samples/s here against 900 at width 32), sigma in {0.25, 0.5, 1.0},
+         SmoothAdv at m = 2 and 2 PGD steps, MACER at k = 8 (smaller than their papers'), certification of 200 test
+         images (every 50th) at n = 10,000 (n0 = 100, alpha = 0.001), EOT-PGD L2 on 500 test images (every 20th) at
+         eps {0.5, 1.0}, 10 steps x 1 EOT, m = 4, PREDICT n = 100. No VRS (its selector training does not fit the
+         hour on this CPU): VRS on each base is the gpu size's.
+  gpu    trainer=gpu, all 55,000 training images, 10 epochs (selectors 10), LeNet width 32, the papers' settings,
+         EOT-PGD 20 steps x 8 EOT with m = 8, PREDICT n = 1,000, the cpu size's images; VRS at lambda
+         {0.25, 0.5, 0.75} on each method's base.
 `--estimate` prints each step's estimated seconds (rates in RATES; +-50 %).
 """
 
@@ -91,8 +94,9 @@ class Size:
     lr: float = 0.01                 # SGD learning rate of every base classifier (the MNIST protocol's)
     selector: tuple[str, ...] = ()   # extra overrides of the selector stage
     cert_vrs: tuple[str, ...] = ()
-    small: dict = field(default_factory=dict)  # method -> overrides that shrink it (smoke)
+    small: dict = field(default_factory=dict)  # method -> overrides that shrink it (smoke, cpu)
     device: str = "cpu"
+    vrs: bool = True                 # also VRS on each method's base (stage 1 trained with the method)
 
 
 SIZES = {
@@ -104,18 +108,24 @@ SIZES = {
                             "module.median.n_h=64", "module.diagnostics.enabled=false", "selector.net.width=8"),
                   cert_vrs=("certify.n_h0=8", "certify.n_h=32"),
                   small={"smoothadv": ("training.m=2", "training.steps=1"), "macer": ("training.k=4",)}),
-    "cpu": Size("cpu", data=("data=fashion_mnist", "data.train_subset=10000"), trainer=("trainer=cpu",), model=(),
-                epochs=5, selector_epochs=3, sigmas=(0.25, 0.5, 1.0), lams=(0.5,), cert_images=(50, 200), n0=100,
-                n=10_000, alpha=0.001, atk_images=(20, 500), eps=(0.5, 1.0), steps=20, eot=8, m=8, predict_n=1000,
-                attack_batch=50, train_images=10_000),
+    "cpu": Size("cpu", data=("data=fashion_mnist", "data.train_subset=10000"), trainer=("trainer=cpu",),
+                model=("model.width=8", "model.hidden=64"), epochs=3, selector_epochs=1, sigmas=(0.25, 0.5, 1.0),
+                lams=(0.5,), cert_images=(50, 200), n0=100, n=10_000, alpha=0.001, atk_images=(20, 500),
+                eps=(0.5, 1.0), steps=10, eot=1, m=4, predict_n=100, attack_batch=100, train_images=10_000,
+                small={"smoothadv": ("training.m=2", "training.steps=2"), "macer": ("training.k=8",)}, vrs=False),
 }
-SIZES["gpu"] = replace(SIZES["cpu"], name="gpu", data=("data=fashion_mnist",), trainer=("trainer=gpu",), epochs=10,
-                       selector_epochs=10, lams=(0.25, 0.5, 0.75), attack_batch=250, train_images=55_000, device="h100")
+# the gpu size: the paper settings on the whole training set, LeNet at width 32, the eot_pgd budget, VRS on each base
+SIZES["gpu"] = Size("gpu", data=("data=fashion_mnist",), trainer=("trainer=gpu",), model=(), epochs=10,
+                    selector_epochs=10, sigmas=(0.25, 0.5, 1.0), lams=(0.25, 0.5, 0.75), cert_images=(50, 200), n0=100,
+                    n=10_000, alpha=0.001, atk_images=(20, 500), eps=(0.5, 1.0), steps=20, eot=8, m=8, predict_n=1000,
+                    attack_batch=250, train_images=55_000, device="h100")
 
-# Seconds per unit, per device: training per (image, epoch) of gaussian (the others cost FACTOR times that), a
+# Seconds per unit, per device: training per (image, epoch) of gaussian (the others cost cost_factor times that), a
 # certification sample, an attacked (image, eps) with 8 noisy samples per gradient, process start-up. cpu: 2 shared
 # cores (vrs_frontier's measured rates; LeNet training ~1,000 images/s unloaded); h100: docs/performance.md.
-RATES = {"cpu": dict(start=8.0, train=1.0e-3, cert=6.7e-4, atk_fixed=1.5, atk_grad=0.0114, vrs_extra=1.3),
+# cpu: the cpu size's width-8 LeNet on 2 quiet cores, measured 2026-12-07: 11,000 noisy forward samples/s, 3,300
+# forward + backward; the attacked (image, eps) costs PREDICT's 2 x predict_n samples plus its gradients.
+RATES = {"cpu": dict(start=8.0, train=3.0e-4, cert=1.0e-4, atk_fixed=0.03, atk_grad=2.4e-3, vrs_extra=1.3),
          "h100": dict(start=15.0, train=2.0e-5, cert=1.25e-6, atk_fixed=0.008, atk_grad=2.5e-5, vrs_extra=1.3)}
 
 
@@ -133,7 +143,18 @@ def paper_settings(method: str, sigma: float | None, epochs: int) -> list[str]:
     return ["training=gaussian", "data.batch_size=256"]
 
 
-FACTOR = {"gaussian": 1.0, "smoothadv": 4 * 11.0, "macer": 16.0, "consistency": 2.0}  # forward-backward passes
+def cost_factor(method: str, settings: list[str]) -> float:
+    """Forward-backward passes per training image relative to gaussian, from the method's effective overrides."""
+    def value(key: str, default: float) -> float:
+        return next((float(o.split("=", 1)[1]) for o in reversed(settings) if o.startswith(f"training.{key}=")),
+                    default)
+    if method == "smoothadv":
+        return value("m", 4) * (value("steps", 10) + 1)
+    if method == "macer":
+        return value("k", 16)
+    if method == "consistency":
+        return value("m", 2)
+    return 1.0
 
 
 def sized(size: Size, method: str, overrides: list[str]) -> list[str]:
@@ -161,7 +182,9 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
                                *data, f"seed={SEED}", *TRAIN_QUIET, f"trainer.max_epochs={size.epochs}",
                                f"optimizer.lr={size.lr:g}", "task_name=training_methods", f"hydra.sweep.dir={folder}",
                                "hydra.sweep.subdir=sigma_${noise.sigma}"],
-                              folder, r["start"] + len(sigmas) * train_s * FACTOR[method]))
+                              folder, r["start"] + len(sigmas) * train_s * cost_factor(method, list(settings))))
+        if not size.vrs:
+            continue
         # VRS on this method's base: stage 1 (multi-sigma, trained with the method), stage 2 (the selector)
         folder = out / "train" / f"vrs_{method}"
         stage1 = [o if not o.startswith("data.batch_size=") else f"+base_stage.{o}"
@@ -172,7 +195,8 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
                            *TRAIN_QUIET, f"base_stage.trainer.max_epochs={size.epochs}",
                            f"base_stage.optimizer.lr={size.lr:g}", f"trainer.max_epochs={size.selector_epochs}",
                            *size.selector, "task_name=training_methods", f"hydra.run.dir={folder}"],
-                          folder, r["start"] + train_s * FACTOR[method] + size.train_images * size.selector_epochs
+                          folder, r["start"] + train_s * cost_factor(method, stage1)
+                          + size.train_images * size.selector_epochs
                           * r["train"] * 4))
     skip, mx = size.cert_images
     cert = ["certify.split=test", f"certify.skip={skip}", f"certify.max={mx}", f"certify.n0={size.n0}",
@@ -186,14 +210,15 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
     # one process per kind of evaluation, every method's checkpoints in its multirun (process start-up is the smoke
     # size's cost); the jobs of a sweep resume row by row in their own folders
     fixed = [str(p) for m in methods for p in ckpts["fixed"][m]]
-    vrs = [str(ckpts["vrs"][m]) for m in methods]
-    for kind, args, est in [
+    vrs = [str(ckpts["vrs"][m]) for m in methods if m in ckpts["vrs"]]
+    evaluations = [
             ("cert/fixed", ["-m", f"ckpt_path={','.join(fixed)}", "certify=cohen", *cert], len(fixed) * cert_s),
             ("cert/vrs", ["-m", f"ckpt_path={','.join(vrs)}", "certify=vrs_c1", f"certify.lam={fmt(size.lams)}",
                           *cert, *size.cert_vrs], len(vrs) * len(size.lams) * cert_s * r["vrs_extra"]),
             ("atk/fixed", ["-m", f"ckpt_path={','.join(fixed)}", *atk], len(fixed) * atk_s),
             ("atk/vrs", ["-m", f"ckpt_path={','.join(vrs)}", f"defense.lam={fmt(size.lams)}", *atk],
-             len(vrs) * len(size.lams) * atk_s * r["vrs_extra"])]:
+             len(vrs) * len(size.lams) * atk_s * r["vrs_extra"])]
+    for kind, args, est in [e for e in evaluations if vrs or "vrs" not in e[0]]:
         folder = out / kind
         steps.append(Step(kind, kind.split("/")[1], "certify" if kind.startswith("cert") else "attack",
                           [*args, *common, "task_name=training_methods", f"hydra.sweep.dir={folder}"],

@@ -122,7 +122,7 @@ FAST_LOOP_SLOW = frozenset({
     "test_sweeps.py::test_wandb_runs_are_grouped_by_experiment_and_tagged",
     "test_train.py::test_bad_input_gives_one_clear_line",
     "test_train.py::test_python_m_vrs_apps_train_help",
-    "test_training_methods_script.py::test_every_training_step_of_the_cpu_size_passes_the_config_check",
+    "test_training_methods_script.py::test_every_training_step_passes_the_config_check",
     "test_vrs_certify.py::test_c1_is_the_default_for_vrs_checkpoints_and_matches_the_pure_certificate",
     "test_vrs_objectives.py::test_adversarial_objective_on_the_two_cluster_toy",
     "test_vrs_objectives.py::test_oracle_labels_objective_picks_a_larger_sigma_for_the_easy_cluster",
