@@ -59,7 +59,8 @@ def run_mode(mode: str, network, num_classes: int, sigma: float, x: torch.Tensor
     sampling = "fixed" if mode in ("fixed", "sound") else mode.replace("_sound", "")
     plan = None if sampling == "fixed" else SamplingPlan(sampling, n=args.n, alpha=args.alpha, looks=args.looks,
                                                          radii=tuple(args.radii), radius_tol=args.radius_tol)
-    smoothed = SmoothedClassifier(network, num_classes, sigma, sampling=plan, sound=mode.endswith("sound"))
+    smoothed = SmoothedClassifier(network, num_classes, sigma, sampling=plan, sound=mode.endswith("sound"),
+                                  device=args.device, fused_blocks=args.fused_blocks)
     per_group = auto_images_per_group(args.batch_size, args.n0, args.n, plan.schedule[0] if plan else None)
     results = []
     t0 = time.perf_counter()
@@ -90,6 +91,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where the forward passes run (cpu, cuda)")
+    p.add_argument("--fused-blocks", action="store_true",
+                   help="certify through the fused residual-stage kernels (ResNets on CUDA: certify.fused_blocks)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -107,7 +111,9 @@ def main() -> None:
     labels = np.asarray(y_all[args.indices])
     out = {"command": " ".join(sys.argv),
            "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
-           f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
+           f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+           + (f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""),
+           "device": args.device, "fused_blocks": args.fused_blocks,
            "checkpoint": str(args.ckpt), "sigma": sigma, "images": len(labels), "n0": args.n0, "n": args.n,
            "alpha": args.alpha, "radii": args.radii, "looks": args.looks, "radius_tol": args.radius_tol,
            "batch_size": args.batch_size, "modes": {}}
