@@ -114,6 +114,12 @@ def resolve_options(c: DictConfig | CertifyConfig) -> CertifyConfig:
     compile_ = c.compile
     if compile_ == "auto":  # autotuned Triton convolutions + CUDA graphs: the fastest on an H100 (docs/performance.md)
         compile_ = "max-autotune" if dev_type == "cuda" else False
+    fused_blocks = resolve_fused_blocks(c.fused_blocks, device, precision)
+    # compile's freezing folds BatchNorm already; the fused stages need the BatchNorms they fuse
+    fold = (not compile_ and not fused_blocks) if c.fold_batchnorm == "auto" else c.fold_batchnorm
+    if fold and fused_blocks:
+        raise VRSError("certify.fold_batchnorm=true cannot go with certify.fused_blocks on (the fused stages need "
+                       "their BatchNorms); allowed: fold_batchnorm=false or auto, or fused_blocks=false")
     n0 = c.n0 if c.mode == "certify" else None
     per_group = c.images_per_group
     if per_group == "auto":
@@ -122,8 +128,8 @@ def resolve_options(c: DictConfig | CertifyConfig) -> CertifyConfig:
     grid = core.radius_grid(c.radius_grid, "certify.radius_grid")  # sorted (a warning when it was not)
     radii = core.radius_grid(c.radii, "certify.radii") if c.sampling == "radius_target" else None
     return replace(c, n0=n0, device=device, precision=precision, compile=compile_,
-                   channels_last=(dev_type == "cuda") if c.channels_last == "auto" else c.channels_last,
-                   fused_blocks=resolve_fused_blocks(c.fused_blocks, device, precision), images_per_group=per_group,
+                   channels_last=True if c.channels_last == "auto" else c.channels_last,
+                   fused_blocks=fused_blocks, fold_batchnorm=fold, images_per_group=per_group,
                    indices=[c.indices] if isinstance(c.indices, int) else c.indices, radius_grid=grid, radii=radii)
 
 
@@ -196,7 +202,8 @@ def run_shard(job: Job, indices: list[int], rank: int, world: int, tsv_path: Pat
     device = shard_device(opts.device, rank, world)
     smoothed = SmoothedClassifier(network, num_classes, vopts.sigma_max if vopts else job.sigma, device=device,
                                   precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
-                                  fused_blocks=opts.fused_blocks, noise_block=opts.noise_block,
+                                  fused_blocks=opts.fused_blocks, fold_batchnorm=opts.fold_batchnorm,
+                                  noise_block=opts.noise_block,
                                   source=job.ckpt_path,
                                   sampling=sampling_plan(opts) if opts.mode == "certify" else None,
                                   sound=opts.sound)
@@ -362,6 +369,7 @@ def summarize(rows: list[dict], job: Job, subset: dict, extra: dict) -> dict:
         "seconds_per_image_note": "mean of the TSV time column: wall time of one process per image",
         "precision": opts.precision, "channels_last": opts.channels_last, "compile": opts.compile,
         "fused_blocks": opts.fused_blocks, "fused_stages": job.meta.get("fused_stages", 0),
+        "fold_batchnorm": opts.fold_batchnorm,
         "batch_size": opts.batch_size, "images_per_group": opts.images_per_group,
         "world_size": extra.pop("world_size", opts.world_size),
         "torch": torch.__version__,

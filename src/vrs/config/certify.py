@@ -36,6 +36,7 @@ class CertifyConfig(Checked):
     channels_last: Any = key(AUTO_BOOL)
     compile: Any = key(COMPILE)
     fused_blocks: Any = key(AUTO_BOOL)
+    fold_batchnorm: Any = key(AUTO_BOOL)
     images_per_group: Any = key(either(one_of("auto"), integer(1)))
     noise_block: int = key(integer(1))
     world_size: int = key(integer(1))
