@@ -48,12 +48,17 @@ from scipy.stats import beta, norm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vrs.models import with_normalization
+from vrs.models.lenet import LeNet
 from vrs.models.resnet import CifarResNet
 from vrs.smoothing.smoothed import SmoothedClassifier, image_seed
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 ENGINE_CONFIGS = {  # compiled configurations run with Inductor's freezing (SmoothedClassifier does it)
     "fp32": dict(precision="fp32", channels_last=False, compile=False),
+    # the CPU's configurations: channels_last, and each BatchNorm folded into its convolution (vrs-certify's
+    # defaults on a CPU: certify.channels_last=auto, certify.fold_batchnorm=auto)
+    "fp32_cl": dict(precision="fp32", channels_last=True, compile=False),
+    "fp32_cl_fold": dict(precision="fp32", channels_last=True, compile=False, fold_batchnorm=True),
     "tf32": dict(precision="tf32", channels_last=False, compile=False),
     "bf16_cl": dict(precision="bf16", channels_last=True, compile=False),
     "bf16_cl_compile": dict(precision="bf16", channels_last=True, compile=True),
@@ -118,17 +123,31 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def make_network(device: torch.device, depth: int = 110, seed: int = 0) -> torch.nn.Module:
+def make_network(device: torch.device, depth: int = 110, seed: int = 0, lenet_width: int | None = None
+                 ) -> tuple[torch.nn.Module, tuple[int, int, int], str]:
+    """(network, input shape, description): a CifarResNet of `depth` on 3x32x32, or with `lenet_width` the
+    project's Fashion-MNIST LeNet (model=lenet, hidden 64) of that width on 1x28x28; random weights and BatchNorm
+    statistics (speed does not depend on them), behind the Normalize layer a trained checkpoint has."""
     torch.manual_seed(seed)
-    net = with_normalization(CifarResNet(depth=depth, in_channels=3, num_classes=10), CIFAR_MEAN, CIFAR_STD)
-    return net.to(device).eval()
+    if lenet_width:
+        net = with_normalization(LeNet(in_channels=1, num_classes=10, input_size=28, width=lenet_width, hidden=64),
+                                 [0.286], [0.353])
+        shape, name = (1, 28, 28), f"LeNet (width {lenet_width}, hidden 64, random init) + Normalize, 1x28x28"
+    else:
+        net = with_normalization(CifarResNet(depth=depth, in_channels=3, num_classes=10), CIFAR_MEAN, CIFAR_STD)
+        shape, name = (3, 32, 32), f"CifarResNet-{depth} (random init) + Normalize, 3x32x32"
+    for m in net.modules():  # non-trivial statistics, so that folding them has an effect to measure
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.to(device).eval(), shape, f"{name}, 10 classes"
 
 
-def flops_per_sample(net: torch.nn.Module, device: torch.device) -> float:
+def flops_per_sample(net: torch.nn.Module, device: torch.device, shape: tuple[int, int, int]) -> float:
     """FLOPs of one forward sample (torch.utils.flop_counter: 2 per multiply-add of convs and matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.rand(8, 3, 32, 32, device=device)
+    x = torch.rand(8, *shape, device=device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         net(x)
     return counter.get_total_flops() / 8
@@ -156,14 +175,14 @@ def samples_per_second(step, batch: int, seconds: float, device: torch.device, w
 
 
 def forward_throughput(net: torch.nn.Module, device: torch.device, cfg: dict, batch_size: int, seconds: float,
-                       flops: float, compile_mode: str) -> dict:
+                       flops: float, compile_mode: str, shape: tuple[int, int, int]) -> dict:
     """Samples/s of the bare forward pass (+ argmax) at a fixed batch size, in one configuration."""
     engine = SmoothedClassifier(net, 10, 0.25, device=device, **cfg_for(cfg, compile_mode))
-    x = torch.rand(batch_size, 3, 32, 32, device=device)
+    x = torch.rand(batch_size, *shape, device=device)
     if engine.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    engine.warmup(batch_size, (3, 32, 32))  # compiles when asked to
+    engine.warmup(batch_size, shape)  # compiles when asked to
     with torch.inference_mode(), engine._precision_context():
         engine._forward(x).argmax(1)
         sync(device)
@@ -205,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ref-batch", type=int, default=1000, help="reference batch of noisy copies (Cohen: 1,000)")
     p.add_argument("--batch-size", type=int, default=None, help="our engine's forward batch (4096; CPU: 500)")
     p.add_argument("--depth", type=int, default=None, help="CifarResNet depth (110; CPU: 20)")
+    p.add_argument("--lenet-width", type=int, default=None,
+                   help="certify the Fashion-MNIST LeNet of this width (1x28x28) instead of a CifarResNet")
     p.add_argument("--group", type=int, default=4, help="images per group in our engine")
     p.add_argument("--configs", default=None,
                    help=f"comma list of engine configs ({','.join(ENGINE_CONFIGS)}); default: all but tf32 on "
@@ -222,7 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     configs = (args.configs.split(",") if args.configs else
-               [c for c in ENGINE_CONFIGS if c != "tf32"] if device.type == "cuda" else ["fp32"])
+               [c for c in ENGINE_CONFIGS if c != "tf32" and not c.startswith("fp32_")] if device.type == "cuda"
+               else ["fp32", "fp32_cl", "fp32_cl_fold"])
     unknown = [c for c in configs if c not in ENGINE_CONFIGS]
     if unknown:
         p.error(f"unknown configs {unknown}; choose from {list(ENGINE_CONFIGS)}")
@@ -231,31 +253,31 @@ def main(argv: list[str] | None = None) -> dict:
     ref_images = args.ref_images if args.ref_images is not None else (args.images if cuda else 1)
     args.batch_size = args.batch_size or (4096 if cuda else 500)
     args.depth = args.depth or (110 if cuda else 20)
-    net = make_network(device, args.depth)
+    net, shape, network_name = make_network(device, args.depth, lenet_width=args.lenet_width)
     # The reference gets its own copy, made before any engine exists: an engine with channels_last=True converts
     # the network it is given to channels_last in place, and Cohen's loop runs the plain NCHW network.
     reference_net = copy.deepcopy(net)
-    flops = flops_per_sample(net, device)
+    flops = flops_per_sample(net, device, shape)
     g = torch.Generator().manual_seed(1234)
-    images = torch.rand(args.images, 3, 32, 32, generator=g)  # stand-ins for CIFAR-10 test images
+    images = torch.rand(args.images, *shape, generator=g)  # stand-ins for test images
     result: dict = {
         "device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "network": f"CifarResNet-{args.depth} (random init) + Normalize, 3x32x32, 10 classes",
+        "network": network_name,
         "gflop_per_sample": flops / 1e9, "n0": args.n0, "n": args.n, "alpha": args.alpha, "sigma": args.sigma,
         "images": args.images, "reference_images": ref_images, "engine_batch_size": args.batch_size,
         "engine_images_per_group": args.group, "compile_mode": args.compile_mode, "default_flags": tf32_flags(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "forward": {}, "engine": {}, "reference": None,
     }
-    print(f"# {result['device']} | torch {torch.__version__} | ResNet-{args.depth} {flops / 1e9:.3f} GFLOP/sample | "
+    print(f"# {result['device']} | torch {torch.__version__} | {network_name} {flops / 1e9:.4f} GFLOP/sample | "
           f"n0={args.n0} n={args.n} alpha={args.alpha}", flush=True)
 
     # pure forward throughput
     for name in list(configs):
         try:
             result["forward"][name] = fw = forward_throughput(net, device, ENGINE_CONFIGS[name], batch_of(name, args),
-                                                              fwd_seconds, flops, args.compile_mode)
+                                                              fwd_seconds, flops, args.compile_mode, shape)
         except Exception as err:  # noqa: BLE001 - report the failing configuration, keep measuring the others
             result["forward"][name] = {"error": f"{type(err).__name__}: {err}"[:2000]}
             print(f"forward {name:16s} FAILED: {type(err).__name__}: {str(err)[:300]}", flush=True)
@@ -290,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
         engine = SmoothedClassifier(net, 10, args.sigma, device=device, **cfg)
         batch = batch_of(name, args)
         t0 = time.perf_counter()
-        engine.warmup(batch, (3, 32, 32))
+        engine.warmup(batch, shape)
         warm = time.perf_counter() - t0
         groups = [list(range(i, min(i + args.group, args.images))) for i in range(0, args.images, args.group)]
         # one untimed group (allocator, cuDNN autotuning), then the timed run over all images
@@ -341,11 +363,12 @@ def markdown_table(r: dict) -> str:
         cfg = e["config"]
         desc = f"{cfg['precision']}{', channels_last' if cfg['channels_last'] else ''}" + \
                (f", torch.compile({cfg['compile']}) + freezing" if cfg["compile"] else "") + \
-               (", fused residual stages" if cfg.get("fused_blocks") else "")
+               (", fused residual stages" if cfg.get("fused_blocks") else "") + \
+               (", BatchNorm folded" if cfg.get("fold_batchnorm") else "")
         speed = f"{e['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in e else "-"
         lines.append(f"| vrs engine ({name}) | {desc} | {e['batch_size']} | {e['seconds_per_image']:.3f} | {speed} | "
                      f"{e['forward_only_seconds_per_image']:.3f} | {fw['samples_per_s']:,.0f} | "
-                     f"{fw['tflop_per_s']:.2f} |")
+                     f"{fw['tflop_per_s']:.3g} |")
     return "\n".join(lines)
 
 
