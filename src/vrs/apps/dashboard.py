@@ -31,7 +31,7 @@ from vrs.utils.dashboard_spec import (GROUP, JOB_TYPE, SPEC_FORMAT, TAGS, Dashbo
                                      build_dashboard, check_upload_needs, has_workspaces, parse_options,
                                      specification)
 from vrs.utils.io import atomic_write
-from vrs.utils.output_folders import forget_run_files, restore_run_files
+from vrs.utils.output_folders import run_or_put_back
 
 # The runs table's columns as wandb-workspaces names them (a metric: summary:<key>).
 COLUMNS = {GROUP: "run:group", JOB_TYPE: "run:jobType", TAGS: "tags:__ALL__"}
@@ -178,12 +178,7 @@ def save(dash: Dashboard, opts: Options, url: str | None, with_report: bool, res
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     validate_app_config(cfg, "dashboard")  # before any output: one clear error line
-    try:
-        result = build(cfg)
-    except BaseException:
-        restore_run_files()  # a refused run writes nothing, not even Hydra's files in a reused run directory
-        raise
-    forget_run_files()
+    result = run_or_put_back(lambda: build(cfg))  # a refused run leaves the run directory as it was
     print(f"Dashboard: {', '.join(result['sections'])}")
     if result["dry_run"]:
         print(f"Specification (dry run, nothing saved to W&B): {result['out']}")

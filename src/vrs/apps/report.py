@@ -36,7 +36,7 @@ import hydra
 from omegaconf import DictConfig
 
 from vrs.apps import CONFIG_DIR
-from vrs.utils.output_folders import REPORT_META, forget_run_files, report_inputs, restore_run_files
+from vrs.utils.output_folders import REPORT_META, report_inputs, run_or_put_back
 from vrs.apps.report_frontier import FRONTIER_PLOTS, build_frontier, frontier_csv, plot_frontier, sigma_csv
 from vrs.apps.report_frontier import markdown as frontier_markdown
 from vrs.apps.report_plots import PLOTS, matplotlib_color, save_plot
@@ -161,12 +161,7 @@ def print_summary(rep: Report) -> None:
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
     validate_app_config(cfg, "report")  # before any compute or output: one clear error line
-    try:
-        rep = build_report(cfg)
-    except BaseException:
-        restore_run_files()  # a refused report writes nothing, not even Hydra's files in a reused run directory
-        raise
-    forget_run_files()
+    rep = run_or_put_back(lambda: build_report(cfg))  # a refused run leaves the run directory as it was
     print_summary(rep)
     for s in rep.skipped:
         log.warning("skipped %s", s)

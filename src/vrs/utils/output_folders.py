@@ -27,7 +27,7 @@ files into a reused run directory: keep_run_files / restore_run_files put them b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from vrs.errors import VRSError
 from vrs.utils.io import atomic_write, truncate
@@ -191,6 +191,7 @@ def check_report_folder(folder: Any, inputs: Any) -> None:
 # anything puts them back (restore_run_files: the refused run leaves the directory byte-identical), and one whose
 # store opened lets Hydra's files stand (forget_run_files: they describe the run that now writes there).
 _kept: dict[str, Any] = {}
+T = TypeVar("T")
 
 
 def keep_run_files(run_dir: str | Path, whole: Iterable[Path], appended: Iterable[Path] = ()) -> None:
@@ -204,6 +205,18 @@ def keep_run_files(run_dir: str | Path, whole: Iterable[Path], appended: Iterabl
     _kept.update(dir=run_dir, whole={p: p.read_bytes() if p.is_file() else None for p in whole},
                  appended={Path(p): Path(p).stat().st_size if Path(p).is_file() else None for p in appended},
                  new_dirs=sorted({p.parent for p in whole if not p.parent.exists()}, reverse=True))
+
+
+def run_or_put_back(work: Callable[[], T]) -> T:
+    """work()'s result, after which Hydra's files of the run directory stand (forget_run_files); if work() raises,
+    they are put back first (restore_run_files): a refused run writes nothing, not even those files."""
+    try:
+        result = work()
+    except BaseException:
+        restore_run_files()
+        raise
+    forget_run_files()
+    return result
 
 
 def forget_run_files() -> None:
