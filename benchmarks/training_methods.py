@@ -42,7 +42,10 @@ Sizes (--size; --epochs overrides a size's epochs):
          SmoothAdv at m = 2 and 2 PGD steps, MACER at k = 8 (smaller than their papers'), certification of 200 test
          images (every 50th) at n = 10,000 (n0 = 100, alpha = 0.001), EOT-PGD L2 on 500 test images (every 20th) at
          eps {0.5, 1.0}, 10 steps x 1 EOT, m = 4, PREDICT n = 100. No VRS (its selector training does not fit the
-         hour on this CPU): VRS on each base is the gpu size's.
+         hour on this CPU): VRS on each base is the gpu size's. Every app process runs one torch thread, and
+         certification and attacks run as two processes (world_size 2): two single-threaded processes keep their
+         speed when other jobs share the cores, where the two OpenMP threads of one process wait on each other
+         (a SmoothAdv training 11x slower than on a quiet machine, measured 2026-12-07).
   gpu    trainer=gpu, all 55,000 training images, 10 epochs (selectors 10), LeNet width 32, the papers' settings,
          EOT-PGD 20 steps x 8 EOT with m = 8, PREDICT n = 1,000, the cpu size's images; VRS at lambda
          {0.25, 0.5, 0.75} on each method's base.
@@ -55,6 +58,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -97,6 +101,8 @@ class Size:
     small: dict = field(default_factory=dict)  # method -> overrides that shrink it (smoke, cpu)
     device: str = "cpu"
     vrs: bool = True                 # also VRS on each method's base (stage 1 trained with the method)
+    workers: int = 1                 # processes of each certification / attack (certify.world_size, attack.world_size)
+    threads: int | None = None       # torch threads of every app process (OMP_NUM_THREADS; None: torch's default)
 
 
 SIZES = {
@@ -112,7 +118,8 @@ SIZES = {
                 model=("model.width=8", "model.hidden=64"), epochs=3, selector_epochs=1, sigmas=(0.25, 0.5, 1.0),
                 lams=(0.5,), cert_images=(50, 200), n0=100, n=10_000, alpha=0.001, atk_images=(20, 500),
                 eps=(0.5, 1.0), steps=10, eot=1, m=4, predict_n=100, attack_batch=100, train_images=10_000,
-                small={"smoothadv": ("training.m=2", "training.steps=2"), "macer": ("training.k=8",)}, vrs=False),
+                small={"smoothadv": ("training.m=2", "training.steps=2"), "macer": ("training.k=8",)}, vrs=False,
+                workers=2, threads=1),
 }
 # the gpu size: the paper settings on the whole training set, LeNet at width 32, the eot_pgd budget, VRS on each base
 SIZES["gpu"] = Size("gpu", data=("data=fashion_mnist",), trainer=("trainer=gpu",), model=(), epochs=10,
@@ -202,11 +209,13 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
                           * r["train"] * 4))
     skip, mx = size.cert_images
     cert = ["certify.split=test", f"certify.skip={skip}", f"certify.max={mx}", f"certify.n0={size.n0}",
-            f"certify.n={size.n}", f"certify.alpha={size.alpha}", "certify.progress=false"]
+            f"certify.n={size.n}", f"certify.alpha={size.alpha}", "certify.progress=false",
+            f"certify.world_size={size.workers}"]
     askip, amx = size.atk_images
     atk = ["attack=eot_pgd", "attack.norm=l2", "attack.split=test", f"attack.skip={askip}", f"attack.max={amx}",
            f"attack.eps={eps_list(size.eps)}", f"attack.steps={size.steps}", f"attack.eot={size.eot}",
-           f"attack.batch_size={size.attack_batch}", f"defense.m={size.m}", f"predict.n={size.predict_n}"]
+           f"attack.batch_size={size.attack_batch}", f"defense.m={size.m}", f"predict.n={size.predict_n}",
+           f"attack.world_size={size.workers}"]
     cert_s = mx * (size.n + size.n0) * r["cert"]
     atk_s = amx * len(size.eps) * (r["atk_fixed"] + size.steps * size.eot * size.m / 8 * r["atk_grad"])
     # one process per kind of evaluation, every method's checkpoints in its multirun (process start-up is the smoke
@@ -408,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     if not methods or set(methods) - set(METHODS):
         p.error(f"--methods={args.methods!r}: a comma-separated subset of {','.join(METHODS)}")
     size = SIZES[args.size] if args.epochs is None else replace(SIZES[args.size], epochs=args.epochs)
+    if size.threads:  # inherited by every app process the steps start
+        os.environ["OMP_NUM_THREADS"] = str(size.threads)
     out = (args.out or Path("outputs") / f"training_methods_{size.name}").resolve()
     steps, _ = build_steps(size, out, args.data_root, methods)
     if args.estimate or args.dry_run:
