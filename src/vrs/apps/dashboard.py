@@ -25,7 +25,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.config_schema import validate_app_config
+from vrs.apps.before_run import validate_app_config
 from vrs.errors import VRSError, check, first_line, hydra_errors_exit, user_errors_exit
 from vrs.utils.dashboard_spec import (GROUP, JOB_TYPE, SPEC_FORMAT, TAGS, Dashboard, Filter, Options, Panel,
                                      build_dashboard, check_upload_needs, has_workspaces, parse_options,
