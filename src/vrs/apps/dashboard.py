@@ -128,7 +128,7 @@ def build(cfg: DictConfig) -> dict:
     {"out": the spec's path, "workspace": url | None, "report": url | None, "sections": [...]}."""
     node = OmegaConf.to_container(cfg.dashboard, resolve=True)
     opts: Options = parse_options(node)
-    # their types: vrs.config_schema (SCHEMA["dashboard"]), before the run started
+    # their types: vrs.config.dashboard.DashboardConfig, before the run started
     dry_run, with_report, url = bool(node.get("dry_run")), bool(node.get("report")), node.get("workspace_url")
     out = check_out(node.get("out"))
     dash = build_dashboard(opts)
