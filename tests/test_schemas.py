@@ -165,16 +165,16 @@ def test_nodes_built_from_the_composed_config():
     assert AttackConfig.of({**images, "name": "none", "norm": "l2", "eps": 0.0}).steps is ABSENT
     with pytest.raises(ConfigError, match=r"^attack.stpes=3 is not allowed: a key of attack: one of split, skip"):
         AttackConfig.of({**images, "name": "pgd_l2", "norm": "l2", "eps": 0.5, "stpes": 3})
-    assert TrainerConfig.of({"max_epochs": 3, "accelerator": "cpu"}, closed=False).given() == {"max_epochs": 3}
+    assert TrainerConfig.of({"max_epochs": 3, "accelerator": "cpu"}).given() == {"max_epochs": 3}
     for bad in ({"accumulate_grad_batches": 0}, {"max_epochs": 0}):
         with pytest.raises(ConfigError, match=rf"^trainer.{next(iter(bad))}=0 is not allowed: an integer >= 1"):
-            TrainerConfig.of(bad, closed=False)
+            TrainerConfig.of(bad)
     with pytest.raises(ConfigError, match=r"^optimizer.momentum=None is not allowed: a number > 0 with optimizer"):
-        OptimizerConfig.of({"lr": 0.1, "nesterov": True}, closed=False)
+        OptimizerConfig.of({"lr": 0.1, "nesterov": True})
     with pytest.raises(VRSError, match=r"^optimizer.lr is missing: the optimizer node needs it"):
-        OptimizerConfig.of({"momentum": 0.9}, closed=False)
+        OptimizerConfig.of({"momentum": 0.9})
     with pytest.raises(VRSError, match=r"^out_path is missing"):
-        ImportTop.of({"ckpt_path": "x.pth.tar"}, closed=False)
+        ImportTop.of({"ckpt_path": "x.pth.tar"})
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------------

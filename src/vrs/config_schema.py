@@ -38,26 +38,23 @@ APPS = tuple(TOPS)
 APP_NODES = {"train": ("data", "model", "module", "trainer", "paths"), "certify": ("data", "certify", "paths"),
              "attack": ("data", "attack", "defense", "predict", "paths"), "report": ("report", "paths"),
              "dashboard": ("dashboard", "paths"), "import": ("data", "source", "paths")}
-# The nodes Hydra does not type, as their typed configs: (class, closed). An open node's other keys are its
-# `_target_`'s parameters (vrs.config.tree.check_targets).
-NODES: dict[str, tuple[type[Checked], bool]] = {
-    "data": (DataConfig, False), "model": (ModelConfig, False), "module": (ModuleConfig, False),
-    "optimizer": (OptimizerConfig, False), "scheduler": (SchedulerConfig, False), "trainer": (TrainerConfig, False),
-    "attack": (AttackConfig, True), "source": (SourceConfig, True), "dashboard": (DashboardConfig, True)}
+# The nodes Hydra does not type, as their typed configs (built from the composed config: Checked.of).
+UNTYPED: tuple[type[Checked], ...] = (DataConfig, ModelConfig, ModuleConfig, OptimizerConfig, SchedulerConfig,
+                                      TrainerConfig, AttackConfig, SourceConfig, DashboardConfig)
 
 
 def check_values(cfg: DictConfig | dict, app: str) -> dict:
     """Steps 1 and 2 (no file read). Returns the resolved config."""
     check(app in APPS, "app", app, "one of " + ", ".join(APPS))
     plain = resolved(cfg)
-    TOPS[app].of(plain, closed=False)
+    TOPS[app].of(plain)
     for name in APP_NODES[app]:
         if node_at(plain, name) is None:
             raise VRSError(f"the config has no {name} node: vrs-{app} needs it")
     typed_nodes(cfg)
-    for name, (schema, closed) in NODES.items():
-        if name in plain:
-            schema.of(plain[name], closed=closed)
+    for schema in UNTYPED:
+        if schema.NODE in plain:
+            schema.of(plain[schema.NODE])
     check_number_ranges(plain)
     check_targets(plain)
     cross_checks(plain, app)

@@ -1,6 +1,5 @@
 """Each app's top-level keys (conf/<app>.yaml outside its nodes), typed. The top level also holds the app's nodes
-(data, certify, ...), typed on their own: these classes are not closed (vrs.config_schema builds them with
-`Top.of(cfg, closed=False)`)."""
+(data, certify, ...), typed on their own: these classes are not closed."""
 
 from __future__ import annotations
 
@@ -13,6 +12,8 @@ from vrs.config.rules import BOOL, CKPT_PATH, DEVICE, SEED, TEXT, Checked, Rule,
 @dataclass(kw_only=True)
 class Top(Checked):
     """The keys every app may hold (vrs-dashboard has only task_name)."""
+
+    CLOSED = False  # the top level holds the app's nodes too
 
     seed: int = key(SEED, absent_ok=True)
     task_name: str = key(TEXT, absent_ok=True)

@@ -26,6 +26,7 @@ class SyntheticConfig(Checked):
 @dataclass(kw_only=True)
 class DataConfig(Checked):
     NODE = "data"
+    CLOSED = False
 
     name: str = key(None, absent_ok=True)  # one of the data sets: the data module's check
     root: str | None = key(optional(TEXT), absent_ok=True)

@@ -131,6 +131,9 @@ class Checked:
     `super().__post_init__()`."""
 
     NODE: ClassVar[str] = ""
+    # Checked.of: no key beyond the fields. An open node's other keys are its `_target_`'s parameters (checked by
+    # signature: vrs.config.tree.check_targets), or, at the top level, the app's nodes.
+    CLOSED: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -157,13 +160,13 @@ class Checked:
                 raise ConfigError(cls.key_name(str(k)), node[k], f"a key of {cls.NODE}: one of {', '.join(fields)}")
 
     @classmethod
-    def of(cls, node: Any, closed: bool = True) -> Checked:
+    def of(cls, node: Any) -> Checked:
         """A node that Hydra has not typed (a plain dict: the top level, a `_target_` node whose other keys are its
-        target's parameters) as this dataclass, every rule checked. closed: no key beyond the fields."""
+        target's parameters, the attack node) as this dataclass, every rule checked."""
         fields = dataclasses.fields(cls)
         if not isinstance(node, dict):
             raise ConfigError(cls.NODE, node, f"a config node with keys {', '.join(f.name for f in fields)}")
-        if closed:
+        if cls.CLOSED:
             cls.check_keys(node)
         for f in fields:
             if f.name not in node and f.default is dataclasses.MISSING:

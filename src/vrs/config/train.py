@@ -25,6 +25,7 @@ class ModelConfig(Checked):
     """Network depths are the networks' own checks (6n+2 for ResNets, ...); the input shape: check_train."""
 
     NODE = "model"
+    CLOSED = False
 
     width: int = key(integer(1), absent_ok=True)
     hidden: int = key(integer(1), absent_ok=True)
@@ -34,6 +35,7 @@ class ModelConfig(Checked):
 @dataclass(kw_only=True)
 class ModuleConfig(Checked):
     NODE = "module"
+    CLOSED = False
 
     channels_last: Any = key(AUTO_BOOL, absent_ok=True)
     compile: Any = key(COMPILE, absent_ok=True)
@@ -46,6 +48,7 @@ class OptimizerConfig(Checked):
     fitting starts."""
 
     NODE = "optimizer"
+    CLOSED = False
 
     lr: float = key(number(gt=0))
     weight_decay: float = key(number(ge=0), absent_ok=True)
@@ -65,6 +68,7 @@ class OptimizerConfig(Checked):
 @dataclass(kw_only=True)
 class SchedulerConfig(Checked):
     NODE = "scheduler"
+    CLOSED = False
 
     T_max: int | None = key(optional(integer(1), " (the number of epochs)"), absent_ok=True)
     step_size: int = key(integer(1), absent_ok=True)
@@ -76,6 +80,7 @@ class SchedulerConfig(Checked):
 @dataclass(kw_only=True)
 class TrainerConfig(Checked):
     NODE = "trainer"
+    CLOSED = False
 
     max_epochs: int = key(integer(1), absent_ok=True)
     min_epochs: int = key(integer(0), absent_ok=True)
