@@ -1,7 +1,7 @@
 """The data node (conf/data/*.yaml: vrs.data.datamodule.ImageDataModule), typed: the keys whose range the data
 module does not check itself (it checks name, channels, size, num_classes, mean / std, batch sizes, loader,
 val_size >= 0, crop_padding: built by vrs.config_schema.cross_checks, no data loaded). Its other keys are the data
-module's parameters (vrs.config_schema.check_targets)."""
+module's parameters (vrs.config.tree.check_targets)."""
 
 from __future__ import annotations
 

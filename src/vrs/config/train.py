@@ -1,6 +1,6 @@
 """vrs-train's nodes whose values our code constrains beyond what their targets check (conf/model, module,
 optimizer, scheduler, trainer), typed, and the rules between train's nodes (`check_train`). The other keys of these
-`_target_` nodes are their targets' parameters (vrs.config_schema.check_targets); Lightning's Trainer is built with
+`_target_` nodes are their targets' parameters (vrs.config.tree.check_targets); Lightning's Trainer is built with
 the config (check_trainer) and refuses what it refuses itself (devices, accelerator, precision, strategy, profiler,
 fast_dev_run < 0, a non-bool benchmark, ...), so no key of it is restated here. These keys it takes without a word
 (Lightning 2.6: max_epochs=0, min_epochs=-1, accumulate_grad_batches=0, gradient_clip_val=-1, a string for a
