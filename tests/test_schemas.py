@@ -135,6 +135,48 @@ def test_every_typed_node_is_its_yaml(app, node, option, tmp_path):
     assert list(cfg[node]) == fields, (node, set(cfg[node]) ^ set(fields))
 
 
+def test_every_attack_option_holds_only_attack_config_keys():
+    """The attack node is not typed by Hydra (each attack group option holds its own keys): every key of
+    conf/attack.yaml's attack node and of every conf/attack/*.yaml is a field of AttackConfig."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from vrs.config.attack import AttackConfig
+
+    fields = {f.name for f in dataclasses.fields(AttackConfig)}
+    assert set(OmegaConf.load(CONF / "attack.yaml").attack) <= fields
+    for option in _options("attack"):
+        assert set(OmegaConf.load(CONF / "attack" / f"{option}.yaml")) <= fields, option
+
+
+def test_nodes_built_from_the_composed_config():
+    """Checked.of: a closed node refuses a stray key, an open one leaves it to its target's signature; a key the
+    node may leave out is ABSENT (no rule runs), one it must hold is named; Lightning's Trainer takes
+    accumulate_grad_batches=0 and max_epochs=0 without a word (2.6), TrainerConfig does not."""
+    from vrs.config.apps import ImportTop
+    from vrs.config.rules import ABSENT
+    from vrs.config.train import OptimizerConfig, TrainerConfig
+
+    images = {"split": "test", "skip": 1, "max": None, "indices": None, "batch_size": 8, "world_size": 1,
+              "out_dir": None}
+    from vrs.config.attack import AttackConfig
+
+    assert AttackConfig.of({**images, "name": "none", "norm": "l2", "eps": 0.0}).steps is ABSENT
+    with pytest.raises(ConfigError, match=r"^attack.stpes=3 is not allowed: a key of attack: one of split, skip"):
+        AttackConfig.of({**images, "name": "pgd_l2", "norm": "l2", "eps": 0.5, "stpes": 3})
+    assert TrainerConfig.of({"max_epochs": 3, "accelerator": "cpu"}).given() == {"max_epochs": 3}
+    for bad in ({"accumulate_grad_batches": 0}, {"max_epochs": 0}):
+        with pytest.raises(ConfigError, match=rf"^trainer.{next(iter(bad))}=0 is not allowed: an integer >= 1"):
+            TrainerConfig.of(bad)
+    with pytest.raises(ConfigError, match=r"^optimizer.momentum=None is not allowed: a number > 0 with optimizer"):
+        OptimizerConfig.of({"lr": 0.1, "nesterov": True})
+    with pytest.raises(VRSError, match=r"^optimizer.lr is missing: the optimizer node needs it"):
+        OptimizerConfig.of({"momentum": 0.9})
+    with pytest.raises(VRSError, match=r"^out_path is missing"):
+        ImportTop.of({"ckpt_path": "x.pth.tar"})
+
+
 # ---- checkpoints ------------------------------------------------------------------------------------------------
 def test_checkpoint_must_match_the_data_set(digits_ckpt, tmp_path):
     def check(*overrides, app="certify"):

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from vrs.errors import ConfigError, VRSError, check, find_user_error
 from vrs.utils.config import construct
+from vrs.utils.dashboard_spec import check_upload_needs
 from vrs.utils.output_folders import check_output_folder, check_report_folder
 
 # The output directories each app writes into (key -> the files there that are appended to in place).
@@ -52,6 +53,8 @@ def preflight(cfg: DictConfig | dict, plain: dict, app: str) -> None:
     run's .hydra/config.yaml), `plain` resolved and checked by vrs.config_schema.check_values."""
     if app == "report":
         parse_inputs(plain["report"]["inputs"])
+    if app == "dashboard":
+        check_upload_needs(plain["dashboard"])  # a save needs W&B's key and wandb-workspaces
     check_output_dirs(plain, app)
     check_checkpoints(plain, app)
     check_output_folders(cfg, plain, app)

@@ -66,7 +66,7 @@ def load_defense(cfg: DictConfig, device):
     d: DefenseConfig = to_typed(cfg.defense, DefenseConfig)  # checked (vrs.config.attack)
     common = dict(m=d.m, noise=d.noise, tau=d.tau, max_batch=d.max_batch, precision=d.precision, seed=int(cfg.seed))
     smoothing = d.selector_smoothing
-    if cfg.get("sigma_search"):  # config_schema.check_sigma_search refused a fixed sigma beside it
+    if cfg.get("sigma_search"):  # vrs.config.certify.check_sigma_search refused a fixed sigma beside it
         method = instantiate(plain(cfg.sigma_search))
         surrogate_cfg = d.search_surrogate or None
         surrogate = instantiate({**plain(cfg.sigma_search), **surrogate_cfg}) if surrogate_cfg else None

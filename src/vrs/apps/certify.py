@@ -144,7 +144,7 @@ def auto_images_per_group(batch_size: int, n0: int, n: int, first_look: int | No
 
 # ---- test-time sigma searches (sigma_search=multiscale | dds) --------------------------------------------
 def search_options(search_cfg: dict | None):
-    """The sigma_search method (vrs.selection.sigma_search), or None (config_schema.check_sigma_search has refused
+    """The sigma_search method (vrs.selection.sigma_search), or None (vrs.config.certify.check_sigma_search has refused
     a fixed sigma, a VRS certificate or PREDICT beside it)."""
     return instantiate(search_cfg) if search_cfg is not None else None
 

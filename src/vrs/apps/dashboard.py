@@ -25,7 +25,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vrs.apps import CONFIG_DIR
-from vrs.config_schema import validate_app_config
+from vrs.apps.before_run import validate_app_config
 from vrs.errors import VRSError, check, first_line, hydra_errors_exit, user_errors_exit
 from vrs.utils.dashboard_spec import (GROUP, JOB_TYPE, SPEC_FORMAT, TAGS, Dashboard, Filter, Options, Panel,
                                      build_dashboard, check_upload_needs, has_workspaces, parse_options,
@@ -128,7 +128,7 @@ def build(cfg: DictConfig) -> dict:
     {"out": the spec's path, "workspace": url | None, "report": url | None, "sections": [...]}."""
     node = OmegaConf.to_container(cfg.dashboard, resolve=True)
     opts: Options = parse_options(node)
-    # their types: vrs.config_schema (SCHEMA["dashboard"]), before the run started
+    # their types: vrs.config.dashboard.DashboardConfig, before the run started
     dry_run, with_report, url = bool(node.get("dry_run")), bool(node.get("report")), node.get("workspace_url")
     out = check_out(node.get("out"))
     dash = build_dashboard(opts)

@@ -45,7 +45,7 @@ from vrs.apps.report_table import (LEGEND, attack_names, cell, merge, name_rows,
                                    to_csv, to_markdown)
 from vrs.config import to_typed
 from vrs.config.report import ReportConfig
-from vrs.config_schema import validate_app_config
+from vrs.apps.before_run import validate_app_config
 from vrs.preflight import parse_inputs
 from vrs.errors import VRSError, check, hydra_errors_exit, user_errors_exit
 from vrs.smoothing.core import radius_grid

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vrs.utils.output_folders import forget_run_files, restore_run_files
 from vrs.apps.results import ResultsStore
-from vrs.config_schema import validate_app_config
+from vrs.apps.before_run import validate_app_config
 from vrs.errors import VRSError
 from vrs.utils.config import print_config_tree
 from vrs.utils.loggers import build_loggers, finish_wandb

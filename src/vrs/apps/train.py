@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vrs.apps import CONFIG_DIR
-from vrs.config_schema import check_values, validate_app_config
+from vrs.apps.before_run import validate_app_config
+from vrs.config_schema import check_values
 from vrs.errors import ConfigError, VRSError, hydra_errors_exit, user_errors_exit
 from vrs.utils.config import instantiate_dict, print_config_tree
 from vrs.utils.loggers import build_loggers, finish_wandb, train_facts

@@ -14,8 +14,14 @@ ConfigStore in the group `schema` and named first in its yaml file's defaults li
 2. `to_typed(cfg.certify)` (OmegaConf.to_object) builds the dataclass, whose __post_init__ checks each field's
    rule (its range, in words: `key(integer(1))`) and the rules between fields: errors.py's one line,
    `certify.alpha=1.5 is not allowed: a number strictly between 0 and 1`. vrs.config_schema does this before
-   Hydra creates the run directory (its ValidateBeforeRun callback), and the app runs on the same object.
+   Hydra creates the run directory (vrs.apps.before_run.ValidateBeforeRun), and the app runs on the same object.
 3. vrs.preflight then checks what needs files (checkpoints, data, output directories), once per run.
+
+The nodes Hydra does not type are dataclasses of the same kind, built from the composed config by `Cls.of(node)`
+(vrs.config_schema.check_values), with the same rules and error line: each app's top-level keys (config/apps.py),
+data (data.py), train's model, module, optimizer, scheduler and trainer (train.py: the keys their targets do not
+check; their other keys are the targets' parameters, config/tree.py), attack (its keys depend on the attack group),
+source (importer.py) and dashboard (dashboard.py). A key such a node may leave out is `key(rule, absent_ok=True)`.
 
 The values live only in the yaml files: a field has no default (a key missing from the yaml is an error).
 

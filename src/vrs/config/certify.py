@@ -12,7 +12,8 @@ from typing import Any
 
 from vrs.config.rules import (AUTO_BOOL, BOOL, COMPILE, DEVICE, INDICES, LAMBDA, PROBABILITY, SPLIT, TEXT, Checked,
                               either, integer, key, list_of, number, one_of, optional)
-from vrs.errors import check
+from vrs.errors import VRSError, check
+from vrs.utils.config import construct
 
 
 @dataclass
@@ -91,3 +92,28 @@ class VRSCertifyConfig(CertifyConfig):
         check(not self.sound, "certify.sound", self.sound,
               f"false with certify.certificate={self.certificate!r}: the selector's own smoothing samples float "
               "noise, which the sound lattice argument does not cover (docs/method.md section 1a)")
+
+
+def check_sigma_search(cfg: dict, app: str) -> None:
+    """The sigma_search node beside certify (vrs-certify) or defense (vrs-attack): the search built with its settings
+(Multiscale / DataDependentSmoothing check their own; vrs-attack's defense.search_surrogate too), and as it chooses
+sigma itself by a test-time search: no fixed sigma, no VRS certificate, no PREDICT beside it."""
+    construct(cfg["sigma_search"])
+    surrogate = (cfg.get("defense") or {}).get("search_surrogate") if app == "attack" else None
+    if surrogate:
+        construct({**cfg["sigma_search"], **surrogate})
+    name = str(cfg["sigma_search"].get("_target_", "?.?")).split(".")[-2]
+    node = cfg["certify"] if app == "certify" else cfg["defense"]
+    prefix = "certify" if app == "certify" else "defense"
+    check(node.get("sigma") is None, f"{prefix}.sigma", node.get("sigma"),
+          f"null with sigma_search={name} (the search chooses sigma per image)")
+    if app == "certify":
+        if "certificate" in node:
+            raise VRSError(f"sigma_search={name} chooses sigma by a test-time search: use it with certify=cohen, not "
+                           f"certify.certificate={node['certificate']!r}")
+        check(node.get("mode", "certify") == "certify", "certify.mode", node.get("mode"),
+              f"certify with sigma_search={name} (its PREDICT is not part of vrs-certify)")
+        check(node.get("sampling", "fixed") == "fixed", "certify.sampling", node.get("sampling"),
+              f"fixed with sigma_search={name} (the search runs its own CERTIFY calls)")
+        check(not node.get("sound"), "certify.sound", node.get("sound"),
+              f"false with sigma_search={name} (a per-image sigma search is not covered by the lattice argument)")

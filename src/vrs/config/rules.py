@@ -1,5 +1,4 @@
-"""What a config value may be, in words: the rules of the typed configs (vrs.config) and of the nodes that are
-still checked by table (vrs.config_schema: train's own keys).
+"""What a config value may be, in words: the rules of the typed configs (vrs.config).
 
 A `Rule` is a test and the phrase that says what it allows; a typed config names its field's rule with
 `key(rule)`, and `Checked.__post_init__` raises errors.py's one line for the first field that breaks its rule:
@@ -14,7 +13,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar
 
-from vrs.errors import ConfigError, check
+from vrs.errors import ConfigError, VRSError, check
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,6 @@ def required(rule: Rule) -> Rule:
     return replace(rule, required=True)
 
 
-ANY = Rule(lambda v: True, "any value")  # checked elsewhere (check_sampling, check_attack_config, ...)
 BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
 TEXT = Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 PROBABILITY = number(gt=0, lt=1)
@@ -106,10 +106,22 @@ SEED = integer(0, 2**32 - 1, " (numpy's seed range)")
 
 
 # ---- typed configs -------------------------------------------------------------------------------------------
-def key(rule: Rule | None) -> Any:
+class _Absent:
+    """The value of a field whose key the node does not hold (`key(rule, absent_ok=True)`)."""
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+ABSENT: Any = _Absent()
+
+
+def key(rule: Rule | None, absent_ok: bool = False) -> Any:
     """A typed config's field with the rule its value must meet (its type is the annotation; no default: the
-    value comes from the yaml file, one place)."""
-    return dataclasses.field(metadata={"rule": rule})
+    value comes from the yaml file, one place). absent_ok: a key that a node may leave out (a `_target_` node's
+    optional parameter, a top-level key some apps lack); its field is then ABSENT and no rule runs."""
+    return dataclasses.field(default=ABSENT, metadata={"rule": rule}) if absent_ok else dataclasses.field(
+        metadata={"rule": rule})
 
 
 @dataclass
@@ -119,16 +131,23 @@ class Checked:
     `super().__post_init__()`."""
 
     NODE: ClassVar[str] = ""
+    # Checked.of: no key beyond the fields. An open node's other keys are its `_target_`'s parameters (checked by
+    # signature: vrs.config.tree.check_targets), or, at the top level, the app's nodes.
+    CLOSED: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             rule = f.metadata.get("rule")
-            if rule is not None:
-                value = getattr(self, f.name)
-                check(rule.ok(value), self.name(f.name), value, rule.allowed)
+            value = getattr(self, f.name)
+            if rule is not None and value is not ABSENT:
+                check(rule.ok(value), self.key_name(f.name), value, rule.allowed)
+
+    def given(self) -> dict[str, Any]:
+        """The fields the node holds (ABSENT ones left out), as a dict."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not ABSENT}
 
     @classmethod
-    def name(cls, field: str) -> str:
+    def key_name(cls, field: str) -> str:
         return f"{cls.NODE}.{field}" if cls.NODE else field
 
     @classmethod
@@ -137,5 +156,21 @@ class Checked:
         word): every key must be a field."""
         fields = [f.name for f in dataclasses.fields(cls)]
         for k in node:
-            if k not in fields:
-                raise ConfigError(cls.name(str(k)), node[k], f"a key of {cls.NODE}: one of {', '.join(fields)}")
+            if k not in fields and k not in HYDRA_KEYS:
+                raise ConfigError(cls.key_name(str(k)), node[k], f"a key of {cls.NODE}: one of {', '.join(fields)}")
+
+    @classmethod
+    def of(cls, node: Any) -> Checked:
+        """A node that Hydra has not typed (a plain dict: the top level, a `_target_` node whose other keys are its
+        target's parameters, the attack node) as this dataclass, every rule checked."""
+        fields = dataclasses.fields(cls)
+        if not isinstance(node, dict):
+            raise ConfigError(cls.NODE, node, f"a config node with keys {', '.join(f.name for f in fields)}")
+        if cls.CLOSED:
+            cls.check_keys(node)
+        for f in fields:
+            if f.name not in node and f.default is dataclasses.MISSING:
+                node_name = cls.NODE or "top-level"
+                raise VRSError(f"{cls.key_name(f.name)} is missing: the {node_name} node needs it (restore it, or pick "
+                               f"a {cls.NODE or 'config'} option that sets it)")
+        return cls(**{f.name: node[f.name] for f in fields if f.name in node})
