@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
               "quiet": {n: {k: v * scale for k, v in r.items()} for n, r in measured.items()}}
     for n, r in result["quiet"].items():
         print(f"{n:11s} " + "  ".join(f"{k} {v * 1e6:7.2f} us ({1 / v:8.0f}/s)" for k, v in r.items()))
-    print(f"quiet 2 cores / one thread's CPU time: {scale:.3f} (reference: the width-8 LeNet's fwd at {args.reference_s} s per 10,100)")
+    print(f"quiet 2 cores / one thread's CPU time: {scale:.3f} "
+          f"(reference: the width-8 LeNet's fwd at {args.reference_s} s per 10,100)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

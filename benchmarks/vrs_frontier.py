@@ -193,14 +193,15 @@ RATES = {
     # samples/s forward + backward (benchmarks/attack_throughput.py --device cpu); PREDICT n = 1,000 ~1.5 s an image
     "cpu": dict(start=8.0, cert_sample=6.7e-4, atk_vrs_fixed=2.0, atk_vrs_grad=0.012, atk_fix_fixed=1.5,
                 atk_fix_grad=0.0114, base=2400.0, selector=6300.0, adversarial=19000.0),
-    # Seconds per noisy sample on 2 quiet cores of the networks of input_dependent.py's cpu size (model=mlp, the
-    # SelectorCNN at width 8), from `nice -n 10 python benchmarks/cpu_unit_rates.py` (2026-12-07; one thread's CPU
-    # time, scaled to the quiet machine by vrs-certify's measured 0.78 s an image of the width-8 LeNet): fwd / grad
-    # draw the noise and run the base forward / forward + backward; sel_* the same for the selector; train / sel_train
-    # per (training image, epoch) in vrs-train (the micro-benchmark's step x 1.8, the app's overhead measured on the
-    # width-8 LeNet: 3,300 images/s against 6,000); start: one in-process step's composing and loading.
-    "cpu-mlp": dict(start=3.0, fwd=1.11e-5, grad=2.48e-5, sel_fwd=7.3e-5, sel_grad=2.64e-4, train=5.2e-5,
-                    sel_train=9.5e-4),
+    # input_dependent.py's cpu size (model=mlp, SelectorCNNs of width 8) on 2 quiet cores, 2026-12-07: seconds per
+    # noisy sample, from `nice -n 10 python benchmarks/cpu_unit_rates.py` (one thread's CPU time, scaled to the quiet
+    # machine by vrs-certify's measured 0.78 s an image of the width-8 LeNet): fwd / grad draw the noise and run the
+    # base forward / forward + backward, sel_* the same for the selector. Per (training image, epoch) of vrs-train,
+    # and start (one in-process step's composing and loading), from the cpu size's steps run on a few images
+    # (docs/performance.md, "The cpu size's rates"), upper bounds: train = the base's 1-epoch run (its test
+    # included), sel_train = Dual RS's 1-epoch selector run (validation, diagnostics and test included) per image.
+    "cpu-mlp": dict(start=1.0, fwd=1.11e-5, grad=2.48e-5, sel_fwd=7.3e-5, sel_grad=2.64e-4, train=1.36e-4,
+                    sel_train=6.3e-3),
 }
 
 
