@@ -4,8 +4,9 @@
     python benchmarks/input_dependent.py --size gpu --out $OUT/idm --data-root .device-data/fashion-mnist \\
         --time-budget 520                                                                  # H100, one device call
     python benchmarks/input_dependent.py --size cpu --estimate                             # the issue's CPU size
+    python benchmarks/input_dependent.py --size cpu --dry-run                              # + commands, configs checked
 
-One base classifier (a multi-sigma LeNet, `experiment=multi_fmnist`), and on it:
+One base classifier (multi-sigma, `experiment=multi_fmnist`: the LeNet, or the cpu size's MLP), and on it:
   fixed sigma    vrs-certify certify=cohen / vrs-attack defense.sigma=S at each grid sigma
   VRS            a selector trained with `--vrs-objective` (default oracle_labels: the same labels as Dual RS, so VRS
                  against Dual RS compares the selector smoothing, median against vote), certify=vrs_c1 at each lambda
@@ -25,7 +26,7 @@ Exit code 0: complete; 3: stopped by --time-budget (rerun to continue); 1: a ste
 Sizes (--size):
   smoke  data=digits, tiny networks (8 + 4 + 4 training batches), sigmas {0.25, 0.5}, lambda 0.5, eps 0.5,
          8 images, n = 100, DDS 5 steps: tests the script.
-  cpu    the issue's CPU size, sized for under an hour on 2 quiet cores (--estimate: ~22 minutes): Fashion-MNIST;
+  cpu    the issue's CPU size, sized for under an hour on 2 quiet cores (--estimate: ~30 minutes): Fashion-MNIST;
          the base classifier an MLP (`model=mlp`, 784-256-256-10: ~7x the noisy samples/s of the width-8 LeNet
          at about its accuracy under noise, docs/results.md) trained multi-sigma on all 55,000 training images for 5
          epochs; the VRS selector and Dual RS's estimator SelectorCNNs of width 8, 5 epochs on 10,000 training
@@ -120,7 +121,9 @@ METHODS = ("fixed", "vrs", "dual_rs", "multiscale", "dds")
 
 
 GRID = (0.12, 0.25, 0.5, 1.0)  # the selectors' and Multiscale's grid (conf/module/selector.yaml, sigma_search)
-MULTISCALE_LEVELS = 2.5        # levels Multiscale certifies on average (of 4; an image stops at the first that holds)
+MULTISCALE_LEVELS = 2.5        # levels Multiscale certifies on average (of 4; an image stops at the first that holds;
+#                                the cpu size's MLP stopped at ~1.1 on 24 images: docs/performance.md)
+DDS_STEPS = 100                # conf/sigma_search/dds.yaml's steps (of 8 draws each)
 
 
 def unit_seconds(size: Size, r: dict, point: str, kind: str) -> float:
@@ -128,19 +131,19 @@ def unit_seconds(size: Size, r: dict, point: str, kind: str) -> float:
     sample counts and the unit rates r (vf.RATES["cpu-mlp"]: seconds per noisy sample of the base classifier's
     forward `fwd`, forward + backward `grad`, and the selector's `sel_fwd`, `sel_grad`).
     cert:   n0 + n base forwards; VRS / Dual RS add n_h0 + n_h selector draws (64 + 1,000, the checkpoint's);
-            Multiscale certifies MULTISCALE_LEVELS levels; DDS adds its search (steps x draws gradients).
+            Multiscale certifies MULTISCALE_LEVELS levels; DDS adds its search, one image at a time (dds_step a step).
     attack: steps x eot gradients of m noisy copies (VRS / Dual RS: and of defense.n_h = 8 selector copies;
             Multiscale: its stopping rule, len(grid) x n_predict forwards, in every pass; DDS: the surrogate search),
             then PREDICT on the clean and the adversarial input (predict_n forwards, plus the deployed sigma:
             deployed_n_h selector draws, the stopping rule, or the deployed search)."""
     family = point.split("_")[0] if point.startswith(("vrs", "dual")) else point
     family = "selector" if family in ("vrs", "dual") else ("fixed" if point.startswith("fixed") else family)
-    dds_grads = 100 * 8                                       # conf/sigma_search/dds.yaml: steps x draws
+    dds_grads = DDS_STEPS * 8                                 # conf/sigma_search/dds.yaml: steps x draws
     stop_rule = len(GRID) * 100 * r["fwd"]                   # conf/sigma_search/multiscale.yaml: n_predict = 100
     if kind == "cert":
         base = (size.n0 + size.n) * r["fwd"]
         return {"fixed": base, "selector": base + (64 + (size.n_h or 1000)) * r["sel_fwd"],
-                "multiscale": MULTISCALE_LEVELS * base, "dds": base + dds_grads * r["grad"]}[family]
+                "multiscale": MULTISCALE_LEVELS * base, "dds": base + DDS_STEPS * r["dds_step"]}[family]
     passes = (size.steps or 20) * (size.eot or 8)
     grads = passes * size.m * r["grad"]
     predict = size.predict_n * r["fwd"]
@@ -265,6 +268,22 @@ def compose(app: str, overrides: list[str], folder: Path):
     return cfg
 
 
+def check_steps(steps: list[Step]) -> int:
+    """--dry-run: compose every step's config as its app would and check its values (vrs.config_schema.check_values;
+    the checkpoints and data files do not exist yet); 0 when all pass, else 1 with one line per failing step."""
+    from vrs.config_schema import check_values
+
+    failed = 0
+    for s in steps:
+        try:
+            check_values(compose(s.app, s.args, s.folder), s.app)
+        except Exception as err:  # noqa: BLE001 - reported per step
+            failed += 1
+            print(f"{s.name}: {type(err).__name__}: {err}")
+    print(f"{len(steps) - failed} of {len(steps)} step configs compose and pass the value checks")
+    return 1 if failed else 0
+
+
 def run_step(step: Step) -> None:
     """Validate the config as the app's entry point does, run the app in this process; a training run also leaves
     its config in <folder>/.hydra/ (vrs-report reads a selector's objective and stage-1 file there)."""
@@ -309,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: start no step (after the first) once its estimate does not fit what is left")
     p.add_argument("--estimate", action="store_true", help="print the steps and their estimated seconds, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the steps, their estimates and their commands, and compose and check each step's config "
+                        "(the values; files are not checked), run nothing")
     args = p.parse_args(argv)
     methods = tuple(args.methods.split(","))
     if not methods or set(methods) - set(METHODS):
@@ -316,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES[args.size]
     out = (args.out or Path("outputs") / f"input_dependent_{size.name}").resolve()
     steps = build_steps(size, out, args.data_root, args.vrs_objective, methods)
-    if args.estimate:
-        return print_estimate(steps, size.name, size.device)
+    if args.estimate or args.dry_run:
+        code = print_estimate(steps, size.name, size.device, args.dry_run)
+        return check_steps(steps) if args.dry_run else code
 
     def execute(s: Step, left: float | None, record: dict) -> tuple[int, bool]:
         try:

@@ -200,8 +200,9 @@ RATES = {
     # and start (one in-process step's composing and loading), from the cpu size's steps run on a few images
     # (docs/performance.md, "The cpu size's rates"), upper bounds: train = the base's 1-epoch run (its test
     # included), sel_train = Dual RS's 1-epoch selector run (validation, diagnostics and test included) per image.
+    # dds_step: one step of DDS's search in certification, which searches one image at a time (8 draws): measured.
     "cpu-mlp": dict(start=1.0, fwd=1.11e-5, grad=2.48e-5, sel_fwd=7.3e-5, sel_grad=2.64e-4, train=1.36e-4,
-                    sel_train=6.3e-3),
+                    sel_train=6.3e-3, dds_step=8.5e-4),
 }
 
 

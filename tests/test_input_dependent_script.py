@@ -34,12 +34,12 @@ def test_unit_estimate_counts_each_methods_samples():
     import input_dependent as idm
 
     size = idm.SIZES["cpu"]
-    r = dict(fwd=1.0, grad=10.0, sel_fwd=100.0, sel_grad=1000.0)
+    r = dict(fwd=1.0, grad=10.0, sel_fwd=100.0, sel_grad=1000.0, dds_step=7.0)
     assert idm.unit_seconds(size, r, "fixed_0.5", "cert") == size.n0 + size.n
     assert idm.unit_seconds(size, r, "vrs_0.5", "cert") == size.n0 + size.n + 100.0 * (64 + 1000)
     assert idm.unit_seconds(size, r, "dual_rs_0.5", "cert") == idm.unit_seconds(size, r, "vrs_0.5", "cert")
     assert idm.unit_seconds(size, r, "multiscale", "cert") == idm.MULTISCALE_LEVELS * (size.n0 + size.n)
-    assert idm.unit_seconds(size, r, "dds", "cert") == size.n0 + size.n + 800 * 10.0
+    assert idm.unit_seconds(size, r, "dds", "cert") == size.n0 + size.n + 100 * 7.0
     passes = size.steps * size.eot
     assert idm.unit_seconds(size, r, "fixed_1", "attack") == passes * size.m * 10.0 + 2 * size.predict_n
     assert idm.unit_seconds(size, r, "vrs_0", "attack") == (passes * (size.m * 10.0 + 8 * 1000.0)
