@@ -193,6 +193,16 @@ RATES = {
     # samples/s forward + backward (benchmarks/attack_throughput.py --device cpu); PREDICT n = 1,000 ~1.5 s an image
     "cpu": dict(start=8.0, cert_sample=6.7e-4, atk_vrs_fixed=2.0, atk_vrs_grad=0.012, atk_fix_fixed=1.5,
                 atk_fix_grad=0.0114, base=2400.0, selector=6300.0, adversarial=19000.0),
+    # input_dependent.py's cpu size (model=mlp, SelectorCNNs of width 8) on 2 quiet cores, 2026-12-07: seconds per
+    # noisy sample, from `nice -n 10 python benchmarks/cpu_unit_rates.py` (one thread's CPU time, scaled to the quiet
+    # machine by vrs-certify's measured 0.78 s an image of the width-8 LeNet): fwd / grad draw the noise and run the
+    # base forward / forward + backward, sel_* the same for the selector. Per (training image, epoch) of vrs-train,
+    # and start (one in-process step's composing and loading), from the cpu size's steps run on a few images
+    # (docs/performance.md, "The cpu size's rates"), upper bounds: train = the base's 1-epoch run (its test
+    # included), sel_train = Dual RS's 1-epoch selector run (validation, diagnostics and test included) per image.
+    # dds_step: one step of DDS's search in certification, which searches one image at a time (8 draws): measured.
+    "cpu-mlp": dict(start=1.0, fwd=1.11e-5, grad=2.48e-5, sel_fwd=7.3e-5, sel_grad=2.64e-4, train=1.36e-4,
+                    sel_train=6.3e-3, dds_step=8.5e-4),
 }
 
 

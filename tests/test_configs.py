@@ -41,7 +41,7 @@ def test_every_train_group_has_options():
                                  "logger", "paths", "hydra", "experiment", "hparams_search", "debug"}
     assert {g for g, _ in ALL_OPTIONS} == set(TRAIN_GROUPS)
     assert {"fashion_mnist", "mnist", "cifar10", "cifar100", "digits", "synthetic"} <= set(options("data"))
-    assert {"lenet", "resnet20", "resnet56", "resnet110", "wrn"} <= set(options("model"))
+    assert {"lenet", "mlp", "resnet20", "resnet56", "resnet110", "wrn"} <= set(options("model"))
     assert {"fixed", "multi"} <= set(options("noise"))
     assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
     assert {"csv", "wandb", "tensorboard"} <= set(options("logger"))
@@ -88,7 +88,8 @@ def test_data_option_instantiates(option, tmp_path):
 
 # Each model with the data set it is meant for (its input shape comes from the data config).
 MODEL_DATA = [("lenet", "fashion_mnist"), ("lenet", "digits"), ("resnet20", "cifar10"), ("resnet56", "cifar100"),
-              ("resnet110", "cifar10"), ("wrn", "cifar10"), ("resnet20", "fashion_mnist")]
+              ("resnet110", "cifar10"), ("wrn", "cifar10"), ("resnet20", "fashion_mnist"), ("mlp", "fashion_mnist"),
+              ("mlp", "digits")]
 
 
 @pytest.mark.parametrize(("model", "data"), MODEL_DATA, ids=[f"{m}-{d}" for m, d in MODEL_DATA])

@@ -63,6 +63,7 @@ CASES = [
     case("train", "data.val_size=5000", "data.val_size=5000 is not allowed"),
     case("train", "model.in_channels=3", "model.in_channels=3 is not allowed: data.channels (1)"),
     case("train", "model=resnet20 model.depth=21", "model.depth=21 is not allowed"),
+    case("train", "model=mlp model.hidden=0", "model.hidden=0 is not allowed: an integer >= 1"),
     case("train", "seed=-1", "seed=-1 is not allowed: an integer >= 0"),
     case("train", "module=selector", "the config does not resolve at module.selector"),  # no selector group
     case("train", "ckpt_path={tmp}/nope.ckpt", "ckpt_path: checkpoint not found"),
