@@ -1,8 +1,8 @@
 """A multilayer perceptron on the flattened image: the cheapest base classifier for CPU experiments.
 
-On 2 CPU cores it classifies ~10x more noisy 28x28 samples a second than the width-8 LeNet (docs/performance.md),
-which is what randomized smoothing's Monte Carlo pays for; it is less accurate under noise than a CNN of the same
-training budget (docs/results.md states the accuracy of the one an experiment uses).
+On 2 CPU cores it classifies ~7x more noisy 28x28 samples a second than the width-8 LeNet (docs/performance.md),
+which is what randomized smoothing's Monte Carlo pays for. On Fashion-MNIST, at the same training budget, it was
+about as accurate under noise as that LeNet (docs/results.md, issue 18); a wider CNN trained longer beats both.
 """
 
 from __future__ import annotations
