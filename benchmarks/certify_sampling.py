@@ -60,7 +60,8 @@ def run_mode(mode: str, network, num_classes: int, sigma: float, x: torch.Tensor
     plan = None if sampling == "fixed" else SamplingPlan(sampling, n=args.n, alpha=args.alpha, looks=args.looks,
                                                          radii=tuple(args.radii), radius_tol=args.radius_tol)
     smoothed = SmoothedClassifier(network, num_classes, sigma, sampling=plan, sound=mode.endswith("sound"),
-                                  device=args.device, fused_blocks=args.fused_blocks)
+                                  device=args.device, fused_blocks=args.fused_blocks, precision=args.precision,
+                                  channels_last=True, fold_batchnorm=not args.fused_blocks)  # vrs-certify's defaults
     per_group = auto_images_per_group(args.batch_size, args.n0, args.n, plan.schedule[0] if plan else None)
     results = []
     t0 = time.perf_counter()
@@ -92,6 +93,7 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where the forward passes run (cpu, cuda)")
+    p.add_argument("--precision", default="fp32", help="the network's precision (fp32, tf32, bf16, fp16)")
     p.add_argument("--fused-blocks", action="store_true",
                    help="certify through the fused residual-stage kernels (ResNets on CUDA: certify.fused_blocks)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -113,7 +115,7 @@ def main() -> None:
            "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
            f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
            + (f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""),
-           "device": args.device, "fused_blocks": args.fused_blocks,
+           "device": args.device, "fused_blocks": args.fused_blocks, "precision": args.precision,
            "checkpoint": str(args.ckpt), "sigma": sigma, "images": len(labels), "n0": args.n0, "n": args.n,
            "alpha": args.alpha, "radii": args.radii, "looks": args.looks, "radius_tol": args.radius_tol,
            "batch_size": args.batch_size, "modes": {}}
