@@ -103,7 +103,7 @@ class Size:
     device: str = "cpu"
     vrs: bool = True                 # also VRS on each method's base (stage 1 trained with the method)
     workers: int = 1                 # processes of each certification / attack (certify.world_size, attack.world_size)
-    cert_batch: int | None = None    # certify.batch_size (None: the config's 2048)
+    cert_batch: int | None = None    # certify.batch_size (None: the config's auto, 512 on a CPU)
     threads: int | None = None       # torch threads of every app process (OMP_NUM_THREADS; None: torch's default)
 
 

@@ -25,7 +25,7 @@ class CertifyConfig(Checked):
     n0: int = key(None)  # vrs.apps.certify.resolve_options sets None for PREDICT (no selection samples)
     n: int = key(None)
     alpha: float = key(None)
-    batch_size: int = key(None)
+    batch_size: Any = key(either(one_of("auto"), integer(1)))  # auto: vrs.apps.certify.resolve_options
     sigma: float | None = key(optional(number(gt=0), " (the checkpoint's training sigma)"))
     split: str = key(SPLIT)
     skip: int = key(integer(1))
@@ -56,7 +56,8 @@ class CertifyConfig(Checked):
         super().__post_init__()
         from vrs.smoothing.smoothed import check_sampling  # deferred: torch, off the apps' start-up path
 
-        check_sampling(self.n, self.alpha, self.batch_size, n0=self.n0 if self.mode == "certify" else None,
+        batch = 1 if self.batch_size == "auto" else self.batch_size  # auto is resolved per device
+        check_sampling(self.n, self.alpha, batch, n0=self.n0 if self.mode == "certify" else None,
                        prefix="certify.")
         if self.sampling != "fixed":
             check(self.mode == "certify", "certify.sampling", self.sampling,
