@@ -46,6 +46,7 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "vrs-train": ("checkpoints/*.ckpt", "csv/metrics.csv", "csv/hparams.yaml", "base/checkpoints/*.ckpt",
                   "base/csv/metrics.csv"),
 }
+CSV_LOG = "csv/"  # Lightning's CSVLogger folder (logger=csv), which every app writes
 # vrs-report's sidecar: the inputs (resolved), radii and title of the report in the folder.
 REPORT_META = "report.meta.json"
 # Keys of a training run's config that may differ when it is resumed in its own folder.
@@ -63,6 +64,11 @@ def held_results(folder: str | Path) -> dict[str, list[str]]:
         files = sorted({str(p.relative_to(folder)) for pat in patterns for p in folder.glob(pat) if p.is_file()})
         if files:
             found[app] = files
+    # vrs-certify and vrs-attack with logger=csv write csv/metrics.csv and csv/hparams.yaml too: beside their own
+    # results those are theirs, not a training run's (a training run's folder holds its checkpoints)
+    train = found.get("vrs-train", [])
+    if train and all(f.startswith(CSV_LOG) for f in train) and ("vrs-certify" in found or "vrs-attack" in found):
+        del found["vrs-train"]
     return found
 
 
