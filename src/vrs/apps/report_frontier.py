@@ -188,8 +188,8 @@ def group_bases(rows: list[Row]) -> list[Base]:
             for label in b.selectors.values():
                 seen[label] = seen.get(label, 0) + 1
             for k, label in list(b.selectors.items()):  # two selectors of one objective: told apart by file
-                if seen[label] > 1:
-                    b.selectors[k] = f"{label}, {_ckpt_of(b, k)}"
+                if seen[label] > 1:  # their settings are equal: the objective's name and the file say it all
+                    b.selectors[k] = f"{label.split(' (')[0]}, {_ckpt_of(b, k)}"
     return list(bases.values())
 
 
