@@ -30,7 +30,9 @@ def fold_batchnorm(network: nn.Module) -> nn.Module:
 
     try:
         return fuse(copy.deepcopy(network).eval(), inplace=True)
-    except (TraceError, TypeError, NotImplementedError, RuntimeError) as exc:  # data-dependent control flow, ...
+    # what torch.fx raises on a network it cannot trace symbolically: control flow on tensor values (TraceError),
+    # Python operations on a proxy (TypeError), modules without a traceable forward (NotImplementedError, RuntimeError)
+    except (TraceError, TypeError, NotImplementedError, RuntimeError) as exc:
         log.info("fold_batchnorm: %s cannot be traced by torch.fx (%s); it runs unfolded",
                  type(network).__name__, exc)
         return network
