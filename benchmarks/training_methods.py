@@ -14,8 +14,9 @@ step failed).
 
 What it runs, for each training method M in gaussian, smoothadv, macer, consistency (`training=M`):
   train/M/g<k>/sigma_<s>/   vrs-train -m noise.sigma=<s...> training=M <M's settings>: one LeNet per sigma
-  train/vrs_M/              vrs-train experiment=vrs_fmnist training=M: a multi-sigma LeNet trained with M (stage 1,
-                            sigma log-uniform on [0.12, 1]), then the VRS selector on it (stage 2, objective paper)
+  train/vrs_M/              vrs-train experiment=vrs_fmnist_radius training=M: a multi-sigma base trained with M
+                            (stage 1, sigma log-uniform on [0.12, 1]), then the VRS selector on it (stage 2, objective
+                            radius, make demo's)
   cert/fixed/<job>/         vrs-certify certify=cohen on each fixed-sigma LeNet at its training sigma
   cert/vrs/<job>/           vrs-certify certify=vrs_c1 on each method's VRS checkpoint at each lambda
   atk/fixed/, atk/vrs/      vrs-attack attack=eot_pgd attack.norm=l2 (PREDICT on the adversarial input)
@@ -37,16 +38,21 @@ term deferred for the first third (their 30 of 90). The smoke size shrinks m, st
 Sizes (--size; --epochs overrides a size's epochs):
   smoke  data=digits, tiny nets, 2 epochs at lr 0.05, 2 sigmas, 4 images, tiny n: tests the script end to end
          (745 s wall, 290 s of CPU, on 2 cores shared at load 7-8; 13 app processes).
-  cpu    sized for an hour on 2 quiet cores: Fashion-MNIST (10,000 training images, 3 epochs), a LeNet of width 8
-         (hidden 64: 11,000 noisy forward samples/s here against 900 at width 32), sigma in {0.25, 0.5, 1.0},
-         SmoothAdv at m = 2 and 2 PGD steps, MACER at k = 8 (smaller than their papers'), certification of 200 test
-         images (every 50th) at n = 10,000 (n0 = 100, alpha = 0.001), EOT-PGD L2 on 500 test images (every 20th) at
-         eps {0.5, 1.0}, 10 steps x 1 EOT, m = 4, PREDICT n = 100. No VRS (its selector training does not fit the
-         hour on this CPU): VRS on each base is the gpu size's. Every app process runs one torch thread, and
-         certification and attacks run as two processes (world_size 2): two single-threaded processes keep their
-         speed when other jobs share the cores, where the two OpenMP threads of one process wait on each other
-         (a SmoothAdv training 11x slower than on a quiet machine, measured 2026-12-07). Forward batches of 512 noisy
-         images in certification: they stay in a core's cache (about 20 % faster than 2,048 here).
+  cpu    sized for under an hour on 2 quiet cores: Fashion-MNIST (20,000 training images, 5 epochs), the base
+         classifier an MLP (`model=mlp`, 784-256-256-10: ~7x the noisy samples/s of the width-8 LeNet here, as
+         accurate under noise at this budget; docs/results.md, issue 18), sigma in {0.25, 0.5, 1.0}, SmoothAdv at
+         m = 2 and 4 PGD steps, MACER at k = 8 (smaller than their papers'), certification of 200 test images
+         (every 50th) at n = 10,000 (n0 = 100, alpha = 0.001), EOT-PGD L2 on 500 test images (every 20th) at
+         eps {0.5, 1.0}, 10 steps x 1 EOT, m = 4, PREDICT n = 1,000 (VRS: the deployed sigma from 100 selector
+         draws, `defense.deployed_n_h`). VRS on each method's base: stage 1 the
+         method's multi-sigma MLP, stage 2 a SelectorCNN of width 8 with the `radius` objective (make demo's, the
+         best measured in issue 17) for 1 epoch, at lambda {0.25, 0.5, 0.75}. Training runs two torch threads
+         (one process at a time); certification and attacks run two single-threaded processes each (world_size 2):
+         two single-threaded processes keep their speed when other jobs share the cores, where the two OpenMP
+         threads of one process wait on each other (a SmoothAdv training 11x slower than on a quiet machine,
+         measured 2026-12-07). Forward batches of 512 noisy images in certification (the CPU's auto).
+  cpu-lenet  the first cpu size (session 10's run, docs/data/training_methods_cpu/): a width-8 LeNet on 10,000
+         images for 3 epochs, SmoothAdv m = 2 and 2 steps, PREDICT n = 100, no VRS; 82 minutes on shared cores.
   gpu    trainer=gpu, all 55,000 training images, 10 epochs (selectors 10), LeNet width 32, the papers' settings,
          EOT-PGD 20 steps x 8 EOT with m = 8, PREDICT n = 1,000, the cpu size's images; VRS at lambda
          {0.25, 0.5, 0.75} on each method's base.
@@ -99,12 +105,15 @@ class Size:
     lr: float = 0.01                 # SGD learning rate of every base classifier (the MNIST protocol's)
     selector: tuple[str, ...] = ()   # extra overrides of the selector stage
     cert_vrs: tuple[str, ...] = ()
+    deployed_n_h: int | None = None  # VRS attacks: selector draws of the deployed sigma in PREDICT (None: checkpoint's)
     small: dict = field(default_factory=dict)  # method -> overrides that shrink it (smoke, cpu)
-    device: str = "cpu"
+    device: str = "cpu-lenet"  # RATES key of the estimate
     vrs: bool = True                 # also VRS on each method's base (stage 1 trained with the method)
     workers: int = 1                 # processes of each certification / attack (certify.world_size, attack.world_size)
     cert_batch: int | None = None    # certify.batch_size (None: the config's auto, 512 on a CPU)
-    threads: int | None = None       # torch threads of every app process (OMP_NUM_THREADS; None: torch's default)
+    threads: int | None = None       # torch threads of each certify / attack process (OMP_NUM_THREADS; None: default)
+    train_threads: int | None = None  # torch threads of each training process (None: torch's default)
+    vrs_experiment: str = "vrs_fmnist_radius"  # VRS's preset on each base (its objective: radius, make demo's)
 
 
 SIZES = {
@@ -116,12 +125,19 @@ SIZES = {
                             "module.median.n_h=64", "module.diagnostics.enabled=false", "selector.net.width=8"),
                   cert_vrs=("certify.n_h0=8", "certify.n_h=32"),
                   small={"smoothadv": ("training.m=2", "training.steps=1"), "macer": ("training.k=4",)}),
-    "cpu": Size("cpu", data=("data=fashion_mnist", "data.train_subset=10000"), trainer=("trainer=cpu",),
-                model=("model.width=8", "model.hidden=64"), epochs=3, selector_epochs=1, sigmas=(0.25, 0.5, 1.0),
-                lams=(0.5,), cert_images=(50, 200), n0=100, n=10_000, alpha=0.001, atk_images=(20, 500),
-                eps=(0.5, 1.0), steps=10, eot=1, m=4, predict_n=100, attack_batch=100, train_images=10_000,
-                small={"smoothadv": ("training.m=2", "training.steps=2"), "macer": ("training.k=8",)}, vrs=False,
-                workers=2, threads=1, cert_batch=512),
+    "cpu-lenet": Size("cpu-lenet", data=("data=fashion_mnist", "data.train_subset=10000"), trainer=("trainer=cpu",),
+                      model=("model.width=8", "model.hidden=64"), epochs=3, selector_epochs=1, sigmas=(0.25, 0.5, 1.0),
+                      lams=(0.5,), cert_images=(50, 200), n0=100, n=10_000, alpha=0.001, atk_images=(20, 500),
+                      eps=(0.5, 1.0), steps=10, eot=1, m=4, predict_n=100, attack_batch=100, train_images=10_000,
+                      small={"smoothadv": ("training.m=2", "training.steps=2"), "macer": ("training.k=8",)},
+                      vrs=False, workers=2, threads=1, train_threads=1, cert_batch=512),
+    "cpu": Size("cpu", data=("data=fashion_mnist", "data.train_subset=20000"), trainer=("trainer=cpu",),
+                model=("model=mlp",), epochs=5, selector_epochs=1, sigmas=(0.25, 0.5, 1.0), lams=(0.25, 0.5, 0.75),
+                cert_images=(50, 200), n0=100, n=10_000, alpha=0.001, atk_images=(20, 500), eps=(0.5, 1.0), steps=10,
+                eot=1, m=4, predict_n=1000, attack_batch=100, train_images=20_000,
+                selector=("selector.net.width=8", "+trainer.limit_val_batches=2"),
+                small={"smoothadv": ("training.m=2", "training.steps=4"), "macer": ("training.k=8",)},
+                workers=2, threads=1, train_threads=2, cert_batch=512, deployed_n_h=100, device="cpu-mlp"),
 }
 # the gpu size: the paper settings on the whole training set, LeNet at width 32, the eot_pgd budget, VRS on each base
 SIZES["gpu"] = Size("gpu", data=("data=fashion_mnist",), trainer=("trainer=gpu",), model=(), epochs=10,
@@ -130,15 +146,19 @@ SIZES["gpu"] = Size("gpu", data=("data=fashion_mnist",), trainer=("trainer=gpu",
                     attack_batch=250, train_images=55_000, device="h100")
 
 # Seconds per unit, per device: training per (image, epoch) of gaussian (the others cost cost_factor times that), a
-# certification sample, an attacked (image, eps) with 8 noisy samples per gradient, process start-up. cpu: 2 shared
-# cores (vrs_frontier's measured rates; LeNet training ~1,000 images/s unloaded); h100: docs/performance.md.
-# cpu: the cpu size's width-8 LeNet on 2 quiet cores, measured 2026-12-07: 11,000 noisy forward samples/s, 3,300
-# forward + backward; the attacked (image, eps) costs PREDICT's 2 x predict_n samples plus its gradients.
-# cert: vrs-certify's measured 0.78 s an image at n0 + n = 10,100 with channels_last and BatchNorm folded (the
-# defaults on a CPU since 2026-12-07; 2.08 s before).
-RATES = {"cpu": dict(start=8.0, train=3.0e-4, cert=7.7e-5, atk_fixed=0.03, atk_grad=2.4e-3, vrs_extra=1.3),
-         "h100": dict(start=15.0, train=2.0e-5, cert=1.25e-6, atk_fixed=0.008, atk_grad=2.5e-5, vrs_extra=1.3)}
-
+# noisy forward sample (cert) and forward + backward (grad) of the base classifier, the same of the selector
+# (sel, sel_grad), a selector training image-epoch (sel_train, validation and diagnostics included), a process's
+# start-up, an attacked (image, eps)'s fixed cost (atk_fixed). Certification and attacks divide by their workers.
+# cpu-lenet: the width-8 LeNet on 2 quiet cores, one thread, measured 2026-12-07 (vrs-certify 0.78 s an image at
+# n0 + n = 10,100 with channels_last and BatchNorm folded). cpu-mlp: model=mlp and SelectorCNNs of width 8, from
+# benchmarks/cpu_unit_rates.py (vrs_frontier's RATES["cpu-mlp"]; train at two threads ~1.5x its one-thread rate).
+# h100: docs/performance.md.
+RATES = {"cpu-lenet": dict(start=8.0, train=3.0e-4, cert=7.7e-5, grad=3.0e-4, atk_fixed=0.015, sel=7.3e-5,
+                           sel_grad=2.64e-4, sel_train=6.3e-3),
+         "cpu-mlp": dict(start=8.0, train=9.0e-5, cert=1.11e-5, grad=2.48e-5, atk_fixed=0.005, sel=7.3e-5,
+                         sel_grad=2.64e-4, sel_train=6.3e-3),
+         "h100": dict(start=15.0, train=2.0e-5, cert=1.25e-6, grad=3.1e-6, atk_fixed=0.008, sel=1e-6, sel_grad=3e-6,
+                      sel_train=2e-4)}
 
 def paper_settings(method: str, sigma: float | None, epochs: int) -> list[str]:
     """The method's MNIST settings (module docstring) at `sigma` (None: multi-sigma stage 1), schedules scaled."""
@@ -202,13 +222,12 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
                   for o in sized(size, method, paper_settings(method, None, size.epochs))]
         ckpts["vrs"][method] = folder / "checkpoints" / "last.ckpt"
         steps.append(Step(f"train/vrs_{method}", "train", "train",
-                          ["experiment=vrs_fmnist", *stage1, *size.trainer, *size.model, *data, f"seed={SEED}",
+                          [f"experiment={size.vrs_experiment}", *stage1, *size.trainer, *size.model, *data, f"seed={SEED}",
                            *TRAIN_QUIET, f"base_stage.trainer.max_epochs={size.epochs}",
                            f"base_stage.optimizer.lr={size.lr:g}", f"trainer.max_epochs={size.selector_epochs}",
                            *size.selector, "task_name=training_methods", f"hydra.run.dir={folder}"],
                           folder, r["start"] + train_s * cost_factor(method, stage1)
-                          + size.train_images * size.selector_epochs
-                          * r["train"] * 4))
+                          + size.train_images * size.selector_epochs * r["sel_train"]))
     skip, mx = size.cert_images
     cert = ["certify.split=test", f"certify.skip={skip}", f"certify.max={mx}", f"certify.n0={size.n0}",
             f"certify.n={size.n}", f"certify.alpha={size.alpha}", "certify.progress=false",
@@ -219,8 +238,13 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
            f"attack.eps={eps_list(size.eps)}", f"attack.steps={size.steps}", f"attack.eot={size.eot}",
            f"attack.batch_size={size.attack_batch}", f"defense.m={size.m}", f"predict.n={size.predict_n}",
            f"attack.world_size={size.workers}"]
-    cert_s = mx * (size.n + size.n0) * r["cert"]
-    atk_s = amx * len(size.eps) * (r["atk_fixed"] + size.steps * size.eot * size.m / 8 * r["atk_grad"])
+    n_h = 1064  # the selector draws of VRS's median smoothing in certification (n_h0 + n_h) and in PREDICT
+    cert_s = mx * (size.n + size.n0) * r["cert"] / size.workers
+    cert_vrs_s = cert_s + mx * n_h * r["sel"] / size.workers
+    grads = size.steps * size.eot * size.m
+    atk_s = amx * len(size.eps) * (r["atk_fixed"] + 2 * size.predict_n * r["cert"] + grads * r["grad"]) / size.workers
+    deployed = size.deployed_n_h or n_h
+    atk_vrs_s = atk_s + amx * len(size.eps) * (2 * deployed * r["sel"] + grads * r["sel_grad"]) / size.workers
     # one process per kind of evaluation, every method's checkpoints in its multirun (process start-up is the smoke
     # size's cost); the jobs of a sweep resume row by row in their own folders
     fixed = [str(p) for m in methods for p in ckpts["fixed"][m]]
@@ -228,10 +252,11 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
     evaluations = [
             ("cert/fixed", ["-m", f"ckpt_path={','.join(fixed)}", "certify=cohen", *cert], len(fixed) * cert_s),
             ("cert/vrs", ["-m", f"ckpt_path={','.join(vrs)}", "certify=vrs_c1", f"certify.lam={fmt(size.lams)}",
-                          *cert, *size.cert_vrs], len(vrs) * len(size.lams) * cert_s * r["vrs_extra"]),
+                          *cert, *size.cert_vrs], len(vrs) * len(size.lams) * cert_vrs_s),
             ("atk/fixed", ["-m", f"ckpt_path={','.join(fixed)}", *atk], len(fixed) * atk_s),
-            ("atk/vrs", ["-m", f"ckpt_path={','.join(vrs)}", f"defense.lam={fmt(size.lams)}", *atk],
-             len(vrs) * len(size.lams) * atk_s * r["vrs_extra"])]
+            ("atk/vrs", ["-m", f"ckpt_path={','.join(vrs)}", f"defense.lam={fmt(size.lams)}", *atk,
+                         *([f"defense.deployed_n_h={size.deployed_n_h}"] if size.deployed_n_h else [])],
+             len(vrs) * len(size.lams) * atk_vrs_s)]
     for kind, args, est in [e for e in evaluations if vrs or "vrs" not in e[0]]:
         folder = out / kind
         steps.append(Step(kind, kind.split("/")[1], "certify" if kind.startswith("cert") else "attack",
@@ -420,8 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     if not methods or set(methods) - set(METHODS):
         p.error(f"--methods={args.methods!r}: a comma-separated subset of {','.join(METHODS)}")
     size = SIZES[args.size] if args.epochs is None else replace(SIZES[args.size], epochs=args.epochs)
-    if size.threads:  # inherited by every app process the steps start
-        os.environ["OMP_NUM_THREADS"] = str(size.threads)
     out = (args.out or Path("outputs") / f"training_methods_{size.name}").resolve()
     steps, _ = build_steps(size, out, args.data_root, methods)
     if args.estimate or args.dry_run:
@@ -431,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         if s.kind == "summary":
             summarize(out, size, methods)
             return 0, False
+        threads = size.train_threads if s.app == "train" else size.threads
+        if threads:  # inherited by the app process the step starts
+            os.environ["OMP_NUM_THREADS"] = str(threads)
         return run_app(s, left, log_path(out, s))
 
     fields = dict(size=clean_json(asdict(size)), seed=SEED, out=str(out), methods=list(methods))

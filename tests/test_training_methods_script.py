@@ -16,9 +16,9 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import training_methods as tm
 
 
-@pytest.mark.parametrize("size, vrs", [("cpu", False), ("gpu", True)])
+@pytest.mark.parametrize("size, vrs", [("cpu", True), ("cpu-lenet", False), ("gpu", True)])
 def test_estimate_lists_every_step(size, vrs):
-    """The gpu size adds VRS on each method's base; the cpu size (an hour on 2 cores) has none."""
+    """The cpu and gpu sizes add VRS on each method's base; the first cpu size (cpu-lenet) has none."""
     res = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "training_methods.py"), "--size", size,
                           "--estimate"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -39,7 +39,7 @@ def one_job(args: list[str]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("size", ["cpu", "gpu"])
+@pytest.mark.parametrize("size", ["cpu", "cpu-lenet", "gpu"])
 def test_every_training_step_passes_the_config_check(tmp_path, size):
     """Every training step of the cpu and gpu sizes composes and passes the checks (the gpu size's trainer=gpu is
     checked by values only here; the smoke size is run end to end by hand)."""
@@ -48,7 +48,7 @@ def test_every_training_step_passes_the_config_check(tmp_path, size):
     spec = tm.SIZES[size]
     steps, ckpts = tm.build_steps(spec, tmp_path, None, tm.METHODS)
     train = [s for s in steps if s.app == "train"]
-    # one sweep per method, VRS on each base (gpu), and MACER's second sweep (its lambda at sigma 1.0)
+    # one sweep per method, VRS on each base (cpu, gpu), and MACER's second sweep (its lambda at sigma 1.0)
     assert len(train) == len(tm.METHODS) * (2 if spec.vrs else 1) + (1 if 1.0 in spec.sigmas else 0)
     assert sum(len(v) for v in ckpts["fixed"].values()) == len(tm.METHODS) * len(tm.SIZES[size].sigmas)
     for s in train:
