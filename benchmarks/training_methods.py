@@ -222,8 +222,8 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
                   for o in sized(size, method, paper_settings(method, None, size.epochs))]
         ckpts["vrs"][method] = folder / "checkpoints" / "last.ckpt"
         steps.append(Step(f"train/vrs_{method}", "train", "train",
-                          [f"experiment={size.vrs_experiment}", *stage1, *size.trainer, *size.model, *data, f"seed={SEED}",
-                           *TRAIN_QUIET, f"base_stage.trainer.max_epochs={size.epochs}",
+                          [f"experiment={size.vrs_experiment}", *stage1, *size.trainer, *size.model, *data,
+                           f"seed={SEED}", *TRAIN_QUIET, f"base_stage.trainer.max_epochs={size.epochs}",
                            f"base_stage.optimizer.lr={size.lr:g}", f"trainer.max_epochs={size.selector_epochs}",
                            *size.selector, "task_name=training_methods", f"hydra.run.dir={folder}"],
                           folder, r["start"] + train_s * cost_factor(method, stage1)
