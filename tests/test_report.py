@@ -251,3 +251,22 @@ def test_every_make_demo_step_composes(tmp_path):
             assert cfg.report.inputs == str(tmp_path / "demo") and cfg.report.title.startswith("make demo")
     assert apps == ["train", "certify", "certify", "attack", "attack", "report"]
     assert attacked == [None, 0.25]  # VRS (over lambda), then fixed sigma (over sigma): the frontier's two curves
+
+
+def test_a_selector_setting_does_not_split_fixed_sigma_from_vrs_columns():
+    """A VRS attack with defense.deployed_n_h=100 and a fixed-sigma attack of the same budget share a column: the
+    selector's settings are not part of a fixed sigma's attack; two VRS attacks that differ in them do not share."""
+    from vrs.apps.report_runs import attack_setup
+    from vrs.apps.report_table import differing
+
+    def settings(deployed):
+        return {"attack": {"name": "eot_pgd", "norm": "l2", "steps": 10}, "predict": {"n": 1000},
+                "defense": {"m": 4, "noise": "gaussian", "tau": 1.0, "n_h": 8, "deployed_n_h": deployed}}
+
+    fixed, vrs = attack_setup(settings(None), selector=False), attack_setup(settings(100), selector=True)
+    assert "defense.deployed_n_h" not in fixed and vrs["defense.deployed_n_h"] == 100
+    assert differing([fixed, vrs], absent_differs=False) == [{}, {}]
+    other = attack_setup(settings(32), selector=True)
+    assert differing([fixed, vrs, other], absent_differs=False) == [
+        {}, {"defense.deployed_n_h": 100}, {"defense.deployed_n_h": 32}]
+    assert differing([{"seed": 1}, {}]) == [{"seed": 1}, {}]  # labels (name_rows): an absent key still differs

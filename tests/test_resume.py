@@ -206,3 +206,17 @@ def test_resume_from_a_bad_checkpoint_is_one_clear_error(digits_ckpt, tmp_path):
         with pytest.raises(VRSError, match=message.replace("(", r"\(").replace(")", r"\)")):
             train(cfg)
         assert not out.exists(), f"{name}: files were written before the error"
+
+
+def test_testing_an_earlier_best_checkpoint_keeps_the_whole_log(tmp_path):
+    """vrs-train tests the best checkpoint after fitting. Loading it must not cut metrics.csv back to that checkpoint's
+    length, which only a resumed fit may do (found in issue 19's run: a MACER run whose best validation accuracy was
+    epoch 0 kept only epoch 0's rows). The checkpoint monitor is inverted here so that the best is an early epoch."""
+    import csv
+
+    train(compose_config(*RUN, "callbacks.model_checkpoint.mode=min", output_dir=tmp_path))
+    best = sorted((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
+    assert len(best) == 1 and best[0].name != "epoch_002.ckpt", best  # an earlier epoch than the last is tested
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert sorted({int(r["epoch"]) for r in rows if r.get("val/acc")}) == [0, 1, 2]
+    assert any(r.get("test/acc") for r in rows)

@@ -240,12 +240,18 @@ def read_certify(path: Path, radii: list[float]) -> Row:
 SEARCH_NAMES = {"multiscale": "Multiscale", "dds": "DDS"}
 
 
-def attack_setup(settings: dict) -> dict:
-    """What makes two attacks on the same defended model different attacks (beyond name and norm)."""
+# defense settings that act only through a noise-level selector (VRS, Dual RS)
+SELECTOR_DEFENSE_KEYS = ("selector_grad", "n_h", "deployed_n_h")
+
+
+def attack_setup(settings: dict, selector: bool = True) -> dict:
+    """What makes two attacks on the same defended model different attacks (beyond name and norm). Without a
+    selector (`selector=False`: fixed sigma, a sigma search), the selector's settings are not part of it, so a fixed
+    sigma and a VRS attacked with the same budget share a column."""
     attack = {k: v for k, v in settings.get("attack", {}).items() if k not in ("name", "norm", "split")}
     d = settings.get("defense", {})
-    attack.update({f"defense.{k}": d.get(k) for k in ("m", "noise", "tau", "selector_grad", "n_h", "deployed_n_h")
-                   if k in d})
+    keys = ("m", "noise", "tau") + (SELECTOR_DEFENSE_KEYS if selector else ())
+    attack.update({f"defense.{k}": d.get(k) for k in keys if k in d})
     attack["predict.n"] = settings.get("predict", {}).get("n")
     return attack
 
@@ -295,7 +301,7 @@ def read_attack(path: Path) -> tuple[Row, dict]:
               ckpt_path=settings.get("checkpoint"), source={**info, "settings": settings})
     read_attack_rows(path, row, summary)
     row.robust[name] = [(0.0, clean.get("acc"))] + [(float(p["eps"]), p["robust_acc"]) for p in per_eps]
-    return row, {"name": name, **attack_setup(settings)}
+    return row, {"name": name, **attack_setup(settings, selector=family == "vrs")}
 
 
 # attack.csv (vrs.attacks.evaluate.ROW_COLUMNS; test_report.py checks they agree): type and allowed values.

@@ -12,10 +12,13 @@ from vrs.apps.report_runs import Found, Row, fmt_num
 
 
 # ---- rows: merge, name, order --------------------------------------------------------------------------
-def differing(dicts: list[dict]) -> list[dict]:
-    """For each dict, the items whose values are not the same in all of them."""
+def differing(dicts: list[dict], absent_differs: bool = True) -> list[dict]:
+    """For each dict, the items whose values are not the same in all of them. absent_differs=False: only among the
+    dicts that have the key (a key a dict lacks, such as a selector's setting in a fixed-sigma attack, does not set
+    that dict apart)."""
     keys = sorted({k for d in dicts for k in d})
-    varying = [k for k in keys if len({json.dumps(d.get(k), sort_keys=True, default=str) for d in dicts}) > 1]
+    varying = [k for k in keys if len({json.dumps(d.get(k), sort_keys=True, default=str) for d in dicts
+                                       if absent_differs or k in d}) > 1]
     return [{k: d.get(k) for k in varying if k in d} for d in dicts]
 
 
@@ -27,7 +30,7 @@ def attack_names(found: Found) -> None:
         for name in row.robust:
             by_name.setdefault(name, []).append(row)
     for name, rows in by_name.items():
-        diffs = differing([found.attack_setups[id(r)] for r in rows])
+        diffs = differing([found.attack_setups[id(r)] for r in rows], absent_differs=False)
         for row, diff in zip(rows, diffs):
             if diff:
                 full = name + " " + " ".join(f"{k}={v}" for k, v in diff.items())

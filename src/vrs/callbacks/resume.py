@@ -28,6 +28,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics import Metric
 
 from vrs.errors import check
@@ -116,6 +117,10 @@ class ExactResume(pl.Callback):
         checkpoint["vrs_log_rows"] = [lg.rows_written() for lg in _csv_loggers(trainer)]
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # only a resumed fit continues the checkpoint's epoch and log: trainer.test(ckpt_path=best) loads an earlier
+        # checkpoint as well, and the log of the fit before it must keep every epoch
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
         modules = dict(pl_module.named_modules())
         for name, states in (checkpoint.get("vrs_metric_states") or {}).items():
             metric = modules.get(name)
