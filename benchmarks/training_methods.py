@@ -300,7 +300,8 @@ def summarize(out: Path, size: Size, methods: tuple[str, ...]) -> dict:
         if acr.get("gaussian") is not None:
             others = {m: v for m, v in acr.items() if m != "gaussian" and v is not None}
             ordering[f"{s:g}"] = {"acr": acr, "gaussian_lowest": all(v > acr["gaussian"] for v in others.values())}
-    result = {"points": points, "ordering": ordering, "robust_columns": robust_cols}
+    against = vrs_against_fixed(out, methods)
+    result = {"points": points, "ordering": ordering, "robust_columns": robust_cols, "vrs_against_fixed": against}
     (out / "summary.json").write_text(json.dumps(clean_json(result), indent=2, default=str) + "\n")
     lines = [f"# Training methods ({size.name} size)", "", "| method | sigma / VRS lambda | clean acc | ACR | "
              + " | ".join(robust_cols) + " |", "|---" * (4 + len(robust_cols)) + "|"]
@@ -314,9 +315,93 @@ def summarize(out: Path, size: Size, methods: tuple[str, ...]) -> dict:
     lines += [f"- sigma {s}: {'holds' if o['gaussian_lowest'] else 'does not hold'} ("
               + ", ".join(f"{m} {v:.3f}" for m, v in o["acr"].items() if v is not None) + ")"
               for s, o in ordering.items()]
+    if against:
+        lines += ["", "VRS on each method's base against that method's fixed sigmas, paired over the same images "
+                  "(VRS minus fixed, +- paired SE): the fixed sigma nearest in clean accuracy, and the fixed sigmas "
+                  "that dominate the VRS point (higher in both, each by more than 2 SE; every pair in summary.json):",
+                  "", "| method | VRS lambda | metric | n | nearest fixed sigma | clean diff | metric diff | "
+                  "dominated by sigma |", "|---" * 8 + "|"]
+        groups: dict[tuple, list[dict]] = {}
+        for a in against:
+            groups.setdefault((a["method"], a["lambda"], a["metric"]), []).append(a)
+        for (method, lam, metric), pairs in groups.items():
+            near = min(pairs, key=lambda a: abs(a["clean_diff"]))
+            by = [f"{a['sigma']:g}" for a in pairs
+                  if a["clean_diff"] < -2 * a["clean_diff_se"] and a["metric_diff"] < -2 * a["metric_diff_se"]]
+            lines.append(f"| {method} | {lam:g} | {metric} | {near['n']} | {near['sigma']:g} | "
+                         f"{near['clean_diff']:+.3f} +- {near['clean_diff_se']:.3f} | "
+                         f"{near['metric_diff']:+.3f} +- {near['metric_diff_se']:.3f} | {', '.join(by) or '-'} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     plot_frontier(points, robust_cols, methods, out / "frontier.png")
     return result
+
+
+def per_image_outcomes(out: Path) -> dict:
+    """(family, method, sigma or lambda) -> {metric: (idx, clean 0/1, metric)} from every job's own files:
+    ACR (radius if certified correctly, else 0; clean = certified prediction right, abstain = wrong) from
+    certify.tsv; robust accuracy at each eps from attack.csv (clean = PREDICT on the clean image right)."""
+    import numpy as np
+
+    found: dict = {}
+    for kind in ("cert", "atk"):
+        for summary_path in sorted((out / kind).glob("*/*/summary.json")):
+            job = summary_path.parent
+            summary = json.loads(summary_path.read_text())
+            ckpt = (summary.get("settings") or {}).get("checkpoint") or summary.get("checkpoint") or ""
+            ckpt = Path(ckpt["path"] if isinstance(ckpt, dict) else ckpt)  # certify: {path, sha256}
+            parts = ckpt.parts
+            if "train" not in parts:
+                continue
+            name = parts[parts.index("train") + 1]
+            if name.startswith("vrs_"):
+                lam = summary.get("lam") if kind == "cert" else summary["defense"].get("lam")
+                key = ("vrs", name[len("vrs_"):], float(lam))
+            else:
+                key = ("fixed", name, float(parts[parts.index("train") + 3].split("_", 1)[1]))
+            entry = found.setdefault(key, {})
+            if kind == "cert":
+                rows = list(csv.DictReader((job / "certify.tsv").open(), delimiter="\t"))
+                idx = np.array([int(r["idx"]) for r in rows])
+                correct = np.array([float(r["correct"]) for r in rows])
+                entry["ACR"] = (idx, correct, correct * np.array([float(r["radius"]) for r in rows]))
+            else:
+                rows = list(csv.DictReader((job / "attack.csv").open()))
+                for eps in sorted({float(r["eps"]) for r in rows}):
+                    at = [r for r in rows if float(r["eps"]) == eps]
+                    entry[f"robust@eps={eps:g}"] = (
+                        np.array([int(r["idx"]) for r in at]),
+                        np.array([float(r["clean_predict"] == r["label"]) for r in at]),
+                        np.array([float(r["correct"]) for r in at]))
+    return found
+
+
+def vrs_against_fixed(out: Path, methods: tuple[str, ...]) -> list[dict]:
+    """Each VRS point on a method's base against that method's fixed-sigma networks, paired over the same images:
+    the differences in clean accuracy and in the metric (VRS minus fixed) with their paired standard errors, and
+    the fixed sigma nearest in clean accuracy. Different networks (the VRS base is a multi-sigma one), the same
+    training method and images."""
+
+    from vrs.analysis.outcomes import align_images
+    from vrs.analysis.standard_error import mean_standard_error
+
+    found = per_image_outcomes(out)
+    rows = []
+    for (family, method, lam), vrs in sorted(found.items()):
+        if family != "vrs" or method not in methods:
+            continue
+        for metric, (vidx, vclean, vm) in vrs.items():
+            for (fam2, m2, sigma), fixed in sorted(found.items()):
+                if fam2 != "fixed" or m2 != method or metric not in fixed:
+                    continue
+                fidx, fclean, fm = fixed[metric]
+                common, (pv, pf) = align_images(vidx, fidx)
+                dc, dm = vclean[pv] - fclean[pf], vm[pv] - fm[pf]
+                rows.append({"method": method, "lambda": lam, "metric": metric, "sigma": sigma, "n": int(common.size),
+                             "vrs_clean": float(vclean[pv].mean()), "vrs_metric": float(vm[pv].mean()),
+                             "fixed_clean": float(fclean[pf].mean()), "fixed_metric": float(fm[pf].mean()),
+                             "clean_diff": float(dc.mean()), "clean_diff_se": mean_standard_error(dc),
+                             "metric_diff": float(dm.mean()), "metric_diff_se": mean_standard_error(dm)})
+    return rows
 
 
 def plot_frontier(points: dict, robust_cols: list[str], methods: tuple[str, ...], path: Path) -> None:
