@@ -13,7 +13,7 @@ run starts again). Rerun the same command until it prints "complete" (exit 0; 3 
 step failed).
 
 What it runs, for each training method M in gaussian, smoothadv, macer, consistency (`training=M`):
-  train/M/g<k>/sigma_<s>/   vrs-train -m noise.sigma=<s...> training=M <M's settings>: one LeNet per sigma
+  train/M/g<k>/sigma_<s>/   vrs-train -m noise.sigma=<s...> training=M <M's settings>: one network per sigma
   train/vrs_M/              vrs-train experiment=vrs_fmnist_radius training=M: a multi-sigma base trained with M
                             (stage 1, sigma log-uniform on [0.12, 1]), then the VRS selector on it (stage 2, objective
                             radius, make demo's)
