@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = to_float(x[: args.images]).to(args.device), y[: args.images].to(args.device)
     def best_sigma(seed: int) -> np.ndarray:
         count_y, top_is_y = grid_votes(f, x, y, GRID, args.votes, seed=seed, batch_size=4096)
+        count_y, top_is_y = count_y.cpu(), top_is_y.cpu()  # the table's arithmetic is on the host (--device cuda)
         table = OracleTable.from_votes(count_y, top_is_y, GRID, args.votes, 1.0)
         score = label_score(table.p.cpu(), table.radius.cpu(), torch.full((len(y),), args.lam, dtype=torch.float64),
                             1.0)

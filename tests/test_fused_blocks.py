@@ -187,7 +187,8 @@ def test_results_directories_do_not_mix_fused_and_plain_rows(tmp_path):
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 def test_kernel_matches_the_blocks_in_triton_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
+    path = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)  # keep the caller's
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
