@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     dm.setup()
     x, y = dm.splits["train"]
     x, y = to_float(x[: args.images]).to(args.device), y[: args.images].to(args.device)
+    y_device = y  # the votes' labels (y itself moves to the host for the probes)
     def best_sigma(seed: int) -> np.ndarray:
-        count_y, top_is_y = grid_votes(f, x, y, GRID, args.votes, seed=seed, batch_size=4096)
+        count_y, top_is_y = grid_votes(f, x, y_device, GRID, args.votes, seed=seed, batch_size=4096)
         count_y, top_is_y = count_y.cpu(), top_is_y.cpu()  # the table's arithmetic is on the host (--device cuda)
         table = OracleTable.from_votes(count_y, top_is_y, GRID, args.votes, 1.0)
         score = label_score(table.p.cpu(), table.radius.cpu(), torch.full((len(y),), args.lam, dtype=torch.float64),
