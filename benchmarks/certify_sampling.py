@@ -97,6 +97,9 @@ def main() -> None:
     p.add_argument("--fused-blocks", action="store_true",
                    help="certify through the fused residual-stage kernels (ResNets on CUDA: certify.fused_blocks)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--warmup-images", type=int, default=1,
+                   help="images each mode certifies untimed before the timed run (kernel compilation, caches, "
+                        "allocator: without it the first mode pays them; 0: none)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if args.threads:
@@ -120,6 +123,13 @@ def main() -> None:
            "alpha": args.alpha, "radii": args.radii, "looks": args.looks, "radius_tol": args.radius_tol,
            "batch_size": args.batch_size, "modes": {}}
     t_start = time.perf_counter()
+    if args.warmup_images > 0:
+        for mode in modes:  # untimed, every mode's own code path once
+            indices = args.indices
+            args.indices = indices[: args.warmup_images]
+            run_mode(mode, loaded.network, loaded.num_classes, sigma, x[: args.warmup_images], args)
+            args.indices = indices
+        out["warmup_images"] = args.warmup_images
     for mode in modes:
         r = run_mode(mode, loaded.network, loaded.num_classes, sigma, x, args)
         correct = r["prediction"] == labels
