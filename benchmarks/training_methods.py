@@ -148,17 +148,19 @@ SIZES["gpu"] = Size("gpu", data=("data=fashion_mnist",), trainer=("trainer=gpu",
 # Seconds per unit, per device: training per (image, epoch) of gaussian (the others cost cost_factor times that), a
 # noisy forward sample (cert) and forward + backward (grad) of the base classifier, the same of the selector
 # (sel, sel_grad), a selector training image-epoch (sel_train, validation and diagnostics included), a process's
-# start-up, an attacked (image, eps)'s fixed cost (atk_fixed). Certification and attacks divide by their workers.
+# start-up, an attacked (image, eps)'s fixed cost (atk_fixed), each job of an evaluation multirun (job: its workers'
+# start-up, checkpoint loading and first batches; 11-33 s in the cpu size's run of 2026-12-07, 20 s taken).
+# Certification and attacks divide by their workers.
 # cpu-lenet: the width-8 LeNet on 2 quiet cores, one thread, measured 2026-12-07 (vrs-certify 0.78 s an image at
 # n0 + n = 10,100 with channels_last and BatchNorm folded). cpu-mlp: model=mlp and SelectorCNNs of width 8, from
 # benchmarks/cpu_unit_rates.py (vrs_frontier's RATES["cpu-mlp"]; train at two threads ~1.5x its one-thread rate).
 # h100: docs/performance.md.
-RATES = {"cpu-lenet": dict(start=8.0, train=3.0e-4, cert=7.7e-5, grad=3.0e-4, atk_fixed=0.015, sel=7.3e-5,
+RATES = {"cpu-lenet": dict(start=8.0, job=20.0, train=3.0e-4, cert=7.7e-5, grad=3.0e-4, atk_fixed=0.015, sel=7.3e-5,
                            sel_grad=2.64e-4, sel_train=6.3e-3),
-         "cpu-mlp": dict(start=8.0, train=9.0e-5, cert=1.11e-5, grad=2.48e-5, atk_fixed=0.005, sel=7.3e-5,
+         "cpu-mlp": dict(start=8.0, job=20.0, train=9.0e-5, cert=1.11e-5, grad=2.48e-5, atk_fixed=0.005, sel=7.3e-5,
                          sel_grad=2.64e-4, sel_train=6.3e-3),
-         "h100": dict(start=15.0, train=2.0e-5, cert=1.25e-6, grad=3.1e-6, atk_fixed=0.008, sel=1e-6, sel_grad=3e-6,
-                      sel_train=2e-4)}
+         "h100": dict(start=15.0, job=5.0, train=2.0e-5, cert=1.25e-6, grad=3.1e-6, atk_fixed=0.008, sel=1e-6,
+                      sel_grad=3e-6, sel_train=2e-4)}
 
 def paper_settings(method: str, sigma: float | None, epochs: int) -> list[str]:
     """The method's MNIST settings (module docstring) at `sigma` (None: multi-sigma stage 1), schedules scaled."""
@@ -250,13 +252,14 @@ def build_steps(size: Size, out: Path, data_root: str | None, methods: tuple[str
     fixed = [str(p) for m in methods for p in ckpts["fixed"][m]]
     vrs = [str(ckpts["vrs"][m]) for m in methods if m in ckpts["vrs"]]
     evaluations = [
-            ("cert/fixed", ["-m", f"ckpt_path={','.join(fixed)}", "certify=cohen", *cert], len(fixed) * cert_s),
+            ("cert/fixed", ["-m", f"ckpt_path={','.join(fixed)}", "certify=cohen", *cert],
+             len(fixed) * (cert_s + r["job"])),
             ("cert/vrs", ["-m", f"ckpt_path={','.join(vrs)}", "certify=vrs_c1", f"certify.lam={fmt(size.lams)}",
-                          *cert, *size.cert_vrs], len(vrs) * len(size.lams) * cert_vrs_s),
-            ("atk/fixed", ["-m", f"ckpt_path={','.join(fixed)}", *atk], len(fixed) * atk_s),
+                          *cert, *size.cert_vrs], len(vrs) * len(size.lams) * (cert_vrs_s + r["job"])),
+            ("atk/fixed", ["-m", f"ckpt_path={','.join(fixed)}", *atk], len(fixed) * (atk_s + r["job"])),
             ("atk/vrs", ["-m", f"ckpt_path={','.join(vrs)}", f"defense.lam={fmt(size.lams)}", *atk,
                          *([f"defense.deployed_n_h={size.deployed_n_h}"] if size.deployed_n_h else [])],
-             len(vrs) * len(size.lams) * atk_vrs_s)]
+             len(vrs) * len(size.lams) * (atk_vrs_s + r["job"]))]
     for kind, args, est in [e for e in evaluations if vrs or "vrs" not in e[0]]:
         folder = out / kind
         steps.append(Step(kind, kind.split("/")[1], "certify" if kind.startswith("cert") else "attack",
