@@ -55,7 +55,8 @@ def data_config(name: str, root: str | None) -> dict:
     return OmegaConf.to_container(cfg.data, resolve=True)
 
 
-def run_mode(mode: str, network, num_classes: int, sigma: float, x: torch.Tensor, args) -> dict:
+def run_mode(mode: str, network, num_classes: int, sigma: float, x: torch.Tensor, indices: list[int], args) -> dict:
+    """Certify x (the test images at `indices`, which seed each image's noise) in one mode."""
     sampling = "fixed" if mode in ("fixed", "sound") else mode.replace("_sound", "")
     plan = None if sampling == "fixed" else SamplingPlan(sampling, n=args.n, alpha=args.alpha, looks=args.looks,
                                                          radii=tuple(args.radii), radius_tol=args.radius_tol)
@@ -65,7 +66,7 @@ def run_mode(mode: str, network, num_classes: int, sigma: float, x: torch.Tensor
     per_group = auto_images_per_group(args.batch_size, args.n0, args.n, plan.schedule[0] if plan else None)
     results = []
     t0 = time.perf_counter()
-    groups = [(x[i : i + per_group], [image_seed(args.seed, int(k)) for k in args.indices[i : i + per_group]])
+    groups = [(x[i : i + per_group], [image_seed(args.seed, int(k)) for k in indices[i : i + per_group]])
               for i in range(0, len(x), per_group)]
     for res in smoothed.certify_groups(groups, args.n0, args.n, args.alpha, args.batch_size):
         results.append(res)
@@ -111,9 +112,9 @@ def main() -> None:
     loaded = load_checkpoint(args.ckpt, kinds=("classifier",))
     sigma = loaded.smoothing_sigma(args.sigma, "--sigma")
     x_all, y_all, _ = load_data(data_config(args.data, args.data_root), "test")
-    args.indices = list(range(0, len(y_all), args.skip))[: args.images]
-    x = x_all[args.indices].float().div_(255.0)
-    labels = np.asarray(y_all[args.indices])
+    indices = list(range(0, len(y_all), args.skip))[: args.images]
+    x = x_all[indices].float().div_(255.0)
+    labels = np.asarray(y_all[indices])
     out = {"command": " ".join(sys.argv),
            "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
            f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -125,13 +126,11 @@ def main() -> None:
     t_start = time.perf_counter()
     if args.warmup_images > 0:
         for mode in modes:  # untimed, every mode's own code path once
-            indices = args.indices
-            args.indices = indices[: args.warmup_images]
-            run_mode(mode, loaded.network, loaded.num_classes, sigma, x[: args.warmup_images], args)
-            args.indices = indices
+            w = args.warmup_images
+            run_mode(mode, loaded.network, loaded.num_classes, sigma, x[:w], indices[:w], args)
         out["warmup_images"] = args.warmup_images
     for mode in modes:
-        r = run_mode(mode, loaded.network, loaded.num_classes, sigma, x, args)
+        r = run_mode(mode, loaded.network, loaded.num_classes, sigma, x, indices, args)
         correct = r["prediction"] == labels
         acc = core.certified_accuracy(r["radius"], correct, args.radii)
         out["modes"][mode] = {"mean_samples_per_image": float(r["samples"].mean()),

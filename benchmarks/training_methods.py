@@ -340,42 +340,33 @@ def summarize(out: Path, size: Size, methods: tuple[str, ...]) -> dict:
 
 
 def per_image_outcomes(out: Path) -> dict:
-    """(family, method, sigma or lambda) -> {metric: (idx, clean 0/1, metric)} from every job's own files:
-    ACR (radius if certified correctly, else 0; clean = certified prediction right, abstain = wrong) from
-    certify.tsv; robust accuracy at each eps from attack.csv (clean = PREDICT on the clean image right)."""
-    import numpy as np
+    """(family, method, sigma or lambda) -> {metric: (idx, clean 0/1, metric)}, read by vrs-report's own readers
+    (vrs.apps.report_runs): ACR (R if certified correctly, else 0; clean = certified prediction right, abstain = wrong)
+    from each certification; robust accuracy at each eps from each attack (clean = PREDICT on the clean image right)."""
+    from vrs.analysis.outcomes import radius_if_correct
+    from vrs.apps.report_runs import read_attack, read_certify
 
     found: dict = {}
-    for kind in ("cert", "atk"):
-        for summary_path in sorted((out / kind).glob("*/*/summary.json")):
-            job = summary_path.parent
-            summary = json.loads(summary_path.read_text())
-            ckpt = (summary.get("settings") or {}).get("checkpoint") or summary.get("checkpoint") or ""
-            ckpt = Path(ckpt["path"] if isinstance(ckpt, dict) else ckpt)  # certify: {path, sha256}
-            parts = ckpt.parts
-            if "train" not in parts:
-                continue
-            name = parts[parts.index("train") + 1]
-            if name.startswith("vrs_"):
-                lam = summary.get("lam") if kind == "cert" else summary["defense"].get("lam")
-                key = ("vrs", name[len("vrs_"):], float(lam))
-            else:
-                key = ("fixed", name, float(parts[parts.index("train") + 3].split("_", 1)[1]))
-            entry = found.setdefault(key, {})
-            if kind == "cert":
-                rows = list(csv.DictReader((job / "certify.tsv").open(), delimiter="\t"))
-                idx = np.array([int(r["idx"]) for r in rows])
-                correct = np.array([float(r["correct"]) for r in rows])
-                entry["ACR"] = (idx, correct, correct * np.array([float(r["radius"]) for r in rows]))
-            else:
-                rows = list(csv.DictReader((job / "attack.csv").open()))
-                for eps in sorted({float(r["eps"]) for r in rows}):
-                    at = [r for r in rows if float(r["eps"]) == eps]
-                    entry[f"robust@eps={eps:g}"] = (
-                        np.array([int(r["idx"]) for r in at]),
-                        np.array([float(r["clean_predict"] == r["label"]) for r in at]),
-                        np.array([float(r["correct"]) for r in at]))
+    for job in sorted(p.parent for p in (out / "cert").glob("*/*/certify.tsv")):
+        row = read_certify(job, [])
+        entry = found.setdefault(run_key(row), {})
+        entry["ACR"] = (row.idx, row.correct.astype(float), radius_if_correct(row.radii, row.correct))
+    for job in sorted(p.parent for p in (out / "atk").glob("*/*/attack.csv")):
+        row, _ = read_attack(job)
+        entry = found.setdefault(run_key(row), {})
+        for eps, robust in row.per_image["eps"].items():
+            entry[f"robust@eps={eps:g}"] = (row.idx, row.per_image["clean"], robust)
     return found
+
+
+def run_key(row) -> tuple:
+    """(family, training method, sigma or lambda) of a report row, the method from its checkpoint's folder under
+    train/ (train/<method>/g<k>/sigma_<s>/ or train/vrs_<method>/)."""
+    parts = Path(row.ckpt_path).parts
+    name = parts[parts.index("train") + 1]
+    if name.startswith("vrs_"):
+        return "vrs", name[len("vrs_"):], float(row.values["lambda"])
+    return "fixed", name, float(row.values["sigma"])
 
 
 def vrs_against_fixed(out: Path, methods: tuple[str, ...]) -> list[dict]:

@@ -7,12 +7,7 @@ set -uo pipefail
 OUT=${OUT:-gpu-out}; WORK=${WORK:-/tmp/gpu-sampling}; DATA=${DATA:-.device-data/fashion-mnist}
 R110_IMAGES=${R110_IMAGES:-50}; R110_EPOCHS=${R110_EPOCHS:-3}; N=${N:-100000}
 mkdir -p "$OUT" "$WORK"
-timed() {  # name, command...
-  local name=$1; shift
-  local t0=$(date +%s)
-  "$@" > "$OUT/$name.log" 2>&1 || { echo "$name failed"; tail -n 30 "$OUT/$name.log"; }
-  echo "$name: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/times.txt"
-}
+source "$(dirname "$0")/timed.sh"
 ckpt="$WORK/train_resnet110/checkpoints/last.ckpt"
 timed train_resnet110 python3 -m vrs.apps.train model=resnet110 trainer.max_epochs="$R110_EPOCHS" \
   data.train_subset=20000 data.root="$DATA" print_config=false paths.root_dir="$WORK" logger=csv noise.sigma=0.25 \
@@ -28,4 +23,3 @@ timed sampling_resnet110 python3 benchmarks/certify_sampling.py --ckpt "$ckpt" -
   --fused-blocks --modes fixed,radius_target,sound --out "$OUT/certify_sampling_resnet110_n$N.json"
 grep -h '^fixed\|^check\|clean_accuracy' "$OUT"/check_*.log | cut -c1-300
 grep -h '^fixed\|^radius\|^sound' "$OUT/sampling_resnet110.log" | cut -c1-400
-cat "$OUT/times.txt"
