@@ -122,6 +122,7 @@ OBJECTIVE_RUNS = {
     "oracle_labels_sees_base": ["objective=oracle_labels", "objective.reweight=false", "selector.sees_base=true"],
 }
 OBJECTIVES = tuple(OBJECTIVE_RUNS)
+ISSUE_OBJECTIVES = ("paper", "radius", "adversarial", "oracle_labels")  # one per objective config
 ATTACKS = {  # name -> overrides (on top of the budget); see the docstring
     "eot": ["attack=eot_pgd", "attack.norm=l2"],
     "down": ["attack=sigma_down", "attack.norm=l2", "attack.sigma_target=down"],
@@ -155,8 +156,9 @@ class Size:
     n: int
     alpha: float
     cert_extra: tuple[str, ...] = ()      # e.g. n_h0 / n_h for the smoke size
-    device: str = "cpu"                   # for the estimate: cpu | h100
+    device: str = "cpu"                   # for the estimate: a key of RATES
     test_attacks: str = "all"             # all | chosen: EOT-PGD + the val split's strongest adaptive attack
+    objectives: tuple[str, ...] = OBJECTIVES  # trained and evaluated unless --objectives says otherwise
 
 
 FMNIST = ("data=fashion_mnist",)
@@ -170,14 +172,21 @@ SIZES = {
         sigmas=(0.25, 0.5), lams=(0.0, 1.0), eps=(0.5,), steps=1, eot=1, m=2, n_h=2, deployed_n_h=16,
         predict_n=20, attack_batch=8, precision="fp32", test_images=(10, 8), val_images=(10, 8), cert_max=4,
         cert_val=False, n0=8, n=40, alpha=0.001, cert_extra=("certify.n_h0=8", "certify.n_h=32")),
-    "cpu": Size(
-        "cpu", data=FMNIST, trainer=("trainer=cpu",), base=(), selector=(),
+    # the issue's CPU grid at its exact budget (the LeNet, the eot_pgd default): ~6 days on 2 cores (docstring)
+    "cpu-lenet": Size(
+        "cpu-lenet", data=FMNIST, trainer=("trainer=cpu",), base=(), selector=(),
         sigmas=(0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0), lams=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), eps=(0.5, 1.0),
         steps=20, eot=8, m=8, n_h=8, deployed_n_h=None, predict_n=1000, attack_batch=50, precision="fp32",
         test_images=(20, 500), val_images=(10, 500), cert_max=200, cert_val=False, n0=100, n=10_000, alpha=0.001),
 }
+# the issue's CPU size, sized for under an hour on 2 quiet cores (docstring)
+SIZES["cpu"] = replace(
+    SIZES["cpu-lenet"], name="cpu", base=("model=mlp", "trainer.max_epochs=5"),
+    selector=("selector=mlp", "data.train_subset=10000", "trainer.max_epochs=3", "+trainer.limit_val_batches=2"),
+    lams=(0.0, 0.25, 0.5, 0.75, 1.0), steps=10, eot=1, m=4, deployed_n_h=100, attack_batch=100,
+    val_images=(50, 100), test_attacks="chosen", objectives=ISSUE_OBJECTIVES, device="cpu-frontier")
 # the issue's GPU size (~2 h of H100 by the estimate), and the largest subset that fits ~25 minutes (docstring)
-SIZES["gpu-full"] = replace(SIZES["cpu"], name="gpu-full", trainer=("trainer=gpu",), attack_batch=250,
+SIZES["gpu-full"] = replace(SIZES["cpu-lenet"], name="gpu-full", trainer=("trainer=gpu",), attack_batch=250,
                             precision="bf16", test_images=(10, 1000), val_images=(10, 500), cert_max=1000,
                             n=100_000, device="h100")
 SIZES["gpu"] = replace(SIZES["gpu-full"], name="gpu", lams=(0.0, 0.25, 0.5, 0.75, 1.0), test_images=(20, 500),
@@ -201,6 +210,13 @@ RATES = {
     # (docs/performance.md, "The cpu size's rates"), upper bounds: train = the base's 1-epoch run (its test
     # included), sel_train = Dual RS's 1-epoch selector run (validation, diagnostics and test included) per image.
     # dds_step: one step of DDS's search in certification, which searches one image at a time (8 draws): measured.
+    # the cpu size's apps (model=mlp, selector=mlp; one process each, 2 threads), measured 2026-12-07 on 2 quiet
+    # cores: certification 0.11 s an image at n = 10,000 for fixed sigma, 0.157 s for C1 (the median's 1,064
+    # selector copies); the attack 0.024 s per (image, eps) for fixed sigma, 0.028 s for VRS (10 steps x 1 EOT,
+    # m = 4, PREDICT n = 1,000); a selector's 10,000 training images for 1 epoch ~25 s with its start-up
+    "cpu-frontier": dict(start=12.0, cert_sample=1.09e-5, cert_sample_vrs=1.55e-5, atk_vrs_fixed=0.023,
+                         atk_vrs_grad=0.001, atk_fix_fixed=0.02, atk_fix_grad=0.0008, base=40.0, selector=70.0,
+                         adversarial=180.0),
     "cpu-mlp": dict(start=1.0, fwd=1.11e-5, grad=2.48e-5, sel_fwd=7.3e-5, sel_grad=2.64e-4, train=1.36e-4,
                     sel_train=6.3e-3, dds_step=8.5e-4),
 }
@@ -261,7 +277,8 @@ def build_steps(size: Size, out: Path, data_root: str | None, splits: list[str],
         for obj in objectives:
             ckpt = train_dir / obj / "checkpoints" / "last.ckpt"
             if cert_on:
-                est = r["start"] + len(cert_lams) * cert_n * (size.n + size.n0) * r["cert_sample"]
+                est = r["start"] + len(cert_lams) * cert_n * (size.n + size.n0) * r.get("cert_sample_vrs",
+                                                                                          r["cert_sample"])
                 steps.append(Step(f"{split}/cert_{obj}", "vrs", "certify",
                                   ["-m", f"ckpt_path={ckpt}", "certify=vrs_c1", f"certify.lam={fmt(cert_lams)}",
                                    *cert, *size.cert_extra, *common, "task_name=vrs_frontier",
@@ -392,13 +409,14 @@ def main(argv: list[str] | None = None) -> int:
                         "adaptive attack that was stronger on val (gpu default; all three when no val choices)")
     p.add_argument("--estimate", action="store_true", help="print the steps and their estimated seconds, run nothing")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--objectives", default=",".join(OBJECTIVES),
-                   help="selector objectives to train and evaluate (comma-separated; default all)")
+    p.add_argument("--objectives", default=None,
+                   help="selector objectives to train and evaluate (comma-separated; default: the size's, all for "
+                        "every size but cpu, which runs the four objective configs)")
     args = p.parse_args(argv)
-    objectives = tuple(args.objectives.split(","))
+    size = SIZES[args.size]
+    objectives = tuple(args.objectives.split(",")) if args.objectives is not None else size.objectives
     if not objectives or set(objectives) - set(OBJECTIVES):
         p.error(f"--objectives={args.objectives!r}: a comma-separated subset of {','.join(OBJECTIVES)}")
-    size = SIZES[args.size]
     splits = ["val", "test"] if args.split == "both" else [args.split]
     out = (args.out or Path("outputs") / f"vrs_frontier_{size.name}").resolve()
     steps = build_steps(size, out, args.data_root, splits, objectives)

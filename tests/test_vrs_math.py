@@ -15,7 +15,7 @@ from vrs.selection.certificates import c1_radius, c2_min_prob, c2_radius, c2_reg
 from vrs.selection.lam import LambdaSampler, check_lambda
 from vrs.selection.median import (MedianSmoothing, cell_bounds, cell_radius, grid_cell, median_bounds,
                                   selector_samples, snap)
-from vrs.selection.networks import NoiseSelector, SelectorResNet, build_selector
+from vrs.selection.networks import NoiseSelector, SelectorMLP, SelectorResNet, build_selector
 from vrs.selection.priors import (GaussianPrior, LogNormalPrior, UniformPrior, build_prior,
                                   kl_isotropic_gaussian_per_dim, kl_lognormal, log_lognormal_pdf)
 from vrs.selection.soft import soft_smooth, soft_smooth_nll
@@ -23,10 +23,12 @@ from vrs.smoothing.core import radius_from_lower_bound
 
 DATA = {"mean": [0.5], "std": [0.25]}
 CNN = {"_target_": "vrs.selection.networks.SelectorCNN", "in_channels": 1, "width": 4, "depth": 2, "cond_dim": 8}
+MLP = {"_target_": "vrs.selection.networks.SelectorMLP", "in_channels": 1, "input_size": 8, "hidden": 16,
+       "cond_dim": 8}
 
 
-def tiny_selector(posterior="point", **kw) -> NoiseSelector:
-    return build_selector({"net": CNN, "posterior": posterior, "sigma_min": 0.12, "sigma_max": 1.0, **kw}, DATA)
+def tiny_selector(posterior="point", net=CNN, **kw) -> NoiseSelector:
+    return build_selector({"net": net, "posterior": posterior, "sigma_min": 0.12, "sigma_max": 1.0, **kw}, DATA)
 
 
 def tiny_base(num_classes=3) -> torch.nn.Module:
@@ -36,11 +38,11 @@ def tiny_base(num_classes=3) -> torch.nn.Module:
 
 
 # ---- selector networks -----------------------------------------------------------------------
-@pytest.mark.parametrize("posterior", ["point", "lognormal"])
-def test_selector_output_stays_in_range_and_depends_on_lambda(posterior):
+@pytest.mark.parametrize("posterior,net", [("point", CNN), ("lognormal", CNN), ("point", MLP), ("lognormal", MLP)])
+def test_selector_output_stays_in_range_and_depends_on_lambda(posterior, net):
     torch.manual_seed(0)
     x = torch.rand(64, 1, 8, 8)
-    sel = tiny_selector(posterior)
+    sel = tiny_selector(posterior, net)
     assert not torch.allclose(sel.test_sigma(x, 0.0), sel.test_sigma(x, 1.0))
     with torch.no_grad():  # make the weights large so the output reaches the squash's ends
         for p in sel.parameters():
@@ -62,6 +64,19 @@ def test_resnet20_selector_shapes():
     sel = NoiseSelector(net, [0.5] * 3, [0.25] * 3, 0.12, 1.0, "lognormal")
     out = sel(torch.rand(2, 3, 32, 32), torch.tensor([0.1, 0.9]))
     assert out.sigma.shape == (2,) and out.s.shape == (2,)
+
+
+def test_mlp_selector_sees_the_base_and_rejects_bad_sizes():
+    """The MLP trunk takes the base classifier's probabilities as extra head features (sees_base), and its sizes
+    are checked with the key named."""
+    base = tiny_base(num_classes=3)
+    sel = build_selector({"net": MLP, "sigma_min": 0.12, "sigma_max": 1.0, "sees_base": True},
+                         {**DATA, "num_classes": 3}, base)
+    assert sel.trunk.head.linear.in_features == 16 + 8 + 3
+    assert sel(torch.rand(5, 1, 8, 8), 0.5).sigma.shape == (5,)
+    for key, bad in (("hidden", 0), ("depth", 0)):
+        with pytest.raises(ConfigError, match=f"selector.net.{key}"):
+            SelectorMLP(1, 8, **{key: bad})
 
 
 # ---- soft smoothing gradients ----------------------------------------------------------------

@@ -361,7 +361,8 @@ def test_vrs_train_rejects_bad_settings_before_training(tmp_path, override, matc
     ("cnn", "gaussian", "point", True, "paper"), ("cnn", "lognormal", "lognormal", False, "paper"),
     ("cnn", "uniform", "lognormal", True, "paper"), ("resnet20", "gaussian", "lognormal", False, "paper"),
     ("cnn", "gaussian", "point", True, "radius"), ("cnn", "lognormal", "lognormal", False, "radius"),
-    ("cnn", "gaussian", "point", False, "adversarial")])
+    ("cnn", "gaussian", "point", False, "adversarial"), ("mlp", "gaussian", "point", True, "paper"),
+    ("mlp", "lognormal", "lognormal", False, "radius")])
 def test_every_selector_prior_and_posterior_trains(base_ckpt, selector, prior, posterior, per_sample, objective):
     """The config groups compose into a working module: a few steps with finite losses that move the
     selector, for each prior / posterior pairing (lambda per batch or per sample) and objective."""

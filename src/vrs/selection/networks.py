@@ -1,8 +1,8 @@
 """Noise-level selectors h(x, lambda) -> sigma (docs/method.md section 2).
 
-A selector is a small trunk (a CNN or a ResNet-20) whose feature maps are modulated by FiLM (a
-per-channel scale and shift computed from the trade-off knob lambda), followed by global average
-pooling and a linear head. `NoiseSelector` turns the head's raw outputs into a noise level kept inside
+A selector is a small trunk (a CNN, a ResNet-20, or an MLP on the flattened image) whose features are modulated by
+FiLM (a per-channel scale and shift computed from the trade-off knob lambda), followed by global average
+pooling (for feature maps) and a linear head. `NoiseSelector` turns the head's raw outputs into a noise level kept inside
 [sigma_min, sigma_max]:
 
 * ``posterior="point"``: sigma = squash(raw) directly;
@@ -60,7 +60,7 @@ class LambdaEmbedding(nn.Module):
 
 
 class FiLM(nn.Module):
-    """Feature-wise linear modulation: h * (1 + gamma(c)) + beta(c), per channel."""
+    """Feature-wise linear modulation: h * (1 + gamma(c)) + beta(c), per channel (dim 1 of (B, C, ...) features)."""
 
     def __init__(self, channels: int, cond_dim: int):
         super().__init__()
@@ -70,7 +70,8 @@ class FiLM(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.proj(c).to(h.dtype).chunk(2, dim=-1)
-        return h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        shape = gamma.shape + (1,) * (h.dim() - 2)  # broadcast over the spatial dims, if any
+        return h * (1 + gamma.view(shape)) + beta.view(shape)
 
 
 class _Head(nn.Module):
@@ -84,7 +85,7 @@ class _Head(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, h: torch.Tensor, c: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        pooled = h.mean(dim=(2, 3))
+        pooled = h.mean(dim=tuple(range(2, h.dim()))) if h.dim() > 2 else h
         parts = [pooled, c.to(pooled.dtype)] + ([extra.to(pooled.dtype)] if extra is not None else [])
         return self.linear(torch.cat(parts, dim=-1))
 
@@ -114,6 +115,34 @@ class SelectorCNN(nn.Module):
         h = x
         for conv, film in zip(self.convs, self.films):
             h = torch.relu(film(conv(h), c))
+        return self.head(h, c, extra)
+
+
+class SelectorMLP(nn.Module):
+    """Flatten -> `depth` x (Linear(hidden) -> FiLM -> ReLU) -> linear head: the selector for CPU-sized experiments.
+
+    [choice] On 28x28 inputs it costs a fraction of the width-8 SelectorCNN per noisy copy (docs/performance.md),
+    and the attacks and C1 certificates run the selector hundreds of times per image; it pairs with `model=mlp`."""
+
+    def __init__(self, in_channels: int, input_size: int, out_dim: int = 1, hidden: int = 64, depth: int = 2,
+                 cond_dim: int = 32, extra_dim: int = 0):
+        super().__init__()
+        check(isinstance(depth, int) and depth >= 1, "selector.net.depth", depth, "an integer >= 1")
+        check(isinstance(hidden, int) and hidden >= 1, "selector.net.hidden", hidden, "an integer >= 1")
+        self.embed = LambdaEmbedding(cond_dim)
+        self.linears, self.films = nn.ModuleList(), nn.ModuleList()
+        width = in_channels * input_size * input_size
+        for _ in range(depth):
+            self.linears.append(nn.Linear(width, hidden))
+            self.films.append(FiLM(hidden, cond_dim))
+            width = hidden
+        self.head = _Head(hidden, cond_dim, out_dim, extra_dim)
+
+    def forward(self, x: torch.Tensor, lam: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        c = self.embed(lam)
+        h = x.flatten(1)
+        for linear, film in zip(self.linears, self.films):
+            h = torch.relu(film(linear(h), c))
         return self.head(h, c, extra)
 
 
