@@ -30,6 +30,28 @@ def test_estimate_lists_every_step():
         assert name in res.stdout
 
 
+def test_cpu_size_fits_the_hour_with_the_cpu_pair_and_the_four_objectives():
+    """The issue's CPU size must finish in under 60 minutes on 2 cores: its estimate (from the size's measured app
+    rates) says so, and its commands train the MLP base and MLP selectors for the four objective configs."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import vrs_frontier as vf
+
+    size = vf.SIZES["cpu"]
+    assert size.objectives == ("paper", "radius", "adversarial", "oracle_labels")
+    steps = vf.build_steps(size, REPO_ROOT / "outputs" / "never_written", None, ["val", "test"], size.objectives)
+    # --test-attacks chosen (the size's): one adaptive attack per objective on test, as the estimate counts it
+    ran = [s for s in steps if not (s.name.startswith("test/") and s.attack == "median")]
+    assert sum(s.estimate_s for s in ran) < 3600
+    commands = {s.name: " ".join(s.args) for s in steps}
+    assert "model=mlp" in commands["train/base"]
+    assert all("selector=mlp" in commands[f"train/{o}"] for o in size.objectives)
+    assert "attack.max=500" in commands["test/atk_fixed"] and "certify.max=200" in commands["test/cert_fixed"]
+    assert "predict.n=1000" in commands["test/atk_radius_eot"] and "certify.n=10000" in commands["test/cert_radius"]
+    res = subprocess.run([sys.executable, str(SCRIPT), "--size", "cpu", "--estimate"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "train/oracle_labels" in res.stdout and "oracle_labels_sees_base" not in res.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("VRS_TEST_FRONTIER") != "1",
                     reason="~6 minutes on 2 cores (an experiment's end-to-end run): set VRS_TEST_FRONTIER=1 to run it")
