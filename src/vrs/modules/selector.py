@@ -92,7 +92,7 @@ class SelectorModule(NonFiniteLossGuard, pl.LightningModule):
         """Validate the selector-stage settings (ConfigError naming the key), before any training starts.
         Returns (MedianSmoothing, val_lams as floats, finetune with defaults)."""
         if not isinstance(selector, dict) or "net" not in selector:
-            raise VRSError("no selector network configured: choose one with selector=cnn, selector=mlp or selector=resnet20")
+            raise VRSError("no selector network configured: choose one with selector=cnn|mlp|resnet20")
         if not isinstance(prior, dict) or "name" not in prior:
             raise VRSError("no noise prior configured: choose one with prior=gaussian|lognormal|uniform")
         check_sigma_range(selector.get("sigma_min"), selector.get("sigma_max"))

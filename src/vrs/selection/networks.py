@@ -2,8 +2,8 @@
 
 A selector is a small trunk (a CNN, a ResNet-20, or an MLP on the flattened image) whose features are modulated by
 FiLM (a per-channel scale and shift computed from the trade-off knob lambda), followed by global average
-pooling (for feature maps) and a linear head. `NoiseSelector` turns the head's raw outputs into a noise level kept inside
-[sigma_min, sigma_max]:
+pooling (for feature maps) and a linear head. `NoiseSelector` turns the head's raw outputs into a noise level kept
+inside [sigma_min, sigma_max]:
 
 * ``posterior="point"``: sigma = squash(raw) directly;
 * ``posterior="lognormal"``: (mu, s) of a log-normal over sigma, mu = log of its median squashed into
