@@ -95,6 +95,8 @@ forward + backward (benchmarks/attack_throughput.py --device cpu).
             off by two orders of magnitude at the eot_pgd default budget: hence the cpu size above.
   cpu       ~3,240 s (54 min; RATES["cpu-frontier"], measured on the size's apps): test attacks 1,400 s (8 VRS
             sweeps x 152 s, fixed 180), certification 840 s (fixed 166, 4 x 169), val 530 s, training 430 s.
+            Measured 2026-12-07 on 2 quiet cores: 2,281 s (38 min); each of the two variants added later ~500 s
+            (docs/results.md).
 The device allows 10 minutes a command: run benchmarks/gpu/vrs_frontier.sh (this script with --time-budget 520,
 packing its folder) in repeated calls; each continues where the last stopped.
 """
