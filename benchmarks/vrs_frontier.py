@@ -14,9 +14,11 @@ starts that training run again. Rerun the same command until it prints "complete
 by --time-budget, rerun to continue; 1 = a step failed).
 
 What it runs (every row uses ONE multi-sigma base classifier):
-  train/base/                 vrs-train experiment=multi_fmnist (stage 1: LeNet, sigma log-uniform on [0.12, 1])
+  train/base/                 vrs-train experiment=multi_fmnist (stage 1: the LeNet, or the cpu size's MLP; sigma
+                              log-uniform on [0.12, 1])
   train/<objective>/          vrs-train experiment=vrs_fmnist objective=<objective> base_ckpt=<train/base>
-                              for objective in paper, radius, adversarial (one selector each; lambda at test time)
+                              for each objective of --objectives (OBJECTIVE_RUNS; one selector each; lambda at
+                              test time)
   <split>/cert_fixed/<job>/   vrs-certify certify=cohen, the base classifier at each fixed sigma
   <split>/cert_<obj>/<job>/   vrs-certify certify=vrs_c1 at each lambda
   <split>/atk_fixed/<job>/    vrs-attack attack=eot_pgd (L2) on the base classifier at each fixed sigma
@@ -32,8 +34,9 @@ What it runs (every row uses ONE multi-sigma base classifier):
       All at the eot_pgd config's default budget (20 steps x 8 EOT draws, m = 8), eps in {0.5, 1.0}, PREDICT at
       n = 1,000 (abstain = wrong). A VRS point is scored under its strongest attack PER IMAGE (robust only if
       robust under all three), which is at least as strict as its strongest single attack.
-  The selectors keep vrs_fmnist's settings (20 epochs, median smoothing sigma_h = 0.5, deployed grid
-  {0.12, 0.25, 0.5, 1.0}: a subset of the 7 fixed sigmas, so the oracle over the 7 bounds them from above).
+  The selectors keep vrs_fmnist's settings (20 epochs, but 5 in the cpu size; median smoothing sigma_h = 0.5;
+  deployed grid {0.12, 0.25, 0.5, 1.0}: a subset of the 7 fixed sigmas, so the oracle over the 7 bounds them from
+  above).
   val/choices.json            written after the val split's runs (below)
   report/, report_val/        vrs-report report.inputs=[train, <split>] (frontier, oracle, sigma spread, tables)
   experiment.json             commands, sizes, seeds, wall time per step and in total, the machine
@@ -47,7 +50,8 @@ seeded split, seed 0 in every app, so they are never trained on):
      the best objective overall (the one `make demo` should use). The test report states these, so the
      success criterion is judged at points chosen before the test images were looked at (the other 35 points
      are shown too, but a 2-SE excursion among 36 is expected by chance).
-  2. which adaptive attack was strongest on val per objective (recorded; the test split still runs all three).
+  2. which adaptive attack was strongest on val per objective (the cpu and gpu sizes run only it, beside EOT-PGD,
+     on the test split; --test-attacks all runs all three).
   --choices PATH takes them from another run's val/choices.json (e.g. the CPU run's) instead.
 
 Sizes (--size):
@@ -70,7 +74,7 @@ Sizes (--size):
          lambda in {0, 0.25, 0.5, 0.75, 1}; val: 100 images (every 50th), all three attacks; test: 500 images
          (every 20th, as cpu), EOT-PGD plus the adaptive attack that was stronger on val for that objective
          (--test-attacks chosen); certification at n = 100,000 on the first 50 test images.
-  gpu-full  the issue's GPU size: the cpu grid at 1,000 test images (every 10th; val 500) and n = 100,000
+  gpu-full  the issue's GPU size: the cpu-lenet grid at 1,000 test images (every 10th; val 500) and n = 100,000
          certification on all 1,000, all attacks.
 
 Wall-time estimate (`--estimate` prints it per step; +-50 %). H100 rates from docs/results.md and
@@ -224,7 +228,7 @@ RATES = {
     # the cpu size's apps (model=mlp, selector=mlp; one process each, 2 threads), measured 2026-12-07 on 2 quiet
     # cores: certification 0.11 s an image at n = 10,000 for fixed sigma, 0.157 s for C1 (the median's 1,064
     # selector copies); the attack 0.024 s per (image, eps) for fixed sigma, 0.028 s for VRS (10 steps x 1 EOT,
-    # m = 4, PREDICT n = 1,000); a selector's 3 epochs on 10,000 training images 26-36 s with its start-up
+    # m = 4, PREDICT n = 1,000); a selector's 5 epochs on 20,000 training images 33-77 s with its start-up
     "cpu-frontier": dict(start=12.0, cert_sample=1.09e-5, cert_sample_vrs=1.55e-5, atk_vrs_fixed=0.023,
                          atk_vrs_grad=0.001, atk_fix_fixed=0.02, atk_fix_grad=0.0008, base=40.0, selector=90.0,
                          adversarial=120.0),
@@ -416,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--choices", type=Path, default=None,
                    help="val choices JSON for the test split (default: <out>/val/choices.json when it exists)")
     p.add_argument("--test-attacks", choices=("all", "chosen"), default=None,
-                   help="test split: all three attacks on every VRS point (cpu default), or EOT-PGD plus the "
-                        "adaptive attack that was stronger on val (gpu default; all three when no val choices)")
+                   help="test split: all three attacks on every VRS point (the cpu-lenet and gpu-full default), or "
+                        "EOT-PGD plus the "
+                        "adaptive attack that was stronger on val (cpu and gpu default; all three when no val choices)")
     p.add_argument("--estimate", action="store_true", help="print the steps and their estimated seconds, run nothing")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--objectives", default=None,

@@ -42,11 +42,11 @@ def test_cpu_size_fits_the_hour_with_the_cpu_pair_and_the_four_objectives():
     # --test-attacks chosen (the size's): one adaptive attack per objective on test, as the estimate counts it
     ran = [s for s in steps if not (s.name.startswith("test/") and s.attack == "median")]
     assert sum(s.estimate_s for s in ran) < 3600
-    commands = {s.name: " ".join(s.args) for s in steps}
-    assert "model=mlp" in commands["train/base"]
-    assert all("selector=mlp" in commands[f"train/{o}"] for o in size.objectives)
-    assert "attack.max=500" in commands["test/atk_fixed"] and "certify.max=200" in commands["test/cert_fixed"]
-    assert "predict.n=1000" in commands["test/atk_radius_eot"] and "certify.n=10000" in commands["test/cert_radius"]
+    args = {s.name: s.args for s in steps}
+    assert "model=mlp" in args["train/base"]
+    assert all("selector=mlp" in args[f"train/{o}"] for o in size.objectives)
+    assert "attack.max=500" in args["test/atk_fixed"] and "certify.max=200" in args["test/cert_fixed"]
+    assert "predict.n=1000" in args["test/atk_radius_eot"] and "certify.n=10000" in args["test/cert_radius"]
     res = subprocess.run([sys.executable, str(SCRIPT), "--size", "cpu", "--estimate"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "train/oracle_labels" in res.stdout and "oracle_labels_sees_base" not in res.stdout
