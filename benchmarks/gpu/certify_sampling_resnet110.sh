@@ -13,13 +13,12 @@ timed train_resnet110 python3 -m vrs.apps.train model=resnet110 trainer.max_epoc
   data.train_subset=20000 data.root="$DATA" print_config=false paths.root_dir="$WORK" logger=csv noise.sigma=0.25 \
   trainer=gpu hydra.run.dir="$WORK/train_resnet110"
 grep -h "test/acc" "$WORK"/train_resnet110/csv/metrics.csv | head -1; tail -n 1 "$WORK"/train_resnet110/csv/metrics.csv
-timed check_fp32 python3 benchmarks/certify_sampling.py --ckpt "$ckpt" --data-root "$DATA" --images 20 --skip 200 \
-  --n 10000 --n0 100 --batch-size 2048 --device cuda --modes fixed --out "$OUT/check_fp32.json"
-timed check_bf16_fused python3 benchmarks/certify_sampling.py --ckpt "$ckpt" --data-root "$DATA" --images 20 \
-  --skip 200 --n 10000 --n0 100 --batch-size 2048 --device cuda --precision bf16 --fused-blocks --modes fixed \
+certify=(python3 benchmarks/certify_sampling.py --ckpt "$ckpt" --data-root "$DATA" --skip 200 --n0 100 \
+  --batch-size 2048 --device cuda)
+timed check_fp32 "${certify[@]}" --images 20 --n 10000 --modes fixed --out "$OUT/check_fp32.json"
+timed check_bf16_fused "${certify[@]}" --images 20 --n 10000 --precision bf16 --fused-blocks --modes fixed \
   --out "$OUT/check_bf16_fused.json"
-timed sampling_resnet110 python3 benchmarks/certify_sampling.py --ckpt "$ckpt" --data-root "$DATA" \
-  --images "$R110_IMAGES" --skip 200 --n "$N" --n0 100 --batch-size 2048 --device cuda --precision bf16 \
-  --fused-blocks --modes fixed,radius_target,sound --out "$OUT/certify_sampling_resnet110_n$N.json"
+timed sampling_resnet110 "${certify[@]}" --images "$R110_IMAGES" --n "$N" --precision bf16 --fused-blocks \
+  --modes fixed,radius_target,sound --out "$OUT/certify_sampling_resnet110_n$N.json"
 grep -h '^fixed\|^check\|clean_accuracy' "$OUT"/check_*.log | cut -c1-300
 grep -h '^fixed\|^radius\|^sound' "$OUT/sampling_resnet110.log" | cut -c1-400
