@@ -74,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from vrs.models.lenet import LeNet
     from vrs.models.mlp import MLP
-    from vrs.selection.networks import SelectorCNN
+    from vrs.selection.networks import SelectorCNN, SelectorMLP
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
     nets = {"lenet8": (LeNet(1, 10, 28, width=8, hidden=64), False), "mlp": (MLP(1, 10, 28), False),
-            "selector8": (SelectorCNN(1, width=8), True), "selector16": (SelectorCNN(1, width=16), True)}
+            "selector8": (SelectorCNN(1, width=8), True), "selector16": (SelectorCNN(1, width=16), True),
+            "selector_mlp": (SelectorMLP(1, 28), True)}
     measured = {name: rates(net, sel, args.seconds) for name, (net, sel) in nets.items()}
     scale = args.reference_s / 10_100 / measured["lenet8"]["fwd"]
     result = {"threads": 1, "clock": "process CPU time", "reference_s": args.reference_s, "quiet_over_measured": scale,

@@ -61,7 +61,7 @@ Sizes (--size):
          500 test images (every 20th), sigma in {0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0}, eps {0.5, 1.0}, PREDICT
          n = 1,000, C1 / Cohen certification on the first 200 test images at n = 10,000 (n0 = 100, alpha = 0.001),
          as the issue asks. To fit the hour: the base is `model=mlp` (5 epochs) and the selectors `selector=mlp`
-         (5 epochs on 20,000 training images), the CPU sizes' pair (each ~7x / ~40x cheaper per noisy sample than
+         (5 epochs on 20,000 training images), the CPU sizes' pair (each ~9x / 12-20x cheaper per noisy sample than
          the LeNet / the width-8 CNN selector); the four objective configs (paper, radius, adversarial,
          oracle_labels); lambda in {0, 0.25, 0.5, 0.75, 1}; EOT-PGD and the adaptive attacks at 10 steps x 1 EOT
          draw with m = 4 (the eot_pgd default, 20 x 8 with m = 8, is 32x the gradients); val: 100 images (every

@@ -121,7 +121,7 @@ class SelectorCNN(nn.Module):
 class SelectorMLP(nn.Module):
     """Flatten -> `depth` x (Linear(hidden) -> FiLM -> ReLU) -> linear head: the selector for CPU-sized experiments.
 
-    [choice] On 28x28 inputs it costs 1/20-1/40 of the width-8 SelectorCNN per noisy copy (docs/vrs.md),
+    [choice] On 28x28 inputs it costs 1/12-1/20 of the width-8 SelectorCNN per noisy copy (docs/vrs.md),
     and the attacks and C1 certificates run the selector hundreds of times per image; it pairs with `model=mlp`."""
 
     def __init__(self, in_channels: int, input_size: int, out_dim: int = 1, hidden: int = 64, depth: int = 2,
